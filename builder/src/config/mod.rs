@@ -1,0 +1,1 @@
+//! The configuration model: load, merge and validate hostgroups and layers.

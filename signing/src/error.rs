@@ -1,0 +1,82 @@
+//! Typed errors of the bundle format and the exit code each kind of refusal maps to.
+//! `kiln verify` and `kiln-firstboot apply` share these codes; the README lists them.
+
+use thiserror::Error;
+
+/// Exit codes, one per kind of refusal. Stable: scripts and cloud-init depend on them.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Generic failure (I/O on the operator's side, bad arguments to a subcommand).
+    pub const FAILURE: i32 = 1;
+    /// Usage error (clap).
+    pub const USAGE: i32 = 2;
+    /// Signature missing, malformed, or does not match the manifest.
+    pub const BAD_SIGNATURE: i32 = 10;
+    /// Signed by a key that is not in the trust store.
+    pub const UNTRUSTED_KEY: i32 = 11;
+    /// Signed by a key on the revoked list.
+    pub const REVOKED_KEY: i32 = 12;
+    /// Past its `expires`, or created in the future.
+    pub const EXPIRED: i32 = 13;
+    /// Built for another hostgroup.
+    pub const WRONG_HOSTGROUP: i32 = 14;
+    /// Built for another base image (os-release ID/VERSION_ID, architecture).
+    pub const WRONG_BASE: i32 = 15;
+    /// Version below the minimum the host accepts (rollback).
+    pub const ROLLBACK: i32 = 16;
+    /// Payload corrupt: bad zstd or tar, blob digest or size mismatch, unlisted or missing blob,
+    /// a limit exceeded, a manifest that does not parse.
+    pub const CORRUPT: i32 = 17;
+    /// The bundle could not be fetched before the deadline.
+    pub const FETCH: i32 = 18;
+    /// The fetched bundle's sha256 differs from the pinned `--sha256`.
+    pub const DIGEST_MISMATCH: i32 = 19;
+    /// A dynamic source (Consul, Vault) stayed unreachable past the deadline or refused us.
+    pub const DYNAMIC: i32 = 20;
+    /// Verified, but applying it failed (the journal allows a rerun to finish or roll forward).
+    pub const APPLY: i32 = 21;
+}
+
+/// Why a bundle was refused.
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("signature invalid: {0}")]
+    BadSignature(String),
+    #[error("signed by untrusted key {fingerprint}")]
+    UntrustedKey { fingerprint: String },
+    #[error("signed by revoked key {fingerprint}")]
+    RevokedKey { fingerprint: String },
+    #[error("bundle expired at {expires} (now {now})")]
+    Expired { expires: String, now: String },
+    #[error("bundle created in the future ({created}, now {now}): check the host clock")]
+    NotYetValid { created: String, now: String },
+    #[error("bundle is for hostgroup {found:?}, expected {expected:?}")]
+    WrongHostgroup { expected: String, found: String },
+    #[error("bundle targets base {bundle}, this root is {root}")]
+    WrongBase { bundle: String, root: String },
+    #[error("bundle version {version} is below the minimum {minimum}")]
+    Rollback { version: u64, minimum: u64 },
+    #[error("corrupt bundle: {0}")]
+    Corrupt(String),
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BundleError {
+    /// The process exit code for this refusal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BundleError::BadSignature(_) => exit::BAD_SIGNATURE,
+            BundleError::UntrustedKey { .. } => exit::UNTRUSTED_KEY,
+            BundleError::RevokedKey { .. } => exit::REVOKED_KEY,
+            BundleError::Expired { .. } | BundleError::NotYetValid { .. } => exit::EXPIRED,
+            BundleError::WrongHostgroup { .. } => exit::WRONG_HOSTGROUP,
+            BundleError::WrongBase { .. } => exit::WRONG_BASE,
+            BundleError::Rollback { .. } => exit::ROLLBACK,
+            BundleError::Corrupt(_) | BundleError::Limit(_) => exit::CORRUPT,
+            BundleError::Io(_) => exit::FAILURE,
+        }
+    }
+}

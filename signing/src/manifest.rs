@@ -1,0 +1,210 @@
+//! The bundle manifest: the signed description of everything a bundle may change on a host.
+//! Target paths live only here, never in tar headers. Serialized as canonical JSON (sorted keys,
+//! no insignificant whitespace) so that the same inputs give the same bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest format this code writes and the only one it accepts.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything a bundle carries, in the order a host applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`FORMAT_VERSION`].
+    pub format: u32,
+    /// The hostgroup this bundle configures (a host refuses a bundle for another group).
+    pub hostgroup: String,
+    /// Monotonic bundle version; hosts refuse versions below their minimum (rollback defence).
+    pub version: u64,
+    /// Build time, RFC 3339 UTC, from SOURCE_DATE_EPOCH when set.
+    pub created: String,
+    /// After this instant (RFC 3339 UTC) the bundle is refused (freeze defence).
+    pub expires: String,
+    /// VCS commit of the configuration, when known.
+    pub source_commit: Option<String>,
+    /// "kiln <version>" of the builder that wrote the bundle.
+    pub builder: String,
+    /// The base image the bundle targets (wrong-software defence).
+    pub base: Base,
+    /// Every path the bundle creates, changes or removes, sorted by path.
+    pub entries: Vec<Entry>,
+    /// Groups to create, sorted by name.
+    pub groups: Vec<Group>,
+    /// Users to create, sorted by name.
+    pub users: Vec<User>,
+    /// Packages to install, sorted by name.
+    pub packages: Vec<Package>,
+    /// Services and the state they must reach, sorted by name.
+    pub services: Vec<Service>,
+    /// Commands run once at first boot, in this order, after packages, files and units.
+    pub commands: Vec<Command>,
+    /// Templates rendered on the host from dynamic sources (Consul, Vault).
+    pub templates: Vec<Template>,
+    /// Every payload blob in the archive, in archive order (sorted by digest), each once.
+    pub blobs: Vec<Blob>,
+}
+
+/// The base image a bundle was built for, as its `/etc/os-release` and dpkg see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    /// Name of the base in the configuration, e.g. `debian-12`.
+    pub name: String,
+    /// os-release `ID`, e.g. `debian`.
+    pub id: String,
+    /// os-release `VERSION_ID`, e.g. `12`.
+    pub version_id: String,
+    /// dpkg architecture, e.g. `amd64`.
+    pub arch: String,
+    /// sha256 of the base's sorted installed package set (`name version arch` lines), when known.
+    pub packages_digest: Option<String>,
+}
+
+/// One path on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Absolute, normalized target path (no `.`, `..`, `//` or trailing `/`).
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+}
+
+/// What a path becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum EntryKind {
+    /// A regular file whose bytes are the blob `digest`.
+    File {
+        /// Octal permission bits as a string, e.g. `0644`. setuid/setgid only when written here.
+        mode: String,
+        owner: String,
+        group: String,
+        /// sha256 hex of the content; the blob `blobs/<digest>`.
+        digest: String,
+        size: u64,
+        /// Services restarted when this file changes.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        restart: Vec<String>,
+        /// Services reloaded when this file changes.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reload: Vec<String>,
+    },
+    Directory {
+        mode: String,
+        owner: String,
+        group: String,
+    },
+    Symlink {
+        target: String,
+    },
+    /// The path must not exist after apply.
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    pub gid: Option<u32>,
+    pub system: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    /// Primary group; `None` lets useradd pick (a group of the user's name).
+    pub group: Option<String>,
+    /// Supplementary groups, sorted.
+    pub groups: Vec<String>,
+    pub home: Option<String>,
+    pub shell: Option<String>,
+    pub comment: Option<String>,
+    pub system: bool,
+    pub create_home: bool,
+    /// OpenSSH public keys written to `~/.ssh/authorized_keys`.
+    pub authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    pub name: String,
+    /// Exact version: the pin from the configuration, or what resolution chose.
+    pub version: Option<String>,
+    pub arch: Option<String>,
+    /// sha256 of the `.deb` blob, once packages are resolved against a base.
+    pub digest: Option<String>,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Full unit name, e.g. `nginx.service`.
+    pub name: String,
+    pub state: ServiceState,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    Running,
+    Dead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Identifier from the configuration, used in logs and the state file.
+    pub name: String,
+    /// argv; run without a shell unless argv[0] is a shell the user named.
+    pub argv: Vec<String>,
+    pub timeout_secs: u64,
+    /// Skip the command when this path already exists (idempotence on re-runs).
+    pub creates: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// Target path; the template text is the blob `digest`.
+    pub path: String,
+    pub digest: String,
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+    /// Consul keys and prefixes the template reads.
+    pub consul: Vec<String>,
+    /// Vault paths the template reads.
+    pub vault: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reload: Vec<String>,
+}
+
+/// A payload blob: content addressed, stored once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    /// sha256 hex (64 lowercase hex digits); the archive member is `blobs/<digest>`.
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Manifest {
+    /// Canonical JSON: keys sorted, compact. Signed and written as `kiln/manifest.json`.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // serde_json::Value keeps object keys in a BTreeMap (no preserve_order feature in this
+        // workspace), so going through Value sorts every object's keys.
+        let value = serde_json::to_value(self).expect("manifest serializes");
+        let mut out = serde_json::to_vec(&value).expect("value serializes");
+        out.push(b'\n');
+        out
+    }
+}
