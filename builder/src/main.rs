@@ -1,3 +1,5 @@
+//! `kiln`: thin shim over the kiln_builder library.
+
 fn main() {
-    println!("kiln");
+    std::process::exit(kiln_builder::main_with_args(std::env::args_os()));
 }

@@ -1,0 +1,210 @@
+//! Command-line interface of `kiln`: one clap struct per subcommand. Every flag carries a doc
+//! comment, which becomes its `--help` text and its man page entry (`help_expected` enforces it).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build immutable, signed, per-hostgroup configuration bundles.
+///
+/// kiln resolves each hostgroup (hostgroups/default.yaml, then its layers, then
+/// hostgroups/<name>.yaml) into a signed overlay bundle of files, packages and systemd
+/// units that kiln-firstboot applies once, at a VM's first boot.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, help_expected = true, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a new OpenSSH ed25519 signing key pair (NAME and NAME.pub).
+    Keygen(KeygenArgs),
+    /// Check every hostgroup and layer; print file:line:column: reason for each problem.
+    Validate(ValidateArgs),
+    /// Print the resolved configuration of one hostgroup as YAML.
+    Render(RenderArgs),
+    /// Build one signed bundle per hostgroup.
+    Build(BuildArgs),
+    /// Verify a bundle: signature, trust, expiry and every payload byte.
+    Verify(VerifyArgs),
+    /// Show what a bundle contains.
+    Inspect(InspectArgs),
+    /// Show what replacing hosts running OLD with NEW would change.
+    Diff(DiffArgs),
+    /// Write man pages for kiln and every subcommand.
+    Man(ManArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// Where the configuration tree is.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Configuration directory holding hostgroups/ and layers/.
+    #[arg(long, short = 'c', default_value = ".", env = "KILN_CONFIG", value_name = "DIR")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Path of the secret key to write; the public key goes to PATH.pub.
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Comment stored in the key (shown by ssh-keygen -l).
+    #[arg(long, default_value = "kiln-signing")]
+    pub comment: String,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print the diagnostics as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The hostgroup to render.
+    pub hostgroup: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Follow each value with the file:line:column it came from.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Hostgroups to build (names of hostgroups/<name>.yaml).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub hostgroups: Vec<String>,
+    /// Build every hostgroup.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// OpenSSH ed25519 secret key that signs the bundles (unencrypted; from your CI's secret store).
+    #[arg(long, env = "KILN_SIGNING_KEY", value_name = "PATH")]
+    pub key: PathBuf,
+    /// Directory the bundles are written to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Bundle version, a positive integer that must grow with every release (hosts refuse
+    /// older ones). Default: the build time in Unix seconds.
+    #[arg(long, value_name = "N")]
+    pub version: Option<u64>,
+    /// How long the bundle stays valid after its creation time (e.g. 90d, 12h).
+    #[arg(long, default_value = "90d", value_name = "DURATION")]
+    pub expires: humantime::Duration,
+    /// Build only the hostgroups of shard K of N (1-based), for a CI matrix; needs --all.
+    #[arg(long, value_name = "K/N", requires = "all")]
+    pub shard: Option<Shard>,
+    /// Commit of the configuration, recorded in the manifest.
+    #[arg(long, env = "KILN_SOURCE_COMMIT", value_name = "REV")]
+    pub source_commit: Option<String>,
+    /// Hostgroups built at the same time (default: number of CPUs).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Print one JSON object per bundle written, as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--shard K/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 2/4")?;
+        let index: u32 = k.trim().parse().map_err(|_| format!("shard index {k:?} is not a number"))?;
+        let count: u32 = n.trim().parse().map_err(|_| format!("shard count {n:?} is not a number"))?;
+        if count == 0 || index == 0 || index > count {
+            return Err(format!("shard {index}/{count}: need 1 <= K <= N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// Trust flags shared by commands that check signatures.
+#[derive(Debug, Args, Clone)]
+pub struct TrustArgs {
+    /// Trusted keys: a directory of *.pub files (and optional revoked_keys), or an allowed_signers file.
+    #[arg(long, env = "KILN_TRUST", value_name = "DIR|FILE")]
+    pub trust: PathBuf,
+    /// A file of revoked public keys (one OpenSSH public key per line); revocation always wins.
+    #[arg(long, value_name = "FILE")]
+    pub revoked: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle file (<hostgroup>-<version>.kiln).
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Also require the bundle to be for this hostgroup.
+    #[arg(long, value_name = "NAME")]
+    pub hostgroup: Option<String>,
+    /// Also require at least this bundle version (rollback protection).
+    #[arg(long, value_name = "N")]
+    pub min_version: Option<u64>,
+    /// Print the result as JSON (also on refusal).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// Print the whole manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The bundle hosts run now.
+    pub old: PathBuf,
+    /// The bundle that replaces it.
+    pub new: PathBuf,
+    /// Print the differences as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when the bundles differ (like `git diff --exit-code`).
+    #[arg(long)]
+    pub exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory the man pages are written to.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}

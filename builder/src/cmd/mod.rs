@@ -1,0 +1,48 @@
+//! One module per subcommand, each with its own `run()`.
+
+mod build;
+mod diff;
+mod inspect;
+mod keygen;
+mod man;
+mod render;
+mod validate;
+mod verify;
+
+pub use diff::{diff_manifests, ManifestDiff};
+
+use anyhow::Result;
+
+use crate::cli::Command;
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Validate(a) => validate::run(a),
+        Command::Render(a) => render::run(a),
+        Command::Build(a) => build::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
+        Command::Man(a) => man::run(a),
+        Command::Completions(a) => man::completions(a),
+    }
+}
+
+/// Load the configuration, turning diagnostics into a validation failure (exit 1) that prints
+/// one `file:line:column: reason` line each.
+pub(crate) fn load_config(dir: &std::path::Path) -> Result<crate::config::Config> {
+    crate::config::load(dir).map_err(|d| diagnostics_error(&d))
+}
+
+pub(crate) fn diagnostics_error(d: &crate::config::Diagnostics) -> anyhow::Error {
+    eprint!("{d}");
+    if !d.to_string().ends_with('\n') {
+        eprintln!();
+    }
+    let n = d.0.len();
+    anyhow::Error::new(crate::Exit {
+        code: kiln_signing::exit::FAILURE,
+        message: format!("{n} configuration problem{} found", if n == 1 { "" } else { "s" }),
+    })
+}

@@ -1,0 +1,36 @@
+//! `kiln validate`: check every hostgroup and layer.
+
+use anyhow::Result;
+
+use crate::cli::ValidateArgs;
+
+pub fn run(args: ValidateArgs) -> Result<()> {
+    let diags = match crate::config::load(&args.config.config) {
+        Ok(config) => config.validate_all(),
+        Err(d) => d,
+    };
+    if args.json {
+        let items: Vec<_> = diags
+            .0
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "file": d.span.file.to_string_lossy(),
+                    "line": d.span.line,
+                    "column": d.span.column,
+                    "message": d.message,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": items.is_empty(), "problems": items }))?);
+        if !items.is_empty() {
+            return Err(crate::Exit { code: 1, message: String::new() }.into());
+        }
+        return Ok(());
+    }
+    if diags.0.is_empty() {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    Err(super::diagnostics_error(&diags))
+}

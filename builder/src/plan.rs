@@ -1,0 +1,267 @@
+//! Turn a resolved hostgroup into a bundle plan: the manifest and where each blob's bytes are.
+//! Blobs are content addressed: a file used by several paths is stored once.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use kiln_signing::manifest as m;
+use sha2::{Digest, Sha256};
+
+use crate::config::{FileSource, Resolved};
+
+/// Where a blob's bytes come from when the bundle is written.
+#[derive(Debug, Clone)]
+pub enum BlobSource {
+    Bytes(std::sync::Arc<[u8]>),
+    Path(PathBuf),
+}
+
+impl BlobSource {
+    /// Stream the blob's bytes into `out`.
+    pub fn copy_to(&self, out: &mut dyn io::Write) -> io::Result<u64> {
+        match self {
+            BlobSource::Bytes(b) => {
+                out.write_all(b)?;
+                Ok(b.len() as u64)
+            }
+            BlobSource::Path(p) => {
+                let mut f = File::open(p)?;
+                io::copy(&mut f, out)
+            }
+        }
+    }
+}
+
+/// Inputs of a build that are not part of the configuration.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    pub version: u64,
+    pub created: SystemTime,
+    pub expires_after: Duration,
+    pub source_commit: Option<String>,
+}
+
+impl BuildInfo {
+    /// The creation time: SOURCE_DATE_EPOCH when set (reproducible builds), else now.
+    pub fn created_from_env() -> Result<SystemTime> {
+        match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(s) => {
+                let secs: u64 = s
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"))?;
+                Ok(UNIX_EPOCH + Duration::from_secs(secs))
+            }
+            Err(_) => {
+                // Whole seconds: the manifest records RFC 3339 to the second.
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                Ok(UNIX_EPOCH + Duration::from_secs(now.as_secs()))
+            }
+        }
+    }
+}
+
+/// A manifest ready to sign and the blob sources it refers to, by digest.
+pub struct Plan {
+    pub manifest: m::Manifest,
+    pub blobs: BTreeMap<String, BlobSource>,
+}
+
+fn mode_string(mode: u32) -> String {
+    format!("{mode:04o}")
+}
+
+fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Collects blobs by digest.
+#[derive(Default)]
+struct Blobs {
+    map: BTreeMap<String, (BlobSource, u64)>,
+}
+
+impl Blobs {
+    fn add_bytes(&mut self, bytes: &[u8]) -> (String, u64) {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let size = bytes.len() as u64;
+        self.map
+            .entry(digest.clone())
+            .or_insert_with(|| (BlobSource::Bytes(bytes.into()), size));
+        (digest, size)
+    }
+
+    fn add_path(&mut self, path: &std::path::Path) -> Result<(String, u64)> {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let (digest, size) = hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
+        self.map
+            .entry(digest.clone())
+            .or_insert_with(|| (BlobSource::Path(path.to_path_buf()), size));
+        Ok((digest, size))
+    }
+}
+
+/// Build the manifest for a resolved hostgroup.
+pub fn plan(resolved: &Resolved, info: &BuildInfo) -> Result<Plan> {
+    let mut blobs = Blobs::default();
+    let mut entries = Vec::new();
+    let mut templates = Vec::new();
+
+    for (path, file) in &resolved.files {
+        let f = &file.value;
+        let kind = match &f.source {
+            FileSource::Bytes(bytes) => {
+                let (digest, size) = blobs.add_bytes(bytes);
+                file_entry(f, digest, size)
+            }
+            FileSource::Path(p) => {
+                let (digest, size) = blobs.add_path(p)?;
+                file_entry(f, digest, size)
+            }
+            FileSource::Symlink(target) => m::EntryKind::Symlink { target: target.clone() },
+            FileSource::Absent => m::EntryKind::Absent,
+            FileSource::Dynamic { template } => {
+                let (digest, _) = blobs.add_bytes(template.as_bytes());
+                templates.push(m::Template {
+                    path: path.clone(),
+                    digest,
+                    mode: mode_string(f.mode),
+                    owner: f.owner.clone(),
+                    group: f.group.clone(),
+                    consul: Vec::new(),
+                    vault: Vec::new(),
+                    restart: f.restart.clone(),
+                    reload: f.reload.clone(),
+                });
+                continue;
+            }
+        };
+        entries.push(m::Entry { path: path.clone(), kind });
+    }
+    for (path, dir) in &resolved.directories {
+        let d = &dir.value;
+        let kind = if d.absent {
+            m::EntryKind::Absent
+        } else {
+            m::EntryKind::Directory { mode: mode_string(d.mode), owner: d.owner.clone(), group: d.group.clone() }
+        };
+        entries.push(m::Entry { path: path.clone(), kind });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let groups = resolved
+        .groups
+        .iter()
+        .map(|(name, g)| m::Group { name: name.clone(), gid: g.value.gid, system: g.value.system })
+        .collect();
+    let users = resolved
+        .users
+        .iter()
+        .map(|(name, u)| {
+            let u = &u.value;
+            let mut groups = u.groups.clone();
+            groups.sort();
+            groups.dedup();
+            m::User {
+                name: name.clone(),
+                uid: u.uid,
+                group: u.group.clone(),
+                groups,
+                home: u.home.clone(),
+                shell: u.shell.clone(),
+                comment: u.comment.clone(),
+                system: u.system,
+                create_home: u.create_home,
+                authorized_keys: u.authorized_keys.clone(),
+            }
+        })
+        .collect();
+    let packages = resolved
+        .packages
+        .iter()
+        .map(|(name, p)| m::Package {
+            name: name.clone(),
+            version: p.value.version.clone(),
+            arch: None,
+            digest: None,
+            size: None,
+        })
+        .collect();
+    let services = resolved
+        .services
+        .iter()
+        .map(|(name, s)| m::Service {
+            name: name.clone(),
+            state: match s.value.state {
+                crate::config::ServiceState::Running => m::ServiceState::Running,
+                crate::config::ServiceState::Dead => m::ServiceState::Dead,
+            },
+            enabled: s.value.enabled,
+        })
+        .collect();
+    let commands = resolved
+        .commands
+        .iter()
+        .map(|c| m::Command {
+            name: c.value.name.clone(),
+            argv: c.value.argv.clone(),
+            timeout_secs: c.value.timeout.as_secs(),
+            creates: c.value.creates.clone(),
+        })
+        .collect();
+
+    let base = &resolved.base;
+    let manifest = m::Manifest {
+        format: m::FORMAT_VERSION,
+        hostgroup: resolved.hostgroup.clone(),
+        version: info.version,
+        created: humantime::format_rfc3339_seconds(info.created).to_string(),
+        expires: humantime::format_rfc3339_seconds(info.created + info.expires_after).to_string(),
+        source_commit: info.source_commit.clone(),
+        builder: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+        base: m::Base {
+            name: base.name.clone(),
+            id: base.os_id.clone(),
+            version_id: base.version_id.clone(),
+            arch: base.arch.clone(),
+            packages_digest: None,
+        },
+        entries,
+        groups,
+        users,
+        packages,
+        services,
+        commands,
+        templates,
+        blobs: blobs.map.iter().map(|(d, (_, size))| m::Blob { digest: d.clone(), size: *size }).collect(),
+    };
+    let blobs = blobs.map.into_iter().map(|(d, (src, _))| (d, src)).collect();
+    Ok(Plan { manifest, blobs })
+}
+
+fn file_entry(f: &crate::config::ResolvedFile, digest: String, size: u64) -> m::EntryKind {
+    m::EntryKind::File {
+        mode: mode_string(f.mode),
+        owner: f.owner.clone(),
+        group: f.group.clone(),
+        digest,
+        size,
+        restart: f.restart.clone(),
+        reload: f.reload.clone(),
+    }
+}

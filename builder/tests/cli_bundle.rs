@@ -1,0 +1,362 @@
+//! End-to-end tests of `kiln` on the shipped example configuration: build, verify with kiln and
+//! with the real ssh-keygen, reproducibility, tamper refusals with their exit codes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+/// A fixed build time, so bundles are reproducible and their expiry is predictable.
+const EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(KILN).args(args).env("SOURCE_DATE_EPOCH", EPOCH).env_remove("KILN_CONFIG").output().unwrap()
+}
+
+fn kiln_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(KILN)
+        .current_dir(dir)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    ok(&kiln(&["keygen", "--out", key.to_str().unwrap(), "--comment", name]));
+    key
+}
+
+/// Build every example hostgroup with `key` into `out`; returns hostgroup -> bundle path.
+fn build_all(config: &Path, key: &Path, out: &Path, extra: &[&str]) -> BTreeMap<String, PathBuf> {
+    let mut args = vec![
+        "build", "--all", "--config", config.to_str().unwrap(), "--key", key.to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--version", "7", "--json",
+    ];
+    args.extend_from_slice(extra);
+    let stdout = ok(&kiln(&args));
+    let built: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    built
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["hostgroup"].as_str().unwrap().to_string(), PathBuf::from(b["path"].as_str().unwrap())))
+        .collect()
+}
+
+fn trust_dir(dir: &Path, keys: &[&Path]) -> PathBuf {
+    let t = dir.join(format!("trust-{}", keys.len()));
+    std::fs::create_dir_all(&t).unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        std::fs::copy(format!("{}.pub", k.display()), t.join(format!("k{i}.pub"))).unwrap();
+    }
+    t
+}
+
+fn verify_code(bundle: &Path, trust: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["verify", bundle.to_str().unwrap(), "--trust", trust.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = kiln(&args);
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn shipped_example_builds_and_verifies_with_kiln_and_ssh_keygen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let out = tmp.path().join("out");
+    let bundles = build_all(&repo_root(), &key, &out, &[]);
+    assert!(bundles.len() >= 3, "expected at least three example hostgroups, got {bundles:?}");
+    for name in ["web", "db", "bastion"] {
+        assert!(bundles.contains_key(name), "no bundle for {name}");
+    }
+    let trust = trust_dir(tmp.path(), &[&key]);
+    for (name, path) in &bundles {
+        assert_eq!(path.file_name().unwrap().to_str().unwrap(), format!("{name}-7.kiln"));
+        let stdout = ok(&kiln(&["verify", path.to_str().unwrap(), "--trust", trust.to_str().unwrap()]));
+        assert!(stdout.starts_with("OK "), "{stdout}");
+
+        // The manifest and its signature come out with standard tools, and OpenSSH accepts it.
+        let x = tmp.path().join(format!("x-{name}"));
+        std::fs::create_dir_all(&x).unwrap();
+        let sh = format!(
+            "zstd -dc {b} | tar -x -C {x} kiln/manifest.json kiln/manifest.json.sig",
+            b = path.display(),
+            x = x.display()
+        );
+        assert!(Command::new("sh").arg("-c").arg(&sh).status().unwrap().success());
+        let pubkey = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+        std::fs::write(x.join("allowed_signers"), format!("ci {pubkey}")).unwrap();
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ssh-keygen -Y verify -f {x}/allowed_signers -I ci -n kiln-bundle -s {x}/kiln/manifest.json.sig < {x}/kiln/manifest.json",
+                x = x.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ssh-keygen refused {name}: {}", String::from_utf8_lossy(&o.stderr));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(x.join("kiln/manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["hostgroup"], name.as_str());
+        assert_eq!(manifest["created"], "2026-01-01T00:00:00Z");
+    }
+}
+
+#[test]
+fn two_builds_of_the_same_input_are_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let a = build_all(&repo_root(), &key, &tmp.path().join("a"), &["-j", "2"]);
+    let b = build_all(&repo_root(), &key, &tmp.path().join("b"), &["-j", "1"]);
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, pa) in &a {
+        let x = std::fs::read(pa).unwrap();
+        let y = std::fs::read(&b[name]).unwrap();
+        assert!(x == y, "{name}: builds differ");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
+#[test]
+fn changing_one_byte_of_a_layer_file_changes_only_the_hostgroups_using_that_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let cfg = tmp.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    for d in ["hostgroups", "layers", "files"] {
+        if repo_root().join(d).exists() {
+            copy_tree(&repo_root().join(d), &cfg.join(d));
+        }
+    }
+    let before = build_all(&cfg, &key, &tmp.path().join("before"), &[]);
+
+    // Which hostgroups use the nginx layer, as `kiln render --explain` tells.
+    let mut users = Vec::new();
+    for name in before.keys() {
+        let rendered = ok(&kiln_in(&cfg, &["render", name, "--explain"]));
+        if rendered.contains("layers/nginx") {
+            users.push(name.clone());
+        }
+    }
+    assert!(!users.is_empty(), "no example hostgroup uses the nginx layer");
+    assert!(users.len() < before.len(), "every hostgroup uses nginx; the test would prove nothing");
+
+    // Flip one byte in a file of the layer (a comment character, so the config stays valid).
+    let layer_dir = cfg.join("layers/nginx");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&layer_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let target = &files[0];
+    let mut bytes = std::fs::read(target).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] = if bytes[last] == b'\n' { b' ' } else { b'\n' };
+    std::fs::write(target, &bytes).unwrap();
+
+    let after = build_all(&cfg, &key, &tmp.path().join("after"), &[]);
+    let mut changed: Vec<String> = before
+        .iter()
+        .filter(|(name, p)| std::fs::read(p).unwrap() != std::fs::read(&after[*name]).unwrap())
+        .map(|(n, _)| n.clone())
+        .collect();
+    changed.sort();
+    users.sort();
+    assert_eq!(changed, users);
+}
+
+#[test]
+fn tampered_bundles_are_refused_each_with_its_own_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let other = keygen(tmp.path(), "other");
+    let out = tmp.path().join("out");
+    let bundles = build_all(&repo_root(), &key, &out, &["--expires", "36500d"]);
+    let bundle = &bundles["web"];
+    let good = std::fs::read(bundle).unwrap();
+    let trust = trust_dir(tmp.path(), &[&key]);
+    assert_eq!(verify_code(bundle, &trust, &[]).0, 0);
+
+    let t = tmp.path().join("t.kiln");
+    // Single flipped bytes across the whole file: refused as a bad signature (10) when the flip
+    // lands in the signed manifest, as corrupt (17) anywhere else. Never accepted.
+    let n = good.len();
+    let mut positions: Vec<usize> = (0..200).map(|i| i * n / 200).collect();
+    positions.extend([0, 1, 2, 3, 4, 5, n - 1, n - 2, n - 4, n - 8]);
+    let mut seen = std::collections::BTreeSet::new();
+    for &pos in &positions {
+        let mut bad = good.clone();
+        bad[pos] ^= 0x01;
+        std::fs::write(&t, &bad).unwrap();
+        let (code, stderr) = verify_code(&t, &trust, &[]);
+        assert!(code == 10 || code == 17, "flip at {pos}/{n}: exit {code}: {stderr}");
+        seen.insert(code);
+    }
+    assert!(seen.contains(&17), "no flip was reported as corrupt");
+    // Truncated anywhere: corrupt.
+    for len in (0..n).step_by(n / 50 + 1).chain([n - 1]) {
+        std::fs::write(&t, &good[..len]).unwrap();
+        let (code, stderr) = verify_code(&t, &trust, &[]);
+        assert!(code == 17 || code == 10, "truncated to {len}: exit {code}: {stderr}");
+    }
+    // Appended data: corrupt.
+    for extra in [&b"\0"[..], b"x", &[0u8; 1024], &good[..64]] {
+        let mut bad = good.clone();
+        bad.extend_from_slice(extra);
+        std::fs::write(&t, &bad).unwrap();
+        assert_eq!(verify_code(&t, &trust, &[]).0, 17, "appended {} bytes", extra.len());
+    }
+    // Wrong key: untrusted (11).
+    let other_trust = trust_dir(&tmp.path().join("o"), &[&other]);
+    let (code, stderr) = verify_code(bundle, &other_trust, &[]);
+    assert_eq!(code, 11, "{stderr}");
+    assert!(stderr.contains("untrusted key"), "{stderr}");
+    // Revoked key, even though it is also trusted: revoked (12).
+    let revoked = tmp.path().join("revoked_keys");
+    std::fs::copy(format!("{}.pub", key.display()), &revoked).unwrap();
+    let (code, stderr) = verify_code(bundle, &trust, &["--revoked", revoked.to_str().unwrap()]);
+    assert_eq!(code, 12, "{stderr}");
+    // Wrong hostgroup (14), rollback below a minimum version (16).
+    assert_eq!(verify_code(bundle, &trust, &["--hostgroup", "db"]).0, 14);
+    assert_eq!(verify_code(bundle, &trust, &["--min-version", "8"]).0, 16);
+    assert_eq!(verify_code(bundle, &trust, &["--min-version", "7", "--hostgroup", "web"]).0, 0);
+}
+
+#[test]
+fn an_expired_bundle_is_refused_with_exit_13() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    // Built on 2026-01-01 and valid for one day: long expired.
+    let bundles = build_all(&repo_root(), &key, &tmp.path().join("out"), &["--expires", "1d"]);
+    let trust = trust_dir(tmp.path(), &[&key]);
+    let (code, stderr) = verify_code(&bundles["web"], &trust, &[]);
+    assert_eq!(code, 13, "{stderr}");
+    assert!(stderr.contains("expired at 2026-01-02T00:00:00Z"), "{stderr}");
+}
+
+#[test]
+fn inspect_and_diff_report_what_a_replacement_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let cfg = tmp.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    for d in ["hostgroups", "layers", "files"] {
+        if repo_root().join(d).exists() {
+            copy_tree(&repo_root().join(d), &cfg.join(d));
+        }
+    }
+    let old = build_all(&cfg, &key, &tmp.path().join("old"), &[]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&kiln(&["inspect", old["web"].to_str().unwrap(), "--json"]))).unwrap();
+    assert_eq!(inspect["hostgroup"], "web");
+    assert_eq!(inspect["version"], 7);
+    assert!(inspect["signer"].as_str().unwrap().starts_with("SHA256:"));
+
+    // Add a file to web and build version 8.
+    let web = cfg.join("hostgroups/web.yaml");
+    let text = std::fs::read_to_string(&web).unwrap();
+    let added = "  /etc/kiln-diff-test:\n    content: \"hello\\n\"\n";
+    let text = if text.starts_with("files:\n") || text.contains("\nfiles:\n") {
+        text.replacen("files:\n", &format!("files:\n{added}"), 1)
+    } else {
+        format!("{text}\nfiles:\n{added}")
+    };
+    std::fs::write(&web, text).unwrap();
+    let o = kiln(&[
+        "build", "web", "--config", cfg.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out",
+        tmp.path().join("new").to_str().unwrap(), "--version", "8",
+    ]);
+    ok(&o);
+    let new = tmp.path().join("new/web-8.kiln");
+    let d: serde_json::Value = serde_json::from_str(&ok(&kiln(&[
+        "diff", old["web"].to_str().unwrap(), new.to_str().unwrap(), "--json",
+    ])))
+    .unwrap();
+    assert_eq!(d["version"], serde_json::json!([7, 8]));
+    assert_eq!(d["sections"]["entries"]["added"], serde_json::json!(["/etc/kiln-diff-test"]));
+    let text = ok(&kiln(&["diff", old["web"].to_str().unwrap(), new.to_str().unwrap()]));
+    assert!(text.contains("+ /etc/kiln-diff-test"), "{text}");
+    let same = kiln(&["diff", old["web"].to_str().unwrap(), old["web"].to_str().unwrap(), "--exit-code"]);
+    assert_eq!(same.status.code(), Some(0));
+    let differ = kiln(&["diff", old["web"].to_str().unwrap(), new.to_str().unwrap(), "--exit-code"]);
+    assert_eq!(differ.status.code(), Some(1));
+}
+
+#[test]
+fn validate_accepts_the_shipped_example_and_reports_locations_otherwise() {
+    ok(&kiln_in(&repo_root(), &["validate"]));
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("hostgroups")).unwrap();
+    std::fs::write(tmp.path().join("hostgroups/default.yaml"), "files:\n  etc/motd:\n    content: hi\n").unwrap();
+    std::fs::write(tmp.path().join("hostgroups/web.yaml"), "{}\n").unwrap();
+    let o = kiln_in(tmp.path(), &["validate"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.starts_with("hostgroups/default.yaml:2:3: "), "{stderr}");
+}
+
+#[test]
+fn keygen_writes_an_openssh_pair_with_a_private_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let o = Command::new("ssh-keygen").arg("-y").arg("-f").arg(&key).output().unwrap();
+    let derived = String::from_utf8_lossy(&o.stdout);
+    let written = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    assert_eq!(derived.split_whitespace().nth(1), written.split_whitespace().nth(1));
+    // Refuses to overwrite without --force.
+    let o = kiln(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+}
+
+#[test]
+fn man_pages_and_completions_are_generated_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(&kiln(&["man", "--out", tmp.path().to_str().unwrap()]));
+    for page in ["kiln.1", "kiln-build.1", "kiln-verify.1", "kiln-diff.1"] {
+        let text = std::fs::read_to_string(tmp.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let build = std::fs::read_to_string(tmp.path().join("kiln-build.1")).unwrap();
+    assert!(build.contains("shard"), "kiln-build.1 does not document --shard");
+    let bash = ok(&kiln(&["completions", "bash"]));
+    assert!(bash.contains("--min-version"));
+}
+
+#[test]
+fn shards_split_all_hostgroups_without_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let all = build_all(&repo_root(), &key, &tmp.path().join("all"), &[]);
+    let mut union = Vec::new();
+    for k in 1..=3 {
+        let part = build_all(&repo_root(), &key, &tmp.path().join(format!("s{k}")), &["--shard", &format!("{k}/3")]);
+        union.extend(part.into_keys());
+    }
+    union.sort();
+    assert_eq!(union, all.into_keys().collect::<Vec<_>>());
+}
