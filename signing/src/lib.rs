@@ -5,7 +5,12 @@
 //! (SSHSIG, namespace `kiln-bundle`), then content-addressed blobs `blobs/<sha256>`.
 
 pub mod error;
+pub mod keys;
 pub mod manifest;
+pub mod sshsig;
+mod wire;
 
 pub use error::{exit, BundleError};
+pub use keys::*;
 pub use manifest::*;
+pub use sshsig::NAMESPACE;
