@@ -8,9 +8,11 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod sshsig;
+pub mod trust;
 mod wire;
 
 pub use error::{exit, BundleError};
 pub use keys::*;
 pub use manifest::*;
 pub use sshsig::NAMESPACE;
+pub use trust::*;
