@@ -3,16 +3,32 @@
 //!
 //! A bundle is a zstd-compressed tar stream: `kiln/manifest.json`, `kiln/manifest.json.sig`
 //! (SSHSIG, namespace `kiln-bundle`), then content-addressed blobs `blobs/<sha256>`.
+//! [`write_bundle`] writes one; [`open`] verifies the signature and trust,
+//! [`VerifiedBundle::for_each_blob`] streams and checks the blobs, [`check_policy`] applies the
+//! host's freshness, hostgroup, base and rollback rules.
 
 pub mod error;
+pub mod hashing;
 pub mod keys;
 pub mod manifest;
+pub mod policy;
+pub mod reader;
 pub mod sshsig;
 pub mod trust;
+pub mod validate;
 mod wire;
+pub mod writer;
+
+#[cfg(test)]
+mod testutil;
 
 pub use error::{exit, BundleError};
+pub use hashing::*;
 pub use keys::*;
 pub use manifest::*;
+pub use policy::*;
+pub use reader::{open, read_manifest_unverified, Limits, VerifiedBundle, MANIFEST_NAME, SIGNATURE_NAME};
 pub use sshsig::NAMESPACE;
 pub use trust::*;
+pub use validate::validate_manifest;
+pub use writer::*;
