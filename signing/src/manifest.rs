@@ -62,8 +62,10 @@ pub struct Base {
 }
 
 /// One path on the target.
+// No `deny_unknown_fields` here: serde does not support it together with `flatten` (it
+// refused every file entry). `EntryKind` denies unknown fields, and the reader refuses any
+// manifest that is not its own canonical re-serialization, so nothing unknown gets through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Absolute, normalized target path (no `.`, `..`, `//` or trailing `/`).
     pub path: String,

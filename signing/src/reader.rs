@@ -594,3 +594,563 @@ impl<R: Read> Read for BlobReader<'_, R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::manifest::{Entry, EntryKind};
+    use crate::policy::{check_policy, Policy};
+    use crate::testutil::*;
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+    use tar::EntryType;
+
+    fn trust() -> TrustStore {
+        TrustStore::from_keys(vec![signer().public()], vec![])
+    }
+
+    fn verify_all(bytes: &[u8]) -> Result<(), BundleError> {
+        verify_with(bytes, &Limits::default())
+    }
+
+    fn verify_with(bytes: &[u8], limits: &Limits) -> Result<(), BundleError> {
+        open(bytes, &trust(), limits)?.verify_blobs()
+    }
+
+    #[track_caller]
+    fn expect_corrupt(res: Result<(), BundleError>, want: &str) {
+        match res {
+            Err(BundleError::Corrupt(msg)) => {
+                assert!(msg.contains(want), "Corrupt({msg:?}) does not mention {want:?}")
+            }
+            other => panic!("expected Corrupt({want}), got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn expect_limit(res: Result<(), BundleError>, want: &str) {
+        match res {
+            Err(BundleError::Limit(msg)) => {
+                assert!(msg.contains(want), "Limit({msg:?}) does not mention {want:?}")
+            }
+            other => panic!("expected Limit({want}), got {other:?}"),
+        }
+    }
+
+    /// A hand-made tar whose manifest lists `blobs` and is signed by the trusted key.
+    fn signed_head(blobs: &[Vec<u8>]) -> RawTar {
+        let mut t = RawTar::default();
+        t.head(&manifest_for(blobs), &signer());
+        t
+    }
+
+    fn four_blobs() -> Vec<Vec<u8>> {
+        vec![b"motd\n".to_vec(), noise(3, 100), b"tmpl".to_vec(), noise(4, 50)]
+    }
+
+    /// The blobs of `four_blobs`, in manifest (digest) order.
+    fn in_order(blobs: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let by_digest: BTreeMap<String, Vec<u8>> =
+            blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
+        by_digest.into_values().collect()
+    }
+
+    #[test]
+    fn round_trip() {
+        let bundle = sample_bundle();
+        let b = open(&bundle[..], &trust(), &Limits::default()).unwrap();
+        assert_eq!(b.manifest, sample_manifest());
+        assert_eq!(b.manifest_bytes, sample_manifest().to_canonical_json());
+        assert_eq!(b.signer, signer().public());
+        assert_eq!(b.signer.comment, "release@kiln");
+        let mut got = BTreeMap::new();
+        b.for_each_blob(|blob, r| {
+            let mut data = Vec::new();
+            r.read_to_end(&mut data)?;
+            assert_eq!(data.len() as u64, blob.size);
+            got.insert(blob.digest.clone(), data);
+            Ok::<(), BundleError>(())
+        })
+        .unwrap();
+        assert_eq!(got, sample_blobs());
+        verify_all(&bundle).unwrap();
+        // The hand-written tar path agrees with the writer.
+        let blobs = four_blobs();
+        let mut t = signed_head(&blobs);
+        for b in in_order(&blobs) {
+            t.blob(&b);
+        }
+        verify_all(&t.finish()).unwrap();
+    }
+
+    #[test]
+    fn callback_reads_part_and_the_rest_is_checked() {
+        let bundle = sample_bundle();
+        let mut seen = 0;
+        open(&bundle[..], &trust(), &Limits::default())
+            .unwrap()
+            .for_each_blob(|_, r| {
+                let mut two = [0u8; 2];
+                let _ = r.read(&mut two)?;
+                seen += 1;
+                Ok::<(), BundleError>(())
+            })
+            .unwrap();
+        assert_eq!(seen, sample_manifest().blobs.len());
+    }
+
+    #[derive(Debug)]
+    enum AppError {
+        Bundle(BundleError),
+        Mine(&'static str),
+    }
+
+    impl From<BundleError> for AppError {
+        fn from(e: BundleError) -> Self {
+            AppError::Bundle(e)
+        }
+    }
+
+    impl From<io::Error> for AppError {
+        fn from(_: io::Error) -> Self {
+            AppError::Mine("io")
+        }
+    }
+
+    #[test]
+    fn wrong_blob_content_fails_at_its_end() {
+        let blobs = four_blobs();
+        let ordered = in_order(&blobs);
+        let mut t = signed_head(&blobs);
+        // Same size and name, one byte different.
+        let mut bad = ordered[0].clone();
+        bad[0] ^= 1;
+        t.file(&format!("blobs/{}", sha256_hex(&ordered[0])), &bad);
+        for b in &ordered[1..] {
+            t.blob(b);
+        }
+        let bytes = t.finish();
+
+        // The reader hands out the bytes but fails with InvalidData at EOF...
+        let mut kinds = Vec::new();
+        let res = open(&bytes[..], &trust(), &Limits::default()).unwrap().for_each_blob(|_, r| {
+            let mut data = Vec::new();
+            let e = r.read_to_end(&mut data).unwrap_err();
+            kinds.push(e.kind());
+            assert!(e.to_string().contains("content has sha256"), "{e}");
+            Err(AppError::from(e))
+        });
+        assert_eq!(kinds, vec![io::ErrorKind::InvalidData]);
+        // ...and the caller gets Corrupt, not its own wrapping of the io error.
+        match res {
+            Err(AppError::Bundle(BundleError::Corrupt(msg))) => assert!(msg.contains("sha256")),
+            other => panic!("{other:?}"),
+        }
+        // A callback that reads nothing still gets the refusal.
+        let res = open(&bytes[..], &trust(), &Limits::default())
+            .unwrap()
+            .for_each_blob(|_, _| Ok::<(), AppError>(()));
+        assert!(matches!(res, Err(AppError::Bundle(BundleError::Corrupt(_)))));
+        expect_corrupt(verify_all(&bytes), "content has sha256");
+        // The callback's own error passes through when the bundle is fine.
+        let res = open(&sample_bundle()[..], &trust(), &Limits::default())
+            .unwrap()
+            .for_each_blob(|_, _| Err(AppError::Mine("disk full")));
+        assert!(matches!(res, Err(AppError::Mine("disk full"))));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let bundle = sample_bundle();
+        assert!(bundle.len() < 4096, "fixture grew: {} bytes", bundle.len());
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in 0..bundle.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = bundle.clone();
+                b[i] ^= flip;
+                let kind = match verify_all(&b) {
+                    Ok(()) => panic!("flip {flip:#x} at {i} of {} accepted", bundle.len()),
+                    Err(BundleError::Corrupt(_)) => "corrupt",
+                    Err(BundleError::Limit(_)) => "limit",
+                    Err(BundleError::BadSignature(_)) => "signature",
+                    Err(other) => panic!("flip at {i}: unexpected {other:?}"),
+                };
+                *counts.entry(kind).or_default() += 1;
+            }
+        }
+        eprintln!("{} byte bundle: {counts:?}", bundle.len());
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bundle = sample_bundle();
+        for len in 0..bundle.len() {
+            expect_corrupt(verify_all(&bundle[..len]), "");
+        }
+        // Truncating the tar inside an intact zstd frame is refused as well.
+        let tar_bytes = decompress(&bundle);
+        for len in (0..tar_bytes.len()).step_by(97).chain([tar_bytes.len() - 512, tar_bytes.len() - 1]) {
+            expect_corrupt(verify_all(&compress(&tar_bytes[..len], 3, 19, false)), "");
+        }
+    }
+
+    #[test]
+    fn appended_bytes_are_refused() {
+        let bundle = sample_bundle();
+        let skippable = [0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        let empty_frame = compress(b"", 3, 19, false);
+        for tail in [&[0u8][..], b"\n", b"garbage", &skippable, &empty_frame, &bundle] {
+            let mut b = bundle.clone();
+            b.extend_from_slice(tail);
+            expect_corrupt(verify_all(&b), "after the end of the zstd frame");
+        }
+        // Inside the frame: a member after the last blob, or data after the end marker.
+        let mut tar_bytes = decompress(&bundle);
+        let end = tar_bytes.len() - 1024;
+        let mut extra = tar_bytes[..end].to_vec();
+        let mut t = RawTar { out: std::mem::take(&mut extra) };
+        t.file("blobs/extra", b"x");
+        expect_corrupt(verify_all(&t.finish()), "after the last blob");
+        tar_bytes.extend_from_slice(b"trailing");
+        expect_corrupt(verify_all(&compress(&tar_bytes, 3, 19, false)), "after the end of the tar");
+        // A tar record's zero padding is fine (GNU tar pads to 10 KiB).
+        let mut padded = decompress(&bundle);
+        padded.resize(padded.len().div_ceil(10240) * 10240, 0);
+        verify_all(&compress(&padded, 3, 19, false)).unwrap();
+    }
+
+    #[test]
+    fn untrusted_and_revoked_keys() {
+        let stranger = bundle_of(&sample_manifest(), &sample_blobs(), &other_key());
+        match open(&stranger[..], &trust(), &Limits::default()) {
+            Err(BundleError::UntrustedKey { fingerprint }) => {
+                assert_eq!(fingerprint, other_key().public().fingerprint())
+            }
+            other => panic!("{other:?}"),
+        }
+        let revoked = TrustStore::from_keys(vec![signer().public()], vec![signer().public()]);
+        match open(&sample_bundle()[..], &revoked, &Limits::default()) {
+            Err(BundleError::RevokedKey { fingerprint }) => {
+                assert_eq!(fingerprint, signer().public().fingerprint())
+            }
+            other => panic!("{other:?}"),
+        }
+        // kiln inspect can still read it, trusting nothing.
+        let (m, bytes, sig) = read_manifest_unverified(&stranger[..], &Limits::default()).unwrap();
+        assert_eq!(m, sample_manifest());
+        assert_eq!(sshsig::verify(&sig, NAMESPACE, &bytes).unwrap(), other_key().public());
+    }
+
+    #[test]
+    fn signature_must_match_the_manifest() {
+        let m = sample_manifest();
+        let json = m.to_canonical_json();
+        let mut other = m.clone();
+        other.version = 8;
+        // A valid signature of a different manifest.
+        let sig = sshsig::sign(&signer(), NAMESPACE, &other.to_canonical_json());
+        let mut t = RawTar::default();
+        t.file(MANIFEST_NAME, &json).file(SIGNATURE_NAME, sig.as_bytes());
+        let res = open(&t.finish()[..], &trust(), &Limits::default()).map(|_| ());
+        assert!(matches!(res, Err(BundleError::BadSignature(_))), "{res:?}");
+        // A signature for another namespace.
+        let sig = sshsig::sign(&signer(), "git", &json);
+        let mut t = RawTar::default();
+        t.file(MANIFEST_NAME, &json).file(SIGNATURE_NAME, sig.as_bytes());
+        let res = open(&t.finish()[..], &trust(), &Limits::default()).map(|_| ());
+        assert!(matches!(res, Err(BundleError::BadSignature(ref s)) if s.contains("namespace")));
+    }
+
+    #[test]
+    fn expired_bundle_is_refused_by_policy() {
+        let bundle = sample_bundle();
+        let b = open(&bundle[..], &trust(), &Limits::default()).unwrap();
+        let policy = Policy {
+            now: humantime::parse_rfc3339("2031-01-01T00:00:00Z").unwrap(),
+            hostgroup: Some("web".into()),
+            min_version: None,
+            base: None,
+        };
+        assert!(matches!(check_policy(&b.manifest, &policy), Err(BundleError::Expired { .. })));
+    }
+
+    #[test]
+    fn only_regular_files_are_members() {
+        let blobs = four_blobs();
+        let ordered = in_order(&blobs);
+        let first = format!("blobs/{}", sha256_hex(&ordered[0]));
+        let cases: Vec<(EntryType, Option<&str>, &str)> = vec![
+            (EntryType::Symlink, Some("/etc/shadow"), "symlink"),
+            (EntryType::Link, Some("kiln/manifest.json"), "hard link"),
+            (EntryType::Char, None, "character device"),
+            (EntryType::Block, None, "block device"),
+            (EntryType::Fifo, None, "FIFO"),
+            (EntryType::Directory, None, "directory"),
+            (EntryType::XHeader, None, "pax extended header"),
+            (EntryType::GNULongName, None, "GNU long name"),
+        ];
+        for (kind, link, want) in cases {
+            let mut t = signed_head(&blobs);
+            t.member(first.as_bytes(), kind, 0, &[], link);
+            expect_corrupt(verify_all(&t.finish()), want);
+        }
+        // The same at the manifest's place.
+        let mut t = RawTar::default();
+        t.member(MANIFEST_NAME.as_bytes(), EntryType::Symlink, 0, &[], Some("/etc/passwd"));
+        expect_corrupt(verify_all(&t.finish()), "symlink");
+    }
+
+    #[test]
+    fn members_must_be_exactly_what_the_manifest_lists() {
+        let blobs = four_blobs();
+        let ordered = in_order(&blobs);
+
+        // An unlisted blob among the listed ones.
+        let mut t = signed_head(&blobs);
+        t.blob(&ordered[0]).blob(b"not in the manifest");
+        for b in &ordered[1..] {
+            t.blob(b);
+        }
+        expect_corrupt(verify_all(&t.finish()), "expected member blobs/");
+
+        // A blob whose header size differs from the manifest (content self-consistent).
+        let mut t = signed_head(&blobs);
+        let mut longer = ordered[0].clone();
+        longer.push(b'!');
+        t.file(&format!("blobs/{}", sha256_hex(&ordered[0])), &longer);
+        expect_corrupt(verify_all(&t.finish()), "in the archive");
+
+        // The same blob twice.
+        let mut t = signed_head(&blobs);
+        t.blob(&ordered[0]).blob(&ordered[0]);
+        expect_corrupt(verify_all(&t.finish()), "expected member");
+        let mut t = signed_head(&blobs);
+        for b in &ordered {
+            t.blob(b);
+        }
+        t.blob(&ordered[3]);
+        expect_corrupt(verify_all(&t.finish()), "after the last blob");
+
+        // Out of order.
+        let mut t = signed_head(&blobs);
+        for b in ordered.iter().rev() {
+            t.blob(b);
+        }
+        expect_corrupt(verify_all(&t.finish()), "expected member");
+
+        // A blob missing at the end.
+        let mut t = signed_head(&blobs);
+        for b in &ordered[..3] {
+            t.blob(b);
+        }
+        expect_corrupt(verify_all(&t.finish()), "archive ends where");
+
+        // Path tricks in member names.
+        for name in ["../x", "/etc/passwd", "blobs/../kiln/manifest.json"] {
+            let mut t = signed_head(&blobs);
+            t.member(name.as_bytes(), EntryType::Regular, 1, b"x", None);
+            expect_corrupt(verify_all(&t.finish()), "expected member");
+        }
+        let mut t = RawTar::default();
+        t.member(b"../kiln/manifest.json", EntryType::Regular, 2, b"{}", None);
+        expect_corrupt(verify_all(&t.finish()), "expected member kiln/manifest.json");
+
+        // Signature before manifest.
+        let m = manifest_for(&blobs);
+        let json = m.to_canonical_json();
+        let mut t = RawTar::default();
+        t.file(SIGNATURE_NAME, sshsig::sign(&signer(), NAMESPACE, &json).as_bytes())
+            .file(MANIFEST_NAME, &json);
+        expect_corrupt(verify_all(&t.finish()), "expected member kiln/manifest.json");
+
+        // Non-zero padding after a member.
+        let mut t = signed_head(&blobs);
+        t.blob(&ordered[0]);
+        let last = t.out.len() - 1;
+        t.out[last] = 1;
+        expect_corrupt(verify_all(&t.finish()), "padding");
+
+        // A header with a bad checksum.
+        let mut t = signed_head(&blobs);
+        let at = t.out.len();
+        t.blob(&ordered[0]);
+        t.out[at + 100] ^= 1; // mode field
+        expect_corrupt(verify_all(&t.finish()), "checksum");
+    }
+
+    #[test]
+    fn signed_but_invalid_manifests_are_refused() {
+        let blobs = four_blobs();
+        let ordered = in_order(&blobs);
+        let with = |edit: &dyn Fn(&mut crate::manifest::Manifest)| {
+            let mut m = manifest_for(&blobs);
+            edit(&mut m);
+            let mut t = RawTar::default();
+            t.head(&m, &signer());
+            for b in &ordered {
+                t.blob(b);
+            }
+            verify_all(&t.finish())
+        };
+        expect_corrupt(with(&|m| m.entries[1].path = "/etc/../etc/shadow".into()), "contains . or ..");
+        expect_corrupt(with(&|m| m.entries[1].path = "etc/motd".into()), "not absolute");
+        expect_corrupt(
+            with(&|m| {
+                let dup = m.entries[1].clone();
+                m.entries.push(dup)
+            }),
+            "duplicate path",
+        );
+        expect_corrupt(with(&|m| m.templates[0].path = "/etc/motd".into()), "duplicate path");
+        expect_corrupt(
+            with(&|m| m.entries.push(Entry { path: "/x".into(), kind: EntryKind::Directory { mode: "rwx".into(), owner: "r".into(), group: "r".into() } })),
+            "mode",
+        );
+        expect_corrupt(
+            with(&|m| {
+                if let EntryKind::File { size, .. } = &mut m.entries[1].kind {
+                    *size += 1;
+                }
+            }),
+            "differs from blob",
+        );
+        expect_corrupt(
+            with(&|m| {
+                if let EntryKind::File { digest, .. } = &mut m.entries[1].kind {
+                    *digest = "0".repeat(64);
+                }
+            }),
+            "not in the blob list",
+        );
+        expect_corrupt(with(&|m| m.packages.clear()), "nothing uses it");
+        expect_corrupt(with(&|m| m.blobs.swap(0, 1)), "sorted");
+        expect_corrupt(with(&|m| m.blobs[0].digest = m.blobs[0].digest.to_uppercase()), "lowercase hex");
+        expect_corrupt(with(&|m| m.expires = "2030-01-01".into()), "RFC 3339");
+        expect_corrupt(with(&|m| m.format = 2), "format 2 is not supported");
+    }
+
+    #[test]
+    fn manifest_bytes_must_be_canonical() {
+        let blobs = four_blobs();
+        let ordered = in_order(&blobs);
+        let m = manifest_for(&blobs);
+        let canonical = m.to_canonical_json();
+        let value: serde_json::Value = serde_json::from_slice(&canonical).unwrap();
+        let pretty = serde_json::to_vec_pretty(&value).unwrap();
+        let mut unknown = value.clone();
+        unknown["extra"] = serde_json::json!(true);
+        let unknown = serde_json::to_vec(&unknown).unwrap();
+        let mut no_newline = canonical.clone();
+        no_newline.pop();
+        for (json, want) in [
+            (pretty, "canonical"),
+            (unknown, "unknown field"),
+            (no_newline, "canonical"),
+            (b"[]".to_vec(), "does not parse"),
+            (b"not json".to_vec(), "does not parse"),
+        ] {
+            let mut t = RawTar::default();
+            t.head_bytes(&json, &signer());
+            for b in &ordered {
+                t.blob(b);
+            }
+            expect_corrupt(verify_all(&t.finish()), want);
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let bundle = sample_bundle();
+        let d = Limits::default;
+        expect_limit(verify_with(&bundle, &Limits { max_manifest_bytes: 100, ..d() }), "manifest.json is");
+        expect_limit(verify_with(&bundle, &Limits { max_signature_bytes: 100, ..d() }), "sig is");
+        expect_limit(verify_with(&bundle, &Limits { max_entries: 3, ..d() }), "entries");
+        expect_limit(verify_with(&bundle, &Limits { max_blob_bytes: 500, ..d() }), "blob");
+        expect_limit(verify_with(&bundle, &Limits { max_total_bytes: 1000, ..d() }), "total");
+        expect_limit(verify_with(&bundle, &Limits { window_log_max: 20, ..d() }), "window");
+        verify_with(&bundle, &Limits { window_log_max: 21, ..d() }).unwrap();
+        let limits = Limits { max_manifest_bytes: 100, ..d() };
+        assert!(matches!(read_manifest_unverified(&bundle[..], &limits), Err(BundleError::Limit(_))));
+    }
+
+    #[test]
+    fn not_a_proper_zstd_frame() {
+        let tar_bytes = decompress(&sample_bundle());
+        expect_corrupt(verify_all(b""), "bad magic");
+        expect_corrupt(verify_all(&tar_bytes), "bad magic");
+        // No content checksum.
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        z.include_checksum(false).unwrap();
+        z.write_all(&tar_bytes).unwrap();
+        expect_corrupt(verify_all(&z.finish().unwrap()), "no content checksum");
+        // A skippable frame in front.
+        let mut b = vec![0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0];
+        b.extend_from_slice(&sample_bundle());
+        expect_corrupt(verify_all(&b), "bad magic");
+        // Two frames, each half of the tar.
+        let mut b = compress(&tar_bytes[..1024], 3, 19, false);
+        b.extend(compress(&tar_bytes[1024..], 3, 19, false));
+        expect_corrupt(verify_all(&b), "");
+    }
+
+    /// A frame needing a 128 MiB window (long-distance matching over a large input) is
+    /// refused from its header, before a decoder exists; the decoder would refuse it too.
+    #[test]
+    fn large_window_is_refused() {
+        let chunk = noise(9, 1 << 20);
+        let mut big = chunk.clone();
+        big.resize(9 << 20, 0);
+        big.extend_from_slice(&chunk);
+        let blobs = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), big];
+        let m = manifest_for(&blobs);
+        let map = blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
+        let tar_bytes = decompress(&bundle_of(&m, &map, &signer()));
+        let wide = compress(&tar_bytes, 3, 27, true);
+        assert_eq!(wide[5] >> 3, 27 - 10, "window descriptor");
+        // Far smaller than its content: the repeat 9 MiB back was found.
+        assert!(wide.len() < (3 << 20), "{}", wide.len());
+        expect_limit(verify_all(&wide), "window");
+        let err = read_manifest_unverified(&wide[..], &Limits::default()).unwrap_err();
+        assert!(matches!(err, BundleError::Limit(_)));
+
+        // Defence in depth: the decoder itself is capped.
+        let mut z = zstd::stream::read::Decoder::new(&wide[..]).unwrap().single_frame();
+        z.window_log_max(Limits::default().window_log_max).unwrap();
+        let e = io::copy(&mut z, &mut io::sink()).unwrap_err();
+        assert!(matches!(classify(e), BundleError::Corrupt(_)));
+    }
+
+    /// A failing source is an I/O error, not a corrupt bundle.
+    #[test]
+    fn source_errors_are_io() {
+        struct Failing<'a>(&'a [u8]);
+        impl Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "peer went away"));
+                }
+                let n = self.0.read(buf)?;
+                Ok(n)
+            }
+        }
+        let bundle = sample_bundle();
+        for cut in [0, 10, bundle.len() / 2, bundle.len() - 1] {
+            let res = open(Failing(&bundle[..cut]), &trust(), &Limits::default())
+                .and_then(|b| b.verify_blobs());
+            match res {
+                Err(BundleError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn key_rotation_with_revocation() {
+        let old = SigningKey::from_seed(&[1; 32], "old");
+        let store = TrustStore::from_keys(vec![old.public(), signer().public()], vec![old.public()]);
+        let by_old = bundle_of(&sample_manifest(), &sample_blobs(), &old);
+        assert!(matches!(open(&by_old[..], &store, &Limits::default()), Err(BundleError::RevokedKey { .. })));
+        open(&sample_bundle()[..], &store, &Limits::default()).unwrap().verify_blobs().unwrap();
+    }
+}

@@ -130,3 +130,121 @@ impl<W: Write> Write for ExactWriter<'_, W> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn same_inputs_same_bytes() {
+        let a = sample_bundle();
+        let b = sample_bundle();
+        assert_eq!(a, b);
+        // However the callback chunks and flushes its writes, the bytes are the same.
+        let blobs = sample_blobs();
+        let c = write_bundle(Vec::new(), &sample_manifest(), &signer(), &mut |blob, w| {
+            for chunk in blobs[&blob.digest].chunks(7) {
+                w.write_all(chunk)?;
+                w.flush()?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(a, c);
+        // A different key gives a different signature, hence different bytes.
+        assert_ne!(a, bundle_of(&sample_manifest(), &blobs, &other_key()));
+    }
+
+    #[test]
+    fn frame_and_tar_headers_are_pinned() {
+        let bundle = sample_bundle();
+        // Magic, then descriptor: checksum flag only; then window descriptor for 2^21.
+        assert_eq!(bundle[..4], [0x28, 0xB5, 0x2F, 0xFD]);
+        assert_eq!(bundle[4], 0x04);
+        assert_eq!(bundle[5], ((ZSTD_WINDOW_LOG - 10) << 3) as u8);
+
+        let tar_bytes = decompress(&bundle);
+        assert_eq!(tar_bytes.len() % 512, 0);
+        assert!(tar_bytes[tar_bytes.len() - 1024..].iter().all(|&b| b == 0));
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let m = sample_manifest();
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            assert!(h.as_ustar().is_some());
+            assert_eq!(h.mode().unwrap(), 0o644);
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()), (0, 0, 0));
+            assert_eq!(h.username_bytes(), Some(&b""[..]));
+            assert_eq!(h.groupname_bytes(), Some(&b""[..]));
+            assert_eq!(h.entry_type(), tar::EntryType::Regular);
+            names.push(entry.path().unwrap().to_string_lossy().into_owned());
+        }
+        let mut want = vec![MANIFEST_NAME.to_string(), SIGNATURE_NAME.to_string()];
+        want.extend(m.blobs.iter().map(|b| format!("blobs/{}", b.digest)));
+        assert_eq!(names, want);
+    }
+
+    /// DESIGN.md promises `zstd -dc web-7.kiln | tar -xO kiln/manifest.json` shows the manifest.
+    #[test]
+    fn standard_tools_read_the_manifest() {
+        if !std::path::Path::new("/usr/bin/zstd").exists() {
+            eprintln!("no /usr/bin/zstd; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-7.kiln");
+        std::fs::write(&path, sample_bundle()).unwrap();
+        let zstd = Command::new("/usr/bin/zstd")
+            .arg("-dc")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Command::new("tar")
+            .args(["-xO", MANIFEST_NAME])
+            .stdin(zstd.stdout.unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, sample_manifest().to_canonical_json());
+    }
+
+    #[test]
+    fn blob_writer_must_give_exactly_the_size() {
+        let m = sample_manifest();
+        let blobs = sample_blobs();
+        let short = write_bundle(Vec::new(), &m, &signer(), &mut |b, w| {
+            let data = &blobs[&b.digest];
+            w.write_all(&data[..data.len().saturating_sub(1)])
+        });
+        assert!(matches!(short, Err(BundleError::Corrupt(ref s)) if s.contains("gave")), "{short:?}");
+        let long = write_bundle(Vec::new(), &m, &signer(), &mut |b, w| {
+            w.write_all(&blobs[&b.digest])?;
+            w.write_all(b"x")
+        });
+        assert!(matches!(long, Err(BundleError::Corrupt(ref s)) if s.contains("more than")), "{long:?}");
+        let failing = write_bundle(Vec::new(), &m, &signer(), &mut |_, _| {
+            Err(io::Error::other("disk on fire"))
+        });
+        assert!(matches!(failing, Err(BundleError::Io(ref e)) if e.to_string() == "disk on fire"));
+    }
+
+    #[test]
+    fn invalid_manifests_are_not_written() {
+        let blobs = sample_blobs();
+        let mut m = sample_manifest();
+        m.entries[1].path = "/etc/../motd".into();
+        let mut out = Vec::new();
+        let res = write_bundle(&mut out, &m, &signer(), &mut |b, w| w.write_all(&blobs[&b.digest]));
+        assert!(matches!(res, Err(BundleError::Corrupt(_))));
+        assert!(out.is_empty(), "nothing may be written before validation");
+
+        let mut m = sample_manifest();
+        m.blobs.reverse();
+        let res = write_bundle(Vec::new(), &m, &signer(), &mut |b, w| w.write_all(&blobs[&b.digest]));
+        assert!(matches!(res, Err(BundleError::Corrupt(ref s)) if s.contains("sorted")));
+    }
+}
