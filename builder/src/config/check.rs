@@ -1,0 +1,308 @@
+//! Small checks shared by every part of the schema: names, paths, modes, and readers that
+//! turn a [`Node`] into a Rust value or say what was expected instead.
+
+use super::diag::Sink;
+use super::yaml::{Node, NodeKind};
+
+/// `[a-z0-9][a-z0-9-]{0,62}`: hostgroup and layer names.
+pub fn is_hostgroup_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// `[a-z_][a-z0-9_-]{0,31}`: user and group names.
+pub fn is_account_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// Debian package names: `[a-z0-9][a-z0-9+.-]+`.
+pub fn is_package_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 2
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
+}
+
+/// Debian version strings: `[epoch:]upstream[-revision]` from `[A-Za-z0-9.+~:-]`, starting
+/// with a digit after the epoch.
+pub fn is_package_version(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b".+~:-".contains(c))
+        && {
+            let upstream = s.split_once(':').map_or(s, |(epoch, rest)| {
+                if epoch.bytes().all(|c| c.is_ascii_digit()) && !epoch.is_empty() {
+                    rest
+                } else {
+                    "!"
+                }
+            });
+            upstream.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        }
+}
+
+/// Suffixes a unit file may have.
+pub const UNIT_SUFFIXES: &[&str] =
+    &["service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope"];
+
+/// Suffixes a service (something that can be started) may have.
+pub const SERVICE_SUFFIXES: &[&str] = &["service", "socket", "timer", "path", "target", "mount"];
+
+fn unit_chars_ok(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b":_.@-\\".contains(&c))
+}
+
+/// `name.suffix` with systemd's characters and one of `suffixes`.
+fn has_unit_form(s: &str, suffixes: &[&str]) -> bool {
+    if s.len() > 255 || !unit_chars_ok(s) {
+        return false;
+    }
+    match s.rsplit_once('.') {
+        Some((stem, suffix)) => !stem.is_empty() && suffixes.contains(&suffix),
+        None => false,
+    }
+}
+
+/// A service name: `nginx.service`, `app@1.service`, `backup.timer`...
+pub fn is_service_name(s: &str) -> bool {
+    has_unit_form(s, SERVICE_SUFFIXES)
+}
+
+/// A unit file name (`app.service`) or a drop-in (`ssh.service.d/10-kiln.conf`).
+pub fn is_unit_key(s: &str) -> bool {
+    if let Some((dir, file)) = s.split_once('/') {
+        let Some(unit) = dir.strip_suffix(".d") else { return false };
+        let Some(stem) = file.strip_suffix(".conf") else { return false };
+        has_unit_form(unit, UNIT_SUFFIXES) && unit_chars_ok(stem) && !stem.starts_with('.')
+    } else {
+        has_unit_form(s, UNIT_SUFFIXES)
+    }
+}
+
+/// Command names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub fn is_command_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+}
+
+/// Parameter names, usable as `params.<name>` in templates: `[a-z_][a-z0-9_]*`.
+pub fn is_param_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+/// Why `s` is not a normalized absolute path on the target, if it is not.
+pub fn abs_path_problem(s: &str) -> Option<String> {
+    if s.contains('\0') || s.contains('\n') || s.contains('\r') {
+        return Some(format!("path {s:?} contains a NUL or newline character"));
+    }
+    if !s.starts_with('/') {
+        return Some(format!("path {s:?} is not absolute"));
+    }
+    if s == "/" {
+        return Some("path \"/\" is the root directory itself".into());
+    }
+    if s.ends_with('/') {
+        return Some(format!("path {s:?} ends with \"/\""));
+    }
+    if s.contains("//") {
+        return Some(format!("path {s:?} contains \"//\""));
+    }
+    if s.split('/').any(|c| c == "." || c == "..") {
+        return Some(format!("path {s:?} has a \".\" or \"..\" component"));
+    }
+    if s.len() > 4096 {
+        return Some("path is longer than 4096 bytes".into());
+    }
+    None
+}
+
+/// Why `s` is not a plain relative path inside a directory of the configuration, if it is not.
+pub fn rel_path_problem(s: &str) -> Option<String> {
+    if s.contains('\0') || s.contains('\n') || s.contains('\r') {
+        return Some(format!("from: {s:?} contains a NUL or newline character"));
+    }
+    if s.is_empty() {
+        return Some("from: is empty".into());
+    }
+    if s.starts_with('/') {
+        return Some(format!("from: {s:?} must be relative"));
+    }
+    if s.ends_with('/') {
+        return Some(format!("from: {s:?} ends with \"/\""));
+    }
+    if s.contains("//") {
+        return Some(format!("from: {s:?} contains \"//\""));
+    }
+    if s.split('/').any(|c| c == "..") {
+        return Some(format!("from: {s:?} has a \"..\" component (it must stay inside its directory)"));
+    }
+    if s.split('/').any(|c| c == ".") {
+        return Some(format!("from: {s:?} has a \".\" component"));
+    }
+    None
+}
+
+/// A mode: a quoted string of 3 or 4 octal digits. Setuid, setgid and sticky bits can only
+/// be written as the first of 4 digits, so they are never set by accident.
+pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
+    match &node.kind {
+        NodeKind::Str(s) => {
+            let ok = (3..=4).contains(&s.len()) && s.bytes().all(|c| (b'0'..=b'7').contains(&c));
+            if !ok {
+                d.err(&node.span, format!("mode {s:?} is not an octal mode such as \"0644\" (3 or 4 digits 0-7)"));
+                return None;
+            }
+            u32::from_str_radix(s, 8).ok()
+        }
+        NodeKind::Int(_) => {
+            let raw = node.text();
+            let ok = (3..=4).contains(&raw.len()) && raw.bytes().all(|c| (b'0'..=b'7').contains(&c));
+            let hint = if ok { raw.clone() } else { "0644".into() };
+            d.err(&node.span, format!("mode {raw} must be a quoted string; quote it: mode: \"{hint}\""));
+            None
+        }
+        _ => {
+            d.err(&node.span, format!("expected a mode such as \"0644\", found {}", node.describe()));
+            None
+        }
+    }
+}
+
+/// The entries of a map (`null` counts as an empty map).
+pub fn map<'a>(node: &'a Node, d: &mut Sink) -> Option<&'a [(Node, Node)]> {
+    match &node.kind {
+        NodeKind::Map(m) => Some(m),
+        NodeKind::Null => Some(&[]),
+        _ => {
+            d.err(&node.span, format!("expected a map, found {}", node.describe()));
+            None
+        }
+    }
+}
+
+/// The items of a list (`null` counts as an empty list).
+pub fn list<'a>(node: &'a Node, d: &mut Sink) -> Option<&'a [Node]> {
+    match &node.kind {
+        NodeKind::Seq(s) => Some(s),
+        NodeKind::Null => Some(&[]),
+        _ => {
+            d.err(&node.span, format!("expected a list, found {}", node.describe()));
+            None
+        }
+    }
+}
+
+/// A string; a plain scalar that YAML read as a number or a bool gets a hint to quote it.
+pub fn string<'a>(key: &str, node: &'a Node, d: &mut Sink) -> Option<&'a str> {
+    match &node.kind {
+        NodeKind::Str(s) => Some(s),
+        NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Bool(_) if node.raw.is_some() => {
+            d.err(
+                &node.span,
+                format!("expected a string, found {}; quote it: {key}: \"{}\"", node.describe(), node.text()),
+            );
+            None
+        }
+        _ => {
+            d.err(&node.span, format!("expected a string, found {}", node.describe()));
+            None
+        }
+    }
+}
+
+/// A list of strings (entries that are not strings are reported and skipped).
+pub fn strings<'a>(key: &str, node: &'a Node, d: &mut Sink) -> Vec<&'a Node> {
+    let mut out = Vec::new();
+    for item in list(node, d).unwrap_or(&[]) {
+        if string(key, item, d).is_some() {
+            out.push(item);
+        }
+    }
+    out
+}
+
+pub fn boolean(node: &Node, d: &mut Sink) -> Option<bool> {
+    match node.kind {
+        NodeKind::Bool(b) => Some(b),
+        _ => {
+            d.err(&node.span, format!("expected true or false, found {}", node.describe()));
+            None
+        }
+    }
+}
+
+/// An integer in `lo..=hi`.
+pub fn int_in(what: &str, node: &Node, lo: i64, hi: i64, d: &mut Sink) -> Option<i64> {
+    match node.kind {
+        NodeKind::Int(i) if (lo..=hi).contains(&i) => Some(i),
+        NodeKind::Int(_) => {
+            d.err(&node.span, format!("{what} {} is out of range ({lo}-{hi})", node.text()));
+            None
+        }
+        _ => {
+            d.err(&node.span, format!("expected an integer {what}, found {}", node.describe()));
+            None
+        }
+    }
+}
+
+/// Report keys of `entries` that are not in `allowed`.
+pub fn known_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, d: &mut Sink) {
+    for (k, _) in entries {
+        let name = k.key_str();
+        if !allowed.contains(&name) {
+            d.err(&k.span, format!("unknown key {name:?} in {what} (expected one of: {})", allowed.join(", ")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_hostgroup_name("web-1") && !is_hostgroup_name("Web") && !is_hostgroup_name("-a"));
+        assert!(is_hostgroup_name(&"a".repeat(63)) && !is_hostgroup_name(&"a".repeat(64)));
+        assert!(is_account_name("_chrony") && is_account_name("www-data") && !is_account_name("1x"));
+        assert!(!is_account_name("Deploy") && !is_account_name(&"a".repeat(33)));
+        assert!(is_package_name("libc6") && is_package_name("g++") && !is_package_name("a"));
+        assert!(!is_package_name("Nginx") && !is_package_name("-x") && !is_package_name("a_b"));
+        assert!(is_package_version("1.22.1-9+deb12u1") && is_package_version("1:2.3~rc1"));
+        assert!(!is_package_version("1.0 beta") && !is_package_version("") && !is_package_version("x:1"));
+        assert!(is_service_name("nginx.service") && is_service_name("app@1.service"));
+        assert!(!is_service_name("nginx") && !is_service_name(".service") && !is_service_name("a.slice"));
+        assert!(is_unit_key("app.service") && is_unit_key("ssh.service.d/10-kiln.conf"));
+        assert!(!is_unit_key("ssh.service.d/10-kiln") && !is_unit_key("a/b.service") && !is_unit_key("x.d/y.conf"));
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(abs_path_problem("/etc/motd"), None);
+        assert!(abs_path_problem("etc/motd").unwrap().contains("not absolute"));
+        assert!(abs_path_problem("/etc/../x").unwrap().contains("component"));
+        assert!(abs_path_problem("/etc/./x").unwrap().contains("component"));
+        assert!(abs_path_problem("/etc//x").unwrap().contains("//"));
+        assert!(abs_path_problem("/etc/x/").unwrap().contains("ends with"));
+        assert!(abs_path_problem("/etc/x\n").unwrap().contains("NUL"));
+        assert!(abs_path_problem("/").is_some());
+        assert_eq!(rel_path_problem("a/b.conf"), None);
+        assert!(rel_path_problem("../x").is_some() && rel_path_problem("/x").is_some());
+        assert!(rel_path_problem("a/../../x").is_some() && rel_path_problem("").is_some());
+    }
+}

@@ -1,0 +1,359 @@
+//! `kiln render`: a resolved hostgroup as YAML, in a fixed order so that two renders of the
+//! same inputs are byte-identical and diff well. With `explain`, each item is followed by a
+//! comment naming the definition that won and those it was merged over.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+use super::diag::Span;
+use super::model::*;
+use super::resolve::layer_of;
+
+/// Inline content longer than this is shown as its digest.
+const MAX_SHOWN: usize = 256;
+
+/// A YAML scalar for `s`: plain when that reads back as the same string, else double-quoted.
+pub fn scalar(s: &str) -> String {
+    let plain_char = |c: char| c.is_ascii_alphanumeric() || "_./@+=~-:".contains(c);
+    let reads_as_other = {
+        let file = std::sync::Arc::from(std::path::Path::new(""));
+        let parsed = super::yaml::parse(&file, &format!("{s}\n"));
+        !matches!(parsed.root.map(|n| n.kind), Some(super::yaml::NodeKind::Str(ref t)) if t == s)
+    };
+    let plain = !s.is_empty()
+        && s.chars().all(plain_char)
+        && !s.starts_with(['-', ':', '.'])
+        && !s.ends_with(':')
+        && !reads_as_other;
+    if plain {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn flow_list(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|s| scalar(s)).collect::<Vec<_>>().join(", "))
+}
+
+fn mode(m: u32) -> String {
+    format!("\"{m:04o}\"")
+}
+
+/// Bytes as text when they are short UTF-8 text, else `sha256:<hex> (N bytes)`.
+fn content(bytes: &[u8]) -> String {
+    if bytes.len() <= MAX_SHOWN {
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            if s.chars().all(|c| c == '\n' || c == '\t' || !c.is_control()) {
+                let q = scalar(s);
+                // A digest line is plain; text is always quoted so the two never look alike.
+                return if q.starts_with('"') { q } else { format!("\"{q}\"") };
+            }
+        }
+    }
+    format!("sha256:{} ({} bytes)", hex::encode(Sha256::digest(bytes)), bytes.len())
+}
+
+fn origin(span: &Span) -> String {
+    match layer_of(span) {
+        Some(layer) => format!("{span} (layer {layer})"),
+        None => span.to_string(),
+    }
+}
+
+fn explain<T>(on: bool, item: &Sourced<T>) -> String {
+    if !on {
+        return String::new();
+    }
+    let mut s = format!("  # from {}", origin(&item.span));
+    if !item.merged_over.is_empty() {
+        let over: Vec<String> = item.merged_over.iter().rev().map(origin).collect();
+        let _ = write!(s, ", merged over {}", over.join(", "));
+    }
+    s
+}
+
+/// Write `entries` as `key: {a: b, ...}` on one line.
+fn flow_map(entries: &[(&str, String)]) -> String {
+    let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+fn json(out: &mut String, v: &serde_json::Value, indent: usize) {
+    use serde_json::Value as J;
+    let pad = " ".repeat(indent);
+    match v {
+        J::Object(m) => {
+            for (k, v) in m {
+                match v {
+                    J::Object(inner) if !inner.is_empty() => {
+                        let _ = writeln!(out, "{pad}{}:", scalar(k));
+                        json(out, v, indent + 2);
+                    }
+                    J::Array(items) if !items.is_empty() => {
+                        let _ = writeln!(out, "{pad}{}:", scalar(k));
+                        json(out, v, indent + 2);
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{pad}{}: {}", scalar(k), json_scalar(v));
+                    }
+                }
+            }
+        }
+        J::Array(items) => {
+            for v in items {
+                match v {
+                    J::Object(inner) if !inner.is_empty() => {
+                        // First key on the dash line, the rest indented under it.
+                        let mut sub = String::new();
+                        json(&mut sub, v, indent + 2);
+                        let sub = sub.trim_start();
+                        let _ = write!(out, "{pad}- {sub}");
+                    }
+                    J::Array(inner) if !inner.is_empty() => {
+                        let _ = writeln!(out, "{pad}-");
+                        json(out, v, indent + 2);
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{pad}- {}", json_scalar(v));
+                    }
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "{pad}{}", json_scalar(v));
+        }
+    }
+}
+
+fn json_scalar(v: &serde_json::Value) -> String {
+    use serde_json::Value as J;
+    match v {
+        J::Null => "null".into(),
+        J::Bool(b) => b.to_string(),
+        J::Number(n) => n.to_string(),
+        J::String(s) => scalar(s),
+        J::Array(_) => "[]".into(),
+        J::Object(_) => "{}".into(),
+    }
+}
+
+impl Resolved {
+    /// The resolved hostgroup as YAML (`kiln render`); with `explain`, where each item came from.
+    pub fn to_yaml(&self, explain_on: bool) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "hostgroup: {}", scalar(&self.hostgroup));
+        let b = &self.base;
+        let _ = writeln!(o, "base:");
+        for (k, v) in [
+            ("name", &b.name),
+            ("os_id", &b.os_id),
+            ("version_id", &b.version_id),
+            ("arch", &b.arch),
+            ("suite", &b.suite),
+            ("variant", &b.variant),
+        ] {
+            let _ = writeln!(o, "  {k}: {}", scalar(v));
+        }
+        let _ = writeln!(o, "  include: {}", flow_list(&b.include));
+
+        if self.layers.is_empty() {
+            let _ = writeln!(o, "layers: []");
+        } else {
+            let _ = writeln!(o, "layers:");
+            for l in &self.layers {
+                let why = match (explain_on, self.layer_uses.get(l)) {
+                    (true, Some(span)) => format!("  # used at {}", origin(span)),
+                    _ => String::new(),
+                };
+                let _ = writeln!(o, "  - {}{why}", scalar(l));
+            }
+        }
+
+        match &self.vars {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                let _ = writeln!(o, "vars:");
+                for (k, v) in m {
+                    let mut one = serde_json::Map::new();
+                    one.insert(k.clone(), v.clone());
+                    let mut text = String::new();
+                    json(&mut text, &serde_json::Value::Object(one), 2);
+                    if let (true, Some(span)) = (explain_on, self.vars_spans.get(k)) {
+                        // The comment goes on the key's line.
+                        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+                        let _ = writeln!(o, "{first}  # from {}", origin(span));
+                        o.push_str(rest);
+                    } else {
+                        o.push_str(&text);
+                    }
+                }
+            }
+            _ => {
+                let _ = writeln!(o, "vars: {{}}");
+            }
+        }
+
+        let accounts: Vec<String> = self.system_accounts.iter().cloned().collect();
+        let _ = writeln!(o, "system_accounts: {}", flow_list(&accounts));
+
+        section(&mut o, "groups", self.groups.iter(), |name, g| {
+            let mut e = Vec::new();
+            if let Some(gid) = g.value.gid {
+                e.push(("gid", gid.to_string()));
+            }
+            e.push(("system", g.value.system.to_string()));
+            vec![format!("{}: {}{}", scalar(name), flow_map(&e), explain(explain_on, g))]
+        });
+
+        section(&mut o, "users", self.users.iter(), |name, u| {
+            let v = &u.value;
+            let mut lines = vec![format!("{}:{}", scalar(name), explain(explain_on, u))];
+            if let Some(uid) = v.uid {
+                lines.push(format!("  uid: {uid}"));
+            }
+            if let Some(g) = &v.group {
+                lines.push(format!("  group: {}", scalar(g)));
+            }
+            lines.push(format!("  groups: {}", flow_list(&v.groups)));
+            if let Some(h) = &v.home {
+                lines.push(format!("  home: {}", scalar(h)));
+            }
+            if let Some(s) = &v.shell {
+                lines.push(format!("  shell: {}", scalar(s)));
+            }
+            if let Some(c) = &v.comment {
+                lines.push(format!("  comment: {}", scalar(c)));
+            }
+            lines.push(format!("  system: {}", v.system));
+            lines.push(format!("  create_home: {}", v.create_home));
+            lines.push(format!("  authorized_keys: {}", flow_list(&v.authorized_keys)));
+            lines
+        });
+
+        section(&mut o, "packages", self.packages.iter(), |name, p| {
+            let e: Vec<(&str, String)> = p.value.version.iter().map(|v| ("version", scalar(v))).collect();
+            vec![format!("{}: {}{}", scalar(name), flow_map(&e), explain(explain_on, p))]
+        });
+
+        section(&mut o, "directories", self.directories.iter(), |path, dsrc| {
+            let d = &dsrc.value;
+            let e = if d.absent {
+                vec![("state", "absent".to_string())]
+            } else {
+                vec![("mode", mode(d.mode)), ("owner", scalar(&d.owner)), ("group", scalar(&d.group))]
+            };
+            vec![format!("{}: {}{}", scalar(path), flow_map(&e), explain(explain_on, dsrc))]
+        });
+
+        section(&mut o, "files", self.files.iter(), |path, fsrc| {
+            let f = &fsrc.value;
+            let mut lines = vec![format!("{}:{}", scalar(path), explain(explain_on, fsrc))];
+            let from = f.from.as_ref().map(|p| scalar(&p.to_string_lossy()));
+            match &f.source {
+                FileSource::Bytes(bytes) => lines.push(format!("  content: {}", content(bytes))),
+                FileSource::Path(_) => {}
+                FileSource::Symlink(t) => lines.push(format!("  symlink: {}", scalar(t))),
+                FileSource::Absent => lines.push("  state: absent".into()),
+                FileSource::Dynamic { template } if from.is_none() => {
+                    lines.push(format!("  content: {}", content(template.as_bytes())))
+                }
+                FileSource::Dynamic { .. } => {}
+            }
+            if let Some(from) = from {
+                lines.push(format!("  from: {from}"));
+            }
+            if f.template != TemplateKind::None {
+                lines.push(format!("  template: {}", f.template.as_str()));
+            }
+            if !matches!(f.source, FileSource::Symlink(_) | FileSource::Absent) {
+                lines.push(format!("  mode: {}", mode(f.mode)));
+                lines.push(format!("  owner: {}", scalar(&f.owner)));
+                lines.push(format!("  group: {}", scalar(&f.group)));
+            }
+            if !f.restart.is_empty() {
+                lines.push(format!("  restart: {}", flow_list(&f.restart)));
+            }
+            if !f.reload.is_empty() {
+                lines.push(format!("  reload: {}", flow_list(&f.reload)));
+            }
+            lines
+        });
+
+        let _ = writeln!(o, "units: {}", flow_list(&self.units));
+
+        section(&mut o, "services", self.services.iter(), |name, s| {
+            let e = vec![("state", s.value.state.as_str().to_string()), ("enabled", s.value.enabled.to_string())];
+            vec![format!("{}: {}{}", scalar(name), flow_map(&e), explain(explain_on, s))]
+        });
+
+        section(&mut o, "commands", self.commands.iter().map(|c| (&c.value.name, c)), |name, c| {
+            let v = &c.value;
+            let mut lines = vec![format!("{}:{}", scalar(name), explain(explain_on, c))];
+            lines.push(format!("  run: {}", flow_list(&v.argv)));
+            lines.push(format!("  timeout: {}", humantime::format_duration(v.timeout)));
+            if let Some(p) = &v.creates {
+                lines.push(format!("  creates: {}", scalar(p)));
+            }
+            lines
+        });
+        o
+    }
+}
+
+/// A section: `name: {}` when empty, else each item's lines indented by two.
+fn section<'a, T: 'a>(
+    o: &mut String,
+    name: &str,
+    items: impl Iterator<Item = (&'a String, &'a Sourced<T>)>,
+    mut lines: impl FnMut(&str, &Sourced<T>) -> Vec<String>,
+) {
+    let mut body = String::new();
+    for (k, v) in items {
+        for line in lines(k, v) {
+            let _ = writeln!(body, "  {line}");
+        }
+    }
+    if body.is_empty() {
+        let _ = writeln!(o, "{name}: {{}}");
+    } else {
+        let _ = writeln!(o, "{name}:");
+        o.push_str(&body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_read_back_as_themselves() {
+        assert_eq!(scalar("/etc/motd"), "/etc/motd");
+        assert_eq!(scalar("12"), "\"12\"");
+        assert_eq!(scalar("true"), "\"true\"");
+        assert_eq!(scalar("null"), "\"null\"");
+        assert_eq!(scalar(""), "\"\"");
+        assert_eq!(scalar("a: b"), "\"a: b\"");
+        assert_eq!(scalar("x\n\"y\"\u{1}"), "\"x\\n\\\"y\\\"\\x01\"");
+        assert_eq!(scalar("1.22.1-9+deb12u1"), "1.22.1-9+deb12u1");
+        assert_eq!(scalar("0644"), "\"0644\"");
+        assert_eq!(content(b"12"), "\"12\"");
+        assert_eq!(content(b"hi"), "\"hi\"");
+        assert!(content(&[0xff, 0]).starts_with("sha256:"));
+    }
+}
