@@ -239,6 +239,10 @@ pub fn strings<'a>(key: &str, node: &'a Node, d: &mut Sink) -> Vec<&'a Node> {
 pub fn boolean(node: &Node, d: &mut Sink) -> Option<bool> {
     match node.kind {
         NodeKind::Bool(b) => Some(b),
+        NodeKind::Str(ref s) if matches!(s.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off") => {
+            d.err(&node.span, format!("expected true or false, found the string {s:?} (YAML 1.2 has no yes/no booleans)"));
+            None
+        }
         _ => {
             d.err(&node.span, format!("expected true or false, found {}", node.describe()));
             None

@@ -289,10 +289,6 @@ pub fn file(kind: Kind, key: &Node, item: &Node, complete: bool, d: &mut Sink) -
                     if kind == Kind::Files { "symlink, " } else { "" }
                 ),
             ),
-            (Some((Src::Absent, _)), t) if t != TemplateKind::None => {
-                let span = spec.template_span.clone().unwrap_or_else(|| key.span.clone());
-                d.err(&span, format!("template: {} needs content or from", t.as_str()));
-            }
             _ => {}
         }
     }

@@ -184,7 +184,7 @@ pub fn load(root: &Path) -> Result<Config, Diagnostics> {
     let default = if default_missing {
         d.err(
             &Span::file_start(rel("hostgroups/default.yaml")),
-            format!("missing hostgroups/default.yaml: {} is not a Kiln configuration", root.display()),
+            "missing: every configuration needs hostgroups/default.yaml (is this the configuration directory?)",
         );
         Doc { file: rel("hostgroups/default.yaml"), root: None, failed: true }
     } else {

@@ -422,7 +422,7 @@ impl Run<'_> {
             Ok(_) => true,
             Err(e) => {
                 let line = e.line().map(|l| format!(" (template line {l})")).unwrap_or_default();
-                self.d.err(span, format!("dynamic template {name} has a syntax error: {}{line}", template::reason(&e)));
+                self.d.err(span, format!("dynamic template {name}: {}{line}", template::reason(&e)));
                 false
             }
         }

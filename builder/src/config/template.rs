@@ -130,7 +130,15 @@ pub fn sole_expression(s: &str) -> Option<&str> {
 pub fn expand(env: &Environment<'static>, s: &str, ctx: &Value, span: &Span) -> Result<Node, String> {
     if let Some(expr) = sole_expression(s) {
         let compiled = env.compile_expression(expr).map_err(|e| reason(&e))?;
+        // An expression evaluates to undefined without complaint; rendering it says which
+        // name is undefined.
         let value = compiled.eval(ctx.clone()).map_err(|e| reason(&e))?;
+        if value.is_undefined() {
+            return Err(match env.render_str(s, ctx.clone()) {
+                Err(e) => reason(&e),
+                Ok(_) => "undefined value".into(),
+            });
+        }
         return from_value(&value, span);
     }
     let text = env.render_str(s, ctx.clone()).map_err(|e| reason(&e))?;
