@@ -98,3 +98,6 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

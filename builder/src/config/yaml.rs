@@ -137,6 +137,19 @@ fn span_at(file: &Arc<Path>, m: &saphyr_parser::Marker) -> Span {
 
 /// Read `text` (the contents of `file`, relative to the configuration root).
 pub fn parse(file: &Arc<Path>, text: &str) -> Parsed {
+    // The parser is not known to panic (see the fuzz test), but a configuration error must
+    // never become a crash: a panic inside it is reported as a problem of the file.
+    match std::panic::catch_unwind(|| parse_events(file, text)) {
+        Ok(parsed) => parsed,
+        Err(_) => Parsed {
+            root: None,
+            diags: vec![Diagnostic::new(Span::file_start(file.clone()), "the YAML parser failed on this file")],
+            failed: true,
+        },
+    }
+}
+
+fn parse_events(file: &Arc<Path>, text: &str) -> Parsed {
     let mut diags = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     let mut root: Option<Node> = None;
@@ -425,5 +438,32 @@ mod tests {
         assert!(r.root.is_none() && r.diags.is_empty());
         let r = p("# only a comment\n");
         assert!(r.root.is_none() && r.diags.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Random YAML-ish text never panics the reader (a regression net for parser edge cases).
+    #[test]
+    fn random_input_never_panics() {
+        let alphabet: &[&str] = &[
+            "a", "b:", " ", "  ", "\n", "\t", "-", "- ", ":", ": ", "[", "]", "{", "}", ",", "\"", "'", "&x", "*x",
+            "!!str ", "!t ", "|", ">", "#", "---", "...", "?", "%YAML 1.2", "0644", "~", "null", "1e3", "\\", "é",
+            "\u{feff}", "\r",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let file: Arc<Path> = Arc::from(Path::new("f.yaml"));
+        for _ in 0..20_000 {
+            let mut s = String::new();
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (seed >> 58) as usize;
+            for _ in 0..len {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            let _ = parse(&file, &s);
+        }
     }
 }
