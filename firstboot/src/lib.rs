@@ -1,1 +1,15 @@
 //! kiln-firstboot: the apply engine (reused by `kiln bake`) and the first-boot command.
+//!
+//! [`apply::apply`] applies a verified bundle to a root filesystem, crash-safely; [`cli`] and
+//! [`cmd`] are the `kiln-firstboot` command around it: fetch, checks, logging, exit codes.
+
+pub mod apply;
+pub mod cli;
+pub mod cmd;
+pub mod dynamic;
+pub mod fetch;
+pub mod host;
+pub mod log;
+pub mod state;
+
+pub use apply::{apply, ApplyError, ApplyFailure, ApplyOptions, ApplyReport};

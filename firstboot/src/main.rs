@@ -1,4 +1,5 @@
+//! `kiln-firstboot`: thin shim over the kiln_firstboot library.
+
 fn main() {
-    eprintln!("kiln-firstboot: apply is not implemented yet");
-    std::process::exit(1);
+    std::process::exit(kiln_firstboot::cmd::main_with_args(std::env::args_os()));
 }

@@ -1,0 +1,401 @@
+//! Groups and users, with the target's own shadow tools (`groupadd`, `useradd`, `usermod`, run
+//! with `--root` when the target is not `/`), and `authorized_keys`. The root's `/etc/passwd`
+//! and `/etc/group` decide what exists: an existing account with the same spec is left alone,
+//! so a rerun after a crash is a no-op.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_signing::{Group, User};
+
+use super::fsroot::{Kind, Root};
+use super::process::Program;
+use super::{ApplyError, Ctx};
+
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+/// /etc/passwd and /etc/group larger than this are refused rather than read.
+const DB_LIMIT: u64 = 16 << 20;
+
+/// A line of `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub comment: String,
+    pub home: String,
+    pub shell: String,
+}
+
+/// A line of `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+/// The accounts of a root, as its files list them.
+#[derive(Debug, Default, Clone)]
+pub struct Accounts {
+    pub users: Vec<PasswdEntry>,
+    pub groups: Vec<GroupEntry>,
+}
+
+impl Accounts {
+    /// Reads `/etc/passwd` and `/etc/group` of the root (missing files are empty).
+    pub fn load(root: &Root) -> io::Result<Accounts> {
+        let passwd = root.read_text("/etc/passwd", DB_LIMIT)?.unwrap_or_default();
+        let group = root.read_text("/etc/group", DB_LIMIT)?.unwrap_or_default();
+        Ok(Accounts { users: parse_passwd(&passwd), groups: parse_group(&group) })
+    }
+
+    pub fn user(&self, name: &str) -> Option<&PasswdEntry> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&GroupEntry> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// A uid for an owner field: a user name of the root, or a number.
+    pub fn uid(&self, owner: &str) -> Option<u32> {
+        self.user(owner).map(|u| u.uid).or_else(|| numeric(owner))
+    }
+
+    /// A gid for a group field: a group name of the root, or a number.
+    pub fn gid(&self, group: &str) -> Option<u32> {
+        self.group(group).map(|g| g.gid).or_else(|| numeric(group))
+    }
+
+    /// Supplementary groups `user` is listed in.
+    pub fn memberships(&self, user: &str) -> Vec<&str> {
+        self.groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == user))
+            .map(|g| g.name.as_str())
+            .collect()
+    }
+}
+
+fn numeric(s: &str) -> Option<u32> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Parses passwd lines; malformed lines (and NIS `+` lines) are skipped, as libc does.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() != 7 || f[0].is_empty() || f[0].starts_with(['+', '-']) {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: f[0].to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                comment: f[4].to_string(),
+                home: f[5].to_string(),
+                shell: f[6].to_string(),
+            })
+        })
+        .collect()
+}
+
+pub fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() != 4 || f[0].is_empty() || f[0].starts_with(['+', '-']) {
+                return None;
+            }
+            Some(GroupEntry {
+                name: f[0].to_string(),
+                gid: f[2].parse().ok()?,
+                members: f[3].split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
+/// A shadow tool invocation on the root: `--root DIR` unless the root is `/`.
+fn shadow(root: &Path, tool: &str, args: Vec<String>) -> Program {
+    let mut argv = vec![tool.to_string()];
+    if root != Path::new("/") {
+        argv.push("--root".to_string());
+        argv.push(root.display().to_string());
+    }
+    argv.extend(args);
+    Program::new(&argv, TOOL_TIMEOUT)
+}
+
+fn run_tool(ctx: &Ctx, step: &'static str, what: &str, program: Program) -> Result<(), ApplyError> {
+    ctx.log.info(&format!("  {}", program.display()));
+    let done = program
+        .run()
+        .map_err(|e| ApplyError::step(step, what, format!("running {}: {e}", program.argv[0])))?;
+    if !done.success() {
+        return Err(ApplyError::step(
+            step,
+            what,
+            format!("{} failed ({}): {}", program.argv[0], done.describe(program.timeout), done.last_line()),
+        ));
+    }
+    Ok(())
+}
+
+/// What would change for the groups of a manifest.
+pub fn plan_groups(have: &Accounts, groups: &[Group]) -> Result<Vec<String>, String> {
+    let mut todo = Vec::new();
+    for g in groups {
+        match have.group(&g.name) {
+            Some(e) => {
+                if let Some(gid) = g.gid {
+                    if gid != e.gid {
+                        return Err(format!("group {} exists with gid {}, the bundle wants {gid}", g.name, e.gid));
+                    }
+                }
+            }
+            None => todo.push(format!("create group {}", g.name)),
+        }
+    }
+    Ok(todo)
+}
+
+/// Creates the missing groups. Returns how many were created.
+pub fn apply_groups(ctx: &Ctx) -> Result<usize, ApplyError> {
+    let mut created = 0;
+    for g in &ctx.manifest.groups {
+        let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("groups", "/etc/group", e))?;
+        if let Some(e) = have.group(&g.name) {
+            if let Some(gid) = g.gid.filter(|gid| *gid != e.gid) {
+                return Err(ApplyError::step(
+                    "groups",
+                    &g.name,
+                    format!("exists with gid {}, the bundle wants {gid}", e.gid),
+                ));
+            }
+            continue;
+        }
+        let mut args = Vec::new();
+        if let Some(gid) = g.gid {
+            args.extend(["--gid".to_string(), gid.to_string()]);
+        }
+        if g.system {
+            args.push("--system".to_string());
+        }
+        args.push(g.name.clone());
+        run_tool(ctx, "groups", &g.name, shadow(ctx.root.path(), "groupadd", args))?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// The `usermod` arguments that bring an existing account to the spec (empty: nothing to do),
+/// or an error for what must not be changed in place (the uid).
+fn usermod_args(have: &Accounts, e: &PasswdEntry, u: &User) -> Result<Vec<String>, String> {
+    if let Some(uid) = u.uid.filter(|uid| *uid != e.uid) {
+        return Err(format!("user {} exists with uid {}, the bundle wants {uid}", u.name, e.uid));
+    }
+    let mut args = Vec::new();
+    if let Some(group) = &u.group {
+        if have.gid(group) != Some(e.gid) {
+            args.extend(["--gid".to_string(), group.clone()]);
+        }
+    }
+    if let Some(home) = u.home.as_ref().filter(|h| **h != e.home) {
+        args.extend(["--home".to_string(), home.clone()]);
+    }
+    if let Some(shell) = u.shell.as_ref().filter(|s| **s != e.shell) {
+        args.extend(["--shell".to_string(), shell.clone()]);
+    }
+    if let Some(comment) = u.comment.as_ref().filter(|c| **c != e.comment) {
+        args.extend(["--comment".to_string(), comment.clone()]);
+    }
+    let member_of = have.memberships(&u.name);
+    let primary = have.groups.iter().find(|g| g.gid == e.gid).map(|g| g.name.as_str());
+    let missing: Vec<&str> = u
+        .groups
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !member_of.contains(g) && Some(*g) != primary)
+        .collect();
+    if !missing.is_empty() {
+        args.extend(["--append".to_string(), "--groups".to_string(), missing.join(",")]);
+    }
+    Ok(args)
+}
+
+/// What would change for the users of a manifest.
+pub fn plan_users(have: &Accounts, users: &[User]) -> Result<Vec<String>, String> {
+    let mut todo = Vec::new();
+    for u in users {
+        match have.user(&u.name) {
+            Some(e) => {
+                let args = usermod_args(have, e, u)?;
+                if !args.is_empty() {
+                    todo.push(format!("usermod {} {}", args.join(" "), u.name));
+                }
+            }
+            None => todo.push(format!("create user {}", u.name)),
+        }
+        if !u.authorized_keys.is_empty() {
+            todo.push(format!("authorized_keys of {} ({} keys)", u.name, u.authorized_keys.len()));
+        }
+    }
+    Ok(todo)
+}
+
+/// Creates or adjusts users, then writes their authorized_keys. Returns how many accounts
+/// were created or changed.
+pub fn apply_users(ctx: &Ctx) -> Result<usize, ApplyError> {
+    let mut changed = 0;
+    for u in &ctx.manifest.users {
+        let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("users", "/etc/passwd", e))?;
+        match have.user(&u.name) {
+            Some(e) => {
+                let args = usermod_args(&have, e, u).map_err(|m| ApplyError::step("users", &u.name, m))?;
+                if !args.is_empty() {
+                    let mut args = args;
+                    args.push(u.name.clone());
+                    run_tool(ctx, "users", &u.name, shadow(ctx.root.path(), "usermod", args))?;
+                    changed += 1;
+                }
+            }
+            None => {
+                run_tool(ctx, "users", &u.name, shadow(ctx.root.path(), "useradd", useradd_args(&have, u)))?;
+                changed += 1;
+            }
+        }
+        if !u.authorized_keys.is_empty() {
+            write_authorized_keys(ctx, u)?;
+        }
+    }
+    Ok(changed)
+}
+
+fn useradd_args(have: &Accounts, u: &User) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(uid) = u.uid {
+        args.extend(["--uid".to_string(), uid.to_string()]);
+    }
+    match &u.group {
+        Some(group) => args.extend(["--gid".to_string(), group.clone()]),
+        // useradd --user-group refuses when the group exists (e.g. declared in `groups`): join it.
+        None if have.group(&u.name).is_some() => args.extend(["--gid".to_string(), u.name.clone()]),
+        None => args.push("--user-group".to_string()),
+    }
+    if !u.groups.is_empty() {
+        args.extend(["--groups".to_string(), u.groups.join(",")]);
+    }
+    if let Some(home) = &u.home {
+        args.extend(["--home-dir".to_string(), home.clone()]);
+    }
+    if let Some(shell) = &u.shell {
+        args.extend(["--shell".to_string(), shell.clone()]);
+    }
+    if let Some(comment) = &u.comment {
+        args.extend(["--comment".to_string(), comment.clone()]);
+    }
+    if u.system {
+        args.push("--system".to_string());
+    }
+    args.push(if u.create_home { "--create-home" } else { "--no-create-home" }.to_string());
+    args.push(u.name.clone());
+    args
+}
+
+/// `~/.ssh/authorized_keys`: 0600, in a 0700 `.ssh`, both owned by the user and its group.
+fn write_authorized_keys(ctx: &Ctx, u: &User) -> Result<(), ApplyError> {
+    let what = |p: &str| format!("{p} of {}", u.name);
+    let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("users", "/etc/passwd", e))?;
+    let e = have
+        .user(&u.name)
+        .ok_or_else(|| ApplyError::step("users", &u.name, "missing from /etc/passwd after useradd"))?;
+    if !e.home.starts_with('/') || e.home == "/" || e.home.split('/').any(|c| c == "..") {
+        return Err(ApplyError::step("users", &u.name, format!("home {:?} cannot hold authorized_keys", e.home)));
+    }
+    let ssh_dir = format!("{}/.ssh", e.home.trim_end_matches('/'));
+    let keys_path = format!("{ssh_dir}/authorized_keys");
+    let step_err = |p: &str, err: io::Error| ApplyError::step("users", &what(p), err);
+    // The home itself: made (0700, the user's) only if useradd did not make it.
+    if !ctx.root.exists(&e.home).map_err(|err| step_err(&e.home, err))? {
+        super::entries::ensure_dir(ctx.root, &e.home, 0o700, e.uid, e.gid).map_err(|err| step_err(&e.home, err))?;
+    }
+    super::entries::ensure_dir(ctx.root, &ssh_dir, 0o700, e.uid, e.gid).map_err(|err| step_err(&ssh_dir, err))?;
+    let mut content = u.authorized_keys.join("\n");
+    content.push('\n');
+    let parent = ctx
+        .root
+        .parent(&keys_path, true)
+        .map_err(|err| step_err(&keys_path, err))?
+        .ok_or_else(|| ApplyError::step("users", &keys_path, "parent missing"))?;
+    if let Some(m) = parent.lstat().map_err(|err| step_err(&keys_path, err))? {
+        if m.kind == Kind::Dir {
+            return Err(ApplyError::step("users", &keys_path, "is a directory"));
+        }
+    }
+    super::entries::write_bytes(&parent, content.as_bytes(), 0o600, e.uid, e.gid)
+        .map_err(|err| step_err(&keys_path, err))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_passwd_and_group() {
+        let p = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\n+nis::::::\nweb:x:1000:1000:Web,,,:/srv/web:/bin/sh\n");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].comment, "Web,,,");
+        let g = parse_group("adm:x:4:syslog,web\nweb:x:1000:\n");
+        let a = Accounts { users: p, groups: g };
+        assert_eq!(a.memberships("web"), vec!["adm"]);
+        assert_eq!(a.uid("web"), Some(1000));
+        assert_eq!(a.uid("1234"), Some(1234));
+        assert_eq!(a.uid("nobody"), None);
+        assert_eq!(a.gid("adm"), Some(4));
+    }
+
+    fn user(name: &str) -> User {
+        User {
+            name: name.into(),
+            uid: None,
+            group: None,
+            groups: vec![],
+            home: None,
+            shell: None,
+            comment: None,
+            system: false,
+            create_home: true,
+            authorized_keys: vec![],
+        }
+    }
+
+    #[test]
+    fn same_spec_is_left_alone_and_differences_become_usermod() {
+        let a = Accounts {
+            users: parse_passwd("web:x:1000:1000:Web:/srv/web:/bin/sh\n"),
+            groups: parse_group("web:x:1000:\nadm:x:4:web\nwww:x:33:\n"),
+        };
+        let mut u = user("web");
+        u.group = Some("web".into());
+        u.groups = vec!["adm".into(), "web".into()];
+        u.shell = Some("/bin/sh".into());
+        assert!(usermod_args(&a, a.user("web").unwrap(), &u).unwrap().is_empty());
+        u.groups.push("www".into());
+        u.shell = Some("/bin/bash".into());
+        assert_eq!(
+            usermod_args(&a, a.user("web").unwrap(), &u).unwrap(),
+            ["--shell", "/bin/bash", "--append", "--groups", "www"]
+        );
+        u.uid = Some(7);
+        assert!(usermod_args(&a, a.user("web").unwrap(), &u).is_err());
+    }
+}

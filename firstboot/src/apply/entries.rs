@@ -1,0 +1,389 @@
+//! The manifest's paths: directories, files, symlinks, absent. Each step is idempotent (content,
+//! target, mode and owner already right: nothing is written) and goes through [`Root`], so a
+//! symlink in the base or made by an earlier entry never carries a write out of the root.
+
+use nix::libc;
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+
+use kiln_signing::{Entry, EntryKind};
+use nix::fcntl::OFlag;
+use sha2::{Digest, Sha256};
+
+use super::accounts::Accounts;
+use super::fsroot::{self, Kind, Meta, Parent, Root};
+use super::journal::Journal;
+use super::validate::parse_mode;
+use super::{ApplyError, Ctx};
+
+/// What applying one entry does to the current root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    /// Content (files) or target (symlinks) differs.
+    Replace,
+    /// Only mode or owner differ.
+    Metadata,
+    Remove,
+    Unchanged,
+}
+
+/// Looks at what is at `e.path` now and says what applying `e` would do, or why it cannot
+/// be applied (a conflict found before anything changes). Hashes file content only with `hash`.
+pub fn plan_entry(root: &Root, e: &Entry, ids: Option<(u32, u32)>, absent: &BTreeSet<&str>, hash: bool) -> Result<Action, String> {
+    let parent = match root.parent(&e.path, false) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(if matches!(e.kind, EntryKind::Absent) { Action::Unchanged } else { Action::Create }),
+        Err(err) if fsroot::is_missing(&err) => {
+            return Ok(if matches!(e.kind, EntryKind::Absent) { Action::Unchanged } else { Action::Create })
+        }
+        Err(err) => return Err(err.to_string()),
+    };
+    let meta = parent.lstat().map_err(|err| err.to_string())?;
+    let Some(meta) = meta else {
+        return Ok(if matches!(e.kind, EntryKind::Absent) { Action::Unchanged } else { Action::Create });
+    };
+    let wants_meta = |mode: &str| -> Result<bool, String> {
+        let mode = parse_mode(mode)?;
+        Ok(match ids {
+            Some((uid, gid)) => meta.mode != mode || meta.uid != uid || meta.gid != gid,
+            None => true,
+        })
+    };
+    match &e.kind {
+        EntryKind::Directory { mode, .. } => match meta.kind {
+            Kind::Dir => Ok(if wants_meta(mode)? { Action::Metadata } else { Action::Unchanged }),
+            Kind::Symlink => match root.open_dir(&e.path) {
+                Ok(fd) => {
+                    let m = fsroot::fmeta(fd.as_fd()).map_err(|err| err.to_string())?;
+                    let mode = parse_mode(mode)?;
+                    Ok(match ids {
+                        Some((uid, gid)) if m.mode == mode && m.uid == uid && m.gid == gid => Action::Unchanged,
+                        _ => Action::Metadata,
+                    })
+                }
+                Err(_) => Err("is a symlink that does not lead to a directory".into()),
+            },
+            _ => Err("exists and is not a directory (refusing to replace it)".into()),
+        },
+        EntryKind::File { mode, digest, size, .. } => match meta.kind {
+            Kind::Dir => Err("is a directory (refusing to replace it with a file)".into()),
+            Kind::File if hash => {
+                if meta.size == *size && same_content(&parent, digest).map_err(|err| err.to_string())? {
+                    Ok(if wants_meta(mode)? { Action::Metadata } else { Action::Unchanged })
+                } else {
+                    Ok(Action::Replace)
+                }
+            }
+            _ => Ok(Action::Replace),
+        },
+        EntryKind::Symlink { target } => match meta.kind {
+            Kind::Dir => Err("is a directory (refusing to replace it with a symlink)".into()),
+            Kind::Symlink if parent.readlink().map(|t| t == target.as_str()).unwrap_or(false) => Ok(Action::Unchanged),
+            _ => Ok(Action::Replace),
+        },
+        EntryKind::Absent => {
+            if meta.kind == Kind::Dir {
+                let children = list_dir(&parent).map_err(|err| err.to_string())?;
+                let uncovered: Vec<String> = children
+                    .into_iter()
+                    .filter(|c| !absent.contains(format!("{}/{c}", e.path).as_str()))
+                    .collect();
+                if !uncovered.is_empty() {
+                    return Err(format!(
+                        "is a non-empty directory (holds {}{}); `absent` removes only files, symlinks and empty directories",
+                        uncovered.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                        if uncovered.len() > 3 { ", ..." } else { "" }
+                    ));
+                }
+            }
+            Ok(Action::Remove)
+        }
+    }
+}
+
+/// Names in the directory at `parent`'s last component (not following it).
+fn list_dir(parent: &Parent) -> io::Result<Vec<String>> {
+    let fd = parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    let mut dir = nix::dir::Dir::from_fd(fd)?;
+    let mut out = Vec::new();
+    for ent in dir.iter() {
+        let ent = ent?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the regular file at `parent`'s last component has this sha256.
+fn same_content(parent: &Parent, digest: &str) -> io::Result<bool> {
+    let fd = parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+    if fsroot::fmeta(fd.as_fd())?.kind != Kind::File {
+        return Ok(false);
+    }
+    let mut file = std::fs::File::from(fd);
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut HashWriter(&mut hasher))?;
+    Ok(hex::encode(hasher.finalize()) == digest)
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Resolves an entry's owner and group against the root's accounts.
+pub fn ids(accounts: &Accounts, owner: &str, group: &str) -> Result<(u32, u32), String> {
+    let uid = accounts.uid(owner).ok_or_else(|| format!("owner {owner:?} does not exist in the root"))?;
+    let gid = accounts.gid(group).ok_or_else(|| format!("group {group:?} does not exist in the root"))?;
+    Ok((uid, gid))
+}
+
+fn entry_ids(ctx: &Ctx, accounts: &Accounts, e: &Entry, owner: &str, group: &str) -> Result<(u32, u32), ApplyError> {
+    let _ = ctx;
+    ids(accounts, owner, group).map_err(|m| ApplyError::step("entries", &e.path, m))
+}
+
+/// Makes `path` a directory with this mode and owner (creating missing parents 0755 root).
+/// An existing directory (or a symlink that leads to one, inside the root) gets the metadata.
+/// Returns whether anything changed.
+pub fn ensure_dir(root: &Root, path: &str, mode: u32, uid: u32, gid: u32) -> io::Result<bool> {
+    let parent = root
+        .parent(path, true)?
+        .ok_or_else(|| io::Error::other("parent missing"))?;
+    let (fd, created) = match parent.lstat()? {
+        None => {
+            let created = parent.mkdir()?;
+            (parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?, created)
+        }
+        Some(m) if m.kind == Kind::Dir => (parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?, false),
+        Some(m) if m.kind == Kind::Symlink => match root.open_dir(path) {
+            Ok(fd) => (fd, false),
+            Err(_) => return Err(io::Error::other("is a symlink that does not lead to a directory")),
+        },
+        Some(_) => return Err(io::Error::other("exists and is not a directory (refusing to replace it)")),
+    };
+    let have = fsroot::fmeta(fd.as_fd())?;
+    if created || !same_meta(&have, mode, uid, gid) {
+        fsroot::set_owner_mode(fd.as_fd(), uid, gid, mode)?;
+        return Ok(true);
+    }
+    Ok(created)
+}
+
+fn same_meta(m: &Meta, mode: u32, uid: u32, gid: u32) -> bool {
+    m.mode == mode && m.uid == uid && m.gid == gid
+}
+
+/// Writes `bytes` to `parent`'s last component unless it already holds exactly that (then
+/// only mode and owner are fixed). Returns whether the content changed.
+pub fn write_bytes(parent: &Parent, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<bool> {
+    let digest = hex::encode(Sha256::digest(bytes));
+    if let Some(m) = parent.lstat()? {
+        if m.kind == Kind::File && m.size == bytes.len() as u64 && same_content(parent, &digest)? {
+            fix_meta(parent, mode, uid, gid)?;
+            return Ok(false);
+        }
+    }
+    parent.write_atomic(mode, uid, gid, |f| f.write_all(bytes), || Ok(()))?;
+    Ok(true)
+}
+
+/// Sets mode and owner of the regular file at `parent`'s last component if they differ.
+fn fix_meta(parent: &Parent, mode: u32, uid: u32, gid: u32) -> io::Result<bool> {
+    let fd = parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+    let have = fsroot::fmeta(fd.as_fd())?;
+    if have.kind != Kind::File {
+        return Err(io::Error::other("changed type while being applied"));
+    }
+    if same_meta(&have, mode, uid, gid) {
+        return Ok(false);
+    }
+    fsroot::set_owner_mode(fd.as_fd(), uid, gid, mode)?;
+    Ok(true)
+}
+
+/// Counts of what a phase did, for the log and the state file.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub changed: usize,
+    pub unchanged: usize,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} changed, {} unchanged", self.changed, self.unchanged)
+    }
+}
+
+pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
+    let accounts = Accounts::load(ctx.root).map_err(|e| ApplyError::step("directories", "/etc/passwd", e))?;
+    let mut counts = Counts::default();
+    for e in &ctx.manifest.entries {
+        let EntryKind::Directory { mode, owner, group } = &e.kind else { continue };
+        let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
+        let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
+        let changed = ensure_dir(ctx.root, &e.path, mode, uid, gid)
+            .map_err(|err| ApplyError::step("directories", &e.path, err))?;
+        if changed {
+            counts.changed += 1;
+        } else {
+            counts.unchanged += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Files: content from the verified staging copy, checked again against its digest while it is
+/// copied. A file whose content changes and that names services to restart or reload is
+/// recorded in the journal before the rename, so a crash right after still restarts them.
+pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyError> {
+    let accounts = Accounts::load(ctx.root).map_err(|e| ApplyError::step("files", "/etc/passwd", e))?;
+    let mut counts = Counts::default();
+    for e in &ctx.manifest.entries {
+        let EntryKind::File { mode, owner, group, digest, size, restart, reload } = &e.kind else { continue };
+        let err = |m: String| ApplyError::step("files", &e.path, m);
+        let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
+        let mode = parse_mode(mode).map_err(err)?;
+        let parent = ctx
+            .root
+            .parent(&e.path, true)
+            .map_err(|x| err(x.to_string()))?
+            .ok_or_else(|| err("parent missing".into()))?;
+        match parent.lstat().map_err(|x| err(x.to_string()))? {
+            Some(m) if m.kind == Kind::Dir => return Err(err("is a directory (refusing to replace it with a file)".into())),
+            Some(m) if m.kind == Kind::File && m.size == *size && same_content(&parent, digest).map_err(|x| err(x.to_string()))? => {
+                fix_meta(&parent, mode, uid, gid).map_err(|x| err(x.to_string()))?;
+                counts.unchanged += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let blob = ctx.staged_blob(digest);
+        let mut src = ctx.root.open_read(&blob).map_err(|x| err(format!("opening staged blob {blob}: {x}")))?;
+        let hooks = !restart.is_empty() || !reload.is_empty();
+        parent
+            .write_atomic(
+                mode,
+                uid,
+                gid,
+                |f| copy_verified(&mut src, f, digest, *size),
+                || if hooks { journal.changed(&e.path) } else { Ok(()) },
+            )
+            .map_err(|x| err(x.to_string()))?;
+        counts.changed += 1;
+    }
+    Ok(counts)
+}
+
+/// Copies a staged blob, failing unless it has exactly `size` bytes and this sha256.
+fn copy_verified(src: &mut impl Read, dst: &mut impl Write, digest: &str, size: u64) -> io::Result<()> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        total += n as u64;
+        if total > size {
+            return Err(io::Error::other("staged blob is larger than the manifest says"));
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])?;
+    }
+    if total != size || hex::encode(hasher.finalize()) != digest {
+        return Err(io::Error::other("staged blob does not match its digest (staging area corrupted?)"));
+    }
+    Ok(())
+}
+
+pub fn apply_symlinks(ctx: &Ctx) -> Result<Counts, ApplyError> {
+    let mut counts = Counts::default();
+    for e in &ctx.manifest.entries {
+        let EntryKind::Symlink { target } = &e.kind else { continue };
+        let err = |m: String| ApplyError::step("symlinks", &e.path, m);
+        let parent = ctx
+            .root
+            .parent(&e.path, true)
+            .map_err(|x| err(x.to_string()))?
+            .ok_or_else(|| err("parent missing".into()))?;
+        match parent.lstat().map_err(|x| err(x.to_string()))? {
+            Some(m) if m.kind == Kind::Dir => return Err(err("is a directory (refusing to replace it with a symlink)".into())),
+            Some(m) if m.kind == Kind::Symlink && parent.readlink().map(|t| t == target.as_str()).unwrap_or(false) => {
+                counts.unchanged += 1;
+                continue;
+            }
+            _ => {}
+        }
+        parent.symlink_atomic(target).map_err(|x| err(x.to_string()))?;
+        counts.changed += 1;
+    }
+    Ok(counts)
+}
+
+/// Removes `absent` paths, deepest first, so a directory whose children are listed too empties
+/// before it is removed. A non-empty directory is an error, never a recursive delete.
+pub fn apply_absent(ctx: &Ctx) -> Result<Counts, ApplyError> {
+    let mut counts = Counts::default();
+    for e in ctx.manifest.entries.iter().rev() {
+        if !matches!(e.kind, EntryKind::Absent) {
+            continue;
+        }
+        let err = |m: String| ApplyError::step("absent", &e.path, m);
+        let parent = match ctx.root.parent(&e.path, false) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                counts.unchanged += 1;
+                continue;
+            }
+            Err(x) if fsroot::is_missing(&x) => {
+                counts.unchanged += 1;
+                continue;
+            }
+            Err(x) => return Err(err(x.to_string())),
+        };
+        let Some(meta) = parent.lstat().map_err(|x| err(x.to_string()))? else {
+            counts.unchanged += 1;
+            continue;
+        };
+        match parent.remove(meta.kind) {
+            Ok(()) => counts.changed += 1,
+            Err(x) if x.raw_os_error() == Some(libc::ENOTEMPTY) || x.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(err("is a non-empty directory; `absent` removes only files, symlinks and empty directories".into()))
+            }
+            Err(x) => return Err(err(x.to_string())),
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_verified_refuses_wrong_bytes() {
+        let data = b"hello";
+        let digest = hex::encode(Sha256::digest(data));
+        let mut out = Vec::new();
+        copy_verified(&mut &data[..], &mut out, &digest, 5).unwrap();
+        assert_eq!(out, data);
+        assert!(copy_verified(&mut &b"hellO"[..], &mut Vec::new(), &digest, 5).is_err());
+        assert!(copy_verified(&mut &b"hello!"[..], &mut Vec::new(), &digest, 5).is_err());
+        assert!(copy_verified(&mut &b"hell"[..], &mut Vec::new(), &digest, 5).is_err());
+    }
+}

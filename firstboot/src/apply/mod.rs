@@ -1,0 +1,676 @@
+//! The apply engine: takes a bundle whose manifest is verified and applies it to a root
+//! filesystem, crash-safely. Used by `kiln-firstboot apply` (on `/` at first boot) and by
+//! `kiln bake` (on an image's root).
+//!
+//! Order: manifest checks; blobs streamed into `<root>/var/lib/kiln/staging/<sha256>/` and each
+//! checked (nothing else changes until all are good); conflicts with the root looked for; then,
+//! journaled phase by phase: groups, users, packages, directories, files, symlinks, absent,
+//! services (enable/disable), commands, dynamic (not yet), runtime (live systems only); finally
+//! the state file, and the journal and staging area are removed.
+
+pub(crate) mod accounts;
+pub(crate) mod commands;
+pub(crate) mod entries;
+pub mod fsroot;
+pub(crate) mod journal;
+pub(crate) mod packages;
+pub(crate) mod process;
+pub(crate) mod services;
+pub mod validate;
+
+use nix::libc;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_signing::{exit, BundleError, EntryKind, Manifest, VerifiedBundle};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use thiserror::Error;
+
+use crate::log::Log;
+use crate::state::{now_rfc3339, CommandResult, Outcome, State, Step};
+use accounts::Accounts;
+use entries::Action;
+use fsroot::Root;
+use journal::{secs, Journal, Record};
+
+/// Where blobs are staged, one directory per bundle digest.
+pub const STAGING_DIR: &str = "/var/lib/kiln/staging";
+
+/// The phases, in order, as named in the journal, the log and the state file.
+pub const PHASES: &[&str] = &[
+    "groups",
+    "users",
+    "packages",
+    "directories",
+    "files",
+    "symlinks",
+    "absent",
+    "services",
+    "commands",
+    "dynamic",
+    "runtime",
+];
+
+/// How to apply.
+pub struct ApplyOptions<'a> {
+    /// sha256 of the whole bundle file: names the staging directory, ties the journal and the
+    /// state file to this bundle.
+    pub bundle_sha256: String,
+    /// Where the bundle came from (path or URL), for the log and the state file.
+    pub source: String,
+    /// Whether the root is the running system (start/stop/restart services). `None`: it is when
+    /// the root is `/` and systemd runs.
+    pub live: Option<bool>,
+    /// Verify everything and say what would change, changing nothing.
+    pub dry_run: bool,
+    /// Apply even though another bundle was applied (or half-applied) to this root.
+    pub force: bool,
+    pub log: &'a dyn Log,
+}
+
+/// What an apply did (or, in a dry run, would do).
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// The state file as written (in a dry run: as it would be, not written).
+    pub state: State,
+    /// The root already had this bundle applied: nothing was done.
+    pub already_applied: bool,
+    /// Dry run: one line per change it would make.
+    pub plan: Vec<String>,
+}
+
+/// Why an apply stopped. [`exit_code`](Self::exit_code) maps each kind to the process exit code.
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    /// The manifest breaks a rule the engine relies on (duplicate path, `..`, a name that could
+    /// be taken for an option...). Nothing changed.
+    #[error("manifest refused: {0}")]
+    Invalid(String),
+    /// The bundle itself is bad (a blob's digest or size, the archive). Nothing changed.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// Another bundle is applied, or half-applied, on this root.
+    #[error("{0}")]
+    OtherBundle(String),
+    /// Another kiln-firstboot is applying to this root right now.
+    #[error("another kiln-firstboot is applying to {0}")]
+    Busy(String),
+    /// The root conflicts with the bundle (found before any change).
+    #[error("the root conflicts with the bundle (nothing was changed):\n  {}", .0.join("\n  "))]
+    Conflicts(Vec<String>),
+    /// A step failed.
+    #[error("{step}: {what}: {message}")]
+    Step { step: &'static str, what: String, message: String },
+    /// A program (a command of the bundle, dpkg, systemctl) failed; its output is kept.
+    #[error("{step}: {what} failed ({status})")]
+    Tool { step: &'static str, what: String, status: String, output: String },
+    #[error("staging blobs in {path}: {source}")]
+    Staging { path: String, source: io::Error },
+    #[error("journal: {0}")]
+    Journal(io::Error),
+    #[error("writing the state file: {0}")]
+    State(io::Error),
+}
+
+impl ApplyError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ApplyError::Invalid(_) => exit::CORRUPT,
+            ApplyError::Bundle(e) => e.exit_code(),
+            ApplyError::OtherBundle(_) | ApplyError::Busy(_) => exit::FAILURE,
+            _ => exit::APPLY,
+        }
+    }
+
+    pub(crate) fn step(step: &'static str, what: &str, message: impl fmt::Display) -> ApplyError {
+        ApplyError::Step { step, what: what.to_string(), message: message.to_string() }
+    }
+
+    pub(crate) fn journal(e: io::Error) -> ApplyError {
+        ApplyError::Journal(e)
+    }
+}
+
+/// An apply that did not succeed: the error, and the state file written for it (when the apply
+/// had begun changing the root; refusals before any change write none).
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub error: ApplyError,
+    pub state: Option<Box<State>>,
+}
+
+impl ApplyFailure {
+    pub fn exit_code(&self) -> i32 {
+        self.error.exit_code()
+    }
+}
+
+impl fmt::Display for ApplyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ApplyFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl From<ApplyError> for ApplyFailure {
+    fn from(error: ApplyError) -> Self {
+        ApplyFailure { error, state: None }
+    }
+}
+
+/// What the phases share.
+pub(crate) struct Ctx<'a> {
+    pub root: &'a Root,
+    pub manifest: &'a Manifest,
+    pub log: &'a dyn Log,
+    pub live: bool,
+    /// In-root path of this bundle's staging directory.
+    pub staging: String,
+    pub warnings: RefCell<Vec<String>>,
+}
+
+impl Ctx<'_> {
+    /// In-root path of a staged blob.
+    pub fn staged_blob(&self, digest: &str) -> String {
+        format!("{}/blobs/{digest}", self.staging)
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.log.warn(msg);
+        self.warnings.borrow_mut().push(msg.to_string());
+    }
+}
+
+/// In-root path of the staging directory of a bundle.
+pub fn staging_dir(bundle_sha256: &str) -> String {
+    format!("{STAGING_DIR}/{bundle_sha256}")
+}
+
+/// Applies a verified bundle to `root`. See the module documentation for the order; a rerun
+/// after a crash, with the same bundle, finishes the job.
+pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOptions) -> Result<ApplyReport, ApplyFailure> {
+    let m = bundle.manifest.clone();
+    let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment).trim().to_string();
+    validate::check_manifest(&m).map_err(ApplyError::Invalid)?;
+    if !is_sha256(&opts.bundle_sha256) {
+        return Err(ApplyError::Invalid(format!("bundle sha256 {:?} is not 64 lowercase hex digits", opts.bundle_sha256)).into());
+    }
+    let root_fs = Root::open(root).map_err(|e| ApplyError::step("root", &root.display().to_string(), e))?;
+    let _lock = lock(&root_fs)?;
+    let live = opts.live.unwrap_or_else(|| services::is_live(root));
+    let ctx = Ctx {
+        root: &root_fs,
+        manifest: &m,
+        log: opts.log,
+        live,
+        staging: staging_dir(&opts.bundle_sha256),
+        warnings: RefCell::new(Vec::new()),
+    };
+    let started_at = now_rfc3339();
+    let mut state = State {
+        result: Outcome::Success,
+        hostgroup: m.hostgroup.clone(),
+        version: m.version,
+        sha256: opts.bundle_sha256.clone(),
+        source: opts.source.clone(),
+        signer,
+        started_at: started_at.clone(),
+        applied_at: String::new(),
+        error: None,
+        exit_code: exit::OK,
+        steps: Vec::new(),
+        commands: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    // Already applied (this bundle: nothing to do; another: refused unless forced).
+    let previous = State::read(&root_fs).map_err(|e| ApplyError::step("state", crate::state::STATE_FILE, e))?;
+    if let Some(prev) = previous.as_ref().filter(|p| p.result == Outcome::Success) {
+        if prev.sha256 == opts.bundle_sha256 {
+            opts.log.info(&format!("already applied: {}", prev.describe()));
+            cleanup_after_success(&ctx);
+            return Ok(ApplyReport { state: prev.clone(), already_applied: true, plan: Vec::new() });
+        }
+        if !opts.force {
+            return Err(ApplyError::OtherBundle(format!(
+                "this root already has {} applied (at {}); a host applies one bundle: replace it with a new VM, or pass --force",
+                prev.describe(),
+                prev.applied_at
+            ))
+            .into());
+        }
+    }
+    let existing = journal::read(&root_fs).map_err(ApplyError::Journal)?;
+    let resume = match existing {
+        Some((j, records)) if j.sha256 == opts.bundle_sha256 => records,
+        Some((j, _)) if !opts.force => {
+            return Err(ApplyError::OtherBundle(format!(
+                "an apply of another bundle ({} version {}, sha256 {}, started {}) did not finish on this root; \
+                 rerun that bundle to finish it, or pass --force to apply this one over it",
+                j.hostgroup, j.version, j.sha256, j.started_at
+            ))
+            .into())
+        }
+        _ => Vec::new(),
+    };
+
+    if !m.templates.is_empty() {
+        opts.log.info(&format!(
+            "{} dynamic template(s) are rendered in the dynamic step (Consul/Vault), not implemented yet: skipped",
+            m.templates.len()
+        ));
+    }
+
+    if opts.dry_run {
+        let t = Instant::now();
+        bundle.verify_blobs().map_err(ApplyError::Bundle)?;
+        opts.log.info(&format!("verified {} blobs ({:.2}s)", m.blobs.len(), t.elapsed().as_secs_f64()));
+        let plan = plan(&ctx, true)?;
+        state.applied_at = now_rfc3339();
+        state.warnings = ctx.warnings.borrow().clone();
+        return Ok(ApplyReport { state, already_applied: false, plan });
+    }
+
+    // Stage every blob; on any failure remove what was staged and refuse: nothing else changed.
+    let t = Instant::now();
+    let created = match stage(&ctx, bundle) {
+        Ok(created) => created,
+        Err((e, created)) => {
+            remove_staging(&ctx, created);
+            return Err(e.into());
+        }
+    };
+    opts.log.info(&format!("staged and verified {} blobs ({:.2}s)", m.blobs.len(), t.elapsed().as_secs_f64()));
+    let stage_secs = secs(t.elapsed());
+
+    // Conflicts with the root, before any change.
+    if resume.is_empty() {
+        let conflicts = preflight(&ctx)?;
+        if !conflicts.is_empty() {
+            remove_staging(&ctx, created);
+            return Err(ApplyError::Conflicts(conflicts).into());
+        }
+    }
+
+    let begin = Record::Begin {
+        sha256: opts.bundle_sha256.clone(),
+        hostgroup: m.hostgroup.clone(),
+        version: m.version,
+        started_at: started_at.clone(),
+    };
+    let resumed = !resume.is_empty();
+    let mut journal = match Journal::start(&root_fs, begin, resume) {
+        Ok(j) => j,
+        Err(e) => {
+            remove_staging(&ctx, created);
+            return Err(ApplyError::Journal(e).into());
+        }
+    };
+    if resumed {
+        let done: Vec<&str> = PHASES.iter().copied().filter(|p| journal.done(p).is_some()).collect();
+        opts.log.info(&format!(
+            "resuming an interrupted apply (phases done: {})",
+            if done.is_empty() { "none".to_string() } else { done.join(", ") }
+        ));
+        if let Some(Record::Begin { started_at, .. }) = journal.records().first() {
+            state.started_at = started_at.clone();
+        }
+    }
+    state.steps.push(Step { name: "stage".into(), seconds: stage_secs, summary: format!("{} blobs", m.blobs.len()) });
+
+    let mut commands = Vec::new();
+    let result = run_phases(&ctx, &mut journal, &mut state.steps, &mut commands);
+    state.commands = commands;
+    state.applied_at = now_rfc3339();
+    state.warnings = ctx.warnings.borrow().clone();
+    match result {
+        Ok(()) => {
+            state.write(&root_fs).map_err(ApplyError::State)?;
+            cleanup_after_success(&ctx);
+            opts.log.info(&format!("applied {}", state.describe()));
+            Ok(ApplyReport { state, already_applied: false, plan: Vec::new() })
+        }
+        Err(error) => {
+            state.result = Outcome::Failure;
+            state.exit_code = error.exit_code();
+            state.error = Some(error_text(&error));
+            if let Err(e) = state.write(&root_fs) {
+                opts.log.warn(&format!("could not write the state file: {e}"));
+            }
+            Err(ApplyFailure { error, state: Some(Box::new(state)) })
+        }
+    }
+}
+
+/// The error and, for a failed program, the end of its output.
+fn error_text(e: &ApplyError) -> String {
+    match e {
+        ApplyError::Tool { output, .. } if !output.trim().is_empty() => {
+            let tail: Vec<&str> = output.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{e}:\n{}", tail.join("\n"))
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn run_phases(ctx: &Ctx, journal: &mut Journal, steps: &mut Vec<Step>, commands: &mut Vec<CommandResult>) -> Result<(), ApplyError> {
+    for &phase in PHASES {
+        if let Some((seconds, summary)) = journal.done(phase) {
+            ctx.log.info(&format!("{phase}: done in an earlier run ({summary})"));
+            steps.push(Step { name: phase.into(), seconds, summary });
+            if phase == "commands" {
+                for c in &ctx.manifest.commands {
+                    if let Some(Record::Command { name, status, exit_code, seconds, output, truncated }) = journal.command_result(&c.name) {
+                        commands.push(CommandResult {
+                            name: name.clone(),
+                            status: status.clone(),
+                            exit_code: *exit_code,
+                            seconds: *seconds,
+                            output: output.clone(),
+                            truncated: *truncated,
+                        });
+                    }
+                }
+            }
+            continue;
+        }
+        let t = Instant::now();
+        let summary = match phase {
+            "groups" => {
+                if ctx.manifest.groups.is_empty() {
+                    "none".to_string()
+                } else {
+                    let n = accounts::apply_groups(ctx)?;
+                    format!("{n} created, {} present", ctx.manifest.groups.len() - n)
+                }
+            }
+            "users" => {
+                if ctx.manifest.users.is_empty() {
+                    "none".to_string()
+                } else {
+                    let n = accounts::apply_users(ctx)?;
+                    format!("{n} created or changed, {} unchanged", ctx.manifest.users.len() - n)
+                }
+            }
+            "packages" => {
+                if ctx.manifest.packages.is_empty() {
+                    "none".to_string()
+                } else {
+                    packages::apply_packages(ctx)?
+                }
+            }
+            "directories" => entries::apply_directories(ctx)?.to_string(),
+            "files" => entries::apply_files(ctx, journal)?.to_string(),
+            "symlinks" => entries::apply_symlinks(ctx)?.to_string(),
+            "absent" => entries::apply_absent(ctx)?.to_string(),
+            "services" => {
+                if ctx.manifest.services.is_empty() {
+                    "none".to_string()
+                } else {
+                    services::apply_enablement(ctx)?
+                }
+            }
+            "commands" => {
+                let r = commands::apply_commands(ctx, journal, commands);
+                r?
+            }
+            "dynamic" => {
+                if ctx.manifest.templates.is_empty() {
+                    "none".to_string()
+                } else {
+                    ctx.warn(&format!(
+                        "{} dynamic template(s) not rendered: the dynamic step (Consul, Vault) is not implemented yet",
+                        ctx.manifest.templates.len()
+                    ));
+                    format!("{} template(s) skipped (not implemented)", ctx.manifest.templates.len())
+                }
+            }
+            "runtime" => {
+                if ctx.live {
+                    let changed: BTreeSet<String> = journal.changed_paths().map(str::to_string).collect();
+                    services::apply_runtime(ctx, &changed)?
+                } else {
+                    "offline root: services not started".to_string()
+                }
+            }
+            _ => continue,
+        };
+        let took = t.elapsed();
+        ctx.log.info(&format!("{phase}: {summary} ({:.2}s)", took.as_secs_f64()));
+        journal.finish_phase(phase, took, &summary).map_err(ApplyError::Journal)?;
+        steps.push(Step { name: phase.into(), seconds: secs(took), summary });
+    }
+    Ok(())
+}
+
+/// Holds an exclusive flock on the root directory for the whole apply (released on drop).
+struct Lock {
+    _fd: std::os::fd::OwnedFd,
+}
+
+fn lock(root: &Root) -> Result<Lock, ApplyError> {
+    let fd = nix::unistd::dup(root.fd()).map_err(|e| ApplyError::step("lock", &root.path().display().to_string(), e))?;
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ApplyError::Busy(root.path().display().to_string()));
+    }
+    Ok(Lock { _fd: fd })
+}
+
+/// Streams every blob into the staging directory; the signing reader checks each digest and
+/// size as it arrives and the archive's end. Returns how many directories it created (for
+/// cleanup), or the error and that count.
+fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyError, usize)> {
+    let blobs_dir = format!("{}/blobs", ctx.staging);
+    let staging_err = |e: io::Error| ApplyError::Staging { path: ctx.root.display(&blobs_dir).display().to_string(), source: e };
+    let (dir, created) = ctx.root.mkdir_p_counted(&blobs_dir).map_err(|e| (staging_err(e), 0))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
+        let fd = nix::fcntl::openat(
+            &dir,
+            blob.digest.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| staging_err(e.into()))?;
+        let mut out = std::fs::File::from(fd);
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The reader's own failure (digest, truncation) is reported by for_each_blob.
+                Err(e) => return Err(staging_err(e)),
+            };
+            out.write_all(&buf[..n]).map_err(staging_err)?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Ok(created),
+        Err(e) => Err((e, created)),
+    }
+}
+
+/// Removes this bundle's staging directory, then the parents that staging created, if empty.
+fn remove_staging(ctx: &Ctx, created: usize) {
+    if let Err(e) = ctx.root.remove_tree(&ctx.staging) {
+        ctx.log.warn(&format!("could not remove {}: {e}", ctx.root.display(&ctx.staging).display()));
+    }
+    // `created` counts the components of <staging>/blobs this run made; remove_tree took the
+    // last two (<sha256>/blobs), the others are its parents, innermost first.
+    let mut path = ctx.staging.clone();
+    for _ in 2..created {
+        if let Some(i) = path.rfind('/') {
+            path.truncate(i);
+            if path.is_empty() || path.len() < "/var/lib".len() {
+                break;
+            }
+            if let Ok(Some(p)) = ctx.root.parent(&path, false) {
+                let _ = p.remove(fsroot::Kind::Dir);
+            }
+        }
+    }
+}
+
+/// After success (or finding the bundle already applied): the journal and the staging area go.
+fn cleanup_after_success(ctx: &Ctx) {
+    if let Err(e) = journal::remove(ctx.root) {
+        ctx.log.warn(&format!("could not remove the journal: {e}"));
+    }
+    if let Err(e) = ctx.root.remove_tree(&ctx.staging) {
+        ctx.log.warn(&format!("could not remove {}: {e}", ctx.root.display(&ctx.staging).display()));
+    }
+    // Empty leftovers of other runs' staging are removed too; anything else is left alone.
+    if let Ok(Some(p)) = ctx.root.parent(STAGING_DIR, false) {
+        let _ = p.remove(fsroot::Kind::Dir);
+    }
+}
+
+/// Every owner and group an entry names must exist in the root or be created by the bundle.
+fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
+    let users: HashSet<&str> = ctx.manifest.users.iter().map(|u| u.name.as_str()).collect();
+    let groups: HashSet<&str> = ctx
+        .manifest
+        .groups
+        .iter()
+        .map(|g| g.name.as_str())
+        // useradd makes a group of the user's name when none is given.
+        .chain(ctx.manifest.users.iter().filter(|u| u.group.is_none()).map(|u| u.name.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for e in &ctx.manifest.entries {
+        let (owner, group) = match &e.kind {
+            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => (owner, group),
+            _ => continue,
+        };
+        if have.uid(owner).is_none() && !users.contains(owner.as_str()) {
+            out.push(format!("{}: owner {owner:?} exists neither in the root nor in the bundle", e.path));
+        }
+        if have.gid(group).is_none() && !groups.contains(group.as_str()) {
+            out.push(format!("{}: group {group:?} exists neither in the root nor in the bundle", e.path));
+        }
+    }
+    for u in &ctx.manifest.users {
+        for g in u.group.iter().chain(&u.groups) {
+            if have.gid(g).is_none() && !groups.contains(g.as_str()) {
+                out.push(format!("user {}: group {g:?} exists neither in the root nor in the bundle", u.name));
+            }
+        }
+    }
+    out
+}
+
+/// Conflicts between the bundle and the root, found read-only before anything changes.
+fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
+    let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("preflight", "/etc/passwd", e))?;
+    let mut out = check_owners(ctx, &have);
+    if let Err(e) = accounts::plan_groups(&have, &ctx.manifest.groups) {
+        out.push(e);
+    }
+    if let Err(e) = accounts::plan_users(&have, &ctx.manifest.users) {
+        out.push(e);
+    }
+    let absent = absent_paths(ctx.manifest);
+    for e in &ctx.manifest.entries {
+        if let Err(why) = entries::plan_entry(ctx.root, e, None, &absent, false) {
+            out.push(format!("{}: {why}", e.path));
+        }
+    }
+    Ok(out)
+}
+
+fn absent_paths(m: &Manifest) -> BTreeSet<&str> {
+    m.entries.iter().filter(|e| matches!(e.kind, EntryKind::Absent)).map(|e| e.path.as_str()).collect()
+}
+
+/// Dry run: what applying would change, one line each; conflicts are errors.
+fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
+    let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("plan", "/etc/passwd", e))?;
+    let mut conflicts = check_owners(ctx, &have);
+    let mut out = Vec::new();
+    match accounts::plan_groups(&have, &ctx.manifest.groups) {
+        Ok(v) => out.extend(v),
+        Err(e) => conflicts.push(e),
+    }
+    match accounts::plan_users(&have, &ctx.manifest.users) {
+        Ok(v) => out.extend(v),
+        Err(e) => conflicts.push(e),
+    }
+    let installed = packages::installed(ctx)?;
+    for p in packages::todo(&installed, &ctx.manifest.packages) {
+        out.push(format!("install package {} {}", p.name, p.version.as_deref().unwrap_or("")).trim_end().to_string());
+    }
+    for p in ctx.manifest.packages.iter().filter(|p| p.digest.is_none()) {
+        out.push(format!("skip package {} (not resolved at build time)", p.name));
+    }
+    let absent = absent_paths(ctx.manifest);
+    for e in &ctx.manifest.entries {
+        let ids = match &e.kind {
+            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => entries::ids(&have, owner, group).ok(),
+            _ => None,
+        };
+        let kind = match &e.kind {
+            EntryKind::File { .. } => "file",
+            EntryKind::Directory { .. } => "directory",
+            EntryKind::Symlink { .. } => "symlink",
+            EntryKind::Absent => "absent",
+        };
+        match entries::plan_entry(ctx.root, e, ids, &absent, hash) {
+            Ok(Action::Unchanged) => {}
+            Ok(Action::Create) => out.push(format!("create {kind} {}", e.path)),
+            Ok(Action::Replace) => out.push(format!("replace {kind} {}", e.path)),
+            Ok(Action::Metadata) => out.push(format!("set mode/owner of {}", e.path)),
+            Ok(Action::Remove) => out.push(format!("remove {}", e.path)),
+            Err(why) => conflicts.push(format!("{}: {why}", e.path)),
+        }
+    }
+    for s in &ctx.manifest.services {
+        match services::enablement(ctx, &s.name) {
+            Ok(now) => {
+                let enabled = matches!(now.as_str(), "enabled" | "enabled-runtime" | "static" | "indirect" | "generated" | "alias");
+                if s.enabled && !enabled {
+                    out.push(format!("enable {} (now {now})", s.name));
+                } else if !s.enabled && now == "enabled" {
+                    out.push(format!("disable {}", s.name));
+                }
+            }
+            Err(e) => out.push(format!("enable/disable {}: cannot ask systemctl ({e})", s.name)),
+        }
+    }
+    for c in &ctx.manifest.commands {
+        let skip = match &c.creates {
+            Some(p) => ctx.root.exists(p).unwrap_or(false),
+            None => false,
+        };
+        if !skip {
+            out.push(format!("run command {}", c.name));
+        }
+    }
+    if ctx.live {
+        for s in &ctx.manifest.services {
+            out.push(format!("{} {}", if s.state == kiln_signing::ServiceState::Running { "start" } else { "stop" }, s.name));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(ApplyError::Conflicts(conflicts));
+    }
+    Ok(out)
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -1,0 +1,265 @@
+//! Running external programs (shadow tools, dpkg, systemctl, the bundle's commands) with a
+//! timeout, a fixed environment, and their combined stdout+stderr kept, bounded to the last
+//! 64 KiB, so a chatty or hung program can neither fill memory nor block the apply.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// How much of a program's output is kept (the end of it).
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// The PATH programs run with, whatever the caller's environment.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Time a program gets between SIGTERM and SIGKILL when its timeout expires.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How a program ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// `None` when it was killed by a signal.
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    /// The last [`OUTPUT_LIMIT`] bytes of stdout and stderr, interleaved, lossily UTF-8.
+    pub output: String,
+    /// True when earlier output was dropped to keep the limit.
+    pub truncated: bool,
+    pub duration: Duration,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    /// "exit status 3", "killed by signal 9", "timed out after 30s".
+    pub fn describe(&self, timeout: Duration) -> String {
+        if self.timed_out {
+            format!("timed out after {}s", timeout.as_secs())
+        } else {
+            match self.code {
+                Some(c) => format!("exit status {c}"),
+                None => "killed by a signal".to_string(),
+            }
+        }
+    }
+
+    /// The last line of output, for one-line error messages.
+    pub fn last_line(&self) -> &str {
+        self.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+    }
+}
+
+/// A program to run: argv, optionally inside `chroot`, with extra environment.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub argv: Vec<String>,
+    pub chroot: Option<std::path::PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl Program {
+    pub fn new<S: AsRef<str>>(argv: &[S], timeout: Duration) -> Program {
+        Program {
+            argv: argv.iter().map(|s| s.as_ref().to_string()).collect(),
+            chroot: None,
+            env: Vec::new(),
+            timeout,
+        }
+    }
+
+    /// Runs it inside `root` with chroot(8) unless `root` is `/`.
+    pub fn in_root(mut self, root: &Path) -> Program {
+        if root != Path::new("/") {
+            self.chroot = Some(root.to_path_buf());
+        }
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Program {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The command line as a person would type it, for logs.
+    pub fn display(&self) -> String {
+        let mut words = Vec::new();
+        if let Some(root) = &self.chroot {
+            words.push(format!("chroot {}", root.display()));
+        }
+        words.extend(self.argv.iter().map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.clone()
+            }
+        }));
+        words.join(" ")
+    }
+
+    /// Runs the program to completion or timeout. Errors only when it cannot be started.
+    pub fn run(&self) -> io::Result<Finished> {
+        let (first, rest) = self
+            .argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command line"))?;
+        let mut cmd = match &self.chroot {
+            Some(root) => {
+                let mut c = Command::new("chroot");
+                c.arg(root).arg(first).args(rest);
+                c
+            }
+            None => {
+                let mut c = Command::new(first);
+                c.args(rest);
+                c
+            }
+        };
+        cmd.env_clear()
+            .env("PATH", PATH)
+            .env("LANG", "C.UTF-8")
+            .env("HOME", "/root")
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        // One pipe for both streams keeps their interleaving; O_CLOEXEC keeps it out of the child
+        // except as its stdout and stderr.
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let reader = std::fs::File::from(reader);
+        let writer = std::fs::File::from(writer);
+        cmd.stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer)
+            .current_dir("/")
+            // Its own process group, so a timeout kills what it spawned too.
+            .process_group(0);
+        let start = Instant::now();
+        let mut child = cmd.spawn()?;
+        drop(cmd); // closes our copies of the pipe's write end
+        let buf = Arc::new(Mutex::new(Tail::default()));
+        let reader_thread = {
+            let buf = Arc::clone(&buf);
+            thread::spawn(move || drain(reader, &buf))
+        };
+        let (status, timed_out) = wait_with_timeout(&mut child, self.timeout)?;
+        // A daemonized grandchild may keep the pipe open: wait a little, then take what we have.
+        let until = Instant::now() + Duration::from_secs(2);
+        while !reader_thread.is_finished() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if reader_thread.is_finished() {
+            let _ = reader_thread.join();
+        }
+        let tail = buf.lock().map(|t| t.clone()).unwrap_or_default();
+        Ok(Finished {
+            code: status.code(),
+            timed_out,
+            output: String::from_utf8_lossy(&tail.bytes.iter().copied().collect::<Vec<u8>>()).into_owned(),
+            truncated: tail.dropped,
+            duration: start.elapsed(),
+        })
+    }
+}
+
+#[derive(Default, Clone)]
+struct Tail {
+    bytes: VecDeque<u8>,
+    dropped: bool,
+}
+
+fn drain(mut reader: std::fs::File, buf: &Mutex<Tail>) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Ok(mut t) = buf.lock() {
+                    t.bytes.extend(&chunk[..n]);
+                    let excess = t.bytes.len().saturating_sub(OUTPUT_LIMIT);
+                    if excess > 0 {
+                        t.bytes.drain(..excess);
+                        t.dropped = true;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> io::Result<(ExitStatus, bool)> {
+    let deadline = Instant::now() + timeout;
+    let mut sleep = Duration::from_millis(5);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, false));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(sleep.min(deadline.saturating_duration_since(Instant::now())));
+        sleep = (sleep * 2).min(Duration::from_millis(100));
+    }
+    let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let grace = Instant::now() + KILL_GRACE;
+    while Instant::now() < grace {
+        if let Some(status) = child.try_wait()? {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            return Ok((status, true));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(9));
+    Ok((status, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_kept_and_bounded() {
+        let p = Program::new(&["sh", "-c", "echo out; echo err >&2; exit 3"], Duration::from_secs(10));
+        let f = p.run().unwrap();
+        assert_eq!(f.code, Some(3));
+        assert!(!f.success());
+        assert_eq!(f.output, "out\nerr\n");
+        let p = Program::new(&["sh", "-c", "yes 0123456789 | head -c 200000; echo END"], Duration::from_secs(10));
+        let f = p.run().unwrap();
+        assert!(f.success());
+        assert!(f.truncated);
+        assert_eq!(f.output.len(), OUTPUT_LIMIT);
+        assert!(f.output.ends_with("END\n"));
+    }
+
+    #[test]
+    fn timeout_kills_the_process_group() {
+        let p = Program::new(&["sh", "-c", "sleep 30 & sleep 30; echo never"], Duration::from_millis(300));
+        let start = Instant::now();
+        let f = p.run().unwrap();
+        assert!(f.timed_out);
+        assert!(!f.success());
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(f.describe(Duration::from_secs(1)), "timed out after 1s");
+    }
+
+    #[test]
+    fn missing_program_is_an_error() {
+        assert!(Program::new(&["/nonexistent/kiln-test"], Duration::from_secs(1)).run().is_err());
+        assert!(Program::new::<&str>(&[], Duration::from_secs(1)).run().is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! Command-line interface of `kiln-firstboot`: one clap struct per subcommand. Every flag has a
+//! doc comment, which is its `--help` text (`help_expected` makes a missing one a build error).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Verify a signed Kiln bundle and apply it, once, at a VM's first boot.
+///
+/// Exit codes: 0 applied (or already applied), 1 failure, 2 usage, 10 bad signature,
+/// 11 untrusted key, 12 revoked key, 13 expired, 14 wrong hostgroup, 15 wrong base,
+/// 16 rollback, 17 corrupt bundle, 18 fetch failed, 19 --sha256 mismatch, 21 apply failed.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-firstboot", version, help_expected = true, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch, verify and apply a bundle to a root filesystem.
+    Apply(ApplyArgs),
+    /// Show what the last apply did (from <root>/var/lib/kiln/state.json).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The bundle: a file path or an http(s) URL.
+    #[arg(long, value_name = "PATH|URL")]
+    pub bundle: String,
+    /// Refuse (exit 19) unless the bundle file's sha256 is HEX; checked before anything else.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The root filesystem to apply to.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Trusted keys: a directory of .pub files (and an optional revoked_keys), or an
+    /// allowed_signers file.
+    #[arg(long, default_value = "/etc/kiln/trust", value_name = "DIR|FILE")]
+    pub trust: PathBuf,
+    /// Refuse bundles older than version N (also <root>/etc/kiln/min-version, and never below
+    /// the version already applied).
+    #[arg(long, value_name = "N")]
+    pub min_version: Option<u64>,
+    /// Give up fetching a URL after this long (retrying with backoff until then), e.g. 90s, 10m.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
+    /// Verify everything and print what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse a bundle for another hostgroup (default: <root>/etc/kiln/hostgroup if it exists).
+    #[arg(long, value_name = "NAME")]
+    pub hostgroup: Option<String>,
+    /// Apply even though another bundle was applied, or left half-applied, on this root.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON report on stdout at the end (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The root filesystem whose state to show.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print the state as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,98 @@
+//! `<root>/var/lib/kiln/state.json`: what the last apply did, written atomically when it ends
+//! (success or failure) and read by `kiln-firstboot status`, by a rerun (to say "already
+//! applied" and to refuse a rollback) and by monitoring.
+
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::fsroot::Root;
+use crate::apply::validate::STATE_DIR;
+
+/// The state file's path inside the root.
+pub const STATE_FILE: &str = "/var/lib/kiln/state.json";
+const STATE_LIMIT: u64 = 64 << 20;
+
+/// How the last apply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// One phase of an apply and how long it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub seconds: f64,
+    pub summary: String,
+}
+
+/// One of the bundle's commands and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub name: String,
+    /// `ok`, `failed`, `timed_out` or `skipped`.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub seconds: f64,
+    /// The last 64 KiB of its stdout and stderr.
+    pub output: String,
+    /// Earlier output was dropped to keep the limit.
+    pub truncated: bool,
+}
+
+/// The state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub result: Outcome,
+    pub hostgroup: String,
+    pub version: u64,
+    /// sha256 of the whole bundle file.
+    pub sha256: String,
+    /// Where the bundle came from (path or URL).
+    pub source: String,
+    /// Fingerprint (and comment) of the key that signed it.
+    pub signer: String,
+    pub started_at: String,
+    /// When the apply ended (RFC 3339 UTC).
+    pub applied_at: String,
+    pub error: Option<String>,
+    pub exit_code: i32,
+    pub steps: Vec<Step>,
+    pub commands: Vec<CommandResult>,
+    pub warnings: Vec<String>,
+}
+
+impl State {
+    /// Reads the root's state file; `None` if there is none.
+    pub fn read(root: &Root) -> io::Result<Option<State>> {
+        match root.read_text(STATE_FILE, STATE_LIMIT)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| io::Error::other(format!("{STATE_FILE} does not parse: {e}"))),
+        }
+    }
+
+    /// Writes the state file atomically (temporary, fsync, rename, fsync of the directory).
+    /// 0600: command output may say more than everyone should read.
+    pub fn write(&self, root: &Root) -> io::Result<()> {
+        let mut text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        text.push(b'\n');
+        root.mkdir_p(STATE_DIR)?;
+        let parent = root.parent(STATE_FILE, true)?.ok_or_else(|| io::Error::other("no state directory"))?;
+        parent.write_atomic(0o600, 0, 0, |f| f.write_all(&text), || Ok(()))
+    }
+
+    /// "web version 7 (sha256 0123…)".
+    pub fn describe(&self) -> String {
+        format!("{} version {} (sha256 {})", self.hostgroup, self.version, self.sha256)
+    }
+}
+
+/// Now, RFC 3339 UTC, to the second.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
