@@ -760,31 +760,86 @@ mod tests {
         assert!(matches!(res, Err(AppError::Mine("disk full"))));
     }
 
-    #[test]
-    fn every_flipped_byte_is_refused() {
-        let bundle = sample_bundle();
-        assert!(bundle.len() < 4096, "fixture grew: {} bytes", bundle.len());
+    /// A bundle of about 2 KB for the exhaustive damage tests (each case costs a signature
+    /// check, which is slow in debug builds).
+    fn small_bundle() -> Vec<u8> {
+        let blobs = vec![b"motd\n".to_vec(), noise(5, 300), b"tmpl".to_vec(), noise(6, 100)];
+        let map = blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
+        bundle_of(&manifest_for(&blobs), &map, &signer())
+    }
+
+    /// A damaged bundle that verifies must decode to exactly the original bytes. zstd's
+    /// compressed form is not canonical: a match offset changed to point at other identical
+    /// bytes (tar headers are mostly zeros) decodes to the same stream and the same checksum.
+    /// Such a change alters nothing the bundle says, so it is the one acceptable outcome.
+    #[track_caller]
+    fn assert_same_content(damaged: &[u8], original: &[u8], what: &str) {
+        let d = zstd::stream::decode_all(damaged).unwrap_or_default();
+        assert!(d == decompress(original), "{what}: accepted with different content");
+    }
+
+    /// Flips one byte at every position `i` with `i % 2 == parity` (two tests, so the two
+    /// halves run in parallel), cycling through three flip patterns.
+    fn flip_every_byte(parity: usize) {
+        let bundle = small_bundle();
+        assert!((1500..3000).contains(&bundle.len()), "fixture is {} bytes", bundle.len());
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for i in 0..bundle.len() {
-            for flip in [0x01u8, 0x80, 0xff] {
-                let mut b = bundle.clone();
-                b[i] ^= flip;
-                let kind = match verify_all(&b) {
-                    Ok(()) => panic!("flip {flip:#x} at {i} of {} accepted", bundle.len()),
-                    Err(BundleError::Corrupt(_)) => "corrupt",
-                    Err(BundleError::Limit(_)) => "limit",
-                    Err(BundleError::BadSignature(_)) => "signature",
-                    Err(other) => panic!("flip at {i}: unexpected {other:?}"),
-                };
-                *counts.entry(kind).or_default() += 1;
-            }
+        for i in (parity..bundle.len()).step_by(2) {
+            let flip = [0x01u8, 0x80, 0xff][(i / 2) % 3];
+            let mut b = bundle.clone();
+            b[i] ^= flip;
+            let kind = match verify_all(&b) {
+                Ok(()) => {
+                    assert_same_content(&b, &bundle, &format!("flip {flip:#x} at {i}"));
+                    "same content"
+                }
+                Err(BundleError::Corrupt(_)) => "corrupt",
+                Err(BundleError::Limit(_)) => "limit",
+                Err(BundleError::BadSignature(_)) => "signature",
+                Err(other) => panic!("flip at {i}: unexpected {other:?}"),
+            };
+            *counts.entry(kind).or_default() += 1;
         }
         eprintln!("{} byte bundle: {counts:?}", bundle.len());
     }
 
     #[test]
-    fn every_truncation_is_refused() {
+    fn every_flipped_byte_is_refused_even() {
+        flip_every_byte(0);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused_odd() {
+        flip_every_byte(1);
+    }
+
+    /// Spread positions of a larger bundle, all three patterns, reading blobs via callback.
+    #[test]
+    fn flipped_bytes_in_a_larger_bundle_are_refused() {
         let bundle = sample_bundle();
+        let step = (bundle.len() / 100).max(1);
+        for i in (0..bundle.len()).step_by(step).chain([bundle.len() - 1]) {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = bundle.clone();
+                b[i] ^= flip;
+                let res = open(&b[..], &trust(), &Limits::default()).and_then(|v| {
+                    v.for_each_blob(|_, r| {
+                        io::copy(r, &mut io::sink())?;
+                        Ok::<(), BundleError>(())
+                    })
+                });
+                match res {
+                    Ok(()) => assert_same_content(&b, &bundle, &format!("flip {flip:#x} at {i}")),
+                    Err(BundleError::Corrupt(_) | BundleError::Limit(_) | BundleError::BadSignature(_)) => {}
+                    Err(other) => panic!("flip {flip:#x} at {i}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bundle = small_bundle();
         for len in 0..bundle.len() {
             expect_corrupt(verify_all(&bundle[..len]), "");
         }
@@ -1041,11 +1096,15 @@ mod tests {
         let mut unknown = value.clone();
         unknown["extra"] = serde_json::json!(true);
         let unknown = serde_json::to_vec(&unknown).unwrap();
+        let mut nested = value.clone();
+        nested["entries"][1]["setuid"] = serde_json::json!(true);
+        let nested = serde_json::to_vec(&nested).unwrap();
         let mut no_newline = canonical.clone();
         no_newline.pop();
         for (json, want) in [
             (pretty, "canonical"),
             (unknown, "unknown field"),
+            (nested, ""),
             (no_newline, "canonical"),
             (b"[]".to_vec(), "does not parse"),
             (b"not json".to_vec(), "does not parse"),
