@@ -81,10 +81,15 @@ impl Config {
             all.extend(out.diags);
             used.extend(out.applied);
         }
-        for name in self.layers.keys() {
-            if !used.contains(name) {
-                all.extend(self.run("default", None, Some(name)).diags);
-            }
+        // A layer no hostgroup uses is resolved on top of default.yaml alone; only what it is
+        // to blame for (problems in its own files) counts, as default.yaml may rely on things
+        // every hostgroup adds.
+        let unused: BTreeSet<&String> = self.layers.keys().filter(|n| !used.contains(*n)).collect();
+        for name in &unused {
+            let out = self.run("default", None, Some(name));
+            all.extend(out.diags.into_iter().filter(|d| {
+                resolve::layer_of(&d.span).is_some_and(|l| unused.contains(&l.to_string()))
+            }));
         }
         Diagnostics::new(all)
     }

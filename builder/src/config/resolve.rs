@@ -143,7 +143,9 @@ impl Config {
                     }
                     None => {
                         missing = true;
-                        if check_layer != Some(name.as_str()) {
+                        // Without a hostgroup (checking a layer no hostgroup uses) a parameter
+                        // that only hostgroups set is not missing.
+                        if hg.is_some() {
                             let span = &uses[name];
                             let suffix = match hg {
                                 Some(doc) if doc.file != span.file => format!(" for hostgroup {hostgroup}"),
@@ -239,35 +241,43 @@ impl Run<'_> {
 
     /// A layer's resources with `{{ ... }}` in keys and values rendered. The `content` of files
     /// and units is left alone: it is a template only when `template:` says so, and then it
-    /// is rendered later, with `vars` and `hostgroup` as well.
+    /// is rendered later, with `vars` and `hostgroup` as well. What fails to expand is reported
+    /// and left out, so that it is not reported again as a bad value.
     fn expand_resources(&mut self, res: &Node, ctx: &Value) -> Node {
         let mut out = Vec::new();
         for (sk, sv) in res.as_map().unwrap_or(&[]) {
-            let v = match (sk.key_str(), &sv.kind) {
-                ("files" | "units", NodeKind::Map(items)) => {
+            let v = match (Kind::from_key(sk.key_str()), &sv.kind) {
+                (Some(kind), NodeKind::Map(items)) => {
                     let mut expanded = Vec::new();
                     for (ik, iv) in items {
+                        // An item with a part that failed to expand is left out whole.
+                        let before = self.d.list.len();
                         let key = self.expand_key(ik, ctx);
-                        let value = match &iv.kind {
-                            NodeKind::Map(fields) => {
+                        let value = match (&iv.kind, kind) {
+                            (NodeKind::Map(fields), Kind::Files | Kind::Units) => {
                                 let mut f = Vec::new();
                                 for (fk, fv) in fields {
-                                    let key = self.expand_key(fk, ctx);
                                     let value =
-                                        if fk.key_str() == "content" { fv.clone() } else { self.expand(fv, ctx) };
-                                    self.push_unique(&mut f, key, value);
+                                        if fk.key_str() == "content" { Some(fv.clone()) } else { self.expand(fv, ctx) };
+                                    if let (Some(key), Some(value)) = (self.expand_key(fk, ctx), value) {
+                                        self.push_unique(&mut f, key, value);
+                                    }
                                 }
-                                Node::new(NodeKind::Map(f), iv.span.clone())
+                                Some(Node::new(NodeKind::Map(f), iv.span.clone()))
                             }
                             _ => self.expand(iv, ctx),
                         };
-                        self.push_unique(&mut expanded, key, value);
+                        if let (Some(key), Some(value), true) = (key, value, self.d.list.len() == before) {
+                            self.push_unique(&mut expanded, key, value);
+                        }
                     }
-                    Node::new(NodeKind::Map(expanded), sv.span.clone())
+                    Some(Node::new(NodeKind::Map(expanded), sv.span.clone()))
                 }
                 _ => self.expand(sv, ctx),
             };
-            out.push((sk.clone(), v));
+            if let Some(v) = v {
+                out.push((sk.clone(), v));
+            }
         }
         Node::new(NodeKind::Map(out), res.span.clone())
     }
@@ -285,45 +295,45 @@ impl Run<'_> {
         entries.push((key, value));
     }
 
-    fn expand_key(&mut self, key: &Node, ctx: &Value) -> Node {
+    fn expand_key(&mut self, key: &Node, ctx: &Value) -> Option<Node> {
         let text = key.key_str();
         if !template::has_template_syntax(text) {
-            return key.clone();
+            return Some(key.clone());
         }
         match self.env.render_str(text, ctx.clone()) {
-            Ok(s) => Node::str(s, key.span.clone()),
+            Ok(s) => Some(Node::str(s, key.span.clone())),
             Err(e) => {
                 self.d.err(&key.span, format!("cannot expand {text:?}: {}", template::reason(&e)));
-                key.clone()
+                None
             }
         }
     }
 
-    fn expand(&mut self, node: &Node, ctx: &Value) -> Node {
-        match &node.kind {
+    fn expand(&mut self, node: &Node, ctx: &Value) -> Option<Node> {
+        Some(match &node.kind {
             NodeKind::Str(s) if template::has_template_syntax(s) => {
                 match template::expand(&self.env, s, ctx, &node.span) {
                     Ok(n) => n,
                     Err(e) => {
                         self.d.err(&node.span, format!("cannot expand {s:?}: {e}"));
-                        node.clone()
+                        return None;
                     }
                 }
             }
             NodeKind::Seq(items) => {
-                Node::new(NodeKind::Seq(items.iter().map(|n| self.expand(n, ctx)).collect()), node.span.clone())
+                Node::new(NodeKind::Seq(items.iter().filter_map(|n| self.expand(n, ctx)).collect()), node.span.clone())
             }
             NodeKind::Map(entries) => {
                 let mut out = Vec::new();
                 for (k, v) in entries {
-                    let key = self.expand_key(k, ctx);
-                    let value = self.expand(v, ctx);
-                    self.push_unique(&mut out, key, value);
+                    if let (Some(key), Some(value)) = (self.expand_key(k, ctx), self.expand(v, ctx)) {
+                        self.push_unique(&mut out, key, value);
+                    }
                 }
                 Node::new(NodeKind::Map(out), node.span.clone())
             }
             _ => node.clone(),
-        }
+        })
     }
 
     /// Merge position of a definition: source, then line and column within it.

@@ -248,3 +248,30 @@ fn duplicate_keys_after_parameter_expansion_are_refused() {
     ]);
     assert_eq!(out, "layers/l.yaml:5:5: duplicate key \"xx\" after expanding parameters (first at line 4)\n");
 }
+
+/// Checking an unused layer on top of default.yaml alone must not blame default.yaml for what
+/// every hostgroup provides (here: the user that owns a file of default.yaml).
+#[test]
+fn checking_an_unused_layer_does_not_report_default_yaml_out_of_context() {
+    let out = problems(&[
+        ("hostgroups/default.yaml", "files: {/etc/app.conf: {content: x, owner: app}}\nneeds: {}\n"),
+        ("hostgroups/web.yaml", "users: {app: {}}\nneeds: {x: 1}\n"),
+        ("layers/needs.yaml", "params: {x: {}}\nresources: {vars: {x: \"{{ params.x }}\"}}\n"),
+        ("layers/unused.yaml", "resources: {packages: {curl: {}}}\n"),
+    ]);
+    assert_eq!(out, "");
+}
+
+/// A value that fails to expand is reported once, not again as a bad value of its key.
+#[test]
+fn an_expansion_error_is_not_reported_twice() {
+    let out = problems(&[
+        ("hostgroups/default.yaml", "layers: [l]\n"),
+        ("layers/l.yaml", "resources:\n  services:\n    \"{{ params.nope }}\": {state: running}\n    a.service: {state: \"{{ nope }}\"}\n"),
+    ]);
+    assert_eq!(
+        out,
+        "layers/l.yaml:3:5: cannot expand \"{{ params.nope }}\": undefined value: `params.nope` is undefined\n\
+         layers/l.yaml:4:24: cannot expand \"{{ nope }}\": undefined value: `nope` is undefined\n"
+    );
+}
