@@ -44,7 +44,10 @@ pub struct PublicKey {
 
 impl PublicKey {
     pub fn new(key: VerifyingKey, comment: impl Into<String>) -> PublicKey {
-        PublicKey { key, comment: comment.into() }
+        PublicKey {
+            key,
+            comment: comment.into(),
+        }
     }
 
     /// Parses `ssh-ed25519 AAAA… [comment]` (one line of a `.pub` file).
@@ -59,13 +62,18 @@ impl PublicKey {
         }
         let (b64, comment) = split_token(rest);
         if b64.is_empty() {
-            return Err(KeyError::Malformed("no base64 key after ssh-ed25519".into()));
+            return Err(KeyError::Malformed(
+                "no base64 key after ssh-ed25519".into(),
+            ));
         }
         let blob = STANDARD
             .decode(b64)
             .map_err(|e| KeyError::Malformed(format!("bad base64: {e}")))?;
         let key = Self::from_wire(&blob).map_err(KeyError::Malformed)?;
-        Ok(PublicKey { key, comment: comment.trim().to_string() })
+        Ok(PublicKey {
+            key,
+            comment: comment.trim().to_string(),
+        })
     }
 
     /// The key of a wire blob (`string "ssh-ed25519", string key[32]`), nothing after it.
@@ -93,7 +101,10 @@ impl PublicKey {
 
     /// `SHA256:…`, exactly as `ssh-keygen -lf` prints it.
     pub fn fingerprint(&self) -> String {
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.wire_blob())))
+        format!(
+            "SHA256:{}",
+            STANDARD_NO_PAD.encode(Sha256::digest(self.wire_blob()))
+        )
     }
 }
 
@@ -166,7 +177,10 @@ impl SigningKey {
 
     /// The key whose 32-byte ed25519 seed is `seed` (deterministic keys for tests).
     pub fn from_seed(seed: &[u8; 32], comment: &str) -> SigningKey {
-        SigningKey { key: ed25519_dalek::SigningKey::from_bytes(seed), comment: comment.into() }
+        SigningKey {
+            key: ed25519_dalek::SigningKey::from_bytes(seed),
+            comment: comment.into(),
+        }
     }
 
     pub fn comment(&self) -> &str {
@@ -174,7 +188,10 @@ impl SigningKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey { key: self.key.verifying_key(), comment: self.comment.clone() }
+        PublicKey {
+            key: self.key.verifying_key(),
+            comment: self.comment.clone(),
+        }
     }
 
     pub(crate) fn dalek(&self) -> &ed25519_dalek::SigningKey {
@@ -230,7 +247,9 @@ impl SigningKey {
         }
         let nkeys = r.u32().map_err(bad)?;
         if nkeys != 1 {
-            return Err(KeyError::Malformed(format!("file holds {nkeys} keys, expected 1")));
+            return Err(KeyError::Malformed(format!(
+                "file holds {nkeys} keys, expected 1"
+            )));
         }
         let pub_blob = r.string().map_err(bad)?;
         let private = r.string().map_err(bad)?;
@@ -239,12 +258,16 @@ impl SigningKey {
         let mut pr = wire::Reader::new(pub_blob);
         let pub_type = pr.string().map_err(bad)?;
         if pub_type != KEY_TYPE.as_bytes() {
-            return Err(KeyError::UnsupportedType(String::from_utf8_lossy(pub_type).into()));
+            return Err(KeyError::UnsupportedType(
+                String::from_utf8_lossy(pub_type).into(),
+            ));
         }
         let public = PublicKey::from_wire(pub_blob).map_err(bad)?;
 
         if private.len() % 8 != 0 {
-            return Err(KeyError::Malformed("private section is not padded to 8 bytes".into()));
+            return Err(KeyError::Malformed(
+                "private section is not padded to 8 bytes".into(),
+            ));
         }
         let mut p = wire::Reader::new(private);
         let check1 = p.u32().map_err(bad)?;
@@ -254,7 +277,9 @@ impl SigningKey {
         }
         let kind = p.string().map_err(bad)?;
         if kind != KEY_TYPE.as_bytes() {
-            return Err(KeyError::UnsupportedType(String::from_utf8_lossy(kind).into()));
+            return Err(KeyError::UnsupportedType(
+                String::from_utf8_lossy(kind).into(),
+            ));
         }
         let pk = p.string().map_err(bad)?;
         let sk: [u8; 64] = p
@@ -265,11 +290,15 @@ impl SigningKey {
         let comment = p.utf8("comment").map_err(bad)?.to_string();
         for (i, b) in p.rest().iter().enumerate() {
             if usize::from(*b) != i + 1 {
-                return Err(KeyError::Malformed("bad padding after the private key".into()));
+                return Err(KeyError::Malformed(
+                    "bad padding after the private key".into(),
+                ));
             }
         }
         if pk != public.as_bytes() || sk[32..] != public.as_bytes()[..] {
-            return Err(KeyError::Malformed("private and public halves do not match".into()));
+            return Err(KeyError::Malformed(
+                "private and public halves do not match".into(),
+            ));
         }
         let key = ed25519_dalek::SigningKey::from_keypair_bytes(&sk)
             .map_err(|_| KeyError::Malformed("private key does not match its public key".into()))?;
@@ -288,7 +317,10 @@ impl SigningKey {
         let mut f = opts.open(path)?;
         f.write_all(self.to_openssh_private().as_bytes())?;
         f.sync_all()?;
-        let mut p = std::fs::OpenOptions::new().write(true).create_new(true).open(pub_path)?;
+        let mut p = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(pub_path)?;
         p.write_all(format!("{}\n", self.public().to_openssh()).as_bytes())?;
         p.sync_all()
     }
@@ -296,7 +328,12 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey({} {:?}, secret redacted)", self.public().fingerprint(), self.comment)
+        write!(
+            f,
+            "SigningKey({} {:?}, secret redacted)",
+            self.public().fingerprint(),
+            self.comment
+        )
     }
 }
 
@@ -306,7 +343,10 @@ mod tests {
     use std::process::Command;
 
     pub(crate) fn ssh_keygen(args: &[&str]) -> String {
-        let out = Command::new("/usr/bin/ssh-keygen").args(args).output().expect("run ssh-keygen");
+        let out = Command::new("/usr/bin/ssh-keygen")
+            .args(args)
+            .output()
+            .expect("run ssh-keygen");
         assert!(
             out.status.success(),
             "ssh-keygen {args:?} failed: {}",
@@ -343,7 +383,10 @@ mod tests {
             assert!(err.to_string().contains(want), "{line}: {err}");
         }
         let err = PublicKey::parse_openssh(&format!("ssh-rsa {b64}")).unwrap_err();
-        assert!(matches!(err, KeyError::UnsupportedType(ref t) if t == "ssh-rsa"), "{err}");
+        assert!(
+            matches!(err, KeyError::UnsupportedType(ref t) if t == "ssh-rsa"),
+            "{err}"
+        );
         // Trailing bytes inside the blob.
         let mut blob = STANDARD.decode(&b64).unwrap();
         blob.push(0);
@@ -389,9 +432,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id");
         let p = path.to_str().unwrap();
-        ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-C", "made by ssh-keygen", "-f", p]);
-        let key = SigningKey::from_openssh_private(&std::fs::read_to_string(&path).unwrap())
-            .unwrap();
+        ssh_keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "made by ssh-keygen",
+            "-f",
+            p,
+        ]);
+        let key =
+            SigningKey::from_openssh_private(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let public =
             PublicKey::parse_openssh(&std::fs::read_to_string(format!("{p}.pub")).unwrap())
                 .unwrap();
@@ -399,18 +452,32 @@ mod tests {
         assert_eq!(key.comment(), "made by ssh-keygen");
         assert_eq!(public.comment, "made by ssh-keygen");
         let listed = ssh_keygen(&["-lf", &format!("{p}.pub")]);
-        assert_eq!(listed.split_whitespace().nth(1).unwrap(), public.fingerprint());
+        assert_eq!(
+            listed.split_whitespace().nth(1).unwrap(),
+            public.fingerprint()
+        );
         // ssh-keygen writes the same private file we would (check ints aside).
-        assert_eq!(key.to_openssh_private().lines().count(), std::fs::read_to_string(&path).unwrap().lines().count());
+        assert_eq!(
+            key.to_openssh_private().lines().count(),
+            std::fs::read_to_string(&path).unwrap().lines().count()
+        );
     }
 
     #[test]
     fn encrypted_and_foreign_keys_are_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let enc = dir.path().join("enc");
-        ssh_keygen(&["-q", "-t", "ed25519", "-N", "secret phrase", "-f", enc.to_str().unwrap()]);
-        let err = SigningKey::from_openssh_private(&std::fs::read_to_string(&enc).unwrap())
-            .unwrap_err();
+        ssh_keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "secret phrase",
+            "-f",
+            enc.to_str().unwrap(),
+        ]);
+        let err =
+            SigningKey::from_openssh_private(&std::fs::read_to_string(&enc).unwrap()).unwrap_err();
         assert!(matches!(err, KeyError::Encrypted));
         assert_eq!(
             err.to_string(),
@@ -446,7 +513,10 @@ mod tests {
         }
         for len in 0..data.len() {
             let t = wire::armor(PRIVATE_LABEL, &data[..len]);
-            assert!(SigningKey::from_openssh_private(&t).is_err(), "truncated to {len}");
+            assert!(
+                SigningKey::from_openssh_private(&t).is_err(),
+                "truncated to {len}"
+            );
         }
     }
 }

@@ -27,7 +27,9 @@ pub use hashing::*;
 pub use keys::*;
 pub use manifest::*;
 pub use policy::*;
-pub use reader::{open, read_manifest_unverified, Limits, VerifiedBundle, MANIFEST_NAME, SIGNATURE_NAME};
+pub use reader::{
+    open, read_manifest_unverified, Limits, VerifiedBundle, MANIFEST_NAME, SIGNATURE_NAME,
+};
 pub use sshsig::NAMESPACE;
 pub use trust::*;
 pub use validate::validate_manifest;

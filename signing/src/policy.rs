@@ -69,7 +69,10 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), BundleEr
     }
     if let Some(minimum) = policy.min_version {
         if manifest.version < minimum {
-            return Err(BundleError::Rollback { version: manifest.version, minimum });
+            return Err(BundleError::Rollback {
+                version: manifest.version,
+                minimum,
+            });
         }
     }
     Ok(())
@@ -78,9 +81,7 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy) -> Result<(), BundleEr
 /// RFC 3339 UTC for messages; never panics, whatever the clock says.
 fn format_time(t: SystemTime) -> String {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) if d.as_secs() < 253_402_300_800 => {
-            humantime::format_rfc3339_seconds(t).to_string()
-        }
+        Ok(d) if d.as_secs() < 253_402_300_800 => humantime::format_rfc3339_seconds(t).to_string(),
         _ => format!("{t:?}"),
     }
 }
@@ -102,7 +103,10 @@ pub fn read_os_release(root: &Path) -> Result<(String, String), io::Error> {
             version_id = Some(unquote(v));
         }
     }
-    Ok((id.unwrap_or_else(|| "linux".into()), version_id.unwrap_or_default()))
+    Ok((
+        id.unwrap_or_else(|| "linux".into()),
+        version_id.unwrap_or_default(),
+    ))
 }
 
 fn os_release_path(root: &Path) -> io::Result<PathBuf> {
@@ -161,7 +165,10 @@ fn unquote(v: &str) -> String {
     if let Some(inner) = v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
         return inner.to_string();
     }
-    let inner = v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v);
+    let inner = v
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v);
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -186,7 +193,12 @@ mod tests {
     }
 
     fn policy(now: &str) -> Policy {
-        Policy { now: t(now), hostgroup: None, min_version: None, base: None }
+        Policy {
+            now: t(now),
+            hostgroup: None,
+            min_version: None,
+            base: None,
+        }
     }
 
     #[test]
@@ -207,10 +219,16 @@ mod tests {
         // A clock before 1970 is refused, not a panic.
         let mut p = policy("2025-01-01T00:00:00Z");
         p.now = UNIX_EPOCH - Duration::from_secs(10);
-        assert!(matches!(check_policy(&m, &p), Err(BundleError::NotYetValid { .. })));
+        assert!(matches!(
+            check_policy(&m, &p),
+            Err(BundleError::NotYetValid { .. })
+        ));
         let mut bad = m.clone();
         bad.expires = "soon".into();
-        assert!(matches!(check_policy(&bad, &p), Err(BundleError::Corrupt(_))));
+        assert!(matches!(
+            check_policy(&bad, &p),
+            Err(BundleError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -219,20 +237,40 @@ mod tests {
         let mut p = policy("2025-01-01T00:00:00Z");
         p.hostgroup = Some("web".into());
         p.min_version = Some(7);
-        p.base = Some(BaseIdentity { id: "debian".into(), version_id: "12".into(), arch: "amd64".into() });
+        p.base = Some(BaseIdentity {
+            id: "debian".into(),
+            version_id: "12".into(),
+            arch: "amd64".into(),
+        });
         assert!(check_policy(&m, &p).is_ok());
 
         let mut q = p.clone();
         q.hostgroup = Some("db".into());
-        assert!(matches!(check_policy(&m, &q), Err(BundleError::WrongHostgroup { ref expected, ref found }) if expected == "db" && found == "web"));
+        assert!(
+            matches!(check_policy(&m, &q), Err(BundleError::WrongHostgroup { ref expected, ref found }) if expected == "db" && found == "web")
+        );
 
         let mut q = p.clone();
         q.min_version = Some(8);
-        assert!(matches!(check_policy(&m, &q), Err(BundleError::Rollback { version: 7, minimum: 8 })));
+        assert!(matches!(
+            check_policy(&m, &q),
+            Err(BundleError::Rollback {
+                version: 7,
+                minimum: 8
+            })
+        ));
 
-        for (id, ver, arch) in [("ubuntu", "12", "amd64"), ("debian", "11", "amd64"), ("debian", "12", "arm64")] {
+        for (id, ver, arch) in [
+            ("ubuntu", "12", "amd64"),
+            ("debian", "11", "amd64"),
+            ("debian", "12", "arm64"),
+        ] {
             let mut q = p.clone();
-            q.base = Some(BaseIdentity { id: id.into(), version_id: ver.into(), arch: arch.into() });
+            q.base = Some(BaseIdentity {
+                id: id.into(),
+                version_id: ver.into(),
+                arch: arch.into(),
+            });
             match check_policy(&m, &q) {
                 Err(BundleError::WrongBase { bundle, root }) => {
                     assert_eq!(bundle, "debian 12 amd64");
@@ -255,21 +293,37 @@ mod tests {
         )
         .unwrap();
         // No etc/os-release: fall back to usr/lib.
-        assert_eq!(read_os_release(root).unwrap(), ("debian".into(), "12".into()));
+        assert_eq!(
+            read_os_release(root).unwrap(),
+            ("debian".into(), "12".into())
+        );
         // Debian's relative symlink.
         std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
-        assert_eq!(read_os_release(root).unwrap(), ("debian".into(), "12".into()));
+        assert_eq!(
+            read_os_release(root).unwrap(),
+            ("debian".into(), "12".into())
+        );
         // An absolute symlink is read inside the root, not on the host.
         std::fs::remove_file(root.join("etc/os-release")).unwrap();
         std::os::unix::fs::symlink("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
-        assert_eq!(read_os_release(root).unwrap(), ("debian".into(), "12".into()));
+        assert_eq!(
+            read_os_release(root).unwrap(),
+            ("debian".into(), "12".into())
+        );
         // Anything else is refused.
         std::fs::remove_file(root.join("etc/os-release")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", root.join("etc/os-release")).unwrap();
-        assert_eq!(read_os_release(root).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_os_release(root).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
         // A regular etc/os-release wins, with single quotes and no VERSION_ID.
         std::fs::remove_file(root.join("etc/os-release")).unwrap();
-        std::fs::write(root.join("etc/os-release"), "ID='debian'\n# VERSION_ID=13\n").unwrap();
+        std::fs::write(
+            root.join("etc/os-release"),
+            "ID='debian'\n# VERSION_ID=13\n",
+        )
+        .unwrap();
         assert_eq!(read_os_release(root).unwrap(), ("debian".into(), "".into()));
         assert!(read_os_release(&root.join("missing")).is_err());
     }

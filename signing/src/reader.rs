@@ -109,7 +109,8 @@ fn classify(e: io::Error) -> BundleError {
     corrupt(format!("zstd: {e}"))
 }
 
-type Decoder<R> = zstd::stream::read::Decoder<'static, BufReader<Chain<Cursor<Vec<u8>>, Source<R>>>>;
+type Decoder<R> =
+    zstd::stream::read::Decoder<'static, BufReader<Chain<Cursor<Vec<u8>>, Source<R>>>>;
 
 /// Checks the zstd frame header before any decoding: magic, content checksum present, no
 /// dictionary, reserved bits clear, and a window within the limit.
@@ -117,7 +118,9 @@ fn check_frame_header(h: &[u8], limits: &Limits) -> Result<(), BundleError> {
     if h.get(..4) != Some(&ZSTD_MAGIC[..]) {
         return Err(corrupt("not a zstd stream (bad magic)"));
     }
-    let fhd = *h.get(4).ok_or_else(|| corrupt("truncated zstd frame header"))?;
+    let fhd = *h
+        .get(4)
+        .ok_or_else(|| corrupt("truncated zstd frame header"))?;
     if fhd & 0x18 != 0 {
         return Err(corrupt("zstd frame header has reserved bits set"));
     }
@@ -132,7 +135,9 @@ fn check_frame_header(h: &[u8], limits: &Limits) -> Result<(), BundleError> {
     let window = if single_segment {
         // The window is the content size, stored right after the descriptor.
         let len = [1, 2, 4, 8][usize::from(fhd >> 6)];
-        let field = h.get(5..5 + len).ok_or_else(|| corrupt("truncated zstd frame header"))?;
+        let field = h
+            .get(5..5 + len)
+            .ok_or_else(|| corrupt("truncated zstd frame header"))?;
         let mut le = [0u8; 8];
         le[..len].copy_from_slice(field);
         let size = u64::from_le_bytes(le);
@@ -142,7 +147,9 @@ fn check_frame_header(h: &[u8], limits: &Limits) -> Result<(), BundleError> {
             size
         }
     } else {
-        let wd = *h.get(5).ok_or_else(|| corrupt("truncated zstd frame header"))?;
+        let wd = *h
+            .get(5)
+            .ok_or_else(|| corrupt("truncated zstd frame header"))?;
         let base = 1u64 << (10 + u32::from(wd >> 3));
         base + (base / 8) * u64::from(wd & 7)
     };
@@ -184,7 +191,9 @@ fn c_field<'a>(field: &'a [u8], what: &str) -> Result<&'a [u8], BundleError> {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     let (value, rest) = field.split_at(end);
     if rest.iter().any(|&b| b != 0) {
-        return Err(corrupt(format!("tar header {what} has bytes after its terminator")));
+        return Err(corrupt(format!(
+            "tar header {what} has bytes after its terminator"
+        )));
     }
     Ok(value)
 }
@@ -193,7 +202,11 @@ fn c_field<'a>(field: &'a [u8], what: &str) -> Result<&'a [u8], BundleError> {
 fn octal(field: &[u8], what: &str) -> Result<u64, BundleError> {
     let bad = || corrupt(format!("tar header {what} field is not octal"));
     let s = field.iter().skip_while(|&&b| b == b' ');
-    let digits: Vec<u8> = s.clone().take_while(|b| b.is_ascii_digit()).copied().collect();
+    let digits: Vec<u8> = s
+        .clone()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
     let rest = s.skip(digits.len());
     if digits.is_empty() || digits.len() > 21 || !rest.clone().all(|&b| b == 0 || b == b' ') {
         return Err(bad());
@@ -202,7 +215,9 @@ fn octal(field: &[u8], what: &str) -> Result<u64, BundleError> {
         if d > b'7' {
             return Err(bad());
         }
-        acc.checked_mul(8).and_then(|a| a.checked_add(u64::from(d - b'0'))).ok_or_else(bad)
+        acc.checked_mul(8)
+            .and_then(|a| a.checked_add(u64::from(d - b'0')))
+            .ok_or_else(bad)
     })
 }
 
@@ -211,14 +226,23 @@ fn parse_header(b: &[u8; BLOCK]) -> Result<TarHeader, BundleError> {
     let sum: u64 = b
         .iter()
         .enumerate()
-        .map(|(i, &x)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(x) })
+        .map(|(i, &x)| {
+            if (148..156).contains(&i) {
+                u64::from(b' ')
+            } else {
+                u64::from(x)
+            }
+        })
         .sum();
     if sum != stored {
         return Err(corrupt("tar header checksum mismatch"));
     }
     let typeflag = b[156];
     if &b[257..263] != b"ustar\0" || &b[263..265] != b"00" {
-        return Err(corrupt(format!("tar header is not ustar ({})", type_name(typeflag))));
+        return Err(corrupt(format!(
+            "tar header is not ustar ({})",
+            type_name(typeflag)
+        )));
     }
     let name = c_field(&b[0..100], "name")?;
     let prefix = c_field(&b[345..500], "prefix")?;
@@ -229,7 +253,11 @@ fn parse_header(b: &[u8; BLOCK]) -> Result<TarHeader, BundleError> {
     }
     full.extend_from_slice(name);
     let size = octal(&b[124..136], "size")?;
-    Ok(TarHeader { name: String::from_utf8_lossy(&full).into_owned(), typeflag, size })
+    Ok(TarHeader {
+        name: String::from_utf8_lossy(&full).into_owned(),
+        typeflag,
+        size,
+    })
 }
 
 /// The decompressed tar stream, read strictly one member at a time.
@@ -287,7 +315,10 @@ impl<R: Read> Tar<R> {
             )));
         }
         if h.name != name {
-            return Err(corrupt(format!("expected member {name}, found {:?}", h.name)));
+            return Err(corrupt(format!(
+                "expected member {name}, found {:?}",
+                h.name
+            )));
         }
         Ok(h)
     }
@@ -352,15 +383,22 @@ impl<R: Read> Tar<R> {
     }
 }
 
+/// The start of a bundle: the stream positioned at the first blob, and the two small members.
+struct Head<R> {
+    tar: Tar<R>,
+    manifest: Vec<u8>,
+    signature: Vec<u8>,
+}
+
 /// Reads the zstd frame header, the manifest and the signature, checking nothing but form
 /// and limits.
-fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<(Tar<R>, Vec<u8>, Vec<u8>), BundleError> {
+fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleError> {
     let mut peek = vec![0u8; FRAME_HEADER_MAX];
     let mut got = 0;
     while got < peek.len() {
         match src.read(&mut peek[got..]) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) => got = (got + n).min(peek.len()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(BundleError::Io(e)),
         }
@@ -368,15 +406,19 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<(Tar<R>, Vec<u8>, V
     peek.truncate(got);
     check_frame_header(&peek, limits)?;
 
-    let mut z = zstd::stream::read::Decoder::new(Cursor::new(peek).chain(Source(src)))?
-        .single_frame();
+    let mut z =
+        zstd::stream::read::Decoder::new(Cursor::new(peek).chain(Source(src)))?.single_frame();
     z.window_log_max(limits.window_log_max).map_err(|e| {
         BundleError::Limit(format!("window_log_max {}: {e}", limits.window_log_max))
     })?;
     let mut tar = Tar { z };
     let manifest = tar.small_member(MANIFEST_NAME, limits.max_manifest_bytes)?;
     let signature = tar.small_member(SIGNATURE_NAME, limits.max_signature_bytes)?;
-    Ok((tar, manifest, signature))
+    Ok(Head {
+        tar,
+        manifest,
+        signature,
+    })
 }
 
 /// Parses and structurally validates signed manifest bytes.
@@ -407,15 +449,29 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, BundleError
 /// Opens a bundle: checks the zstd header, reads the manifest and its signature, verifies the
 /// signature and that its key is trusted (before the manifest is even parsed), then parses and
 /// validates the manifest. The blobs are checked by [`VerifiedBundle::for_each_blob`].
-pub fn open<R: Read>(src: R, trust: &TrustStore, limits: &Limits) -> Result<VerifiedBundle<R>, BundleError> {
-    let (tar, manifest_bytes, signature) = read_head(src, limits)?;
+pub fn open<R: Read>(
+    src: R,
+    trust: &TrustStore,
+    limits: &Limits,
+) -> Result<VerifiedBundle<R>, BundleError> {
+    let Head {
+        tar,
+        manifest: manifest_bytes,
+        signature,
+    } = read_head(src, limits)?;
     let mut signer = sshsig::verify(&signature, NAMESPACE, &manifest_bytes)?;
     trust.check(&signer)?;
     if let Some(known) = trust.trusted().find(|k| **k == signer) {
         signer.comment = known.comment.clone();
     }
     let manifest = parse_manifest(&manifest_bytes, limits)?;
-    Ok(VerifiedBundle { manifest, manifest_bytes, signature, signer, tar })
+    Ok(VerifiedBundle {
+        manifest,
+        manifest_bytes,
+        signature,
+        signer,
+        tar,
+    })
 }
 
 /// Reads and validates the manifest without checking who signed it (for `kiln inspect`).
@@ -424,7 +480,11 @@ pub fn read_manifest_unverified<R: Read>(
     src: R,
     limits: &Limits,
 ) -> Result<(Manifest, Vec<u8>, Vec<u8>), BundleError> {
-    let (_tar, bytes, signature) = read_head(src, limits)?;
+    let Head {
+        manifest: bytes,
+        signature,
+        ..
+    } = read_head(src, limits)?;
     let manifest = parse_manifest(&bytes, limits)?;
     Ok((manifest, bytes, signature))
 }
@@ -577,10 +637,15 @@ impl<R: Read> Read for BlobReader<'_, R> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         match self.tar.read_some(&mut buf[..want]) {
             Ok(0) => {
-                let e = corrupt(format!("truncated: bundle ends inside blob {}", self.digest));
+                let e = corrupt(format!(
+                    "truncated: bundle ends inside blob {}",
+                    self.digest
+                ));
                 Err(self.fail(e))
             }
             Ok(n) => {
@@ -622,7 +687,10 @@ mod tests {
     fn expect_corrupt(res: Result<(), BundleError>, want: &str) {
         match res {
             Err(BundleError::Corrupt(msg)) => {
-                assert!(msg.contains(want), "Corrupt({msg:?}) does not mention {want:?}")
+                assert!(
+                    msg.contains(want),
+                    "Corrupt({msg:?}) does not mention {want:?}"
+                )
             }
             other => panic!("expected Corrupt({want}), got {other:?}"),
         }
@@ -632,7 +700,10 @@ mod tests {
     fn expect_limit(res: Result<(), BundleError>, want: &str) {
         match res {
             Err(BundleError::Limit(msg)) => {
-                assert!(msg.contains(want), "Limit({msg:?}) does not mention {want:?}")
+                assert!(
+                    msg.contains(want),
+                    "Limit({msg:?}) does not mention {want:?}"
+                )
             }
             other => panic!("expected Limit({want}), got {other:?}"),
         }
@@ -646,7 +717,12 @@ mod tests {
     }
 
     fn four_blobs() -> Vec<Vec<u8>> {
-        vec![b"motd\n".to_vec(), noise(3, 100), b"tmpl".to_vec(), noise(4, 50)]
+        vec![
+            b"motd\n".to_vec(),
+            noise(3, 100),
+            b"tmpl".to_vec(),
+            noise(4, 50),
+        ]
     }
 
     /// The blobs of `four_blobs`, in manifest (digest) order.
@@ -734,13 +810,15 @@ mod tests {
 
         // The reader hands out the bytes but fails with InvalidData at EOF...
         let mut kinds = Vec::new();
-        let res = open(&bytes[..], &trust(), &Limits::default()).unwrap().for_each_blob(|_, r| {
-            let mut data = Vec::new();
-            let e = r.read_to_end(&mut data).unwrap_err();
-            kinds.push(e.kind());
-            assert!(e.to_string().contains("content has sha256"), "{e}");
-            Err(AppError::from(e))
-        });
+        let res = open(&bytes[..], &trust(), &Limits::default())
+            .unwrap()
+            .for_each_blob(|_, r| {
+                let mut data = Vec::new();
+                let e = r.read_to_end(&mut data).unwrap_err();
+                kinds.push(e.kind());
+                assert!(e.to_string().contains("content has sha256"), "{e}");
+                Err(AppError::from(e))
+            });
         assert_eq!(kinds, vec![io::ErrorKind::InvalidData]);
         // ...and the caller gets Corrupt, not its own wrapping of the io error.
         match res {
@@ -751,7 +829,10 @@ mod tests {
         let res = open(&bytes[..], &trust(), &Limits::default())
             .unwrap()
             .for_each_blob(|_, _| Ok::<(), AppError>(()));
-        assert!(matches!(res, Err(AppError::Bundle(BundleError::Corrupt(_)))));
+        assert!(matches!(
+            res,
+            Err(AppError::Bundle(BundleError::Corrupt(_)))
+        ));
         expect_corrupt(verify_all(&bytes), "content has sha256");
         // The callback's own error passes through when the bundle is fine.
         let res = open(&sample_bundle()[..], &trust(), &Limits::default())
@@ -763,7 +844,12 @@ mod tests {
     /// A bundle of about 2 KB for the exhaustive damage tests (each case costs a signature
     /// check, which is slow in debug builds).
     fn small_bundle() -> Vec<u8> {
-        let blobs = vec![b"motd\n".to_vec(), noise(5, 300), b"tmpl".to_vec(), noise(6, 100)];
+        let blobs = vec![
+            b"motd\n".to_vec(),
+            noise(5, 300),
+            b"tmpl".to_vec(),
+            noise(6, 100),
+        ];
         let map = blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
         bundle_of(&manifest_for(&blobs), &map, &signer())
     }
@@ -775,14 +861,21 @@ mod tests {
     #[track_caller]
     fn assert_same_content(damaged: &[u8], original: &[u8], what: &str) {
         let d = zstd::stream::decode_all(damaged).unwrap_or_default();
-        assert!(d == decompress(original), "{what}: accepted with different content");
+        assert!(
+            d == decompress(original),
+            "{what}: accepted with different content"
+        );
     }
 
     /// Flips one byte at every position `i` with `i % 2 == parity` (two tests, so the two
     /// halves run in parallel), cycling through three flip patterns.
     fn flip_every_byte(parity: usize) {
         let bundle = small_bundle();
-        assert!((1500..3000).contains(&bundle.len()), "fixture is {} bytes", bundle.len());
+        assert!(
+            (1500..3000).contains(&bundle.len()),
+            "fixture is {} bytes",
+            bundle.len()
+        );
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for i in (parity..bundle.len()).step_by(2) {
             let flip = [0x01u8, 0x80, 0xff][(i / 2) % 3];
@@ -830,7 +923,11 @@ mod tests {
                 });
                 match res {
                     Ok(()) => assert_same_content(&b, &bundle, &format!("flip {flip:#x} at {i}")),
-                    Err(BundleError::Corrupt(_) | BundleError::Limit(_) | BundleError::BadSignature(_)) => {}
+                    Err(
+                        BundleError::Corrupt(_)
+                        | BundleError::Limit(_)
+                        | BundleError::BadSignature(_),
+                    ) => {}
                     Err(other) => panic!("flip {flip:#x} at {i}: {other:?}"),
                 }
             }
@@ -845,7 +942,10 @@ mod tests {
         }
         // Truncating the tar inside an intact zstd frame is refused as well.
         let tar_bytes = decompress(&bundle);
-        for len in (0..tar_bytes.len()).step_by(97).chain([tar_bytes.len() - 512, tar_bytes.len() - 1]) {
+        for len in (0..tar_bytes.len())
+            .step_by(97)
+            .chain([tar_bytes.len() - 512, tar_bytes.len() - 1])
+        {
             expect_corrupt(verify_all(&compress(&tar_bytes[..len], 3, 19, false)), "");
         }
     }
@@ -855,7 +955,14 @@ mod tests {
         let bundle = sample_bundle();
         let skippable = [0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
         let empty_frame = compress(b"", 3, 19, false);
-        for tail in [&[0u8][..], b"\n", b"garbage", &skippable, &empty_frame, &bundle] {
+        for tail in [
+            &[0u8][..],
+            b"\n",
+            b"garbage",
+            &skippable,
+            &empty_frame,
+            &bundle,
+        ] {
             let mut b = bundle.clone();
             b.extend_from_slice(tail);
             expect_corrupt(verify_all(&b), "after the end of the zstd frame");
@@ -864,11 +971,16 @@ mod tests {
         let mut tar_bytes = decompress(&bundle);
         let end = tar_bytes.len() - 1024;
         let mut extra = tar_bytes[..end].to_vec();
-        let mut t = RawTar { out: std::mem::take(&mut extra) };
+        let mut t = RawTar {
+            out: std::mem::take(&mut extra),
+        };
         t.file("blobs/extra", b"x");
         expect_corrupt(verify_all(&t.finish()), "after the last blob");
         tar_bytes.extend_from_slice(b"trailing");
-        expect_corrupt(verify_all(&compress(&tar_bytes, 3, 19, false)), "after the end of the tar");
+        expect_corrupt(
+            verify_all(&compress(&tar_bytes, 3, 19, false)),
+            "after the end of the tar",
+        );
         // A tar record's zero padding is fine (GNU tar pads to 10 KiB).
         let mut padded = decompress(&bundle);
         padded.resize(padded.len().div_ceil(10240) * 10240, 0);
@@ -894,7 +1006,10 @@ mod tests {
         // kiln inspect can still read it, trusting nothing.
         let (m, bytes, sig) = read_manifest_unverified(&stranger[..], &Limits::default()).unwrap();
         assert_eq!(m, sample_manifest());
-        assert_eq!(sshsig::verify(&sig, NAMESPACE, &bytes).unwrap(), other_key().public());
+        assert_eq!(
+            sshsig::verify(&sig, NAMESPACE, &bytes).unwrap(),
+            other_key().public()
+        );
     }
 
     #[test]
@@ -906,13 +1021,15 @@ mod tests {
         // A valid signature of a different manifest.
         let sig = sshsig::sign(&signer(), NAMESPACE, &other.to_canonical_json());
         let mut t = RawTar::default();
-        t.file(MANIFEST_NAME, &json).file(SIGNATURE_NAME, sig.as_bytes());
+        t.file(MANIFEST_NAME, &json)
+            .file(SIGNATURE_NAME, sig.as_bytes());
         let res = open(&t.finish()[..], &trust(), &Limits::default()).map(|_| ());
         assert!(matches!(res, Err(BundleError::BadSignature(_))), "{res:?}");
         // A signature for another namespace.
         let sig = sshsig::sign(&signer(), "git", &json);
         let mut t = RawTar::default();
-        t.file(MANIFEST_NAME, &json).file(SIGNATURE_NAME, sig.as_bytes());
+        t.file(MANIFEST_NAME, &json)
+            .file(SIGNATURE_NAME, sig.as_bytes());
         let res = open(&t.finish()[..], &trust(), &Limits::default()).map(|_| ());
         assert!(matches!(res, Err(BundleError::BadSignature(ref s)) if s.contains("namespace")));
     }
@@ -927,7 +1044,10 @@ mod tests {
             min_version: None,
             base: None,
         };
-        assert!(matches!(check_policy(&b.manifest, &policy), Err(BundleError::Expired { .. })));
+        assert!(matches!(
+            check_policy(&b.manifest, &policy),
+            Err(BundleError::Expired { .. })
+        ));
     }
 
     #[test]
@@ -952,7 +1072,13 @@ mod tests {
         }
         // The same at the manifest's place.
         let mut t = RawTar::default();
-        t.member(MANIFEST_NAME.as_bytes(), EntryType::Symlink, 0, &[], Some("/etc/passwd"));
+        t.member(
+            MANIFEST_NAME.as_bytes(),
+            EntryType::Symlink,
+            0,
+            &[],
+            Some("/etc/passwd"),
+        );
         expect_corrupt(verify_all(&t.finish()), "symlink");
     }
 
@@ -1009,15 +1135,24 @@ mod tests {
         }
         let mut t = RawTar::default();
         t.member(b"../kiln/manifest.json", EntryType::Regular, 2, b"{}", None);
-        expect_corrupt(verify_all(&t.finish()), "expected member kiln/manifest.json");
+        expect_corrupt(
+            verify_all(&t.finish()),
+            "expected member kiln/manifest.json",
+        );
 
         // Signature before manifest.
         let m = manifest_for(&blobs);
         let json = m.to_canonical_json();
         let mut t = RawTar::default();
-        t.file(SIGNATURE_NAME, sshsig::sign(&signer(), NAMESPACE, &json).as_bytes())
-            .file(MANIFEST_NAME, &json);
-        expect_corrupt(verify_all(&t.finish()), "expected member kiln/manifest.json");
+        t.file(
+            SIGNATURE_NAME,
+            sshsig::sign(&signer(), NAMESPACE, &json).as_bytes(),
+        )
+        .file(MANIFEST_NAME, &json);
+        expect_corrupt(
+            verify_all(&t.finish()),
+            "expected member kiln/manifest.json",
+        );
 
         // Non-zero padding after a member.
         let mut t = signed_head(&blobs);
@@ -1048,8 +1183,14 @@ mod tests {
             }
             verify_all(&t.finish())
         };
-        expect_corrupt(with(&|m| m.entries[1].path = "/etc/../etc/shadow".into()), "contains . or ..");
-        expect_corrupt(with(&|m| m.entries[1].path = "etc/motd".into()), "not absolute");
+        expect_corrupt(
+            with(&|m| m.entries[1].path = "/etc/../etc/shadow".into()),
+            "contains . or ..",
+        );
+        expect_corrupt(
+            with(&|m| m.entries[1].path = "etc/motd".into()),
+            "not absolute",
+        );
         expect_corrupt(
             with(&|m| {
                 let dup = m.entries[1].clone();
@@ -1057,9 +1198,21 @@ mod tests {
             }),
             "duplicate path",
         );
-        expect_corrupt(with(&|m| m.templates[0].path = "/etc/motd".into()), "duplicate path");
         expect_corrupt(
-            with(&|m| m.entries.push(Entry { path: "/x".into(), kind: EntryKind::Directory { mode: "rwx".into(), owner: "r".into(), group: "r".into() } })),
+            with(&|m| m.templates[0].path = "/etc/motd".into()),
+            "duplicate path",
+        );
+        expect_corrupt(
+            with(&|m| {
+                m.entries.push(Entry {
+                    path: "/x".into(),
+                    kind: EntryKind::Directory {
+                        mode: "rwx".into(),
+                        owner: "r".into(),
+                        group: "r".into(),
+                    },
+                })
+            }),
             "mode",
         );
         expect_corrupt(
@@ -1080,7 +1233,10 @@ mod tests {
         );
         expect_corrupt(with(&|m| m.packages.clear()), "nothing uses it");
         expect_corrupt(with(&|m| m.blobs.swap(0, 1)), "sorted");
-        expect_corrupt(with(&|m| m.blobs[0].digest = m.blobs[0].digest.to_uppercase()), "lowercase hex");
+        expect_corrupt(
+            with(&|m| m.blobs[0].digest = m.blobs[0].digest.to_uppercase()),
+            "lowercase hex",
+        );
         expect_corrupt(with(&|m| m.expires = "2030-01-01".into()), "RFC 3339");
         expect_corrupt(with(&|m| m.format = 2), "format 2 is not supported");
     }
@@ -1122,15 +1278,82 @@ mod tests {
     fn limits_are_enforced() {
         let bundle = sample_bundle();
         let d = Limits::default;
-        expect_limit(verify_with(&bundle, &Limits { max_manifest_bytes: 100, ..d() }), "manifest.json is");
-        expect_limit(verify_with(&bundle, &Limits { max_signature_bytes: 100, ..d() }), "sig is");
-        expect_limit(verify_with(&bundle, &Limits { max_entries: 3, ..d() }), "entries");
-        expect_limit(verify_with(&bundle, &Limits { max_blob_bytes: 500, ..d() }), "blob");
-        expect_limit(verify_with(&bundle, &Limits { max_total_bytes: 1000, ..d() }), "total");
-        expect_limit(verify_with(&bundle, &Limits { window_log_max: 20, ..d() }), "window");
-        verify_with(&bundle, &Limits { window_log_max: 21, ..d() }).unwrap();
-        let limits = Limits { max_manifest_bytes: 100, ..d() };
-        assert!(matches!(read_manifest_unverified(&bundle[..], &limits), Err(BundleError::Limit(_))));
+        expect_limit(
+            verify_with(
+                &bundle,
+                &Limits {
+                    max_manifest_bytes: 100,
+                    ..d()
+                },
+            ),
+            "manifest.json is",
+        );
+        expect_limit(
+            verify_with(
+                &bundle,
+                &Limits {
+                    max_signature_bytes: 100,
+                    ..d()
+                },
+            ),
+            "sig is",
+        );
+        expect_limit(
+            verify_with(
+                &bundle,
+                &Limits {
+                    max_entries: 3,
+                    ..d()
+                },
+            ),
+            "entries",
+        );
+        expect_limit(
+            verify_with(
+                &bundle,
+                &Limits {
+                    max_blob_bytes: 500,
+                    ..d()
+                },
+            ),
+            "blob",
+        );
+        expect_limit(
+            verify_with(
+                &bundle,
+                &Limits {
+                    max_total_bytes: 1000,
+                    ..d()
+                },
+            ),
+            "total",
+        );
+        expect_limit(
+            verify_with(
+                &bundle,
+                &Limits {
+                    window_log_max: 20,
+                    ..d()
+                },
+            ),
+            "window",
+        );
+        verify_with(
+            &bundle,
+            &Limits {
+                window_log_max: 21,
+                ..d()
+            },
+        )
+        .unwrap();
+        let limits = Limits {
+            max_manifest_bytes: 100,
+            ..d()
+        };
+        assert!(matches!(
+            read_manifest_unverified(&bundle[..], &limits),
+            Err(BundleError::Limit(_))
+        ));
     }
 
     #[test]
@@ -1174,7 +1397,9 @@ mod tests {
         assert!(matches!(err, BundleError::Limit(_)));
 
         // Defence in depth: the decoder itself is capped.
-        let mut z = zstd::stream::read::Decoder::new(&wide[..]).unwrap().single_frame();
+        let mut z = zstd::stream::read::Decoder::new(&wide[..])
+            .unwrap()
+            .single_frame();
         z.window_log_max(Limits::default().window_log_max).unwrap();
         let e = io::copy(&mut z, &mut io::sink()).unwrap_err();
         assert!(matches!(classify(e), BundleError::Corrupt(_)));
@@ -1187,7 +1412,10 @@ mod tests {
         impl Read for Failing<'_> {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
                 if self.0.is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "peer went away"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "peer went away",
+                    ));
                 }
                 let n = self.0.read(buf)?;
                 Ok(n)
@@ -1207,9 +1435,16 @@ mod tests {
     #[test]
     fn key_rotation_with_revocation() {
         let old = SigningKey::from_seed(&[1; 32], "old");
-        let store = TrustStore::from_keys(vec![old.public(), signer().public()], vec![old.public()]);
+        let store =
+            TrustStore::from_keys(vec![old.public(), signer().public()], vec![old.public()]);
         let by_old = bundle_of(&sample_manifest(), &sample_blobs(), &old);
-        assert!(matches!(open(&by_old[..], &store, &Limits::default()), Err(BundleError::RevokedKey { .. })));
-        open(&sample_bundle()[..], &store, &Limits::default()).unwrap().verify_blobs().unwrap();
+        assert!(matches!(
+            open(&by_old[..], &store, &Limits::default()),
+            Err(BundleError::RevokedKey { .. })
+        ));
+        open(&sample_bundle()[..], &store, &Limits::default())
+            .unwrap()
+            .verify_blobs()
+            .unwrap();
     }
 }

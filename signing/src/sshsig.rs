@@ -62,7 +62,9 @@ fn parse_and_verify(armored: &[u8], namespace: &str, message: &[u8]) -> Result<P
     }
     let version = r.u32()?;
     if version != VERSION {
-        return Err(format!("signature version {version} not accepted (only {VERSION})"));
+        return Err(format!(
+            "signature version {version} not accepted (only {VERSION})"
+        ));
     }
     let public = PublicKey::from_wire(r.string()?)?;
     let ns = r.string()?;
@@ -168,23 +170,60 @@ mod tests {
         for pos in [blob.len() - 1, blob.len() - 40, blob.len() - 64] {
             let mut b = blob.clone();
             b[pos] ^= 0x10;
-            expect_bad(verify(wire::armor(LABEL, &b).as_bytes(), NAMESPACE, MSG), "");
+            expect_bad(
+                verify(wire::armor(LABEL, &b).as_bytes(), NAMESPACE, MSG),
+                "",
+            );
         }
         // Every single-byte change to the blob is refused.
         for pos in 0..blob.len() {
             let mut b = blob.clone();
             b[pos] ^= 0x01;
-            expect_bad(verify(wire::armor(LABEL, &b).as_bytes(), NAMESPACE, MSG), "");
+            expect_bad(
+                verify(wire::armor(LABEL, &b).as_bytes(), NAMESPACE, MSG),
+                "",
+            );
         }
         let mut long = blob.clone();
         long.push(0);
-        expect_bad(verify(wire::armor(LABEL, &long).as_bytes(), NAMESPACE, MSG), "trailing");
+        expect_bad(
+            verify(wire::armor(LABEL, &long).as_bytes(), NAMESPACE, MSG),
+            "trailing",
+        );
 
         // Correctly signed, but with parameters kiln does not accept.
-        expect_bad(verify(rebuild(1, NAMESPACE, "sha256", b"", true).as_bytes(), NAMESPACE, MSG), "sha256");
-        expect_bad(verify(rebuild(2, NAMESPACE, "sha512", b"", true).as_bytes(), NAMESPACE, MSG), "version 2");
-        expect_bad(verify(rebuild(1, NAMESPACE, "sha512", b"x", true).as_bytes(), NAMESPACE, MSG), "reserved");
-        expect_bad(verify(rebuild(1, NAMESPACE, "sha512", b"", false).as_bytes(), NAMESPACE, MSG), "does not match");
+        expect_bad(
+            verify(
+                rebuild(1, NAMESPACE, "sha256", b"", true).as_bytes(),
+                NAMESPACE,
+                MSG,
+            ),
+            "sha256",
+        );
+        expect_bad(
+            verify(
+                rebuild(2, NAMESPACE, "sha512", b"", true).as_bytes(),
+                NAMESPACE,
+                MSG,
+            ),
+            "version 2",
+        );
+        expect_bad(
+            verify(
+                rebuild(1, NAMESPACE, "sha512", b"x", true).as_bytes(),
+                NAMESPACE,
+                MSG,
+            ),
+            "reserved",
+        );
+        expect_bad(
+            verify(
+                rebuild(1, NAMESPACE, "sha512", b"", false).as_bytes(),
+                NAMESPACE,
+                MSG,
+            ),
+            "does not match",
+        );
         expect_bad(verify(b"", NAMESPACE, MSG), "");
         expect_bad(verify(&[0xff, 0xfe], NAMESPACE, MSG), "not text");
     }
@@ -213,7 +252,11 @@ mod tests {
             child.wait_with_output().unwrap()
         };
         let ok = run(NAMESPACE);
-        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
         assert!(!run("git").status.success());
     }
 
@@ -234,7 +277,11 @@ mod tests {
             .arg(&msg_path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let sig = std::fs::read(dir.path().join("manifest.json.sig")).unwrap();
         let signer = verify(&sig, NAMESPACE, MSG).unwrap();
         let public =

@@ -72,11 +72,23 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
     let mut entries = vec![
         Entry {
             path: "/etc".into(),
-            kind: EntryKind::Directory { mode: "0755".into(), owner: "root".into(), group: "root".into() },
+            kind: EntryKind::Directory {
+                mode: "0755".into(),
+                owner: "root".into(),
+                group: "root".into(),
+            },
         },
         file("/etc/motd", &blobs[0], "0644"),
-        Entry { path: "/etc/old.conf".into(), kind: EntryKind::Absent },
-        Entry { path: "/etc/web".into(), kind: EntryKind::Symlink { target: "/srv/web".into() } },
+        Entry {
+            path: "/etc/old.conf".into(),
+            kind: EntryKind::Absent,
+        },
+        Entry {
+            path: "/etc/web".into(),
+            kind: EntryKind::Symlink {
+                target: "/srv/web".into(),
+            },
+        },
         file("/usr/local/bin/tool", &blobs[1], "0755"),
     ];
     for (i, b) in blobs.iter().enumerate().skip(4) {
@@ -84,7 +96,10 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
     }
     let mut list: Vec<Blob> = blobs
         .iter()
-        .map(|b| Blob { digest: sha256_hex(b), size: b.len() as u64 })
+        .map(|b| Blob {
+            digest: sha256_hex(b),
+            size: b.len() as u64,
+        })
         .collect();
     list.sort();
     list.dedup();
@@ -104,7 +119,11 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
             packages_digest: None,
         },
         entries,
-        groups: vec![Group { name: "web".into(), gid: None, system: true }],
+        groups: vec![Group {
+            name: "web".into(),
+            gid: None,
+            system: true,
+        }],
         users: vec![],
         packages: vec![Package {
             name: "hello".into(),
@@ -113,7 +132,11 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
             digest: Some(sha256_hex(&blobs[3])),
             size: Some(blobs[3].len() as u64),
         }],
-        services: vec![Service { name: "nginx.service".into(), state: ServiceState::Running, enabled: true }],
+        services: vec![Service {
+            name: "nginx.service".into(),
+            state: ServiceState::Running,
+            enabled: true,
+        }],
         commands: vec![],
         templates: vec![Template {
             path: "/etc/app.conf".into(),
@@ -131,7 +154,11 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
 }
 
 /// Writes a bundle of `m` whose blobs come from `blobs`.
-pub(crate) fn bundle_of(m: &Manifest, blobs: &BTreeMap<String, Vec<u8>>, key: &SigningKey) -> Vec<u8> {
+pub(crate) fn bundle_of(
+    m: &Manifest,
+    blobs: &BTreeMap<String, Vec<u8>>,
+    key: &SigningKey,
+) -> Vec<u8> {
     crate::writer::write_bundle(Vec::new(), m, key, &mut |b, w| {
         w.write_all(&blobs[&b.digest])
     })
@@ -151,7 +178,14 @@ pub(crate) struct RawTar {
 impl RawTar {
     /// A member with any type, name and declared size; `data` is written as given, then
     /// padded to a block.
-    pub(crate) fn member(&mut self, name: &[u8], kind: tar::EntryType, size: u64, data: &[u8], link: Option<&str>) -> &mut Self {
+    pub(crate) fn member(
+        &mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        size: u64,
+        data: &[u8],
+        link: Option<&str>,
+    ) -> &mut Self {
         let mut h = tar::Header::new_ustar();
         // set_path refuses `..`; write the name field directly.
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
@@ -175,7 +209,13 @@ impl RawTar {
     }
 
     pub(crate) fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
-        self.member(name.as_bytes(), tar::EntryType::Regular, data.len() as u64, data, None)
+        self.member(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            data.len() as u64,
+            data,
+            None,
+        )
     }
 
     /// Manifest and a valid signature of it by `key`.
@@ -186,7 +226,8 @@ impl RawTar {
 
     pub(crate) fn head_bytes(&mut self, json: &[u8], key: &SigningKey) -> &mut Self {
         let sig = sshsig::sign(key, NAMESPACE, json);
-        self.file("kiln/manifest.json", json).file("kiln/manifest.json.sig", sig.as_bytes())
+        self.file("kiln/manifest.json", json)
+            .file("kiln/manifest.json.sig", sig.as_bytes())
     }
 
     pub(crate) fn blob(&mut self, data: &[u8]) -> &mut Self {

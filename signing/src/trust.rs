@@ -18,9 +18,16 @@ pub const REVOKED_FILE: &str = "revoked_keys";
 #[derive(Debug, Error)]
 pub enum TrustError {
     #[error("reading {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: {reason}", path.display())]
-    Line { path: PathBuf, line: usize, reason: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("no trusted keys in {}{detail}", path.display())]
     Empty { path: PathBuf, detail: String },
 }
@@ -44,7 +51,10 @@ impl TrustStore {
     /// Loads a trust directory (every `*.pub` file, sorted, plus `revoked_keys` if present) or
     /// an `allowed_signers` file. A store that trusts no key for `kiln-bundle` is an error.
     pub fn load(path: &Path) -> Result<TrustStore, TrustError> {
-        let io = |source| TrustError::Io { path: path.to_path_buf(), source };
+        let io = |source| TrustError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
             Self::load_dir(path)
@@ -57,14 +67,23 @@ impl TrustStore {
                 } else {
                     String::new()
                 };
-                return Err(TrustError::Empty { path: path.to_path_buf(), detail });
+                return Err(TrustError::Empty {
+                    path: path.to_path_buf(),
+                    detail,
+                });
             }
-            Ok(TrustStore { trusted, revoked: Vec::new() })
+            Ok(TrustStore {
+                trusted,
+                revoked: Vec::new(),
+            })
         }
     }
 
     fn load_dir(dir: &Path) -> Result<TrustStore, TrustError> {
-        let io = |source| TrustError::Io { path: dir.to_path_buf(), source };
+        let io = |source| TrustError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut names = Vec::new();
         let mut has_revoked = false;
         for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -82,7 +101,11 @@ impl TrustStore {
         for path in &names {
             let text = read_text(path)?;
             for key in parse_key_lines(path, &text)? {
-                trusted.push(Trusted { key, valid_after: None, valid_before: None });
+                trusted.push(Trusted {
+                    key,
+                    valid_after: None,
+                    valid_before: None,
+                });
             }
         }
         if trusted.is_empty() {
@@ -91,9 +114,15 @@ impl TrustStore {
             } else {
                 String::new()
             };
-            return Err(TrustError::Empty { path: dir.to_path_buf(), detail });
+            return Err(TrustError::Empty {
+                path: dir.to_path_buf(),
+                detail,
+            });
         }
-        let store = TrustStore { trusted, revoked: Vec::new() };
+        let store = TrustStore {
+            trusted,
+            revoked: Vec::new(),
+        };
         if has_revoked {
             store.with_revoked_file(&dir.join(REVOKED_FILE))
         } else {
@@ -112,7 +141,11 @@ impl TrustStore {
     pub fn from_keys(trusted: Vec<PublicKey>, revoked: Vec<PublicKey>) -> TrustStore {
         let trusted = trusted
             .into_iter()
-            .map(|key| Trusted { key, valid_after: None, valid_before: None })
+            .map(|key| Trusted {
+                key,
+                valid_after: None,
+                valid_before: None,
+            })
             .collect();
         TrustStore { trusted, revoked }
     }
@@ -134,7 +167,9 @@ impl TrustStore {
     /// [`check`](Self::check) at a given instant (for `valid-after`/`valid-before`).
     pub fn check_at(&self, signer: &PublicKey, now: SystemTime) -> Result<(), BundleError> {
         if self.revoked.contains(signer) {
-            return Err(BundleError::RevokedKey { fingerprint: signer.fingerprint() });
+            return Err(BundleError::RevokedKey {
+                fingerprint: signer.fingerprint(),
+            });
         }
         let valid = self.trusted.iter().any(|t| {
             t.key == *signer
@@ -144,14 +179,18 @@ impl TrustStore {
         if valid {
             Ok(())
         } else {
-            Err(BundleError::UntrustedKey { fingerprint: signer.fingerprint() })
+            Err(BundleError::UntrustedKey {
+                fingerprint: signer.fingerprint(),
+            })
         }
     }
 }
 
 fn read_text(path: &Path) -> Result<String, TrustError> {
-    let bytes = std::fs::read(path)
-        .map_err(|source| TrustError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| TrustError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     String::from_utf8(bytes).map_err(|_| TrustError::Line {
         path: path.to_path_buf(),
         line: 0,
@@ -160,7 +199,11 @@ fn read_text(path: &Path) -> Result<String, TrustError> {
 }
 
 fn line_err(path: &Path, line: usize, reason: impl Into<String>) -> TrustError {
-    TrustError::Line { path: path.to_path_buf(), line, reason: reason.into() }
+    TrustError::Line {
+        path: path.to_path_buf(),
+        line,
+        reason: reason.into(),
+    }
 }
 
 fn key_reason(e: KeyError) -> String {
@@ -218,7 +261,11 @@ fn parse_signer_line(line: &str) -> Result<Option<Trusted>, String> {
         return Err("missing key".into());
     }
     let key = PublicKey::parse_openssh(key_text).map_err(key_reason)?;
-    let mut t = Trusted { key, valid_after: None, valid_before: None };
+    let mut t = Trusted {
+        key,
+        valid_after: None,
+        valid_before: None,
+    };
     let mut namespaces: Option<String> = None;
     for opt in split_options(options)? {
         let (name, value) = match opt.split_once('=') {
@@ -229,9 +276,11 @@ fn parse_signer_line(line: &str) -> Result<Option<Trusted>, String> {
         let need = |v: Option<String>| v.ok_or_else(|| format!("option {name} needs a value"));
         match name.as_str() {
             "cert-authority" => {
-                return Err("cert-authority is not supported: kiln trusts plain ed25519 keys, \
+                return Err(
+                    "cert-authority is not supported: kiln trusts plain ed25519 keys, \
                             list each signing key instead"
-                    .into())
+                        .into(),
+                )
             }
             "namespaces" => {
                 if namespaces.replace(need(value)?).is_some() {
@@ -239,12 +288,18 @@ fn parse_signer_line(line: &str) -> Result<Option<Trusted>, String> {
                 }
             }
             "valid-after" => {
-                if t.valid_after.replace(parse_ssh_time(&need(value)?)?).is_some() {
+                if t.valid_after
+                    .replace(parse_ssh_time(&need(value)?)?)
+                    .is_some()
+                {
                     return Err("valid-after given twice".into());
                 }
             }
             "valid-before" => {
-                if t.valid_before.replace(parse_ssh_time(&need(value)?)?).is_some() {
+                if t.valid_before
+                    .replace(parse_ssh_time(&need(value)?)?)
+                    .is_some()
+                {
                     return Err("valid-before given twice".into());
                 }
             }
@@ -399,7 +454,15 @@ mod tests {
     fn directory_of_pub_files_with_revoked_list() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(d, "a.pub", &format!("# old and new\n{}\n\n{}\n", key(1).to_openssh(), key(2).to_openssh()));
+        write(
+            d,
+            "a.pub",
+            &format!(
+                "# old and new\n{}\n\n{}\n",
+                key(1).to_openssh(),
+                key(2).to_openssh()
+            ),
+        );
         write(d, "b.pub", &format!("{}\n", key(3).to_openssh()));
         write(d, "notes.txt", "ignored: not a .pub\n");
         std::fs::create_dir(d.join("sub.pub")).unwrap();
@@ -409,11 +472,15 @@ mod tests {
         assert!(store.check(&key(1)).is_ok());
         assert!(store.check(&key(3)).is_ok());
         match store.check(&key(2)) {
-            Err(BundleError::RevokedKey { fingerprint }) => assert_eq!(fingerprint, key(2).fingerprint()),
+            Err(BundleError::RevokedKey { fingerprint }) => {
+                assert_eq!(fingerprint, key(2).fingerprint())
+            }
             other => panic!("{other:?}"),
         }
         match store.check(&key(4)) {
-            Err(BundleError::UntrustedKey { fingerprint }) => assert_eq!(fingerprint, key(4).fingerprint()),
+            Err(BundleError::UntrustedKey { fingerprint }) => {
+                assert_eq!(fingerprint, key(4).fingerprint())
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -423,29 +490,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = TrustStore::load(dir.path()).unwrap_err();
         assert!(matches!(err, TrustError::Empty { .. }));
-        assert!(err.to_string().starts_with(&format!("no trusted keys in {}", dir.path().display())));
+        assert!(err
+            .to_string()
+            .starts_with(&format!("no trusted keys in {}", dir.path().display())));
 
         write(dir.path(), "only-comments.pub", "# nothing\n\n");
-        assert!(matches!(TrustStore::load(dir.path()), Err(TrustError::Empty { .. })));
+        assert!(matches!(
+            TrustStore::load(dir.path()),
+            Err(TrustError::Empty { .. })
+        ));
 
-        let bad = write(dir.path(), "bad.pub", &format!("{}\nssh-ed25519 AAAA garbage\n", key(1).to_openssh()));
+        let bad = write(
+            dir.path(),
+            "bad.pub",
+            &format!("{}\nssh-ed25519 AAAA garbage\n", key(1).to_openssh()),
+        );
         let err = TrustStore::load(dir.path()).unwrap_err();
-        assert_eq!(err.to_string().split(": ").next().unwrap(), format!("{}:2", bad.display()));
+        assert_eq!(
+            err.to_string().split(": ").next().unwrap(),
+            format!("{}:2", bad.display())
+        );
         assert!(matches!(err, TrustError::Line { line: 2, .. }));
     }
 
     #[test]
     fn with_revoked_file_and_from_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let revoked = write(dir.path(), "revoked", &format!("# rotated out\n{}\n", key(1).to_openssh()));
+        let revoked = write(
+            dir.path(),
+            "revoked",
+            &format!("# rotated out\n{}\n", key(1).to_openssh()),
+        );
         let store = TrustStore::from_keys(vec![key(1), key(2)], vec![]);
         assert!(store.check(&key(1)).is_ok());
         let store = store.with_revoked_file(&revoked).unwrap();
-        assert!(matches!(store.check(&key(1)), Err(BundleError::RevokedKey { .. })));
+        assert!(matches!(
+            store.check(&key(1)),
+            Err(BundleError::RevokedKey { .. })
+        ));
         assert!(store.check(&key(2)).is_ok());
         let store = TrustStore::from_keys(vec![key(1)], vec![key(1)]);
-        assert!(matches!(store.check(&key(1)), Err(BundleError::RevokedKey { .. })));
-        let missing = TrustStore::from_keys(vec![], vec![]).with_revoked_file(&dir.path().join("nope"));
+        assert!(matches!(
+            store.check(&key(1)),
+            Err(BundleError::RevokedKey { .. })
+        ));
+        let missing =
+            TrustStore::from_keys(vec![], vec![]).with_revoked_file(&dir.path().join("nope"));
         assert!(matches!(missing, Err(TrustError::Io { .. })));
     }
 
@@ -469,8 +559,14 @@ mod tests {
         let store = TrustStore::load(&path).unwrap();
         assert!(store.check(&key(1)).is_ok());
         assert!(store.check(&key(2)).is_ok());
-        assert!(matches!(store.check(&key(3)), Err(BundleError::UntrustedKey { .. })));
-        assert!(matches!(store.check(&key(4)), Err(BundleError::UntrustedKey { .. })));
+        assert!(matches!(
+            store.check(&key(3)),
+            Err(BundleError::UntrustedKey { .. })
+        ));
+        assert!(matches!(
+            store.check(&key(4)),
+            Err(BundleError::UntrustedKey { .. })
+        ));
         let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
         assert!(store.check_at(&key(5), t("2025-06-01T00:00:00Z")).is_ok());
         assert!(store.check_at(&key(5), t("2019-12-31T23:59:59Z")).is_err());
@@ -483,7 +579,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = key(1).to_openssh();
         let cases = [
-            (format!("ca cert-authority {k}"), "cert-authority is not supported"),
+            (
+                format!("ca cert-authority {k}"),
+                "cert-authority is not supported",
+            ),
             (format!("p valid-after=\"20200101\" {k}"), "must be UTC"),
             (format!("p valid-after=\"2020\" {k}"), "YYYYMMDD"),
             (format!("p bogus {k}"), "unknown option"),
@@ -491,23 +590,36 @@ mod tests {
             ("p".to_string(), "missing key"),
             ("p namespaces=\"kiln-bundle\"".to_string(), "missing key"),
             (format!("p \"unterminated {k}"), "unterminated quote"),
-            ("p ssh-rsa AAAAB3NzaC1yc2E=".to_string(), "ssh-ed25519 keys only"),
+            (
+                "p ssh-rsa AAAAB3NzaC1yc2E=".to_string(),
+                "ssh-ed25519 keys only",
+            ),
             ("p ssh-ed25519 AAAA".to_string(), "malformed"),
         ];
         for (line, want) in cases {
             let path = write(dir.path(), "allowed", &format!("# header\n{line}\n"));
             let err = TrustStore::load(&path).unwrap_err();
             let msg = err.to_string();
-            assert!(matches!(err, TrustError::Line { line: 2, .. }), "{line}: {msg}");
+            assert!(
+                matches!(err, TrustError::Line { line: 2, .. }),
+                "{line}: {msg}"
+            );
             assert!(msg.starts_with(&format!("{}:2: ", path.display())), "{msg}");
             assert!(msg.contains(want), "{line}: {msg} lacks {want}");
         }
-        let path = write(dir.path(), "allowed", &format!("git namespaces=\"git\" {k}\n"));
+        let path = write(
+            dir.path(),
+            "allowed",
+            &format!("git namespaces=\"git\" {k}\n"),
+        );
         let err = TrustStore::load(&path).unwrap_err();
         assert!(matches!(err, TrustError::Empty { .. }));
         assert!(err.to_string().contains("namespaces="), "{err}");
         let empty = write(dir.path(), "empty", "");
-        assert!(matches!(TrustStore::load(&empty), Err(TrustError::Empty { .. })));
+        assert!(matches!(
+            TrustStore::load(&empty),
+            Err(TrustError::Empty { .. })
+        ));
     }
 
     #[test]

@@ -81,9 +81,12 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
 
     let mut referenced: HashSet<&str> = HashSet::with_capacity(m.blobs.len());
     let mut reference = |what: &dyn Fn() -> String, digest: &str, size: Option<u64>| {
-        let (listed_digest, listed) = sizes
-            .get_key_value(digest)
-            .ok_or_else(|| corrupt(format!("{}: blob {digest:?} is not in the blob list", what())))?;
+        let (listed_digest, listed) = sizes.get_key_value(digest).ok_or_else(|| {
+            corrupt(format!(
+                "{}: blob {digest:?} is not in the blob list",
+                what()
+            ))
+        })?;
         if let Some(size) = size {
             if size != *listed {
                 return Err(corrupt(format!(
@@ -103,14 +106,19 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
             return Err(corrupt(format!("duplicate path {:?}", e.path)));
         }
         match &e.kind {
-            EntryKind::File { mode, digest, size, .. } => {
+            EntryKind::File {
+                mode, digest, size, ..
+            } => {
                 check_mode(&e.path, mode)?;
                 reference(&|| format!("file {:?}", e.path), digest, Some(*size))?;
             }
             EntryKind::Directory { mode, .. } => check_mode(&e.path, mode)?,
             EntryKind::Symlink { target } => {
                 if target.is_empty() || target.contains('\0') {
-                    return Err(corrupt(format!("symlink {:?}: empty target or NUL", e.path)));
+                    return Err(corrupt(format!(
+                        "symlink {:?}: empty target or NUL",
+                        e.path
+                    )));
                 }
             }
             EntryKind::Absent => {}
@@ -128,20 +136,34 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
         match (&p.digest, p.size) {
             (Some(d), size) => reference(&|| format!("package {:?}", p.name), d, size)?,
             (None, Some(_)) => {
-                return Err(corrupt(format!("package {:?} has a size but no digest", p.name)))
+                return Err(corrupt(format!(
+                    "package {:?} has a size but no digest",
+                    p.name
+                )))
             }
             (None, None) => {}
         }
     }
-    if let Some(b) = m.blobs.iter().find(|b| !referenced.contains(b.digest.as_str())) {
-        return Err(corrupt(format!("blob {} is listed but nothing uses it", b.digest)));
+    if let Some(b) = m
+        .blobs
+        .iter()
+        .find(|b| !referenced.contains(b.digest.as_str()))
+    {
+        return Err(corrupt(format!(
+            "blob {} is listed but nothing uses it",
+            b.digest
+        )));
     }
     Ok(())
 }
 
 /// An RFC 3339 UTC time as the manifest writes it: `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
 pub(crate) fn parse_time(field: &str, value: &str) -> Result<SystemTime, BundleError> {
-    let bad = || corrupt(format!("{field} {value:?} is not an RFC 3339 UTC time (…Z)"));
+    let bad = || {
+        corrupt(format!(
+            "{field} {value:?} is not an RFC 3339 UTC time (…Z)"
+        ))
+    };
     let b = value.as_bytes();
     let shape_ok = b.len() >= 20
         && b.iter().enumerate().take(19).all(|(i, c)| match i {
@@ -194,16 +216,24 @@ pub(crate) fn check_mode(path: &str, mode: &str) -> Result<(), BundleError> {
     if (3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         Ok(())
     } else {
-        Err(corrupt(format!("path {path:?}: mode {mode:?} is not 3-4 octal digits")))
+        Err(corrupt(format!(
+            "path {path:?}: mode {mode:?} is not 3-4 octal digits"
+        )))
     }
 }
 
 /// 64 lowercase hex digits.
 pub(crate) fn check_digest(what: &str, digest: &str) -> Result<(), BundleError> {
-    if digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         Ok(())
     } else {
-        Err(corrupt(format!("{what} digest {digest:?} is not 64 lowercase hex digits")))
+        Err(corrupt(format!(
+            "{what} digest {digest:?} is not 64 lowercase hex digits"
+        )))
     }
 }
 
@@ -213,14 +243,33 @@ mod tests {
 
     #[test]
     fn paths() {
-        for ok in ["/etc", "/etc/nginx/nginx.conf", "/a b/.hidden", "/x/...", "/x/..y"] {
+        for ok in [
+            "/etc",
+            "/etc/nginx/nginx.conf",
+            "/a b/.hidden",
+            "/x/...",
+            "/x/..y",
+        ] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "/", "etc", "./etc", "/etc/", "//etc", "/etc//x", "/etc/./x", "/etc/../x", "/..",
-            "/.", "/a\0b",
+            "",
+            "/",
+            "etc",
+            "./etc",
+            "/etc/",
+            "//etc",
+            "/etc//x",
+            "/etc/./x",
+            "/etc/../x",
+            "/..",
+            "/.",
+            "/a\0b",
         ] {
-            assert!(matches!(check_path(bad), Err(BundleError::Corrupt(_))), "{bad:?}");
+            assert!(
+                matches!(check_path(bad), Err(BundleError::Corrupt(_))),
+                "{bad:?}"
+            );
         }
         assert!(check_path(&format!("/{}", "a".repeat(256))).is_err());
         assert!(check_path(&format!("/{}", "a/".repeat(2100))).is_err());
@@ -240,7 +289,16 @@ mod tests {
         assert!(check_digest("b", &"g".repeat(64)).is_err());
         assert!(parse_time("t", "2024-01-01T00:00:00Z").is_ok());
         assert!(parse_time("t", "2024-01-01T00:00:00.5Z").is_ok());
-        for bad in ["2024-01-01T00:00:00", "2024-01-01T00:00:00+00:00", "2024-01-01 00:00:00Z", "yesterday", "", "2024-01-01T00:00:00ZZ", "2024-13-01T00:00:00Z", "1969-01-01T00:00:00Z"] {
+        for bad in [
+            "2024-01-01T00:00:00",
+            "2024-01-01T00:00:00+00:00",
+            "2024-01-01 00:00:00Z",
+            "yesterday",
+            "",
+            "2024-01-01T00:00:00ZZ",
+            "2024-13-01T00:00:00Z",
+            "1969-01-01T00:00:00Z",
+        ] {
             assert!(parse_time("t", bad).is_err(), "{bad}");
         }
     }

@@ -20,7 +20,10 @@ impl<'a> Reader<'a> {
     /// `n` raw bytes.
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
         if n > self.buf.len() {
-            return Err(format!("truncated: need {n} bytes, {} left", self.buf.len()));
+            return Err(format!(
+                "truncated: need {n} bytes, {} left",
+                self.buf.len()
+            ));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -111,7 +114,9 @@ pub(crate) fn dearmor(text: &str, label: &str) -> Result<Vec<u8>, String> {
     if !ended {
         return Err(format!("missing {end}"));
     }
-    STANDARD.decode(b64.as_bytes()).map_err(|e| format!("bad base64: {e}"))
+    STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| format!("bad base64: {e}"))
 }
 
 #[cfg(test)]
@@ -122,7 +127,9 @@ mod tests {
     fn armor_round_trip_and_line_width() {
         let data: Vec<u8> = (0..=255u8).collect();
         let text = armor("TEST", &data);
-        assert!(text.lines().all(|l| l.len() <= 70 || l.starts_with("-----")));
+        assert!(text
+            .lines()
+            .all(|l| l.len() <= 70 || l.starts_with("-----")));
         assert_eq!(text.lines().nth(1).map(str::len), Some(70));
         assert_eq!(dearmor(&text, "TEST").as_deref(), Ok(&data[..]));
         assert!(dearmor(&text, "OTHER").is_err());

@@ -55,7 +55,11 @@ pub fn write_bundle<W: Write>(
 
     for blob in &manifest.blobs {
         write_header(&mut z, &format!("blobs/{}", blob.digest), blob.size)?;
-        let mut w = ExactWriter { inner: &mut z, left: blob.size, overrun: false };
+        let mut w = ExactWriter {
+            inner: &mut z,
+            left: blob.size,
+            overrun: false,
+        };
         let res = write_blob(blob, &mut w);
         let (left, overrun) = (w.left, w.overrun);
         if overrun {
@@ -118,9 +122,14 @@ impl<W: Write> Write for ExactWriter<'_, W> {
         }
         if self.left == 0 {
             self.overrun = true;
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "blob is longer than its size"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob is longer than its size",
+            ));
         }
-        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.write(&buf[..n])?;
         self.left -= n as u64;
         Ok(n)
@@ -176,7 +185,10 @@ mod tests {
             let h = entry.header();
             assert!(h.as_ustar().is_some());
             assert_eq!(h.mode().unwrap(), 0o644);
-            assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()), (0, 0, 0));
+            assert_eq!(
+                (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()),
+                (0, 0, 0)
+            );
             assert_eq!(h.username_bytes(), Some(&b""[..]));
             assert_eq!(h.groupname_bytes(), Some(&b""[..]));
             assert_eq!(h.entry_type(), tar::EntryType::Regular);
@@ -197,7 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web-7.kiln");
         std::fs::write(&path, sample_bundle()).unwrap();
-        let zstd = Command::new("/usr/bin/zstd")
+        let mut zstd = Command::new("/usr/bin/zstd")
             .arg("-dc")
             .arg(&path)
             .stdout(Stdio::piped())
@@ -205,11 +217,65 @@ mod tests {
             .unwrap();
         let out = Command::new("tar")
             .args(["-xO", MANIFEST_NAME])
-            .stdin(zstd.stdout.unwrap())
+            .stdin(zstd.stdout.take().unwrap())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(zstd.wait().unwrap().success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, sample_manifest().to_canonical_json());
+    }
+
+    /// DESIGN.md promises a person can check a bundle's signature with ssh-keygen alone,
+    /// here with a key ssh-keygen made and a trust directory holding its `.pub`.
+    #[test]
+    fn ssh_keygen_verifies_a_bundle_made_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("kiln_ed25519");
+        let kp = key_path.to_str().unwrap();
+        let made = Command::new("/usr/bin/ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f", kp])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let key =
+            SigningKey::from_openssh_private(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
+        let bundle = bundle_of(&sample_manifest(), &sample_blobs(), &key);
+
+        let trust_dir = dir.path().join("trust");
+        std::fs::create_dir(&trust_dir).unwrap();
+        std::fs::copy(format!("{kp}.pub"), trust_dir.join("ci.pub")).unwrap();
+        let trust = crate::trust::TrustStore::load(&trust_dir).unwrap();
+        let verified = crate::reader::open(&bundle[..], &trust, &Default::default()).unwrap();
+        assert_eq!(verified.signer.comment, "ci");
+        let (manifest, sig) = (verified.manifest_bytes.clone(), verified.signature.clone());
+        verified.verify_blobs().unwrap();
+
+        let allowed = dir.path().join("allowed_signers");
+        let public = std::fs::read_to_string(format!("{kp}.pub")).unwrap();
+        std::fs::write(&allowed, format!("kiln {public}")).unwrap();
+        let sig_path = dir.path().join("manifest.json.sig");
+        std::fs::write(&sig_path, sig).unwrap();
+        let mut child = Command::new("/usr/bin/ssh-keygen")
+            .args(["-Y", "verify", "-f"])
+            .arg(&allowed)
+            .args(["-I", "kiln", "-n", NAMESPACE, "-s"])
+            .arg(&sig_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&manifest).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
@@ -220,12 +286,18 @@ mod tests {
             let data = &blobs[&b.digest];
             w.write_all(&data[..data.len().saturating_sub(1)])
         });
-        assert!(matches!(short, Err(BundleError::Corrupt(ref s)) if s.contains("gave")), "{short:?}");
+        assert!(
+            matches!(short, Err(BundleError::Corrupt(ref s)) if s.contains("gave")),
+            "{short:?}"
+        );
         let long = write_bundle(Vec::new(), &m, &signer(), &mut |b, w| {
             w.write_all(&blobs[&b.digest])?;
             w.write_all(b"x")
         });
-        assert!(matches!(long, Err(BundleError::Corrupt(ref s)) if s.contains("more than")), "{long:?}");
+        assert!(
+            matches!(long, Err(BundleError::Corrupt(ref s)) if s.contains("more than")),
+            "{long:?}"
+        );
         let failing = write_bundle(Vec::new(), &m, &signer(), &mut |_, _| {
             Err(io::Error::other("disk on fire"))
         });
@@ -238,13 +310,17 @@ mod tests {
         let mut m = sample_manifest();
         m.entries[1].path = "/etc/../motd".into();
         let mut out = Vec::new();
-        let res = write_bundle(&mut out, &m, &signer(), &mut |b, w| w.write_all(&blobs[&b.digest]));
+        let res = write_bundle(&mut out, &m, &signer(), &mut |b, w| {
+            w.write_all(&blobs[&b.digest])
+        });
         assert!(matches!(res, Err(BundleError::Corrupt(_))));
         assert!(out.is_empty(), "nothing may be written before validation");
 
         let mut m = sample_manifest();
         m.blobs.reverse();
-        let res = write_bundle(Vec::new(), &m, &signer(), &mut |b, w| w.write_all(&blobs[&b.digest]));
+        let res = write_bundle(Vec::new(), &m, &signer(), &mut |b, w| {
+            w.write_all(&blobs[&b.digest])
+        });
         assert!(matches!(res, Err(BundleError::Corrupt(ref s)) if s.contains("sorted")));
     }
 }
