@@ -70,23 +70,37 @@ fn content(bytes: &[u8]) -> String {
     format!("sha256:{} ({} bytes)", hex::encode(Sha256::digest(bytes)), bytes.len())
 }
 
-fn origin(span: &Span) -> String {
-    match layer_of(span) {
-        Some(layer) => format!("{span} (layer {layer})"),
-        None => span.to_string(),
-    }
+/// Where to explain from: the spans, and where each layer was asked for.
+#[derive(Clone, Copy)]
+struct Explain<'a> {
+    on: bool,
+    uses: &'a std::collections::BTreeMap<String, Span>,
 }
 
-fn explain<T>(on: bool, item: &Sourced<T>) -> String {
-    if !on {
-        return String::new();
+impl Explain<'_> {
+    /// `file:line:column`, and for a layer's definition, the layer and where it was asked for.
+    fn origin(&self, span: &Span) -> String {
+        match layer_of(span) {
+            Some(layer) => match self.uses.get(layer) {
+                Some(used) => format!("{span} (layer {layer}, used at {used})"),
+                None => format!("{span} (layer {layer})"),
+            },
+            None => span.to_string(),
+        }
     }
-    let mut s = format!("  # from {}", origin(&item.span));
-    if !item.merged_over.is_empty() {
-        let over: Vec<String> = item.merged_over.iter().rev().map(origin).collect();
-        let _ = write!(s, ", merged over {}", over.join(", "));
+
+    /// The comment after an item: the definition that won, and those it was merged over.
+    fn item<T>(&self, item: &Sourced<T>) -> String {
+        if !self.on {
+            return String::new();
+        }
+        let mut s = format!("  # from {}", self.origin(&item.span));
+        if !item.merged_over.is_empty() {
+            let over: Vec<String> = item.merged_over.iter().rev().map(|sp| self.origin(sp)).collect();
+            let _ = write!(s, ", merged over {}", over.join(", "));
+        }
+        s
     }
-    s
 }
 
 /// Write `entries` as `key: {a: b, ...}` on one line.
@@ -157,6 +171,7 @@ fn json_scalar(v: &serde_json::Value) -> String {
 impl Resolved {
     /// The resolved hostgroup as YAML (`kiln render`); with `explain`, where each item came from.
     pub fn to_yaml(&self, explain_on: bool) -> String {
+        let ex = Explain { on: explain_on, uses: &self.layer_uses };
         let mut o = String::new();
         let _ = writeln!(o, "hostgroup: {}", scalar(&self.hostgroup));
         let b = &self.base;
@@ -179,7 +194,7 @@ impl Resolved {
             let _ = writeln!(o, "layers:");
             for l in &self.layers {
                 let why = match (explain_on, self.layer_uses.get(l)) {
-                    (true, Some(span)) => format!("  # used at {}", origin(span)),
+                    (true, Some(span)) => format!("  # used at {}", ex.origin(span)),
                     _ => String::new(),
                 };
                 let _ = writeln!(o, "  - {}{why}", scalar(l));
@@ -197,7 +212,7 @@ impl Resolved {
                     if let (true, Some(span)) = (explain_on, self.vars_spans.get(k)) {
                         // The comment goes on the key's line.
                         let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
-                        let _ = writeln!(o, "{first}  # from {}", origin(span));
+                        let _ = writeln!(o, "{first}  # from {}", ex.origin(span));
                         o.push_str(rest);
                     } else {
                         o.push_str(&text);
@@ -218,12 +233,12 @@ impl Resolved {
                 e.push(("gid", gid.to_string()));
             }
             e.push(("system", g.value.system.to_string()));
-            vec![format!("{}: {}{}", scalar(name), flow_map(&e), explain(explain_on, g))]
+            vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(g))]
         });
 
         section(&mut o, "users", self.users.iter(), |name, u| {
             let v = &u.value;
-            let mut lines = vec![format!("{}:{}", scalar(name), explain(explain_on, u))];
+            let mut lines = vec![format!("{}:{}", scalar(name), ex.item(u))];
             if let Some(uid) = v.uid {
                 lines.push(format!("  uid: {uid}"));
             }
@@ -248,7 +263,7 @@ impl Resolved {
 
         section(&mut o, "packages", self.packages.iter(), |name, p| {
             let e: Vec<(&str, String)> = p.value.version.iter().map(|v| ("version", scalar(v))).collect();
-            vec![format!("{}: {}{}", scalar(name), flow_map(&e), explain(explain_on, p))]
+            vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(p))]
         });
 
         section(&mut o, "directories", self.directories.iter(), |path, dsrc| {
@@ -258,12 +273,12 @@ impl Resolved {
             } else {
                 vec![("mode", mode(d.mode)), ("owner", scalar(&d.owner)), ("group", scalar(&d.group))]
             };
-            vec![format!("{}: {}{}", scalar(path), flow_map(&e), explain(explain_on, dsrc))]
+            vec![format!("{}: {}{}", scalar(path), flow_map(&e), ex.item(dsrc))]
         });
 
         section(&mut o, "files", self.files.iter(), |path, fsrc| {
             let f = &fsrc.value;
-            let mut lines = vec![format!("{}:{}", scalar(path), explain(explain_on, fsrc))];
+            let mut lines = vec![format!("{}:{}", scalar(path), ex.item(fsrc))];
             let from = f.from.as_ref().map(|p| scalar(&p.to_string_lossy()));
             match &f.source {
                 FileSource::Bytes(bytes) => lines.push(format!("  content: {}", content(bytes))),
@@ -299,12 +314,12 @@ impl Resolved {
 
         section(&mut o, "services", self.services.iter(), |name, s| {
             let e = vec![("state", s.value.state.as_str().to_string()), ("enabled", s.value.enabled.to_string())];
-            vec![format!("{}: {}{}", scalar(name), flow_map(&e), explain(explain_on, s))]
+            vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(s))]
         });
 
         section(&mut o, "commands", self.commands.iter().map(|c| (&c.value.name, c)), |name, c| {
             let v = &c.value;
-            let mut lines = vec![format!("{}:{}", scalar(name), explain(explain_on, c))];
+            let mut lines = vec![format!("{}:{}", scalar(name), ex.item(c))];
             lines.push(format!("  run: {}", flow_list(&v.argv)));
             lines.push(format!("  timeout: {}", humantime::format_duration(v.timeout)));
             if let Some(p) = &v.creates {

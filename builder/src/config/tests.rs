@@ -275,3 +275,12 @@ fn an_expansion_error_is_not_reported_twice() {
          layers/l.yaml:4:24: cannot expand \"{{ nope }}\": undefined value: `nope` is undefined\n"
     );
 }
+
+/// `kiln build --all` resolves hostgroups in parallel from one loaded configuration.
+#[test]
+fn config_and_results_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Config>();
+    shared::<Resolved>();
+    shared::<Diagnostics>();
+}
