@@ -23,7 +23,7 @@ pub struct Manifest {
     pub expires: String,
     /// VCS commit of the configuration, when known.
     pub source_commit: Option<String>,
-    /// "kiln <version>" of the builder that wrote the bundle.
+    /// `"kiln <version>"` of the builder that wrote the bundle.
     pub builder: String,
     /// The base image the bundle targets (wrong-software defence).
     pub base: Base,
@@ -164,7 +164,7 @@ pub enum ServiceState {
 pub struct Command {
     /// Identifier from the configuration, used in logs and the state file.
     pub name: String,
-    /// argv; run without a shell unless argv[0] is a shell the user named.
+    /// argv; run without a shell unless `argv[0]` is a shell the user named.
     pub argv: Vec<String>,
     pub timeout_secs: u64,
     /// Skip the command when this path already exists (idempotence on re-runs).
