@@ -40,8 +40,25 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// A problem at `span`. Control characters in the message (which may quote the
+    /// configuration) are escaped, so that a problem is always exactly one line.
     pub fn new(span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { span, message: message.into() }
+        let message = message.into();
+        let message = if message.chars().any(char::is_control) {
+            message
+                .chars()
+                .map(|c| match c {
+                    '\n' => "\\n".to_string(),
+                    '\r' => "\\r".to_string(),
+                    '\t' => "\\t".to_string(),
+                    c if c.is_control() => format!("\\u{{{:x}}}", c as u32),
+                    c => c.to_string(),
+                })
+                .collect()
+        } else {
+            message
+        };
+        Diagnostic { span, message }
     }
 }
 

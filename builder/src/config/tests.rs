@@ -284,3 +284,16 @@ fn config_and_results_can_be_shared_across_threads() {
     shared::<Resolved>();
     shared::<Diagnostics>();
 }
+
+/// A key with a newline or an escape sequence still gives a one-line problem.
+#[test]
+fn every_problem_is_one_line() {
+    let out = problems(&[
+        ("hostgroups/default.yaml", "files:\n  \"/etc/a\\nb\": {content: x, \"mo\\u001bde\": 1}\n"),
+    ]);
+    assert_eq!(out.lines().count(), out.matches('\n').count());
+    assert!(!out.contains('\u{1b}'), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let d = Diagnostic::new(Span::file_start(std::sync::Arc::from(Path::new("f"))), "a\nb\u{1b}[31m");
+    assert_eq!(d.to_string(), "f:1:1: a\\nb\\u{1b}[31m");
+}
