@@ -27,7 +27,11 @@ fn every_bad_config_reports_exactly_its_expected_problems() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 35, "only {} cases in the corpus", cases.len());
+    assert!(
+        cases.len() >= 35,
+        "only {} cases in the corpus",
+        cases.len()
+    );
     let bless = std::env::var_os("KILN_BLESS").is_some();
     let mut failures = Vec::new();
     for case in &cases {
@@ -45,7 +49,13 @@ fn every_bad_config_reports_exactly_its_expected_problems() {
             failures.push(format!("{name}:\n--- expected\n{expected}--- got\n{got}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// Diagnostics come out sorted and deduplicated, whatever order the checks ran in.
@@ -60,7 +70,10 @@ fn diagnostics_are_sorted_by_file_line_column() {
             Ok(c) => c.validate_all(),
             Err(d) => d,
         };
-        let spans: Vec<_> = d.0.iter().map(|x| (x.span.clone(), x.message.clone())).collect();
+        let spans: Vec<_> =
+            d.0.iter()
+                .map(|x| (x.span.clone(), x.message.clone()))
+                .collect();
         let mut sorted = spans.clone();
         sorted.sort();
         sorted.dedup();

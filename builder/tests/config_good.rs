@@ -28,7 +28,10 @@ fn check_or_bless(path: &Path, got: &str, failures: &mut Vec<String>) {
     }
     match std::fs::read_to_string(path) {
         Ok(expected) if expected == got => {}
-        Ok(expected) => failures.push(format!("{}:\n--- expected\n{expected}--- got\n{got}", path.display())),
+        Ok(expected) => failures.push(format!(
+            "{}:\n--- expected\n{expected}--- got\n{got}",
+            path.display()
+        )),
         Err(e) => failures.push(format!("{}: {e}", path.display())),
     }
 }
@@ -43,13 +46,27 @@ fn good_configs_validate_and_render_exactly() {
         let problems = cfg.validate_all();
         assert!(problems.is_empty(), "{}:\n{problems}", case.display());
         for hg in cfg.hostgroup_names() {
-            let resolved = cfg.resolve(&hg).unwrap_or_else(|d| panic!("{} {hg}:\n{d}", case.display()));
+            let resolved = cfg
+                .resolve(&hg)
+                .unwrap_or_else(|d| panic!("{} {hg}:\n{d}", case.display()));
             for (explain, suffix) in [(false, ""), (true, "-explain")] {
                 let text = resolved.to_yaml(explain);
-                assert_eq!(text, cfg.resolve(&hg).unwrap().to_yaml(explain), "render is not deterministic");
+                assert_eq!(
+                    text,
+                    cfg.resolve(&hg).unwrap().to_yaml(explain),
+                    "render is not deterministic"
+                );
                 let parsed = config::yaml::parse(&Arc::from(Path::new("render.yaml")), &text);
-                assert!(parsed.diags.is_empty(), "render of {hg} is not valid YAML: {:?}", parsed.diags);
-                check_or_bless(&case.join(format!("render-{hg}{suffix}.yaml")), &text, &mut failures);
+                assert!(
+                    parsed.diags.is_empty(),
+                    "render of {hg} is not valid YAML: {:?}",
+                    parsed.diags
+                );
+                check_or_bless(
+                    &case.join(format!("render-{hg}{suffix}.yaml")),
+                    &text,
+                    &mut failures,
+                );
             }
         }
     }
@@ -65,17 +82,25 @@ fn httpd_state_running_expands_like_the_articles_merger() {
     assert_eq!(r.layers, ["httpd"]);
     assert!(r.packages.contains_key("httpd"));
     let svc = &r.services["httpd.service"].value;
-    assert_eq!((svc.state, svc.enabled), (config::ServiceState::Running, true));
+    assert_eq!(
+        (svc.state, svc.enabled),
+        (config::ServiceState::Running, true)
+    );
     let conf = &r.files["/etc/httpd/httpd.conf"];
     assert_eq!(conf.value.reload, ["httpd.service"]);
     assert_eq!(conf.span.file.to_str(), Some("layers/httpd.yaml"));
     match &conf.value.source {
-        config::FileSource::Bytes(b) => assert!(String::from_utf8_lossy(b).contains("User httpd\n")),
+        config::FileSource::Bytes(b) => {
+            assert!(String::from_utf8_lossy(b).contains("User httpd\n"))
+        }
         other => panic!("static template not rendered: {other:?}"),
     }
     assert!(r.users["httpd"].value.system);
     let logs = &r.directories["/var/log/httpd"].value;
-    assert_eq!((logs.mode, logs.owner.as_str(), logs.group.as_str()), (0o755, "httpd", "nogroup"));
+    assert_eq!(
+        (logs.mode, logs.owner.as_str(), logs.group.as_str()),
+        (0o755, "httpd", "nogroup")
+    );
 }
 
 /// Every input a hostgroup depends on is listed: its YAML, the layers it uses, `from:` files.
@@ -88,6 +113,14 @@ fn hostgroup_inputs_cover_yaml_layers_and_from_files() {
         .iter()
         .map(|p| p.strip_prefix(cfg.root()).unwrap().display().to_string())
         .collect();
-    assert_eq!(rel, ["hostgroups/default.yaml", "hostgroups/web.yaml", "layers/httpd/httpd.conf", "layers/httpd.yaml"]);
+    assert_eq!(
+        rel,
+        [
+            "hostgroups/default.yaml",
+            "hostgroups/web.yaml",
+            "layers/httpd/httpd.conf",
+            "layers/httpd.yaml"
+        ]
+    );
     assert!(cfg.hostgroup_inputs("nope").is_empty());
 }

@@ -10,7 +10,8 @@ pub fn is_hostgroup_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// `[a-z_][a-z0-9_-]{0,31}`: user and group names.
@@ -19,7 +20,8 @@ pub fn is_account_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 /// Debian package names: `[a-z0-9][a-z0-9+.-]+`.
@@ -27,7 +29,8 @@ pub fn is_package_name(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 2
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
 }
 
 /// Debian version strings: `[epoch:]upstream[-revision]` from `[A-Za-z0-9.+~:-]`, starting
@@ -36,7 +39,8 @@ pub fn is_package_version(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b".+~:-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b".+~:-".contains(c))
         && {
             let upstream = s.split_once(':').map_or(s, |(epoch, rest)| {
                 if epoch.bytes().all(|c| c.is_ascii_digit()) && !epoch.is_empty() {
@@ -50,14 +54,27 @@ pub fn is_package_version(s: &str) -> bool {
 }
 
 /// Suffixes a unit file may have.
-pub const UNIT_SUFFIXES: &[&str] =
-    &["service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope"];
+pub const UNIT_SUFFIXES: &[&str] = &[
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+];
 
 /// Suffixes a service (something that can be started) may have.
 pub const SERVICE_SUFFIXES: &[&str] = &["service", "socket", "timer", "path", "target", "mount"];
 
 fn unit_chars_ok(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b":_.@-\\".contains(&c))
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b":_.@-\\".contains(&c))
 }
 
 /// `name.suffix` with systemd's characters and one of `suffixes`.
@@ -79,8 +96,12 @@ pub fn is_service_name(s: &str) -> bool {
 /// A unit file name (`app.service`) or a drop-in (`ssh.service.d/10-kiln.conf`).
 pub fn is_unit_key(s: &str) -> bool {
     if let Some((dir, file)) = s.split_once('/') {
-        let Some(unit) = dir.strip_suffix(".d") else { return false };
-        let Some(stem) = file.strip_suffix(".conf") else { return false };
+        let Some(unit) = dir.strip_suffix(".d") else {
+            return false;
+        };
+        let Some(stem) = file.strip_suffix(".conf") else {
+            return false;
+        };
         has_unit_form(unit, UNIT_SUFFIXES) && unit_chars_ok(stem) && !stem.starts_with('.')
     } else {
         has_unit_form(s, UNIT_SUFFIXES)
@@ -93,7 +114,8 @@ pub fn is_command_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 /// Parameter names, usable as `params.<name>` in templates: `[a-z_][a-z0-9_]*`.
@@ -102,7 +124,8 @@ pub fn is_param_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
 /// Why `s` is not a normalized absolute path on the target, if it is not.
@@ -149,7 +172,9 @@ pub fn rel_path_problem(s: &str) -> Option<String> {
         return Some(format!("from: {s:?} contains \"//\""));
     }
     if s.split('/').any(|c| c == "..") {
-        return Some(format!("from: {s:?} has a \"..\" component (it must stay inside its directory)"));
+        return Some(format!(
+            "from: {s:?} has a \"..\" component (it must stay inside its directory)"
+        ));
     }
     if s.split('/').any(|c| c == ".") {
         return Some(format!("from: {s:?} has a \".\" component"));
@@ -164,20 +189,33 @@ pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
         NodeKind::Str(s) => {
             let ok = (3..=4).contains(&s.len()) && s.bytes().all(|c| (b'0'..=b'7').contains(&c));
             if !ok {
-                d.err(&node.span, format!("mode {s:?} is not an octal mode such as \"0644\" (3 or 4 digits 0-7)"));
+                d.err(
+                    &node.span,
+                    format!("mode {s:?} is not an octal mode such as \"0644\" (3 or 4 digits 0-7)"),
+                );
                 return None;
             }
             u32::from_str_radix(s, 8).ok()
         }
         NodeKind::Int(_) => {
             let raw = node.text();
-            let ok = (3..=4).contains(&raw.len()) && raw.bytes().all(|c| (b'0'..=b'7').contains(&c));
+            let ok =
+                (3..=4).contains(&raw.len()) && raw.bytes().all(|c| (b'0'..=b'7').contains(&c));
             let hint = if ok { raw.clone() } else { "0644".into() };
-            d.err(&node.span, format!("mode {raw} must be a quoted string; quote it: mode: \"{hint}\""));
+            d.err(
+                &node.span,
+                format!("mode {raw} must be a quoted string; quote it: mode: \"{hint}\""),
+            );
             None
         }
         _ => {
-            d.err(&node.span, format!("expected a mode such as \"0644\", found {}", node.describe()));
+            d.err(
+                &node.span,
+                format!(
+                    "expected a mode such as \"0644\", found {}",
+                    node.describe()
+                ),
+            );
             None
         }
     }
@@ -189,7 +227,10 @@ pub fn map<'a>(node: &'a Node, d: &mut Sink) -> Option<&'a [(Node, Node)]> {
         NodeKind::Map(m) => Some(m),
         NodeKind::Null => Some(&[]),
         _ => {
-            d.err(&node.span, format!("expected a map, found {}", node.describe()));
+            d.err(
+                &node.span,
+                format!("expected a map, found {}", node.describe()),
+            );
             None
         }
     }
@@ -201,7 +242,10 @@ pub fn list<'a>(node: &'a Node, d: &mut Sink) -> Option<&'a [Node]> {
         NodeKind::Seq(s) => Some(s),
         NodeKind::Null => Some(&[]),
         _ => {
-            d.err(&node.span, format!("expected a list, found {}", node.describe()));
+            d.err(
+                &node.span,
+                format!("expected a list, found {}", node.describe()),
+            );
             None
         }
     }
@@ -214,12 +258,19 @@ pub fn string<'a>(key: &str, node: &'a Node, d: &mut Sink) -> Option<&'a str> {
         NodeKind::Int(_) | NodeKind::Float(_) | NodeKind::Bool(_) if node.raw.is_some() => {
             d.err(
                 &node.span,
-                format!("expected a string, found {}; quote it: {key}: \"{}\"", node.describe(), node.text()),
+                format!(
+                    "expected a string, found {}; quote it: {key}: \"{}\"",
+                    node.describe(),
+                    node.text()
+                ),
             );
             None
         }
         _ => {
-            d.err(&node.span, format!("expected a string, found {}", node.describe()));
+            d.err(
+                &node.span,
+                format!("expected a string, found {}", node.describe()),
+            );
             None
         }
     }
@@ -239,12 +290,17 @@ pub fn strings<'a>(key: &str, node: &'a Node, d: &mut Sink) -> Vec<&'a Node> {
 pub fn boolean(node: &Node, d: &mut Sink) -> Option<bool> {
     match node.kind {
         NodeKind::Bool(b) => Some(b),
-        NodeKind::Str(ref s) if matches!(s.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off") => {
+        NodeKind::Str(ref s)
+            if matches!(s.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off") =>
+        {
             d.err(&node.span, format!("expected true or false, found the string {s:?} (YAML 1.2 has no yes/no booleans)"));
             None
         }
         _ => {
-            d.err(&node.span, format!("expected true or false, found {}", node.describe()));
+            d.err(
+                &node.span,
+                format!("expected true or false, found {}", node.describe()),
+            );
             None
         }
     }
@@ -255,11 +311,17 @@ pub fn int_in(what: &str, node: &Node, lo: i64, hi: i64, d: &mut Sink) -> Option
     match node.kind {
         NodeKind::Int(i) if (lo..=hi).contains(&i) => Some(i),
         NodeKind::Int(_) => {
-            d.err(&node.span, format!("{what} {} is out of range ({lo}-{hi})", node.text()));
+            d.err(
+                &node.span,
+                format!("{what} {} is out of range ({lo}-{hi})", node.text()),
+            );
             None
         }
         _ => {
-            d.err(&node.span, format!("expected an integer {what}, found {}", node.describe()));
+            d.err(
+                &node.span,
+                format!("expected an integer {what}, found {}", node.describe()),
+            );
             None
         }
     }
@@ -270,7 +332,13 @@ pub fn known_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, d: &mu
     for (k, _) in entries {
         let name = k.key_str();
         if !allowed.contains(&name) {
-            d.err(&k.span, format!("unknown key {name:?} in {what} (expected one of: {})", allowed.join(", ")));
+            d.err(
+                &k.span,
+                format!(
+                    "unknown key {name:?} in {what} (expected one of: {})",
+                    allowed.join(", ")
+                ),
+            );
         }
     }
 }
@@ -281,24 +349,42 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(is_hostgroup_name("web-1") && !is_hostgroup_name("Web") && !is_hostgroup_name("-a"));
+        assert!(
+            is_hostgroup_name("web-1") && !is_hostgroup_name("Web") && !is_hostgroup_name("-a")
+        );
         assert!(is_hostgroup_name(&"a".repeat(63)) && !is_hostgroup_name(&"a".repeat(64)));
-        assert!(is_account_name("_chrony") && is_account_name("www-data") && !is_account_name("1x"));
+        assert!(
+            is_account_name("_chrony") && is_account_name("www-data") && !is_account_name("1x")
+        );
         assert!(!is_account_name("Deploy") && !is_account_name(&"a".repeat(33)));
         assert!(is_package_name("libc6") && is_package_name("g++") && !is_package_name("a"));
         assert!(!is_package_name("Nginx") && !is_package_name("-x") && !is_package_name("a_b"));
         assert!(is_package_version("1.22.1-9+deb12u1") && is_package_version("1:2.3~rc1"));
-        assert!(!is_package_version("1.0 beta") && !is_package_version("") && !is_package_version("x:1"));
+        assert!(
+            !is_package_version("1.0 beta")
+                && !is_package_version("")
+                && !is_package_version("x:1")
+        );
         assert!(is_service_name("nginx.service") && is_service_name("app@1.service"));
-        assert!(!is_service_name("nginx") && !is_service_name(".service") && !is_service_name("a.slice"));
+        assert!(
+            !is_service_name("nginx")
+                && !is_service_name(".service")
+                && !is_service_name("a.slice")
+        );
         assert!(is_unit_key("app.service") && is_unit_key("ssh.service.d/10-kiln.conf"));
-        assert!(!is_unit_key("ssh.service.d/10-kiln") && !is_unit_key("a/b.service") && !is_unit_key("x.d/y.conf"));
+        assert!(
+            !is_unit_key("ssh.service.d/10-kiln")
+                && !is_unit_key("a/b.service")
+                && !is_unit_key("x.d/y.conf")
+        );
     }
 
     #[test]
     fn paths() {
         assert_eq!(abs_path_problem("/etc/motd"), None);
-        assert!(abs_path_problem("etc/motd").unwrap().contains("not absolute"));
+        assert!(abs_path_problem("etc/motd")
+            .unwrap()
+            .contains("not absolute"));
         assert!(abs_path_problem("/etc/../x").unwrap().contains("component"));
         assert!(abs_path_problem("/etc/./x").unwrap().contains("component"));
         assert!(abs_path_problem("/etc//x").unwrap().contains("//"));

@@ -22,7 +22,11 @@ impl Span {
 
     /// Line 1, column 1 of `file`: for problems with a file as a whole.
     pub fn file_start(file: Arc<Path>) -> Span {
-        Span { file, line: 1, column: 1 }
+        Span {
+            file,
+            line: 1,
+            column: 1,
+        }
     }
 }
 

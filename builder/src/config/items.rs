@@ -71,10 +71,22 @@ impl Kind {
 
     fn allowed(self) -> &'static [&'static str] {
         match self {
-            Kind::Files => &["content", "from", "symlink", "state", "mode", "owner", "group", "template", "restart", "reload"],
+            Kind::Files => &[
+                "content", "from", "symlink", "state", "mode", "owner", "group", "template",
+                "restart", "reload",
+            ],
             Kind::Directories => &["mode", "owner", "group", "state"],
             Kind::Users => &[
-                "uid", "group", "groups", "home", "shell", "comment", "system", "create_home", "authorized_keys", "state",
+                "uid",
+                "group",
+                "groups",
+                "home",
+                "shell",
+                "comment",
+                "system",
+                "create_home",
+                "authorized_keys",
+                "state",
             ],
             Kind::Groups => &["gid", "system", "state"],
             Kind::Packages => &["version", "state"],
@@ -132,16 +144,28 @@ pub fn check_name(kind: Kind, key: &Node, d: &mut Sink) -> bool {
 
 /// The common start of every item reader: the entries, unknown keys, `state`, and the rule
 /// that an absent item carries nothing else. Returns the entries and whether it is absent.
-fn begin<'a>(kind: Kind, key: &Node, item: &'a Node, d: &mut Sink) -> Option<(&'a [(Node, Node)], bool)> {
+fn begin<'a>(
+    kind: Kind,
+    key: &Node,
+    item: &'a Node,
+    d: &mut Sink,
+) -> Option<(&'a [(Node, Node)], bool)> {
     let entries = check::map(item, d)?;
     let what = format!("{} {}", kind.singular(), key.key_str());
     known_keys(entries, kind.allowed(), &what, d);
     let mut absent = false;
     if let Some(state) = item.get("state") {
-        let states: &[&str] = if kind == Kind::Services { &["running", "dead", "absent"] } else { &["present", "absent"] };
+        let states: &[&str] = if kind == Kind::Services {
+            &["running", "dead", "absent"]
+        } else {
+            &["present", "absent"]
+        };
         match check::string("state", state, d) {
             Some(s) if states.contains(&s) => absent = s == "absent",
-            Some(s) => d.err(&state.span, format!("state {s:?} is not one of: {}", states.join(", "))),
+            Some(s) => d.err(
+                &state.span,
+                format!("state {s:?} is not one of: {}", states.join(", ")),
+            ),
             None => {}
         }
     }
@@ -149,7 +173,10 @@ fn begin<'a>(kind: Kind, key: &Node, item: &'a Node, d: &mut Sink) -> Option<(&'
         for (k, _) in entries {
             let name = k.key_str();
             if kind.allowed().contains(&name) && !kind.allowed_when_absent().contains(&name) {
-                d.err(&k.span, format!("state: absent takes no other keys (found {name})"));
+                d.err(
+                    &k.span,
+                    format!("state: absent takes no other keys (found {name})"),
+                );
             }
         }
     }
@@ -159,7 +186,10 @@ fn begin<'a>(kind: Kind, key: &Node, item: &'a Node, d: &mut Sink) -> Option<(&'
 fn account_ref(key: &str, node: &Node, what: &str, d: &mut Sink) -> Option<(String, Span)> {
     let s = check::string(key, node, d)?;
     if !check::is_account_name(s) {
-        d.err(&node.span, format!("{what} {s:?} is not a valid {what} name ([a-z_][a-z0-9_-]{{0,31}})"));
+        d.err(
+            &node.span,
+            format!("{what} {s:?} is not a valid {what} name ([a-z_][a-z0-9_-]{{0,31}})"),
+        );
         return None;
     }
     Some((s.to_string(), node.span.clone()))
@@ -172,7 +202,10 @@ fn service_refs(key: &str, node: &Node, d: &mut Sink) -> Vec<(String, Span)> {
         if check::is_service_name(s) {
             out.push((s.to_string(), item.span.clone()));
         } else {
-            d.err(&item.span, format!("{key}: {s:?} is not a service name (such as nginx.service)"));
+            d.err(
+                &item.span,
+                format!("{key}: {s:?} is not a service name (such as nginx.service)"),
+            );
         }
     }
     out
@@ -204,11 +237,16 @@ pub struct FileSpec {
 /// Read a file (`kind == Files`) or a unit (`kind == Units`).
 pub fn file(kind: Kind, key: &Node, item: &Node, complete: bool, d: &mut Sink) -> FileSpec {
     let mut spec = FileSpec::default();
-    let Some((entries, absent)) = begin(kind, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(kind, key, item, d) else {
+        return spec;
+    };
     let what = format!("{} {}", kind.singular(), key.key_str());
     let mut sources: Vec<&str> = Vec::new();
     if absent {
-        let span = item.get_entry("state").map(|(k, _)| k.span.clone()).unwrap_or_else(|| key.span.clone());
+        let span = item
+            .get_entry("state")
+            .map(|(k, _)| k.span.clone())
+            .unwrap_or_else(|| key.span.clone());
         spec.src = Some((Src::Absent, span));
         sources.push("state: absent");
     }
@@ -217,7 +255,8 @@ pub fn file(kind: Kind, key: &Node, item: &Node, complete: bool, d: &mut Sink) -
             "content" => {
                 sources.push("content");
                 if let Some(s) = check::string("content", v, d) {
-                    spec.src.get_or_insert((Src::Content(s.to_string()), v.span.clone()));
+                    spec.src
+                        .get_or_insert((Src::Content(s.to_string()), v.span.clone()));
                 }
             }
             "from" => {
@@ -226,7 +265,8 @@ pub fn file(kind: Kind, key: &Node, item: &Node, complete: bool, d: &mut Sink) -
                     match check::rel_path_problem(s) {
                         Some(p) => d.err(&v.span, p),
                         None => {
-                            spec.src.get_or_insert((Src::From(s.to_string()), v.span.clone()));
+                            spec.src
+                                .get_or_insert((Src::From(s.to_string()), v.span.clone()));
                         }
                     }
                 }
@@ -235,9 +275,13 @@ pub fn file(kind: Kind, key: &Node, item: &Node, complete: bool, d: &mut Sink) -
                 sources.push("symlink");
                 if let Some(s) = check::string("symlink", v, d) {
                     if s.is_empty() || s.contains('\0') || s.contains('\n') {
-                        d.err(&v.span, "symlink target must be a non-empty path without NUL or newline");
+                        d.err(
+                            &v.span,
+                            "symlink target must be a non-empty path without NUL or newline",
+                        );
                     } else {
-                        spec.src.get_or_insert((Src::Symlink(s.to_string()), v.span.clone()));
+                        spec.src
+                            .get_or_insert((Src::Symlink(s.to_string()), v.span.clone()));
                     }
                 }
             }
@@ -251,7 +295,11 @@ pub fn file(kind: Kind, key: &Node, item: &Node, complete: bool, d: &mut Sink) -
                     Some("static") => spec.template = TemplateKind::Static,
                     Some("dynamic") if kind == Kind::Files => spec.template = TemplateKind::Dynamic,
                     Some(s) => {
-                        let allowed = if kind == Kind::Files { "none, static or dynamic" } else { "none or static" };
+                        let allowed = if kind == Kind::Files {
+                            "none, static or dynamic"
+                        } else {
+                            "none or static"
+                        };
                         d.err(&v.span, format!("template {s:?} is not one of: {allowed}"));
                     }
                     None => {}
@@ -306,7 +354,9 @@ pub struct DirSpec {
 
 pub fn directory(key: &Node, item: &Node, d: &mut Sink) -> DirSpec {
     let mut spec = DirSpec::default();
-    let Some((entries, absent)) = begin(Kind::Directories, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(Kind::Directories, key, item, d) else {
+        return spec;
+    };
     spec.absent = absent;
     for (k, v) in entries {
         match k.key_str() {
@@ -350,11 +400,15 @@ fn abs_path_value(key: &str, v: &Node, d: &mut Sink) -> Option<String> {
 
 pub fn user(key: &Node, item: &Node, d: &mut Sink) -> UserSpec {
     let mut spec = UserSpec::default();
-    let Some((entries, absent)) = begin(Kind::Users, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(Kind::Users, key, item, d) else {
+        return spec;
+    };
     spec.absent = absent;
     for (k, v) in entries {
         match k.key_str() {
-            "uid" => spec.uid = check::int_in("uid", v, 1, MAX_ID, d).map(|i| (i as u32, v.span.clone())),
+            "uid" => {
+                spec.uid = check::int_in("uid", v, 1, MAX_ID, d).map(|i| (i as u32, v.span.clone()))
+            }
             "group" => spec.group = account_ref("group", v, "group", d),
             "groups" => {
                 spec.groups = check::strings("groups", v, d)
@@ -367,7 +421,10 @@ pub fn user(key: &Node, item: &Node, d: &mut Sink) -> UserSpec {
             "comment" => {
                 if let Some(s) = check::string("comment", v, d) {
                     if s.contains([':', '\n', '\r', '\0']) {
-                        d.err(&v.span, "comment: a passwd comment cannot hold ':', NUL or a newline");
+                        d.err(
+                            &v.span,
+                            "comment: a passwd comment cannot hold ':', NUL or a newline",
+                        );
                     } else {
                         spec.comment = Some(s.to_string());
                     }
@@ -401,11 +458,15 @@ pub struct GroupSpec {
 
 pub fn group(key: &Node, item: &Node, d: &mut Sink) -> GroupSpec {
     let mut spec = GroupSpec::default();
-    let Some((entries, absent)) = begin(Kind::Groups, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(Kind::Groups, key, item, d) else {
+        return spec;
+    };
     spec.absent = absent;
     for (k, v) in entries {
         match k.key_str() {
-            "gid" => spec.gid = check::int_in("gid", v, 1, MAX_ID, d).map(|i| (i as u32, v.span.clone())),
+            "gid" => {
+                spec.gid = check::int_in("gid", v, 1, MAX_ID, d).map(|i| (i as u32, v.span.clone()))
+            }
             "system" => spec.system = check::boolean(v, d).unwrap_or(false),
             _ => {}
         }
@@ -422,7 +483,9 @@ pub struct PackageSpec {
 
 pub fn package(key: &Node, item: &Node, d: &mut Sink) -> PackageSpec {
     let mut spec = PackageSpec::default();
-    let Some((entries, absent)) = begin(Kind::Packages, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(Kind::Packages, key, item, d) else {
+        return spec;
+    };
     spec.absent = absent;
     for (k, v) in entries {
         if k.key_str() == "version" {
@@ -430,7 +493,12 @@ pub fn package(key: &Node, item: &Node, d: &mut Sink) -> PackageSpec {
                 if s.chars().any(char::is_whitespace) {
                     d.err(&v.span, format!("version {s:?} contains whitespace"));
                 } else if !check::is_package_version(s) {
-                    d.err(&v.span, format!("version {s:?} is not a Debian version such as \"1.22.1-9+deb12u1\""));
+                    d.err(
+                        &v.span,
+                        format!(
+                            "version {s:?} is not a Debian version such as \"1.22.1-9+deb12u1\""
+                        ),
+                    );
                 } else {
                     spec.version = Some(s.to_string());
                 }
@@ -450,7 +518,9 @@ pub struct ServiceSpec {
 
 pub fn service(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> ServiceSpec {
     let mut spec = ServiceSpec::default();
-    let Some((entries, absent)) = begin(Kind::Services, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(Kind::Services, key, item, d) else {
+        return spec;
+    };
     spec.absent = absent;
     for (k, v) in entries {
         match k.key_str() {
@@ -464,7 +534,10 @@ pub fn service(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> Service
         }
     }
     if complete && !absent && spec.state.is_none() && item.get("state").is_none() {
-        d.err(&key.span, format!("service {} needs state: running or dead", key.key_str()));
+        d.err(
+            &key.span,
+            format!("service {} needs state: running or dead", key.key_str()),
+        );
     }
     spec
 }
@@ -485,7 +558,9 @@ pub struct CommandSpec {
 
 pub fn command(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> CommandSpec {
     let mut spec = CommandSpec::default();
-    let Some((entries, absent)) = begin(Kind::Commands, key, item, d) else { return spec };
+    let Some((entries, absent)) = begin(Kind::Commands, key, item, d) else {
+        return spec;
+    };
     spec.absent = absent;
     for (k, v) in entries {
         match k.key_str() {
@@ -508,7 +583,10 @@ pub fn command(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> Command
                 }
                 _ => d.err(
                     &v.span,
-                    format!("run: expected a non-empty command string or argv list, found {}", v.describe()),
+                    format!(
+                        "run: expected a non-empty command string or argv list, found {}",
+                        v.describe()
+                    ),
                 ),
             },
             "timeout" => {
@@ -519,12 +597,22 @@ pub fn command(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> Command
                 match text.map(humantime::parse_duration) {
                     None => d.err(
                         &v.span,
-                        format!("timeout must be a duration such as \"5m\" or \"90s\", found {}", v.describe()),
+                        format!(
+                            "timeout must be a duration such as \"5m\" or \"90s\", found {}",
+                            v.describe()
+                        ),
                     ),
-                    Some(Err(e)) => d.err(&v.span, format!("timeout {:?} is not a duration such as \"5m\": {e}", v.text())),
-                    Some(Ok(t)) if t > MAX_TIMEOUT => {
-                        d.err(&v.span, format!("timeout {:?} is longer than the maximum of 1h", v.text()))
-                    }
+                    Some(Err(e)) => d.err(
+                        &v.span,
+                        format!(
+                            "timeout {:?} is not a duration such as \"5m\": {e}",
+                            v.text()
+                        ),
+                    ),
+                    Some(Ok(t)) if t > MAX_TIMEOUT => d.err(
+                        &v.span,
+                        format!("timeout {:?} is longer than the maximum of 1h", v.text()),
+                    ),
                     Some(Ok(t)) if t.is_zero() => d.err(&v.span, "timeout must be longer than 0s"),
                     Some(Ok(t)) => spec.timeout = Some(t),
                 }

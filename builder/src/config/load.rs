@@ -13,17 +13,44 @@ use super::yaml::{self, Node, NodeKind};
 
 /// Top-level keys of a hostgroup file and of default.yaml (besides layer names).
 pub const TOP_KEYS: &[&str] = &[
-    "base", "layers", "vars", "files", "directories", "users", "groups", "system_accounts", "packages", "units",
-    "services", "commands",
+    "base",
+    "layers",
+    "vars",
+    "files",
+    "directories",
+    "users",
+    "groups",
+    "system_accounts",
+    "packages",
+    "units",
+    "services",
+    "commands",
 ];
 /// Top-level keys of a layer file.
 pub const LAYER_KEYS: &[&str] = &["description", "params", "layers", "resources"];
 /// Keys of a layer's `resources`.
 pub const RESOURCE_KEYS: &[&str] = &[
-    "vars", "files", "directories", "users", "groups", "system_accounts", "packages", "units", "services", "commands",
+    "vars",
+    "files",
+    "directories",
+    "users",
+    "groups",
+    "system_accounts",
+    "packages",
+    "units",
+    "services",
+    "commands",
 ];
 /// Keys of `base`.
-pub const BASE_KEYS: &[&str] = &["name", "os_id", "version_id", "arch", "suite", "variant", "include"];
+pub const BASE_KEYS: &[&str] = &[
+    "name",
+    "os_id",
+    "version_id",
+    "arch",
+    "suite",
+    "variant",
+    "include",
+];
 
 /// Largest YAML file Kiln reads.
 const MAX_YAML_BYTES: u64 = 8 << 20;
@@ -83,11 +110,18 @@ fn read_doc(root: &Path, relpath: &str, d: &mut Sink) -> Doc {
     let file = rel(relpath);
     let failed = |d: &mut Sink, msg: String| {
         d.err(&Span::file_start(file.clone()), msg);
-        Doc { file: file.clone(), root: None, failed: true }
+        Doc {
+            file: file.clone(),
+            root: None,
+            failed: true,
+        }
     };
     let bytes = match std::fs::metadata(root.join(relpath)) {
         Ok(m) if m.len() > MAX_YAML_BYTES => {
-            return failed(d, format!("file is larger than {} MiB", MAX_YAML_BYTES >> 20));
+            return failed(
+                d,
+                format!("file is larger than {} MiB", MAX_YAML_BYTES >> 20),
+            );
         }
         _ => match std::fs::read(root.join(relpath)) {
             Ok(b) => b,
@@ -100,28 +134,61 @@ fn read_doc(root: &Path, relpath: &str, d: &mut Sink) -> Doc {
             let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = good.iter().filter(|&&c| c == b'\n').count() + 1;
             let col = good.iter().rev().take_while(|&&c| c != b'\n').count() + 1;
-            d.err(&Span::new(file.clone(), line, col), "file is not valid UTF-8");
-            return Doc { file, root: None, failed: true };
+            d.err(
+                &Span::new(file.clone(), line, col),
+                "file is not valid UTF-8",
+            );
+            return Doc {
+                file,
+                root: None,
+                failed: true,
+            };
         }
     };
     let parsed = yaml::parse(&file, &text);
     d.extend(parsed.diags);
     if parsed.failed {
-        return Doc { file, root: None, failed: true };
+        return Doc {
+            file,
+            root: None,
+            failed: true,
+        };
     }
     match parsed.root {
         None => {
             let span = Span::file_start(file.clone());
-            Doc { file, root: Some(Node::new(NodeKind::Map(Vec::new()), span)), failed: false }
+            Doc {
+                file,
+                root: Some(Node::new(NodeKind::Map(Vec::new()), span)),
+                failed: false,
+            }
         }
-        Some(n) if n.as_map().is_some() => Doc { file, root: Some(n), failed: false },
+        Some(n) if n.as_map().is_some() => Doc {
+            file,
+            root: Some(n),
+            failed: false,
+        },
         Some(n) if n.is_null() => {
             let span = n.span.clone();
-            Doc { file, root: Some(Node::new(NodeKind::Map(Vec::new()), span)), failed: false }
+            Doc {
+                file,
+                root: Some(Node::new(NodeKind::Map(Vec::new()), span)),
+                failed: false,
+            }
         }
         Some(n) => {
-            d.err(&n.span, format!("expected a map at the top of the file, found {}", n.describe()));
-            Doc { file, root: None, failed: true }
+            d.err(
+                &n.span,
+                format!(
+                    "expected a map at the top of the file, found {}",
+                    n.describe()
+                ),
+            );
+            Doc {
+                file,
+                root: None,
+                failed: true,
+            }
         }
     }
 }
@@ -129,17 +196,24 @@ fn read_doc(root: &Path, relpath: &str, d: &mut Sink) -> Doc {
 /// The `*.yaml` files of a directory, sorted, as (stem, file name); other problems to `d`.
 fn yaml_files(root: &Path, dir: &str, d: &mut Sink) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(root.join(dir)) else { return out };
+    let Ok(rd) = std::fs::read_dir(root.join(dir)) else {
+        return out;
+    };
     for entry in rd.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let is_file = std::fs::metadata(entry.path()).map(|m| m.is_file()).unwrap_or(false);
+        let is_file = std::fs::metadata(entry.path())
+            .map(|m| m.is_file())
+            .unwrap_or(false);
         if !is_file {
             continue;
         }
         if let Some(stem) = name.strip_suffix(".yaml") {
             out.push((stem.to_string(), name));
         } else if name.ends_with(".yml") {
-            d.err(&Span::file_start(rel(&format!("{dir}/{name}"))), "configuration files end in .yaml, not .yml");
+            d.err(
+                &Span::file_start(rel(&format!("{dir}/{name}"))),
+                "configuration files end in .yaml, not .yml",
+            );
         }
     }
     out.sort();
@@ -159,7 +233,10 @@ pub fn load(root: &Path) -> Result<Config, Diagnostics> {
         Err(e) => {
             d.err(
                 &Span::file_start(rel("hostgroups/default.yaml")),
-                format!("cannot open configuration directory {}: {e}", root.display()),
+                format!(
+                    "cannot open configuration directory {}: {e}",
+                    root.display()
+                ),
             );
             return Err(Diagnostics::new(d.list));
         }
@@ -169,14 +246,29 @@ pub fn load(root: &Path) -> Result<Config, Diagnostics> {
     for (name, file) in yaml_files(&root, "layers", &mut d) {
         let doc = read_doc(&root, &format!("layers/{file}"), &mut d);
         if !check::is_hostgroup_name(&name) {
-            d.err(&Span::file_start(doc.file.clone()), format!("layer name {name:?} does not match [a-z0-9][a-z0-9-]{{0,62}}"));
+            d.err(
+                &Span::file_start(doc.file.clone()),
+                format!("layer name {name:?} does not match [a-z0-9][a-z0-9-]{{0,62}}"),
+            );
             continue;
         }
         if TOP_KEYS.contains(&name.as_str()) {
-            d.err(&Span::file_start(doc.file.clone()), format!("layer name {name:?} is a reserved top-level key"));
+            d.err(
+                &Span::file_start(doc.file.clone()),
+                format!("layer name {name:?} is a reserved top-level key"),
+            );
             continue;
         }
-        layers.insert(name.clone(), Layer { name, doc, params: Vec::new(), deps: Vec::new(), resources: None });
+        layers.insert(
+            name.clone(),
+            Layer {
+                name,
+                doc,
+                params: Vec::new(),
+                deps: Vec::new(),
+                resources: None,
+            },
+        );
     }
 
     let default_path = root.join("hostgroups/default.yaml");
@@ -186,7 +278,11 @@ pub fn load(root: &Path) -> Result<Config, Diagnostics> {
             &Span::file_start(rel("hostgroups/default.yaml")),
             "missing: every configuration needs hostgroups/default.yaml (is this the configuration directory?)",
         );
-        Doc { file: rel("hostgroups/default.yaml"), root: None, failed: true }
+        Doc {
+            file: rel("hostgroups/default.yaml"),
+            root: None,
+            failed: true,
+        }
     } else {
         read_doc(&root, "hostgroups/default.yaml", &mut d)
     };
@@ -217,7 +313,13 @@ pub fn load(root: &Path) -> Result<Config, Diagnostics> {
         check_host_doc(doc, &layers, &mut d);
     }
 
-    let config = Config { root, default, hostgroups, layers, diags: d.list };
+    let config = Config {
+        root,
+        default,
+        hostgroups,
+        layers,
+        diags: d.list,
+    };
     if default_missing {
         return Err(Diagnostics::new(config.diags));
     }
@@ -237,11 +339,21 @@ fn read_layer(layer: &mut Layer, names: &[String], d: &mut Sink) {
                 for (pk, pv) in check::map(v, d).unwrap_or(&[]) {
                     let name = pk.key_str();
                     if !check::is_param_name(name) {
-                        d.err(&pk.span, format!("parameter name {name:?} does not match [a-z_][a-z0-9_]*"));
+                        d.err(
+                            &pk.span,
+                            format!("parameter name {name:?} does not match [a-z_][a-z0-9_]*"),
+                        );
                         continue;
                     }
-                    let Some(fields) = check::map(pv, d) else { continue };
-                    known_keys(fields, &["default", "description"], &format!("parameter {name}"), d);
+                    let Some(fields) = check::map(pv, d) else {
+                        continue;
+                    };
+                    known_keys(
+                        fields,
+                        &["default", "description"],
+                        &format!("parameter {name}"),
+                        d,
+                    );
                     if let Some(desc) = pv.get("description") {
                         check::string("description", desc, d);
                     }
@@ -262,7 +374,9 @@ fn read_layer(layer: &mut Layer, names: &[String], d: &mut Sink) {
                 }
             }
             "resources" => {
-                let Some(sections) = check::map(v, d) else { continue };
+                let Some(sections) = check::map(v, d) else {
+                    continue;
+                };
                 known_keys(sections, RESOURCE_KEYS, "resources", d);
                 for (sk, sv) in sections {
                     if sk.key_str() == "system_accounts" {
@@ -282,7 +396,10 @@ pub fn unknown_layer(name: &str, names: &[String]) -> String {
     if names.is_empty() {
         format!("unknown layer {name:?} (there are no layers)")
     } else {
-        format!("unknown layer {name:?} (known layers: {})", names.join(", "))
+        format!(
+            "unknown layer {name:?} (known layers: {})",
+            names.join(", ")
+        )
     }
 }
 
@@ -290,7 +407,9 @@ pub fn unknown_layer(name: &str, names: &[String]) -> String {
 pub fn check_section(key: &str, value: &Node, d: &mut Sink) {
     match key {
         "base" => {
-            let Some(entries) = check::map(value, d) else { return };
+            let Some(entries) = check::map(value, d) else {
+                return;
+            };
             known_keys(entries, BASE_KEYS, "base", d);
             for (k, v) in entries {
                 if k.key_str() == "include" {
@@ -303,7 +422,13 @@ pub fn check_section(key: &str, value: &Node, d: &mut Sink) {
                 } else if BASE_KEYS.contains(&k.key_str()) {
                     if let Some(s) = check::string(k.key_str(), v, d) {
                         if s.is_empty() || s.contains(char::is_whitespace) {
-                            d.err(&v.span, format!("base {}: expected a non-empty word, found {s:?}", k.key_str()));
+                            d.err(
+                                &v.span,
+                                format!(
+                                    "base {}: expected a non-empty word, found {s:?}",
+                                    k.key_str()
+                                ),
+                            );
                         }
                     }
                 }
@@ -316,12 +441,17 @@ pub fn check_section(key: &str, value: &Node, d: &mut Sink) {
             for item in check::strings("system_accounts", value, d) {
                 let name = item.as_str().unwrap_or_default();
                 if !check::is_account_name(name) {
-                    d.err(&item.span, format!("system account {name:?} does not match [a-z_][a-z0-9_-]{{0,31}}"));
+                    d.err(
+                        &item.span,
+                        format!("system account {name:?} does not match [a-z_][a-z0-9_-]{{0,31}}"),
+                    );
                 }
             }
         }
         _ => {
-            let Some(kind) = Kind::from_key(key) else { return };
+            let Some(kind) = Kind::from_key(key) else {
+                return;
+            };
             for (ik, iv) in check::map(value, d).unwrap_or(&[]) {
                 if items::check_name(kind, ik, d) {
                     items::check_definition(kind, ik, iv, d);
@@ -348,9 +478,18 @@ fn check_host_doc(doc: &Doc, layers: &BTreeMap<String, Layer>, d: &mut Sink) {
         } else if let Some(layer) = layers.get(key) {
             check_layer_args(layer, v, d);
         } else {
-            let layers_hint =
-                if names.is_empty() { String::new() } else { format!(", or a layer: {}", names.join(", ")) };
-            d.err(&k.span, format!("unknown key or layer {key:?} (expected one of: {}{layers_hint})", TOP_KEYS.join(", ")));
+            let layers_hint = if names.is_empty() {
+                String::new()
+            } else {
+                format!(", or a layer: {}", names.join(", "))
+            };
+            d.err(
+                &k.span,
+                format!(
+                    "unknown key or layer {key:?} (expected one of: {}{layers_hint})",
+                    TOP_KEYS.join(", ")
+                ),
+            );
         }
     }
 }
@@ -363,9 +502,23 @@ pub fn check_layer_args(layer: &Layer, args: &Node, d: &mut Sink) {
             let expected = if layer.params.is_empty() {
                 "it has none".to_string()
             } else {
-                format!("expected one of: {}", layer.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))
+                format!(
+                    "expected one of: {}",
+                    layer
+                        .params
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
-            d.err(&pk.span, format!("unknown parameter {name:?} for layer {} ({expected})", layer.name));
+            d.err(
+                &pk.span,
+                format!(
+                    "unknown parameter {name:?} for layer {} ({expected})",
+                    layer.name
+                ),
+            );
         }
     }
 }

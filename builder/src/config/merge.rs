@@ -70,7 +70,9 @@ fn remove_keys(n: &mut Node, keys: &[&str]) {
 impl Merged {
     /// Merge one source (a map of sections) over what is there.
     pub fn add(&mut self, source: &Node) {
-        let Some(entries) = source.as_map() else { return };
+        let Some(entries) = source.as_map() else {
+            return;
+        };
         for (k, v) in entries {
             match k.key_str() {
                 "base" if v.as_map().is_some() => match &mut self.base {
@@ -86,7 +88,10 @@ impl Merged {
                     if let NodeKind::Seq(list) = &v.kind {
                         for item in list {
                             if item.as_str().is_some()
-                                && !self.system_accounts.iter().any(|s| s.as_str() == item.as_str())
+                                && !self
+                                    .system_accounts
+                                    .iter()
+                                    .any(|s| s.as_str() == item.as_str())
                             {
                                 self.system_accounts.push(item.clone());
                             }
@@ -94,7 +99,9 @@ impl Merged {
                     }
                 }
                 key => {
-                    let Some(kind) = Kind::from_key(key) else { continue };
+                    let Some(kind) = Kind::from_key(key) else {
+                        continue;
+                    };
                     let Some(list) = v.as_map() else { continue };
                     for (ik, iv) in list {
                         if items::check_name(kind, ik, &mut Sink::default()) {
@@ -112,7 +119,11 @@ impl Merged {
         let name = key.key_str().to_string();
         let Some(&at) = self.index[i].get(&name) else {
             self.index[i].insert(name, self.items[i].len());
-            self.items[i].push(Item { key: key.clone(), value, defs: vec![key.span.clone()] });
+            self.items[i].push(Item {
+                key: key.clone(),
+                value,
+                defs: vec![key.span.clone()],
+            });
             return;
         };
         let item = &mut self.items[i][at];
@@ -121,10 +132,16 @@ impl Merged {
             || value.as_map().is_none()
             || item.value.as_map().is_none();
         if replace {
-            *item = Item { key: key.clone(), value, defs: vec![key.span.clone()] };
+            *item = Item {
+                key: key.clone(),
+                value,
+                defs: vec![key.span.clone()],
+            };
             return;
         }
-        if matches!(kind, Kind::Files | Kind::Units) && SOURCE_KEYS.iter().any(|s| value.get(s).is_some()) {
+        if matches!(kind, Kind::Files | Kind::Units)
+            && SOURCE_KEYS.iter().any(|s| value.get(s).is_some())
+        {
             remove_keys(&mut item.value, &["content", "from", "symlink", "template"]);
             if value.get("symlink").is_some() {
                 remove_keys(&mut item.value, &["mode", "owner", "group"]);
@@ -165,8 +182,13 @@ mod tests {
         let a = vars.get("a").unwrap();
         assert_eq!(a.get("x").unwrap().kind, NodeKind::Int(1));
         // Lists are replaced, not appended.
-        let NodeKind::Seq(y) = &a.get("y").unwrap().kind else { panic!("y is not a list") };
-        assert_eq!(y.iter().map(|n| n.kind.clone()).collect::<Vec<_>>(), [NodeKind::Int(3)]);
+        let NodeKind::Seq(y) = &a.get("y").unwrap().kind else {
+            panic!("y is not a list")
+        };
+        assert_eq!(
+            y.iter().map(|n| n.kind.clone()).collect::<Vec<_>>(),
+            [NodeKind::Int(3)]
+        );
         assert_eq!(a.get("z").unwrap().kind, NodeKind::Bool(true));
         assert_eq!(vars.get("b").unwrap().as_str(), Some("keep"));
     }
@@ -174,15 +196,30 @@ mod tests {
     #[test]
     fn provenance_of_an_overridden_value_is_the_overriding_file() {
         let m = merged(&[
-            ("hostgroups/default.yaml", "files:\n  /etc/motd:\n    content: hi\n    mode: \"0644\"\n"),
-            ("hostgroups/web.yaml", "files:\n  /etc/motd: {mode: \"0600\"}\n"),
+            (
+                "hostgroups/default.yaml",
+                "files:\n  /etc/motd:\n    content: hi\n    mode: \"0644\"\n",
+            ),
+            (
+                "hostgroups/web.yaml",
+                "files:\n  /etc/motd: {mode: \"0600\"}\n",
+            ),
         ]);
         let item = &m.items[Kind::Files.index()][0];
         assert_eq!(item.key.span.to_string(), "hostgroups/web.yaml:2:3");
-        assert_eq!(item.value.get("mode").unwrap().span.to_string(), "hostgroups/web.yaml:2:21");
+        assert_eq!(
+            item.value.get("mode").unwrap().span.to_string(),
+            "hostgroups/web.yaml:2:21"
+        );
         assert_eq!(item.value.get("mode").unwrap().as_str(), Some("0600"));
-        assert_eq!(item.value.get("content").unwrap().span.to_string(), "hostgroups/default.yaml:3:14");
-        assert_eq!(item.defs.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ["hostgroups/default.yaml:2:3", "hostgroups/web.yaml:2:3"]);
+        assert_eq!(
+            item.value.get("content").unwrap().span.to_string(),
+            "hostgroups/default.yaml:3:14"
+        );
+        assert_eq!(
+            item.defs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ["hostgroups/default.yaml:2:3", "hostgroups/web.yaml:2:3"]
+        );
     }
 
     #[test]
@@ -204,8 +241,14 @@ mod tests {
     #[test]
     fn a_later_source_replaces_the_earlier_source_of_a_file() {
         let m = merged(&[
-            ("layers/httpd.yaml", "files: {/etc/a.conf: {from: a.conf, template: static, reload: [x.service]}}\n"),
-            ("hostgroups/web.yaml", "files: {/etc/a.conf: {content: \"x\\n\"}}\n"),
+            (
+                "layers/httpd.yaml",
+                "files: {/etc/a.conf: {from: a.conf, template: static, reload: [x.service]}}\n",
+            ),
+            (
+                "hostgroups/web.yaml",
+                "files: {/etc/a.conf: {content: \"x\\n\"}}\n",
+            ),
         ]);
         let f = &m.items[Kind::Files.index()][0].value;
         assert!(f.get("from").is_none() && f.get("template").is_none());
@@ -218,13 +261,25 @@ mod tests {
             ("a.yaml", "commands: {one: {run: a}, two: {run: b}}\n"),
             ("b.yaml", "commands: {three: {run: c}, one: {run: z}}\n"),
         ]);
-        let names: Vec<_> = m.items[Kind::Commands.index()].iter().map(|i| i.key.key_str().to_string()).collect();
+        let names: Vec<_> = m.items[Kind::Commands.index()]
+            .iter()
+            .map(|i| i.key.key_str().to_string())
+            .collect();
         assert_eq!(names, ["one", "two", "three"]);
     }
 
     #[test]
     fn system_accounts_accumulate() {
-        let m = merged(&[("a.yaml", "system_accounts: [_chrony]\n"), ("b.yaml", "system_accounts: [_chrony, postgres]\n")]);
-        assert_eq!(m.system_accounts.iter().map(|n| n.as_str().unwrap()).collect::<Vec<_>>(), ["_chrony", "postgres"]);
+        let m = merged(&[
+            ("a.yaml", "system_accounts: [_chrony]\n"),
+            ("b.yaml", "system_accounts: [_chrony, postgres]\n"),
+        ]);
+        assert_eq!(
+            m.system_accounts
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["_chrony", "postgres"]
+        );
     }
 }

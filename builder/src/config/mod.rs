@@ -43,21 +43,29 @@ impl Config {
     }
 
     fn unknown_hostgroup(&self, hostgroup: &str) -> Diagnostics {
-        let span = Span::file_start(std::sync::Arc::from(Path::new(&format!("hostgroups/{hostgroup}.yaml"))));
+        let span = Span::file_start(std::sync::Arc::from(Path::new(&format!(
+            "hostgroups/{hostgroup}.yaml"
+        ))));
         let known = self.hostgroup_names();
         let message = if hostgroup == "default" {
-            "default is not a hostgroup: hostgroups/default.yaml applies to every hostgroup".to_string()
+            "default is not a hostgroup: hostgroups/default.yaml applies to every hostgroup"
+                .to_string()
         } else if known.is_empty() {
             format!("unknown hostgroup {hostgroup:?} (there are none)")
         } else {
-            format!("unknown hostgroup {hostgroup:?} (known: {})", known.join(", "))
+            format!(
+                "unknown hostgroup {hostgroup:?} (known: {})",
+                known.join(", ")
+            )
         };
         Diagnostics(vec![Diagnostic::new(span, message)])
     }
 
     /// Merge and check one hostgroup. The problems include those of every file it uses.
     pub fn resolve(&self, hostgroup: &str) -> Result<Resolved, Diagnostics> {
-        let Some(doc) = self.hostgroups.get(hostgroup) else { return Err(self.unknown_hostgroup(hostgroup)) };
+        let Some(doc) = self.hostgroups.get(hostgroup) else {
+            return Err(self.unknown_hostgroup(hostgroup));
+        };
         let out = self.run(hostgroup, Some(doc), None);
         match out.resolved {
             Some(r) if out.diags.is_empty() => Ok(r),
@@ -98,7 +106,11 @@ impl Config {
     /// files and templates, and where their symlinks lead), absolute and sorted: a cache key.
     pub fn hostgroup_inputs(&self, hostgroup: &str) -> Vec<PathBuf> {
         match self.hostgroups.get(hostgroup) {
-            Some(doc) => self.run(hostgroup, Some(doc), None).inputs.into_iter().collect(),
+            Some(doc) => self
+                .run(hostgroup, Some(doc), None)
+                .inputs
+                .into_iter()
+                .collect(),
             None => Vec::new(),
         }
     }

@@ -20,7 +20,11 @@ pub struct Sourced<T> {
 
 impl<T> Sourced<T> {
     pub fn new(value: T, span: Span) -> Sourced<T> {
-        Sourced { value, span, merged_over: Vec::new() }
+        Sourced {
+            value,
+            span,
+            merged_over: Vec::new(),
+        }
     }
 }
 

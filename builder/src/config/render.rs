@@ -49,7 +49,14 @@ pub fn scalar(s: &str) -> String {
 }
 
 fn flow_list(items: &[String]) -> String {
-    format!("[{}]", items.iter().map(|s| scalar(s)).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|s| scalar(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn mode(m: u32) -> String {
@@ -63,11 +70,19 @@ fn content(bytes: &[u8]) -> String {
             if s.chars().all(|c| c == '\n' || c == '\t' || !c.is_control()) {
                 let q = scalar(s);
                 // A digest line is plain; text is always quoted so the two never look alike.
-                return if q.starts_with('"') { q } else { format!("\"{q}\"") };
+                return if q.starts_with('"') {
+                    q
+                } else {
+                    format!("\"{q}\"")
+                };
             }
         }
     }
-    format!("sha256:{} ({} bytes)", hex::encode(Sha256::digest(bytes)), bytes.len())
+    format!(
+        "sha256:{} ({} bytes)",
+        hex::encode(Sha256::digest(bytes)),
+        bytes.len()
+    )
 }
 
 /// Where to explain from: the spans, and where each layer was asked for.
@@ -96,7 +111,12 @@ impl Explain<'_> {
         }
         let mut s = format!("  # from {}", self.origin(&item.span));
         if !item.merged_over.is_empty() {
-            let over: Vec<String> = item.merged_over.iter().rev().map(|sp| self.origin(sp)).collect();
+            let over: Vec<String> = item
+                .merged_over
+                .iter()
+                .rev()
+                .map(|sp| self.origin(sp))
+                .collect();
             let _ = write!(s, ", merged over {}", over.join(", "));
         }
         s
@@ -171,7 +191,10 @@ fn json_scalar(v: &serde_json::Value) -> String {
 impl Resolved {
     /// The resolved hostgroup as YAML (`kiln render`); with `explain`, where each item came from.
     pub fn to_yaml(&self, explain_on: bool) -> String {
-        let ex = Explain { on: explain_on, uses: &self.layer_uses };
+        let ex = Explain {
+            on: explain_on,
+            uses: &self.layer_uses,
+        };
         let mut o = String::new();
         let _ = writeln!(o, "hostgroup: {}", scalar(&self.hostgroup));
         let b = &self.base;
@@ -257,24 +280,46 @@ impl Resolved {
             }
             lines.push(format!("  system: {}", v.system));
             lines.push(format!("  create_home: {}", v.create_home));
-            lines.push(format!("  authorized_keys: {}", flow_list(&v.authorized_keys)));
+            lines.push(format!(
+                "  authorized_keys: {}",
+                flow_list(&v.authorized_keys)
+            ));
             lines
         });
 
         section(&mut o, "packages", self.packages.iter(), |name, p| {
-            let e: Vec<(&str, String)> = p.value.version.iter().map(|v| ("version", scalar(v))).collect();
+            let e: Vec<(&str, String)> = p
+                .value
+                .version
+                .iter()
+                .map(|v| ("version", scalar(v)))
+                .collect();
             vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(p))]
         });
 
-        section(&mut o, "directories", self.directories.iter(), |path, dsrc| {
-            let d = &dsrc.value;
-            let e = if d.absent {
-                vec![("state", "absent".to_string())]
-            } else {
-                vec![("mode", mode(d.mode)), ("owner", scalar(&d.owner)), ("group", scalar(&d.group))]
-            };
-            vec![format!("{}: {}{}", scalar(path), flow_map(&e), ex.item(dsrc))]
-        });
+        section(
+            &mut o,
+            "directories",
+            self.directories.iter(),
+            |path, dsrc| {
+                let d = &dsrc.value;
+                let e = if d.absent {
+                    vec![("state", "absent".to_string())]
+                } else {
+                    vec![
+                        ("mode", mode(d.mode)),
+                        ("owner", scalar(&d.owner)),
+                        ("group", scalar(&d.group)),
+                    ]
+                };
+                vec![format!(
+                    "{}: {}{}",
+                    scalar(path),
+                    flow_map(&e),
+                    ex.item(dsrc)
+                )]
+            },
+        );
 
         section(&mut o, "files", self.files.iter(), |path, fsrc| {
             let f = &fsrc.value;
@@ -313,20 +358,31 @@ impl Resolved {
         let _ = writeln!(o, "units: {}", flow_list(&self.units));
 
         section(&mut o, "services", self.services.iter(), |name, s| {
-            let e = vec![("state", s.value.state.as_str().to_string()), ("enabled", s.value.enabled.to_string())];
+            let e = vec![
+                ("state", s.value.state.as_str().to_string()),
+                ("enabled", s.value.enabled.to_string()),
+            ];
             vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(s))]
         });
 
-        section(&mut o, "commands", self.commands.iter().map(|c| (&c.value.name, c)), |name, c| {
-            let v = &c.value;
-            let mut lines = vec![format!("{}:{}", scalar(name), ex.item(c))];
-            lines.push(format!("  run: {}", flow_list(&v.argv)));
-            lines.push(format!("  timeout: {}", humantime::format_duration(v.timeout)));
-            if let Some(p) = &v.creates {
-                lines.push(format!("  creates: {}", scalar(p)));
-            }
-            lines
-        });
+        section(
+            &mut o,
+            "commands",
+            self.commands.iter().map(|c| (&c.value.name, c)),
+            |name, c| {
+                let v = &c.value;
+                let mut lines = vec![format!("{}:{}", scalar(name), ex.item(c))];
+                lines.push(format!("  run: {}", flow_list(&v.argv)));
+                lines.push(format!(
+                    "  timeout: {}",
+                    humantime::format_duration(v.timeout)
+                ));
+                if let Some(p) = &v.creates {
+                    lines.push(format!("  creates: {}", scalar(p)));
+                }
+                lines
+            },
+        );
         o
     }
 }

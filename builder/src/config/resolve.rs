@@ -56,7 +56,12 @@ pub fn layer_of(span: &Span) -> Option<&str> {
 impl Config {
     /// Resolve `hostgroup`, whose file is `hg` (`None`: default.yaml alone). `check_layer` adds
     /// one more layer (to check a layer no hostgroup uses; its missing parameters are skipped).
-    pub(crate) fn run(&self, hostgroup: &str, hg: Option<&Doc>, check_layer: Option<&str>) -> Outcome {
+    pub(crate) fn run(
+        &self,
+        hostgroup: &str,
+        hg: Option<&Doc>,
+        check_layer: Option<&str>,
+    ) -> Outcome {
         let mut run = Run {
             cfg: self,
             hostgroup: hostgroup.to_string(),
@@ -82,14 +87,20 @@ impl Config {
                 if key == "layers" {
                     if let NodeKind::Seq(list) = &v.kind {
                         for item in list {
-                            if let Some(name) = item.as_str().filter(|n| self.layers.contains_key(*n)) {
+                            if let Some(name) =
+                                item.as_str().filter(|n| self.layers.contains_key(*n))
+                            {
                                 mentions.push((name.to_string(), item.span.clone()));
                             }
                         }
                     }
                 } else if !TOP_KEYS.contains(&key) && self.layers.contains_key(key) {
                     mentions.push((key.to_string(), k.span.clone()));
-                    let v = if v.is_null() { Node::new(NodeKind::Map(Vec::new()), v.span.clone()) } else { v.clone() };
+                    let v = if v.is_null() {
+                        Node::new(NodeKind::Map(Vec::new()), v.span.clone())
+                    } else {
+                        v.clone()
+                    };
                     if v.as_map().is_some() {
                         match args.get_mut(key) {
                             Some(a) => deep_merge(a, &v),
@@ -117,9 +128,18 @@ impl Config {
             run.inputs.insert(self.root.join(&file));
             relevant.insert(file);
         }
-        let mut out = Outcome { applied: order.clone(), ..Outcome::default() };
-        out.diags.extend(self.diags.iter().filter(|d| relevant.contains(&d.span.file)).cloned());
-        let any_failed = docs.iter().any(|doc| doc.failed) || order.iter().any(|n| self.layers[n].doc.failed);
+        let mut out = Outcome {
+            applied: order.clone(),
+            ..Outcome::default()
+        };
+        out.diags.extend(
+            self.diags
+                .iter()
+                .filter(|d| relevant.contains(&d.span.file))
+                .cloned(),
+        );
+        let any_failed =
+            docs.iter().any(|doc| doc.failed) || order.iter().any(|n| self.layers[n].doc.failed);
         if any_failed {
             out.diags.extend(run.d.list);
             out.inputs = run.inputs;
@@ -132,7 +152,8 @@ impl Config {
         sources.extend(self.default.root.clone());
         for name in &order {
             let layer = &self.layers[name];
-            run.order_of.insert(layer.doc.file.clone(), run.order_of.len());
+            run.order_of
+                .insert(layer.doc.file.clone(), run.order_of.len());
             let given = args.get(name);
             let mut values = BTreeMap::new();
             let mut missing = false;
@@ -148,12 +169,17 @@ impl Config {
                         if hg.is_some() {
                             let span = &uses[name];
                             let suffix = match hg {
-                                Some(doc) if doc.file != span.file => format!(" for hostgroup {hostgroup}"),
+                                Some(doc) if doc.file != span.file => {
+                                    format!(" for hostgroup {hostgroup}")
+                                }
                                 _ => String::new(),
                             };
                             run.d.err(
                                 span,
-                                format!("layer {name}: required parameter {:?} is not set{suffix}", p.name),
+                                format!(
+                                    "layer {name}: required parameter {:?} is not set{suffix}",
+                                    p.name
+                                ),
                             );
                         }
                     }
@@ -165,8 +191,10 @@ impl Config {
             let params = Value::from(values);
             run.layer_params.insert(name.clone(), params.clone());
             if let Some(res) = &layer.resources {
-                let ctx =
-                    template::map_value([("params", params), ("hostgroup", Value::from(hostgroup))]);
+                let ctx = template::map_value([
+                    ("params", params),
+                    ("hostgroup", Value::from(hostgroup)),
+                ]);
                 let expanded = run.expand_resources(res, &ctx);
                 for (sk, sv) in expanded.as_map().unwrap_or(&[]) {
                     check_section(sk.key_str(), sv, &mut run.d);
@@ -212,7 +240,9 @@ impl Run<'_> {
             self.report_cycle(&stack[pos..]);
             return;
         }
-        let Some(layer) = self.cfg.layers.get(name) else { return };
+        let Some(layer) = self.cfg.layers.get(name) else {
+            return;
+        };
         uses.entry(name.to_string()).or_insert_with(|| via.clone());
         stack.push(name.to_string());
         for (dep, span) in &layer.deps {
@@ -225,8 +255,19 @@ impl Run<'_> {
     /// Report a cycle the same way whichever layer it was entered from: starting at its
     /// smallest name, at that layer's `layers:` entry that leads on.
     fn report_cycle(&mut self, cycle: &[String]) {
-        let Some(start) = cycle.iter().enumerate().min_by_key(|(_, n)| n.as_str()).map(|(i, _)| i) else { return };
-        let mut names: Vec<&str> = cycle[start..].iter().chain(&cycle[..start]).map(String::as_str).collect();
+        let Some(start) = cycle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| n.as_str())
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        let mut names: Vec<&str> = cycle[start..]
+            .iter()
+            .chain(&cycle[..start])
+            .map(String::as_str)
+            .collect();
         let next = names.get(1).copied().unwrap_or(names[0]);
         let first = &self.cfg.layers[names[0]];
         let span = first
@@ -236,7 +277,8 @@ impl Run<'_> {
             .map(|(_, s)| s.clone())
             .unwrap_or_else(|| Span::file_start(first.doc.file.clone()));
         names.push(names[0]);
-        self.d.err(&span, format!("layer cycle: {}", names.join(" -> ")));
+        self.d
+            .err(&span, format!("layer cycle: {}", names.join(" -> ")));
     }
 
     /// A layer's resources with `{{ ... }}` in keys and values rendered. The `content` of files
@@ -257,9 +299,14 @@ impl Run<'_> {
                             (NodeKind::Map(fields), Kind::Files | Kind::Units) => {
                                 let mut f = Vec::new();
                                 for (fk, fv) in fields {
-                                    let value =
-                                        if fk.key_str() == "content" { Some(fv.clone()) } else { self.expand(fv, ctx) };
-                                    if let (Some(key), Some(value)) = (self.expand_key(fk, ctx), value) {
+                                    let value = if fk.key_str() == "content" {
+                                        Some(fv.clone())
+                                    } else {
+                                        self.expand(fv, ctx)
+                                    };
+                                    if let (Some(key), Some(value)) =
+                                        (self.expand_key(fk, ctx), value)
+                                    {
                                         self.push_unique(&mut f, key, value);
                                     }
                                 }
@@ -267,7 +314,9 @@ impl Run<'_> {
                             }
                             _ => self.expand(iv, ctx),
                         };
-                        if let (Some(key), Some(value), true) = (key, value, self.d.list.len() == before) {
+                        if let (Some(key), Some(value), true) =
+                            (key, value, self.d.list.len() == before)
+                        {
                             self.push_unique(&mut expanded, key, value);
                         }
                     }
@@ -303,7 +352,10 @@ impl Run<'_> {
         match self.env.render_str(text, ctx.clone()) {
             Ok(s) => Some(Node::str(s, key.span.clone())),
             Err(e) => {
-                self.d.err(&key.span, format!("cannot expand {text:?}: {}", template::reason(&e)));
+                self.d.err(
+                    &key.span,
+                    format!("cannot expand {text:?}: {}", template::reason(&e)),
+                );
                 None
             }
         }
@@ -320,13 +372,15 @@ impl Run<'_> {
                     }
                 }
             }
-            NodeKind::Seq(items) => {
-                Node::new(NodeKind::Seq(items.iter().filter_map(|n| self.expand(n, ctx)).collect()), node.span.clone())
-            }
+            NodeKind::Seq(items) => Node::new(
+                NodeKind::Seq(items.iter().filter_map(|n| self.expand(n, ctx)).collect()),
+                node.span.clone(),
+            ),
             NodeKind::Map(entries) => {
                 let mut out = Vec::new();
                 for (k, v) in entries {
-                    if let (Some(key), Some(value)) = (self.expand_key(k, ctx), self.expand(v, ctx)) {
+                    if let (Some(key), Some(value)) = (self.expand_key(k, ctx), self.expand(v, ctx))
+                    {
                         self.push_unique(&mut out, key, value);
                     }
                 }
@@ -338,7 +392,11 @@ impl Run<'_> {
 
     /// Merge position of a definition: source, then line and column within it.
     fn order(&self, span: &Span) -> (usize, usize, usize) {
-        (self.order_of.get(&span.file).copied().unwrap_or(usize::MAX), span.line, span.column)
+        (
+            self.order_of.get(&span.file).copied().unwrap_or(usize::MAX),
+            span.line,
+            span.column,
+        )
     }
 
     /// `from:` relative to `files/` (hostgroups) or `layers/<name>/` (layers): it must exist,
@@ -353,20 +411,28 @@ impl Run<'_> {
         let abs = self.cfg.root.join(&relpath);
         self.inputs.insert(abs.clone());
         if std::fs::symlink_metadata(&abs).is_err() {
-            self.d.err(span, format!("from: {} does not exist", relpath.display()));
+            self.d
+                .err(span, format!("from: {} does not exist", relpath.display()));
             return None;
         }
         let real = match std::fs::canonicalize(&abs) {
             Ok(r) => r,
             Err(e) => {
-                self.d.err(span, format!("from: {} cannot be followed: {e}", relpath.display()));
+                self.d.err(
+                    span,
+                    format!("from: {} cannot be followed: {e}", relpath.display()),
+                );
                 return None;
             }
         };
         if !real.starts_with(&self.cfg.root) {
             self.d.err(
                 span,
-                format!("from: {} resolves to {}, outside the configuration tree", relpath.display(), real.display()),
+                format!(
+                    "from: {} resolves to {}, outside the configuration tree",
+                    relpath.display(),
+                    real.display()
+                ),
             );
             return None;
         }
@@ -374,7 +440,10 @@ impl Run<'_> {
         match std::fs::metadata(&real) {
             Ok(m) if m.is_file() => Some((abs, relpath)),
             _ => {
-                self.d.err(span, format!("from: {} is not a regular file", relpath.display()));
+                self.d.err(
+                    span,
+                    format!("from: {} is not a regular file", relpath.display()),
+                );
                 None
             }
         }
@@ -385,7 +454,10 @@ impl Run<'_> {
         match String::from_utf8(bytes) {
             Ok(t) => Some(t),
             Err(_) => {
-                self.d.err(span, format!("template {} is not valid UTF-8", relpath.display()));
+                self.d.err(
+                    span,
+                    format!("template {} is not valid UTF-8", relpath.display()),
+                );
                 None
             }
         }
@@ -394,7 +466,14 @@ impl Run<'_> {
     fn read_bytes(&mut self, abs: &Path, relpath: &Path, span: &Span) -> Option<Vec<u8>> {
         match std::fs::metadata(abs) {
             Ok(m) if m.len() > MAX_READ_BYTES => {
-                self.d.err(span, format!("{} is larger than {} MiB", relpath.display(), MAX_READ_BYTES >> 20));
+                self.d.err(
+                    span,
+                    format!(
+                        "{} is larger than {} MiB",
+                        relpath.display(),
+                        MAX_READ_BYTES >> 20
+                    ),
+                );
                 return None;
             }
             _ => {}
@@ -402,7 +481,8 @@ impl Run<'_> {
         match std::fs::read(abs) {
             Ok(b) => Some(b),
             Err(e) => {
-                self.d.err(span, format!("cannot read {}: {e}", relpath.display()));
+                self.d
+                    .err(span, format!("cannot read {}: {e}", relpath.display()));
                 None
             }
         }
@@ -410,17 +490,32 @@ impl Run<'_> {
 
     /// Render a static template: `hostgroup`, `vars`, and `params` when a layer defined it.
     fn render_static(&mut self, name: &str, text: &str, span: &Span) -> Option<Vec<u8>> {
-        let mut ctx = vec![("hostgroup", Value::from(self.hostgroup.as_str())), ("vars", self.vars_value.clone())];
+        let mut ctx = vec![
+            ("hostgroup", Value::from(self.hostgroup.as_str())),
+            ("vars", self.vars_value.clone()),
+        ];
         if let Some(params) = layer_of(span).and_then(|l| self.layer_params.get(l)) {
             ctx.push(("params", params.clone()));
         }
         let ctx = template::map_value(ctx);
-        let result = self.env.template_from_named_str(name, text).and_then(|t| t.render(ctx));
+        let result = self
+            .env
+            .template_from_named_str(name, text)
+            .and_then(|t| t.render(ctx));
         match result {
             Ok(s) => Some(s.into_bytes()),
             Err(e) => {
-                let line = e.line().map(|l| format!(" (template line {l})")).unwrap_or_default();
-                self.d.err(span, format!("cannot render static template {name}: {}{line}", template::reason(&e)));
+                let line = e
+                    .line()
+                    .map(|l| format!(" (template line {l})"))
+                    .unwrap_or_default();
+                self.d.err(
+                    span,
+                    format!(
+                        "cannot render static template {name}: {}{line}",
+                        template::reason(&e)
+                    ),
+                );
                 None
             }
         }
@@ -431,8 +526,14 @@ impl Run<'_> {
         match self.env.template_from_named_str(name, text) {
             Ok(_) => true,
             Err(e) => {
-                let line = e.line().map(|l| format!(" (template line {l})")).unwrap_or_default();
-                self.d.err(span, format!("dynamic template {name}: {}{line}", template::reason(&e)));
+                let line = e
+                    .line()
+                    .map(|l| format!(" (template line {l})"))
+                    .unwrap_or_default();
+                self.d.err(
+                    span,
+                    format!("dynamic template {name}: {}{line}", template::reason(&e)),
+                );
                 false
             }
         }
@@ -449,19 +550,29 @@ impl Run<'_> {
         Some(match src {
             Src::Content(s) => match template {
                 TemplateKind::None => (FileSource::Bytes(s.clone().into_bytes()), None),
-                TemplateKind::Static => (FileSource::Bytes(self.render_static("content", s, span)?), None),
+                TemplateKind::Static => (
+                    FileSource::Bytes(self.render_static("content", s, span)?),
+                    None,
+                ),
                 TemplateKind::Dynamic => {
                     if !self.parse_dynamic("content", s, span) {
                         return None;
                     }
-                    (FileSource::Dynamic { template: s.clone() }, None)
+                    (
+                        FileSource::Dynamic {
+                            template: s.clone(),
+                        },
+                        None,
+                    )
                 }
             },
             Src::From(rel) => {
                 let (abs, relpath) = self.resolve_from(rel, span)?;
                 let name = relpath.display().to_string();
                 let source = match template {
-                    TemplateKind::None if unit => FileSource::Bytes(self.read_bytes(&abs, &relpath, span)?),
+                    TemplateKind::None if unit => {
+                        FileSource::Bytes(self.read_bytes(&abs, &relpath, span)?)
+                    }
                     TemplateKind::None => FileSource::Path(abs),
                     TemplateKind::Static => {
                         let text = self.read_text(&abs, &relpath, span)?;
@@ -527,14 +638,24 @@ impl Run<'_> {
 
         for item in &m.items[Kind::Files.index()] {
             let spec = items::file(Kind::Files, &item.key, &item.value, true, &mut self.d);
-            let Some((src, src_span)) = &spec.src else { continue };
+            let Some((src, src_span)) = &spec.src else {
+                continue;
+            };
             let path = item.key.key_str().to_string();
             let what = match src {
                 Src::Symlink(_) => "symlink",
                 _ => "file",
             };
-            paths.push(PathEntry::new(&path, what, !matches!(src, Src::Absent), item, self));
-            let Some((source, from)) = self.file_source(src, src_span, spec.template, false) else { continue };
+            paths.push(PathEntry::new(
+                &path,
+                what,
+                !matches!(src, Src::Absent),
+                item,
+                self,
+            ));
+            let Some((source, from)) = self.file_source(src, src_span, spec.template, false) else {
+                continue;
+            };
             let has_meta = !matches!(src, Src::Symlink(_) | Src::Absent);
             if has_meta {
                 owners.extend(spec.owner.clone());
@@ -544,9 +665,21 @@ impl Run<'_> {
             service_refs.extend(spec.reload.iter().cloned());
             let file = ResolvedFile {
                 source,
-                mode: if matches!(src, Src::Symlink(_)) { 0o777 } else { spec.mode.unwrap_or(0o644) },
-                owner: spec.owner.as_ref().filter(|_| has_meta).map_or("root".into(), |o| o.0.clone()),
-                group: spec.group.as_ref().filter(|_| has_meta).map_or("root".into(), |g| g.0.clone()),
+                mode: if matches!(src, Src::Symlink(_)) {
+                    0o777
+                } else {
+                    spec.mode.unwrap_or(0o644)
+                },
+                owner: spec
+                    .owner
+                    .as_ref()
+                    .filter(|_| has_meta)
+                    .map_or("root".into(), |o| o.0.clone()),
+                group: spec
+                    .group
+                    .as_ref()
+                    .filter(|_| has_meta)
+                    .map_or("root".into(), |g| g.0.clone()),
                 restart: spec.restart.iter().map(|s| s.0.clone()).collect(),
                 reload: spec.reload.iter().map(|s| s.0.clone()).collect(),
                 from,
@@ -556,12 +689,16 @@ impl Run<'_> {
         }
         for item in &m.items[Kind::Units.index()] {
             let spec = items::file(Kind::Units, &item.key, &item.value, true, &mut self.d);
-            let Some((src, src_span)) = &spec.src else { continue };
+            let Some((src, src_span)) = &spec.src else {
+                continue;
+            };
             let name = item.key.key_str().to_string();
             let path = format!("{UNIT_DIR}/{name}");
             let present = !matches!(src, Src::Absent);
             paths.push(PathEntry::new(&path, "unit", present, item, self));
-            let Some((source, from)) = self.file_source(src, src_span, spec.template, true) else { continue };
+            let Some((source, from)) = self.file_source(src, src_span, spec.template, true) else {
+                continue;
+            };
             if present {
                 r.units.push(name);
             }
@@ -613,9 +750,15 @@ impl Run<'_> {
                 uid: spec.uid.map(|u| u.0),
                 group: spec.group.map(|g| g.0),
                 groups: spec.groups.into_iter().map(|g| g.0).collect(),
-                home: spec.home.or_else(|| (!spec.system).then(|| format!("/home/{name}"))),
+                home: spec
+                    .home
+                    .or_else(|| (!spec.system).then(|| format!("/home/{name}"))),
                 shell: Some(spec.shell.unwrap_or_else(|| {
-                    if spec.system { "/usr/sbin/nologin".into() } else { "/bin/bash".into() }
+                    if spec.system {
+                        "/usr/sbin/nologin".into()
+                    } else {
+                        "/bin/bash".into()
+                    }
                 })),
                 comment: spec.comment,
                 system: spec.system,
@@ -633,13 +776,24 @@ impl Run<'_> {
             if let Some((gid, span)) = &spec.gid {
                 ids.push(("gid", *gid, name.clone(), span.clone()));
             }
-            let group = ResolvedGroup { gid: spec.gid.map(|g| g.0), system: spec.system };
+            let group = ResolvedGroup {
+                gid: spec.gid.map(|g| g.0),
+                system: spec.system,
+            };
             r.groups.insert(name, sourced(group, item));
         }
         for item in &m.items[Kind::Packages.index()] {
             let spec = items::package(&item.key, &item.value, &mut self.d);
             if !spec.absent {
-                r.packages.insert(item.key.key_str().into(), sourced(ResolvedPackage { version: spec.version }, item));
+                r.packages.insert(
+                    item.key.key_str().into(),
+                    sourced(
+                        ResolvedPackage {
+                            version: spec.version,
+                        },
+                        item,
+                    ),
+                );
             }
         }
         for item in &m.items[Kind::Services.index()] {
@@ -649,7 +803,10 @@ impl Run<'_> {
             }
             let Some(state) = spec.state else { continue };
             let enabled = spec.enabled.unwrap_or(state == ServiceState::Running);
-            r.services.insert(item.key.key_str().into(), sourced(ResolvedService { state, enabled }, item));
+            r.services.insert(
+                item.key.key_str().into(),
+                sourced(ResolvedService { state, enabled }, item),
+            );
         }
         for item in &m.items[Kind::Commands.index()] {
             let spec = items::command(&item.key, &item.value, true, &mut self.d);
@@ -668,8 +825,12 @@ impl Run<'_> {
 
         // Checks across the hostgroup.
         self.check_paths(&paths);
-        let users: HashSet<&str> =
-            BASE_USERS.iter().copied().chain(r.system_accounts.iter().map(String::as_str)).chain(r.users.keys().map(String::as_str)).collect();
+        let users: HashSet<&str> = BASE_USERS
+            .iter()
+            .copied()
+            .chain(r.system_accounts.iter().map(String::as_str))
+            .chain(r.users.keys().map(String::as_str))
+            .collect();
         let groups: HashSet<&str> = BASE_GROUPS
             .iter()
             .copied()
@@ -689,7 +850,10 @@ impl Run<'_> {
         }
         for (name, span) in &service_refs {
             if !r.services.contains_key(name) {
-                self.d.err(span, format!("service {name:?} is not declared in services"));
+                self.d.err(
+                    span,
+                    format!("service {name:?} is not declared in services"),
+                );
             }
         }
         ids.sort_by_key(|(kind, id, _, span)| (*kind, *id, self.order(span)));
@@ -697,7 +861,10 @@ impl Run<'_> {
             let ((k1, id1, n1, s1), (k2, id2, _, s2)) = (&pair[0], &pair[1]);
             if k1 == k2 && id1 == id2 {
                 let owner = if *k1 == "uid" { "user" } else { "group" };
-                self.d.err(s2, format!("{k1} {id1} is already the {k1} of {owner} {n1} at {s1}"));
+                self.d.err(
+                    s2,
+                    format!("{k1} {id1} is already the {k1} of {owner} {n1} at {s1}"),
+                );
             }
         }
         r
@@ -710,11 +877,20 @@ impl Run<'_> {
                 let mut sink = Sink::default();
                 out.include = check::strings("include", v, &mut sink)
                     .into_iter()
-                    .filter_map(|n| n.as_str().filter(|s| check::is_package_name(s)).map(str::to_string))
+                    .filter_map(|n| {
+                        n.as_str()
+                            .filter(|s| check::is_package_name(s))
+                            .map(str::to_string)
+                    })
                     .collect();
                 continue;
             }
-            let Some(s) = v.as_str().filter(|s| !s.is_empty() && !s.contains(char::is_whitespace)) else { continue };
+            let Some(s) = v
+                .as_str()
+                .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+            else {
+                continue;
+            };
             let slot = match key {
                 "name" => &mut out.name,
                 "os_id" => &mut out.os_id,
@@ -738,7 +914,10 @@ impl Run<'_> {
         for e in &sorted {
             match by_path.get(e.path.as_str()) {
                 Some(first) => {
-                    let msg = format!("{} {} is also declared as a {} at {}", e.what, e.path, first.what, first.span);
+                    let msg = format!(
+                        "{} {} is also declared as a {} at {}",
+                        e.what, e.path, first.what, first.span
+                    );
                     self.d.err(&e.span, msg);
                 }
                 None => {
@@ -757,16 +936,27 @@ impl Run<'_> {
                     break;
                 }
                 let Some(a) = by_path.get(anc) else { continue };
-                let blocks = (a.present && a.what != "directory") || (!a.present && a.what == "directory");
+                let blocks =
+                    (a.present && a.what != "directory") || (!a.present && a.what == "directory");
                 if !blocks {
                     continue;
                 }
-                let how = if a.present { format!("a {}", a.what) } else { "a directory to remove (state: absent)".into() };
+                let how = if a.present {
+                    format!("a {}", a.what)
+                } else {
+                    "a directory to remove (state: absent)".into()
+                };
                 if e.order > a.order {
-                    let msg = format!("{} {} is under {}, which is declared as {how} at {}", e.what, e.path, a.path, a.span);
+                    let msg = format!(
+                        "{} {} is under {}, which is declared as {how} at {}",
+                        e.what, e.path, a.path, a.span
+                    );
                     self.d.err(&e.span, msg);
                 } else {
-                    let msg = format!("{} is declared as {how}, but {} {} is declared under it at {}", a.path, e.what, e.path, e.span);
+                    let msg = format!(
+                        "{} is declared as {how}, but {} {} is declared under it at {}",
+                        a.path, e.what, e.path, e.span
+                    );
                     self.d.err(&a.span, msg);
                 }
             }
@@ -785,13 +975,23 @@ struct PathEntry {
 
 impl PathEntry {
     fn new(path: &str, what: &'static str, present: bool, item: &Item, run: &Run<'_>) -> PathEntry {
-        PathEntry { path: path.to_string(), what, present, span: item.key.span.clone(), order: run.order(&item.key.span) }
+        PathEntry {
+            path: path.to_string(),
+            what,
+            present,
+            span: item.key.span.clone(),
+            order: run.order(&item.key.span),
+        }
     }
 }
 
 fn sourced<T>(value: T, item: &Item) -> Sourced<T> {
     let n = item.defs.len().saturating_sub(1);
-    Sourced { value, span: item.key.span.clone(), merged_over: item.defs[..n].to_vec() }
+    Sourced {
+        value,
+        span: item.key.span.clone(),
+        merged_over: item.defs[..n].to_vec(),
+    }
 }
 
 /// `vars` as JSON (NaN and infinities cannot be written).
@@ -813,8 +1013,11 @@ fn to_json(node: &Node, d: &mut Sink, depth: usize) -> serde_json::Value {
         },
         NodeKind::Str(s) => J::String(s.clone()),
         NodeKind::Seq(items) => J::Array(items.iter().map(|n| to_json(n, d, depth + 1)).collect()),
-        NodeKind::Map(entries) => {
-            J::Object(entries.iter().map(|(k, v)| (k.key_str().to_string(), to_json(v, d, depth + 1))).collect())
-        }
+        NodeKind::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.key_str().to_string(), to_json(v, d, depth + 1)))
+                .collect(),
+        ),
     }
 }

@@ -16,7 +16,10 @@ pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build() {
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
         env.set_syntax(syntax);
     }
     env
@@ -32,7 +35,12 @@ pub fn reason(e: &minijinja::Error) -> String {
 
 /// A map value from pairs.
 pub fn map_value<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
-    Value::from(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<String, Value>>())
+    Value::from(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<String, Value>>(),
+    )
 }
 
 /// A YAML node as a template value.
@@ -50,7 +58,12 @@ fn to_value_at(node: &Node, depth: usize) -> Value {
         NodeKind::Int(i) => Value::from(*i),
         NodeKind::Float(f) => Value::from(*f),
         NodeKind::Str(s) => Value::from(s.as_str()),
-        NodeKind::Seq(items) => Value::from(items.iter().map(|n| to_value_at(n, depth + 1)).collect::<Vec<_>>()),
+        NodeKind::Seq(items) => Value::from(
+            items
+                .iter()
+                .map(|n| to_value_at(n, depth + 1))
+                .collect::<Vec<_>>(),
+        ),
         NodeKind::Map(entries) => Value::from(
             entries
                 .iter()
@@ -97,7 +110,10 @@ fn from_value_at(v: &Value, span: &Span, depth: usize) -> Result<Node, String> {
                     return Err(format!("map key {key} is not a string"));
                 };
                 let val = v.get_item(&key).map_err(|e| reason(&e))?;
-                entries.push((Node::str(k, span.clone()), from_value_at(&val, span, depth + 1)?));
+                entries.push((
+                    Node::str(k, span.clone()),
+                    from_value_at(&val, span, depth + 1)?,
+                ));
             }
             NodeKind::Map(entries)
         }
@@ -115,7 +131,8 @@ pub fn has_template_syntax(s: &str) -> bool {
 /// The expression inside a string that is exactly one `{{ ... }}`, if it is.
 pub fn sole_expression(s: &str) -> Option<&str> {
     let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
-    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#") {
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") || inner.contains("{#")
+    {
         return None;
     }
     let t = inner.trim();
@@ -127,7 +144,12 @@ pub fn sole_expression(s: &str) -> Option<&str> {
 }
 
 /// Render `s` with `ctx`. A string that is exactly one expression keeps the expression's type.
-pub fn expand(env: &Environment<'static>, s: &str, ctx: &Value, span: &Span) -> Result<Node, String> {
+pub fn expand(
+    env: &Environment<'static>,
+    s: &str,
+    ctx: &Value,
+    span: &Span,
+) -> Result<Node, String> {
     if let Some(expr) = sole_expression(s) {
         let compiled = env.compile_expression(expr).map_err(|e| reason(&e))?;
         // An expression evaluates to undefined without complaint; rendering it says which
@@ -158,18 +180,43 @@ mod tests {
     #[test]
     fn sole_expression_keeps_type() {
         let env = environment();
-        let ctx = map_value([("params", map_value([("on", Value::from(true)), ("n", Value::from(3))]))]);
-        assert_eq!(expand(&env, "{{ params.on }}", &ctx, &span()).unwrap().kind, NodeKind::Bool(true));
-        assert_eq!(expand(&env, "{{params.n}}", &ctx, &span()).unwrap().kind, NodeKind::Int(3));
-        assert_eq!(expand(&env, "x{{ params.n }}", &ctx, &span()).unwrap().kind, NodeKind::Str("x3".into()));
-        assert_eq!(expand(&env, "{{ params.n }}{{ params.n }}", &ctx, &span()).unwrap().kind, NodeKind::Str("33".into()));
-        assert!(expand(&env, "{{ params.nope }}", &ctx, &span()).unwrap_err().contains("undefined"));
-        assert!(expand(&env, "a {{ params.nope }}", &ctx, &span()).unwrap_err().contains("undefined"));
+        let ctx = map_value([(
+            "params",
+            map_value([("on", Value::from(true)), ("n", Value::from(3))]),
+        )]);
+        assert_eq!(
+            expand(&env, "{{ params.on }}", &ctx, &span()).unwrap().kind,
+            NodeKind::Bool(true)
+        );
+        assert_eq!(
+            expand(&env, "{{params.n}}", &ctx, &span()).unwrap().kind,
+            NodeKind::Int(3)
+        );
+        assert_eq!(
+            expand(&env, "x{{ params.n }}", &ctx, &span()).unwrap().kind,
+            NodeKind::Str("x3".into())
+        );
+        assert_eq!(
+            expand(&env, "{{ params.n }}{{ params.n }}", &ctx, &span())
+                .unwrap()
+                .kind,
+            NodeKind::Str("33".into())
+        );
+        assert!(expand(&env, "{{ params.nope }}", &ctx, &span())
+            .unwrap_err()
+            .contains("undefined"));
+        assert!(expand(&env, "a {{ params.nope }}", &ctx, &span())
+            .unwrap_err()
+            .contains("undefined"));
     }
 
     #[test]
     fn trailing_newline_is_kept() {
         let env = environment();
-        assert_eq!(env.render_str("a <b>{{ x }}\n", map_value([("x", Value::from("&"))])).unwrap(), "a <b>&\n");
+        assert_eq!(
+            env.render_str("a <b>{{ x }}\n", map_value([("x", Value::from("&"))]))
+                .unwrap(),
+            "a <b>&\n"
+        );
     }
 }

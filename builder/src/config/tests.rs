@@ -33,8 +33,14 @@ fn problems(files: &[(&str, &str)]) -> String {
 fn provenance_of_an_overridden_value_points_at_the_overriding_file() {
     let r = resolve(
         &[
-            ("hostgroups/default.yaml", "files:\n  /etc/motd: {content: \"hi\\n\", mode: \"0644\"}\n"),
-            ("hostgroups/web.yaml", "files:\n  /etc/motd: {mode: \"0600\"}\n"),
+            (
+                "hostgroups/default.yaml",
+                "files:\n  /etc/motd: {content: \"hi\\n\", mode: \"0644\"}\n",
+            ),
+            (
+                "hostgroups/web.yaml",
+                "files:\n  /etc/motd: {mode: \"0600\"}\n",
+            ),
         ],
         "web",
     )
@@ -43,23 +49,44 @@ fn provenance_of_an_overridden_value_points_at_the_overriding_file() {
     assert_eq!(motd.value.mode, 0o600);
     assert_eq!(motd.value.source, FileSource::Bytes(b"hi\n".to_vec()));
     assert_eq!(motd.span.to_string(), "hostgroups/web.yaml:2:3");
-    assert_eq!(motd.merged_over.iter().map(ToString::to_string).collect::<Vec<_>>(), ["hostgroups/default.yaml:2:3"]);
+    assert_eq!(
+        motd.merged_over
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["hostgroups/default.yaml:2:3"]
+    );
 }
 
 #[test]
 fn merge_order_is_default_then_layers_then_hostgroup() {
     let r = resolve(
         &[
-            ("hostgroups/default.yaml", "vars: {who: default, keep: 1}\nlayers: [l]\n"),
-            ("layers/l.yaml", "resources:\n  vars: {who: layer, list: [1, 2]}\n"),
+            (
+                "hostgroups/default.yaml",
+                "vars: {who: default, keep: 1}\nlayers: [l]\n",
+            ),
+            (
+                "layers/l.yaml",
+                "resources:\n  vars: {who: layer, list: [1, 2]}\n",
+            ),
             ("hostgroups/web.yaml", "vars: {who: web, list: [3]}\n"),
         ],
         "web",
     )
     .unwrap();
-    assert_eq!(r.vars, serde_json::json!({"who": "web", "keep": 1, "list": [3]}));
-    assert_eq!(r.vars_spans["who"].file.to_str(), Some("hostgroups/web.yaml"));
-    assert_eq!(r.vars_spans["keep"].file.to_str(), Some("hostgroups/default.yaml"));
+    assert_eq!(
+        r.vars,
+        serde_json::json!({"who": "web", "keep": 1, "list": [3]})
+    );
+    assert_eq!(
+        r.vars_spans["who"].file.to_str(),
+        Some("hostgroups/web.yaml")
+    );
+    assert_eq!(
+        r.vars_spans["keep"].file.to_str(),
+        Some("hostgroups/default.yaml")
+    );
 }
 
 #[test]
@@ -78,7 +105,10 @@ fn absent_drops_declarations_and_a_later_definition_brings_them_back() {
         "web",
     )
     .unwrap();
-    assert!(!r.packages.contains_key("telnet") && r.packages["curl"].value.version.as_deref() == Some("7.88.1-10"));
+    assert!(
+        !r.packages.contains_key("telnet")
+            && r.packages["curl"].value.version.as_deref() == Some("7.88.1-10")
+    );
     assert!(r.users.is_empty() && r.services.is_empty());
 }
 
@@ -97,9 +127,18 @@ fn layer_parameters_merge_default_and_hostgroup_and_keep_their_types() {
     )
     .unwrap();
     let s = &r.services["a.service"];
-    assert_eq!((s.value.state, s.value.enabled), (ServiceState::Dead, false));
-    assert_eq!(r.vars, serde_json::json!({"port": 8080, "url": "http://x:8080/"}));
-    assert_eq!(r.layer_uses["svc"].to_string(), "hostgroups/default.yaml:1:1");
+    assert_eq!(
+        (s.value.state, s.value.enabled),
+        (ServiceState::Dead, false)
+    );
+    assert_eq!(
+        r.vars,
+        serde_json::json!({"port": 8080, "url": "http://x:8080/"})
+    );
+    assert_eq!(
+        r.layer_uses["svc"].to_string(),
+        "hostgroups/default.yaml:1:1"
+    );
 }
 
 #[test]
@@ -108,8 +147,14 @@ fn nested_layers_come_first_once_each() {
         &[
             ("hostgroups/default.yaml", "layers: [c]\n"),
             ("layers/a.yaml", "resources: {vars: {order: a}}\n"),
-            ("layers/b.yaml", "layers: [a]\nresources: {vars: {order: b}}\n"),
-            ("layers/c.yaml", "layers: [b, a]\nresources: {vars: {order: c}}\n"),
+            (
+                "layers/b.yaml",
+                "layers: [a]\nresources: {vars: {order: b}}\n",
+            ),
+            (
+                "layers/c.yaml",
+                "layers: [b, a]\nresources: {vars: {order: c}}\n",
+            ),
             ("hostgroups/web.yaml", "b: {}\n"),
         ],
         "web",
@@ -136,9 +181,15 @@ fn a_layer_no_hostgroup_uses_is_still_checked() {
     let out = problems(&[
         ("hostgroups/default.yaml", ""),
         ("hostgroups/web.yaml", ""),
-        ("layers/unused.yaml", "resources:\n  packages:\n    Bad: {}\n"),
+        (
+            "layers/unused.yaml",
+            "resources:\n  packages:\n    Bad: {}\n",
+        ),
         // Required parameters cannot be guessed: only the layer's own shape is checked.
-        ("layers/needs.yaml", "params: {x: {}}\nresources:\n  vars: {v: \"{{ params.x }}\"}\n"),
+        (
+            "layers/needs.yaml",
+            "params: {x: {}}\nresources:\n  vars: {v: \"{{ params.x }}\"}\n",
+        ),
     ]);
     assert_eq!(out, "layers/unused.yaml:3:5: package name \"Bad\" does not match Debian's [a-z0-9][a-z0-9+.-]+\n");
 }
@@ -164,9 +215,16 @@ fn resolve_reports_only_the_files_a_hostgroup_uses() {
     assert_eq!(cfg.hostgroup_names(), ["bad", "good"]);
     assert!(cfg.resolve("good").is_ok());
     let err = cfg.resolve("bad").unwrap_err();
-    assert!(err.to_string().starts_with("hostgroups/bad.yaml:2:1: YAML syntax error"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("hostgroups/bad.yaml:2:1: YAML syntax error"),
+        "{err}"
+    );
     let unknown = cfg.resolve("nope").unwrap_err().to_string();
-    assert_eq!(unknown, "hostgroups/nope.yaml:1:1: unknown hostgroup \"nope\" (known: bad, good)\n");
+    assert_eq!(
+        unknown,
+        "hostgroups/nope.yaml:1:1: unknown hostgroup \"nope\" (known: bad, good)\n"
+    );
     assert!(cfg.resolve("default").is_err());
 }
 
@@ -174,7 +232,10 @@ fn resolve_reports_only_the_files_a_hostgroup_uses() {
 fn from_files_are_absolute_paths_inside_the_tree() {
     let dir = tree(&[
         ("hostgroups/default.yaml", ""),
-        ("hostgroups/web.yaml", "files: {/etc/a: {from: sub/a}}\nunits: {x.service.d/10-kiln.conf: {from: sub/a}}\n"),
+        (
+            "hostgroups/web.yaml",
+            "files: {/etc/a: {from: sub/a}}\nunits: {x.service.d/10-kiln.conf: {from: sub/a}}\n",
+        ),
         ("files/sub/a", "[Service]\n"),
     ]);
     let cfg = load(dir.path()).unwrap();
@@ -185,7 +246,10 @@ fn from_files_are_absolute_paths_inside_the_tree() {
     }
     // Units are files under /etc/systemd/system, with their bytes read in.
     let unit = &r.files["/etc/systemd/system/x.service.d/10-kiln.conf"].value;
-    assert_eq!((unit.mode, &unit.source), (0o644, &FileSource::Bytes(b"[Service]\n".to_vec())));
+    assert_eq!(
+        (unit.mode, &unit.source),
+        (0o644, &FileSource::Bytes(b"[Service]\n".to_vec()))
+    );
     assert_eq!(r.units, ["x.service.d/10-kiln.conf"]);
 }
 
@@ -202,8 +266,16 @@ fn dynamic_templates_are_kept_raw_and_static_ones_see_vars_and_hostgroup() {
         "web",
     )
     .unwrap();
-    assert_eq!(r.files["/etc/s"].value.source, FileSource::Bytes(b"web:5432\n".to_vec()));
-    assert_eq!(r.files["/etc/d"].value.source, FileSource::Dynamic { template: "{{ consul('k') }}\n".into() });
+    assert_eq!(
+        r.files["/etc/s"].value.source,
+        FileSource::Bytes(b"web:5432\n".to_vec())
+    );
+    assert_eq!(
+        r.files["/etc/d"].value.source,
+        FileSource::Dynamic {
+            template: "{{ consul('k') }}\n".into()
+        }
+    );
 }
 
 #[test]
@@ -220,9 +292,15 @@ fn defaults_of_users_services_commands_and_base() {
     )
     .unwrap();
     let app = &r.users["app"].value;
-    assert_eq!((app.home.as_deref(), app.shell.as_deref(), app.create_home), (None, Some("/usr/sbin/nologin"), false));
+    assert_eq!(
+        (app.home.as_deref(), app.shell.as_deref(), app.create_home),
+        (None, Some("/usr/sbin/nologin"), false)
+    );
     let dev = &r.users["dev"].value;
-    assert_eq!((dev.home.as_deref(), dev.shell.as_deref(), dev.create_home), (Some("/home/dev"), Some("/bin/bash"), true));
+    assert_eq!(
+        (dev.home.as_deref(), dev.shell.as_deref(), dev.create_home),
+        (Some("/home/dev"), Some("/bin/bash"), true)
+    );
     assert!(r.services["a.service"].value.enabled && !r.services["b.timer"].value.enabled);
     let c = &r.commands[0].value;
     assert_eq!(c.argv, ["/bin/sh", "-c", "echo hi"]);
@@ -234,7 +312,10 @@ fn defaults_of_users_services_commands_and_base() {
 fn load_fails_only_without_default_yaml() {
     let dir = tree(&[("hostgroups/web.yaml", "")]);
     let err = load(dir.path()).unwrap_err().to_string();
-    assert!(err.starts_with("hostgroups/default.yaml:1:1: missing"), "{err}");
+    assert!(
+        err.starts_with("hostgroups/default.yaml:1:1: missing"),
+        "{err}"
+    );
     let dir = tree(&[("hostgroups/default.yaml", "nonsense: 1\n")]);
     assert!(load(dir.path()).is_ok());
     assert!(load(Path::new("/nonexistent/kiln")).is_err());
@@ -246,7 +327,10 @@ fn duplicate_keys_after_parameter_expansion_are_refused() {
         ("hostgroups/default.yaml", "layers: [l]\n"),
         ("layers/l.yaml", "params: {a: {default: x}}\nresources:\n  packages:\n    \"{{ params.a }}x\": {}\n    xx: {}\n"),
     ]);
-    assert_eq!(out, "layers/l.yaml:5:5: duplicate key \"xx\" after expanding parameters (first at line 4)\n");
+    assert_eq!(
+        out,
+        "layers/l.yaml:5:5: duplicate key \"xx\" after expanding parameters (first at line 4)\n"
+    );
 }
 
 /// Checking an unused layer on top of default.yaml alone must not blame default.yaml for what
@@ -254,9 +338,15 @@ fn duplicate_keys_after_parameter_expansion_are_refused() {
 #[test]
 fn checking_an_unused_layer_does_not_report_default_yaml_out_of_context() {
     let out = problems(&[
-        ("hostgroups/default.yaml", "files: {/etc/app.conf: {content: x, owner: app}}\nneeds: {}\n"),
+        (
+            "hostgroups/default.yaml",
+            "files: {/etc/app.conf: {content: x, owner: app}}\nneeds: {}\n",
+        ),
         ("hostgroups/web.yaml", "users: {app: {}}\nneeds: {x: 1}\n"),
-        ("layers/needs.yaml", "params: {x: {}}\nresources: {vars: {x: \"{{ params.x }}\"}}\n"),
+        (
+            "layers/needs.yaml",
+            "params: {x: {}}\nresources: {vars: {x: \"{{ params.x }}\"}}\n",
+        ),
         ("layers/unused.yaml", "resources: {packages: {curl: {}}}\n"),
     ]);
     assert_eq!(out, "");
@@ -288,12 +378,16 @@ fn config_and_results_can_be_shared_across_threads() {
 /// A key with a newline or an escape sequence still gives a one-line problem.
 #[test]
 fn every_problem_is_one_line() {
-    let out = problems(&[
-        ("hostgroups/default.yaml", "files:\n  \"/etc/a\\nb\": {content: x, \"mo\\u001bde\": 1}\n"),
-    ]);
+    let out = problems(&[(
+        "hostgroups/default.yaml",
+        "files:\n  \"/etc/a\\nb\": {content: x, \"mo\\u001bde\": 1}\n",
+    )]);
     assert_eq!(out.lines().count(), out.matches('\n').count());
     assert!(!out.contains('\u{1b}'), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
-    let d = Diagnostic::new(Span::file_start(std::sync::Arc::from(Path::new("f"))), "a\nb\u{1b}[31m");
+    let d = Diagnostic::new(
+        Span::file_start(std::sync::Arc::from(Path::new("f"))),
+        "a\nb\u{1b}[31m",
+    );
     assert_eq!(d.to_string(), "f:1:1: a\\nb\\u{1b}[31m");
 }

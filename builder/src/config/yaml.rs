@@ -39,7 +39,11 @@ pub enum NodeKind {
 
 impl Node {
     pub fn new(kind: NodeKind, span: Span) -> Node {
-        Node { kind, span, raw: None }
+        Node {
+            kind,
+            span,
+            raw: None,
+        }
     }
 
     pub fn str(s: impl Into<String>, span: Span) -> Node {
@@ -89,7 +93,10 @@ impl Node {
 
     /// The key node and value under `key` in a map.
     pub fn get_entry(&self, key: &str) -> Option<(&Node, &Node)> {
-        self.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, v)| (k, v))
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(k, v)| (k, v))
     }
 
     /// The text the value was written as, for messages: raw scalars as written, strings as
@@ -120,8 +127,16 @@ pub struct Parsed {
 }
 
 enum Frame {
-    Seq { span: Span, items: Vec<Node> },
-    Map { span: Span, entries: Vec<(Node, Node)>, key: PendingKey, seen: HashMap<String, usize> },
+    Seq {
+        span: Span,
+        items: Vec<Node>,
+    },
+    Map {
+        span: Span,
+        entries: Vec<(Node, Node)>,
+        key: PendingKey,
+        seen: HashMap<String, usize>,
+    },
 }
 
 enum PendingKey {
@@ -143,7 +158,10 @@ pub fn parse(file: &Arc<Path>, text: &str) -> Parsed {
         Ok(parsed) => parsed,
         Err(_) => Parsed {
             root: None,
-            diags: vec![Diagnostic::new(Span::file_start(file.clone()), "the YAML parser failed on this file")],
+            diags: vec![Diagnostic::new(
+                Span::file_start(file.clone()),
+                "the YAML parser failed on this file",
+            )],
             failed: true,
         },
     }
@@ -163,8 +181,15 @@ fn parse_events(file: &Arc<Path>, text: &str) -> Parsed {
             Some(Ok(x)) => x,
             Some(Err(e)) => {
                 let span = span_at(file, e.marker());
-                let hint = if e.info().contains("tabs") { "; indent with spaces" } else { "" };
-                diags.push(Diagnostic::new(span, format!("YAML syntax error: {}{hint}", e.info())));
+                let hint = if e.info().contains("tabs") {
+                    "; indent with spaces"
+                } else {
+                    ""
+                };
+                diags.push(Diagnostic::new(
+                    span,
+                    format!("YAML syntax error: {}{hint}", e.info()),
+                ));
                 failed = true;
                 break;
             }
@@ -186,32 +211,53 @@ fn parse_events(file: &Arc<Path>, text: &str) -> Parsed {
                 continue;
             }
             Event::Alias(_) => {
-                diags.push(Diagnostic::new(here.clone(), "anchors and aliases are not supported"));
+                diags.push(Diagnostic::new(
+                    here.clone(),
+                    "anchors and aliases are not supported",
+                ));
                 Node::new(NodeKind::Null, here)
             }
             Event::Scalar(value, style, anchor, tag) => {
                 if anchor != 0 {
-                    diags.push(Diagnostic::new(here.clone(), "anchors and aliases are not supported"));
+                    diags.push(Diagnostic::new(
+                        here.clone(),
+                        "anchors and aliases are not supported",
+                    ));
                 }
                 if let Some(tag) = tag {
-                    diags.push(Diagnostic::new(here.clone(), format!("tags are not supported (found {})", tag_text(&tag))));
+                    diags.push(Diagnostic::new(
+                        here.clone(),
+                        format!("tags are not supported (found {})", tag_text(&tag)),
+                    ));
                 }
                 scalar(&value, style, here)
             }
             Event::SequenceStart(anchor, ref tag) | Event::MappingStart(anchor, ref tag) => {
                 if anchor != 0 {
-                    diags.push(Diagnostic::new(here.clone(), "anchors and aliases are not supported"));
+                    diags.push(Diagnostic::new(
+                        here.clone(),
+                        "anchors and aliases are not supported",
+                    ));
                 }
                 if let Some(tag) = tag {
-                    diags.push(Diagnostic::new(here.clone(), format!("tags are not supported (found {})", tag_text(tag))));
+                    diags.push(Diagnostic::new(
+                        here.clone(),
+                        format!("tags are not supported (found {})", tag_text(tag)),
+                    ));
                 }
                 if stack.len() >= MAX_DEPTH {
-                    diags.push(Diagnostic::new(here, format!("nested deeper than {MAX_DEPTH} levels")));
+                    diags.push(Diagnostic::new(
+                        here,
+                        format!("nested deeper than {MAX_DEPTH} levels"),
+                    ));
                     failed = true;
                     break;
                 }
                 if matches!(event, Event::SequenceStart(..)) {
-                    stack.push(Frame::Seq { span: here, items: Vec::new() });
+                    stack.push(Frame::Seq {
+                        span: here,
+                        items: Vec::new(),
+                    });
                 } else {
                     stack.push(Frame::Map {
                         span: here,
@@ -236,7 +282,11 @@ fn parse_events(file: &Arc<Path>, text: &str) -> Parsed {
     if failed {
         root = None;
     }
-    Parsed { root, diags, failed }
+    Parsed {
+        root,
+        diags,
+        failed,
+    }
 }
 
 fn tag_text(tag: &saphyr_parser::Tag) -> String {
@@ -255,7 +305,9 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, diags: &mut Ve
     };
     match top {
         Frame::Seq { items, .. } => items.push(node),
-        Frame::Map { entries, key, seen, .. } => match std::mem::replace(key, PendingKey::None) {
+        Frame::Map {
+            entries, key, seen, ..
+        } => match std::mem::replace(key, PendingKey::None) {
             PendingKey::Key(k) => entries.push((k, node)),
             PendingKey::Skip => {}
             PendingKey::None => {
@@ -304,7 +356,11 @@ fn scalar(value: &str, style: ScalarStyle, span: Span) -> Node {
             None => return Node::str(value, span),
         },
     };
-    Node { kind, span, raw: Some(value.into()) }
+    Node {
+        kind,
+        span,
+        raw: Some(value.into()),
+    }
 }
 
 /// Integers (decimal, 0o octal, 0x hex) and floats of the core schema. Integers too large for
@@ -314,13 +370,17 @@ fn core_number(v: &str) -> Option<NodeKind> {
     let digits = |s: &[u8], ok: fn(&u8) -> bool| !s.is_empty() && s.iter().all(ok);
     if let Some(hex) = v.strip_prefix("0x") {
         if digits(hex.as_bytes(), u8::is_ascii_hexdigit) {
-            return Some(NodeKind::Int(i64::from_str_radix(hex, 16).unwrap_or(i64::MAX)));
+            return Some(NodeKind::Int(
+                i64::from_str_radix(hex, 16).unwrap_or(i64::MAX),
+            ));
         }
         return None;
     }
     if let Some(oct) = v.strip_prefix("0o") {
         if digits(oct.as_bytes(), |c| (b'0'..=b'7').contains(c)) {
-            return Some(NodeKind::Int(i64::from_str_radix(oct, 8).unwrap_or(i64::MAX)));
+            return Some(NodeKind::Int(
+                i64::from_str_radix(oct, 8).unwrap_or(i64::MAX),
+            ));
         }
         return None;
     }
@@ -386,7 +446,9 @@ mod tests {
         assert_eq!(bv.kind, NodeKind::Int(1));
         let c = v.get("c").unwrap();
         eprintln!("{:?} {:?}", v.span, c.span);
-        let NodeKind::Seq(items) = &c.kind else { panic!() };
+        let NodeKind::Seq(items) = &c.kind else {
+            panic!()
+        };
         assert_eq!((items[1].span.line, items[1].span.column), (3, 10));
         assert_eq!(items[1].kind, NodeKind::Str("y".into()));
     }
@@ -411,16 +473,37 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(msgs("a: 1\nb: 2\na: 3\n"), ["t.yaml:3:1: duplicate key \"a\" (first defined at line 1)"]);
-        assert_eq!(msgs("a: &x 1\nb: *x\n"), ["t.yaml:1:4: anchors and aliases are not supported", "t.yaml:2:4: anchors and aliases are not supported"]);
-        assert_eq!(msgs("a: !!str 1\n"), ["t.yaml:1:4: tags are not supported (found !!str)"]);
-        assert_eq!(msgs("a: 1\n---\nb: 2\n"), ["t.yaml:2:1: multiple YAML documents in one file are not supported"]);
-        assert_eq!(msgs("1: x\n"), ["t.yaml:1:1: mapping keys must be strings, found an integer (1); quote it"]);
+        assert_eq!(
+            msgs("a: 1\nb: 2\na: 3\n"),
+            ["t.yaml:3:1: duplicate key \"a\" (first defined at line 1)"]
+        );
+        assert_eq!(
+            msgs("a: &x 1\nb: *x\n"),
+            [
+                "t.yaml:1:4: anchors and aliases are not supported",
+                "t.yaml:2:4: anchors and aliases are not supported"
+            ]
+        );
+        assert_eq!(
+            msgs("a: !!str 1\n"),
+            ["t.yaml:1:4: tags are not supported (found !!str)"]
+        );
+        assert_eq!(
+            msgs("a: 1\n---\nb: 2\n"),
+            ["t.yaml:2:1: multiple YAML documents in one file are not supported"]
+        );
+        assert_eq!(
+            msgs("1: x\n"),
+            ["t.yaml:1:1: mapping keys must be strings, found an integer (1); quote it"]
+        );
         assert_eq!(
             msgs("a:\n\tb: 1\n"),
             ["t.yaml:2:2: YAML syntax error: tabs disallowed within this context (block indentation); indent with spaces"]
         );
-        assert_eq!(msgs("a: [1, 2\n"), ["t.yaml:2:1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'"]);
+        assert_eq!(
+            msgs("a: [1, 2\n"),
+            ["t.yaml:2:1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'"]
+        );
         assert!(msgs("---\na: 1\n...\n").is_empty());
     }
 
@@ -449,18 +532,55 @@ mod fuzz {
     #[test]
     fn random_input_never_panics() {
         let alphabet: &[&str] = &[
-            "a", "b:", " ", "  ", "\n", "\t", "-", "- ", ":", ": ", "[", "]", "{", "}", ",", "\"", "'", "&x", "*x",
-            "!!str ", "!t ", "|", ">", "#", "---", "...", "?", "%YAML 1.2", "0644", "~", "null", "1e3", "\\", "é",
-            "\u{feff}", "\r",
+            "a",
+            "b:",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "-",
+            "- ",
+            ":",
+            ": ",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            "\"",
+            "'",
+            "&x",
+            "*x",
+            "!!str ",
+            "!t ",
+            "|",
+            ">",
+            "#",
+            "---",
+            "...",
+            "?",
+            "%YAML 1.2",
+            "0644",
+            "~",
+            "null",
+            "1e3",
+            "\\",
+            "é",
+            "\u{feff}",
+            "\r",
         ];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let file: Arc<Path> = Arc::from(Path::new("f.yaml"));
         for _ in 0..20_000 {
             let mut s = String::new();
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = (seed >> 58) as usize;
             for _ in 0..len {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 s.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
             }
             let _ = parse(&file, &s);
