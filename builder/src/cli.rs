@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 /// hostgroups/<name>.yaml) into a signed overlay bundle of files, packages and systemd
 /// units that kiln-firstboot applies once, at a VM's first boot.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, help_expected = true, propagate_version = true)]
+#[command(name = "kiln", version, help_expected = true)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -207,4 +207,15 @@ pub struct CompletionsArgs {
     /// The shell to write completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its own definition (unique names, docs on every flag) only when asked.
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
