@@ -418,7 +418,7 @@ fn empty_dir(fd: OwnedFd, depth: usize) -> io::Result<()> {
     if depth > 32 {
         return Err(io::Error::other("directory tree too deep to remove"));
     }
-    let dirfd = unistd::dup(&fd)?;
+    let dirfd = dup_cloexec(fd.as_fd())?;
     let mut dir = nix::dir::Dir::from_fd(fd)?;
     let mut names = Vec::new();
     for ent in dir.iter() {
@@ -447,6 +447,15 @@ fn empty_dir(fd: OwnedFd, depth: usize) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A duplicate that is closed on exec (`dup` would leak it, and any lock on it, into the
+/// programs the engine runs).
+pub fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let raw = fcntl::fcntl(fd, fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Sets owner, then mode (chown clears setuid/setgid, so the mode comes second), on an open fd.
@@ -549,6 +558,10 @@ mod tests {
             symlink(outside.path(), d.join("etc/evil")).unwrap();
             symlink("../../../../..", d.join("etc/up")).unwrap();
             symlink("/", d.join("etc/pivot")).unwrap();
+            // The link's target as seen inside the root must exist (mkdir -p does not create
+            // through a dangling link either).
+            let inside_target = d.join(outside.path().strip_prefix("/").unwrap());
+            std::fs::create_dir_all(&inside_target).unwrap();
             // Through the absolute link: lands at <root>/<outside path>, created inside the root.
             let p = root.parent("/etc/evil/x", true).unwrap().unwrap();
             p.write_atomic(0o644, 0, 0, |f| f.write_all(b"hi"), || Ok(())).unwrap();

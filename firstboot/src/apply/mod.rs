@@ -461,7 +461,8 @@ struct Lock {
 }
 
 fn lock(root: &Root) -> Result<Lock, ApplyError> {
-    let fd = nix::unistd::dup(root.fd()).map_err(|e| ApplyError::step("lock", &root.path().display().to_string(), e))?;
+    // Close-on-exec: a command that leaves a daemon behind must not take the lock with it.
+    let fd = fsroot::dup_cloexec(root.fd()).map_err(|e| ApplyError::step("lock", &root.path().display().to_string(), e))?;
     // SAFETY: flock on a valid, owned descriptor.
     let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
