@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand};
 /// 11 untrusted key, 12 revoked key, 13 expired, 14 wrong hostgroup, 15 wrong base,
 /// 16 rollback, 17 corrupt bundle, 18 fetch failed, 19 --sha256 mismatch, 21 apply failed.
 #[derive(Debug, Parser)]
-#[command(name = "kiln-firstboot", version, help_expected = true, propagate_version = true)]
+#[command(
+    name = "kiln-firstboot",
+    version,
+    help_expected = true,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -45,7 +45,11 @@ pub trait DynamicSource {
 
     /// Values of the keys (Consul keys or prefixes, Vault paths) one template reads. A value
     /// is never logged.
-    fn fetch(&mut self, _keys: &[String], _deadline: Instant) -> Result<BTreeMap<String, String>, DynamicError> {
+    fn fetch(
+        &mut self,
+        _keys: &[String],
+        _deadline: Instant,
+    ) -> Result<BTreeMap<String, String>, DynamicError> {
         Ok(BTreeMap::new())
     }
 

@@ -3,7 +3,9 @@
 //! computed on the way, for `--sha256` and to name the staging area.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
+#[cfg(feature = "http")]
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use crate::log::Log;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest a connection may take to open (the deadline may cut it shorter).
+#[cfg(feature = "http")]
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a bundle comes from.
@@ -43,7 +46,12 @@ impl Source {
 #[derive(Debug, Error)]
 pub enum FetchError {
     #[error("fetching {url} failed after {attempts} attempt(s) within the {deadline:?} deadline: {last}")]
-    Deadline { url: String, attempts: u32, deadline: Duration, last: String },
+    Deadline {
+        url: String,
+        attempts: u32,
+        deadline: Duration,
+        last: String,
+    },
     #[error("fetching {url}: {status} (not retried)")]
     Refused { url: String, status: String },
     #[error("{what}: {source}")]
@@ -76,9 +84,10 @@ pub fn hash_file(file: &mut File) -> io::Result<(String, u64)> {
 /// Checks a `--sha256` pin (case-insensitive hex).
 pub fn check_pin(expected: Option<&str>, actual: &str) -> Result<(), FetchError> {
     match expected {
-        Some(e) if !e.eq_ignore_ascii_case(actual) => {
-            Err(FetchError::DigestMismatch { expected: e.to_ascii_lowercase(), actual: actual.to_string() })
-        }
+        Some(e) if !e.eq_ignore_ascii_case(actual) => Err(FetchError::DigestMismatch {
+            expected: e.to_ascii_lowercase(),
+            actual: actual.to_string(),
+        }),
         _ => Ok(()),
     }
 }
@@ -86,10 +95,21 @@ pub fn check_pin(expected: Option<&str>, actual: &str) -> Result<(), FetchError>
 /// Downloads `url` into `dest` (truncated on each attempt), retrying connection errors, 5xx,
 /// 408 and 429 with exponential backoff until `deadline` passes. Other 4xx are final. Returns
 /// the sha256 and size of what was written; `dest` is rewound.
-pub fn download(url: &str, dest: &mut File, deadline: Duration, log: &dyn Log) -> Result<(String, u64), FetchError> {
+pub fn download(
+    url: &str,
+    dest: &mut File,
+    deadline: Duration,
+    log: &dyn Log,
+) -> Result<(String, u64), FetchError> {
     let start = Instant::now();
-    let end = start + deadline;
-    let client = client().map_err(|e| FetchError::Refused { url: url.into(), status: format!("HTTP client: {e}") })?;
+    // A deadline too far to represent is no deadline at all (a day is plenty).
+    let end = start
+        .checked_add(deadline)
+        .unwrap_or(start + Duration::from_secs(86_400));
+    let client = client().map_err(|status| FetchError::Refused {
+        url: url.into(),
+        status,
+    })?;
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0;
     loop {
@@ -97,34 +117,61 @@ pub fn download(url: &str, dest: &mut File, deadline: Duration, log: &dyn Log) -
         let left = end.saturating_duration_since(Instant::now());
         let last = match attempt(&client, url, dest, left) {
             Ok(done) => {
-                log.info(&format!("downloaded {} bytes from {url} ({:.2}s)", done.1, start.elapsed().as_secs_f64()));
+                log.info(&format!(
+                    "downloaded {} bytes from {url} ({:.2}s)",
+                    done.1,
+                    start.elapsed().as_secs_f64()
+                ));
                 return Ok(done);
             }
-            Err(Attempt::Final(status)) => return Err(FetchError::Refused { url: url.into(), status }),
+            Err(Attempt::Final(status)) => {
+                return Err(FetchError::Refused {
+                    url: url.into(),
+                    status,
+                })
+            }
             Err(Attempt::Io(what, source)) => return Err(FetchError::Io { what, source }),
             Err(Attempt::Retry(why)) => why,
         };
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(FetchError::Deadline { url: url.into(), attempts, deadline, last });
+            return Err(FetchError::Deadline {
+                url: url.into(),
+                attempts,
+                deadline,
+                last,
+            });
         }
         let pause = backoff.min(left);
-        log.info(&format!("fetch attempt {attempts} failed: {last}; retrying in {}s", pause.as_secs_f64().ceil()));
+        log.info(&format!(
+            "fetch attempt {attempts} failed: {last}; retrying in {}s",
+            pause.as_secs_f64().ceil()
+        ));
         std::thread::sleep(pause);
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if Instant::now() >= end {
-            return Err(FetchError::Deadline { url: url.into(), attempts, deadline, last });
+            return Err(FetchError::Deadline {
+                url: url.into(),
+                attempts,
+                deadline,
+                last,
+            });
         }
     }
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 enum Attempt {
     Retry(String),
     Final(String),
     Io(String, io::Error),
 }
 
-fn client() -> Result<reqwest::blocking::Client, reqwest::Error> {
+#[cfg(feature = "http")]
+type Client = reqwest::blocking::Client;
+
+#[cfg(feature = "http")]
+fn client() -> Result<Client, String> {
     // ring: small, and builds with any C compiler; reqwest's default provider (aws-lc-rs) is
     // neither. Installing twice is harmless (the first one stays).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -132,10 +179,31 @@ fn client() -> Result<reqwest::blocking::Client, reqwest::Error> {
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")))
         .build()
+        .map_err(|e| format!("HTTP client: {}", error_chain(&e)))
 }
 
-fn attempt(client: &reqwest::blocking::Client, url: &str, dest: &mut File, left: std::time::Duration) -> Result<(String, u64), Attempt> {
-    let dest_io = |what: &str, e: io::Error| Attempt::Io(format!("writing the download ({what})"), e);
+#[cfg(not(feature = "http"))]
+struct Client;
+
+#[cfg(not(feature = "http"))]
+fn client() -> Result<Client, String> {
+    Err("this kiln-firstboot was built without the `http` feature: give --bundle a path".into())
+}
+
+#[cfg(not(feature = "http"))]
+fn attempt(_: &Client, _: &str, _: &mut File, _: Duration) -> Result<(String, u64), Attempt> {
+    Err(Attempt::Final("built without HTTP support".into()))
+}
+
+#[cfg(feature = "http")]
+fn attempt(
+    client: &Client,
+    url: &str,
+    dest: &mut File,
+    left: std::time::Duration,
+) -> Result<(String, u64), Attempt> {
+    let dest_io =
+        |what: &str, e: io::Error| Attempt::Io(format!("writing the download ({what})"), e);
     let response = client
         .get(url)
         .timeout(left.max(Duration::from_millis(1)))
@@ -145,14 +213,17 @@ fn attempt(client: &reqwest::blocking::Client, url: &str, dest: &mut File, left:
     if !status.is_success() {
         let code = status.as_u16();
         let text = format!("HTTP {status}");
-        return Err(if (400..500).contains(&code) && code != 408 && code != 429 {
-            Attempt::Final(text)
-        } else {
-            Attempt::Retry(text)
-        });
+        return Err(
+            if (400..500).contains(&code) && code != 408 && code != 429 {
+                Attempt::Final(text)
+            } else {
+                Attempt::Retry(text)
+            },
+        );
     }
     dest.set_len(0).map_err(|e| dest_io("truncate", e))?;
-    dest.seek(SeekFrom::Start(0)).map_err(|e| dest_io("seek", e))?;
+    dest.seek(SeekFrom::Start(0))
+        .map_err(|e| dest_io("seek", e))?;
     let mut w = HashingWriter::new(&mut *dest);
     let mut body = response;
     let mut buf = vec![0u8; 256 * 1024];
@@ -168,11 +239,13 @@ fn attempt(client: &reqwest::blocking::Client, url: &str, dest: &mut File, left:
     let size = w.count();
     let (digest, _) = w.finish();
     dest.sync_all().map_err(|e| dest_io("fsync", e))?;
-    dest.seek(SeekFrom::Start(0)).map_err(|e| dest_io("seek", e))?;
+    dest.seek(SeekFrom::Start(0))
+        .map_err(|e| dest_io("seek", e))?;
     Ok((digest, size))
 }
 
 /// reqwest's error and its causes on one line ("error sending request: connection refused").
+#[cfg(feature = "http")]
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -193,10 +266,22 @@ mod tests {
 
     #[test]
     fn sources() {
-        assert_eq!(Source::parse("https://x/b.kiln"), Source::Url("https://x/b.kiln".into()));
-        assert_eq!(Source::parse("HTTP://x/b.kiln"), Source::Url("HTTP://x/b.kiln".into()));
-        assert_eq!(Source::parse("file:///tmp/b.kiln"), Source::Path("/tmp/b.kiln".into()));
-        assert_eq!(Source::parse("web-7.kiln"), Source::Path("web-7.kiln".into()));
+        assert_eq!(
+            Source::parse("https://x/b.kiln"),
+            Source::Url("https://x/b.kiln".into())
+        );
+        assert_eq!(
+            Source::parse("HTTP://x/b.kiln"),
+            Source::Url("HTTP://x/b.kiln".into())
+        );
+        assert_eq!(
+            Source::parse("file:///tmp/b.kiln"),
+            Source::Path("/tmp/b.kiln".into())
+        );
+        assert_eq!(
+            Source::parse("web-7.kiln"),
+            Source::Path("web-7.kiln".into())
+        );
         assert_eq!(Source::parse("h"), Source::Path("h".into()));
     }
 

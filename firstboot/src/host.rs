@@ -34,7 +34,10 @@ pub fn os_release(root: &Root) -> Result<(String, String), String> {
             version_id = Some(unquote(v));
         }
     }
-    Ok((id.unwrap_or_else(|| "linux".into()), version_id.unwrap_or_default()))
+    Ok((
+        id.unwrap_or_else(|| "linux".into()),
+        version_id.unwrap_or_default(),
+    ))
 }
 
 fn unquote(v: &str) -> String {
@@ -68,7 +71,11 @@ pub fn dpkg_arch(root: &Root) -> Result<String, String> {
         Err(e) => return Err(format!("/var/lib/dpkg/status: {e}")),
     }
     if root.path() == Path::new("/") {
-        let machine = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?.machine().to_string_lossy().into_owned();
+        let machine = nix::sys::utsname::uname()
+            .map_err(|e| format!("uname: {e}"))?
+            .machine()
+            .to_string_lossy()
+            .into_owned();
         return Ok(deb_arch(&machine).to_string());
     }
     Err("no dpkg in the root (no /var/lib/dpkg/arch, no dpkg in /var/lib/dpkg/status)".into())
@@ -92,7 +99,11 @@ pub fn deb_arch(machine: &str) -> &str {
 pub fn base_identity(root: &Root) -> Result<BaseIdentity, String> {
     let (id, version_id) = os_release(root)?;
     let arch = dpkg_arch(root)?;
-    Ok(BaseIdentity { id, version_id, arch })
+    Ok(BaseIdentity {
+        id,
+        version_id,
+        arch,
+    })
 }
 
 /// `<root>/etc/kiln/hostgroup`, trimmed, if present and not empty.
@@ -112,7 +123,9 @@ pub fn min_version(root: &Root) -> Result<Option<u64>, String> {
             if t.is_empty() {
                 return Ok(None);
             }
-            t.parse().map(Some).map_err(|_| format!("/etc/kiln/min-version: {t:?} is not a version number"))
+            t.parse()
+                .map(Some)
+                .map_err(|_| format!("/etc/kiln/min-version: {t:?} is not a version number"))
         }
         Err(e) => Err(format!("/etc/kiln/min-version: {e}")),
     }
@@ -129,7 +142,11 @@ mod tests {
         std::fs::create_dir_all(d.join("usr/lib")).unwrap();
         std::fs::create_dir_all(d.join("etc")).unwrap();
         std::fs::create_dir_all(d.join("var/lib/dpkg")).unwrap();
-        std::fs::write(d.join("usr/lib/os-release"), "PRETTY_NAME=\"Debian\"\nID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        std::fs::write(
+            d.join("usr/lib/os-release"),
+            "PRETTY_NAME=\"Debian\"\nID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../usr/lib/os-release", d.join("etc/os-release")).unwrap();
         std::fs::write(
             d.join("var/lib/dpkg/status"),
@@ -138,7 +155,10 @@ mod tests {
         .unwrap();
         let root = Root::open(d).unwrap();
         let b = base_identity(&root).unwrap();
-        assert_eq!((b.id.as_str(), b.version_id.as_str(), b.arch.as_str()), ("debian", "12", "arm64"));
+        assert_eq!(
+            (b.id.as_str(), b.version_id.as_str(), b.arch.as_str()),
+            ("debian", "12", "arm64")
+        );
         std::fs::write(d.join("var/lib/dpkg/arch"), "amd64\ni386\n").unwrap();
         assert_eq!(dpkg_arch(&root).unwrap(), "amd64");
         assert_eq!(hostgroup(&root).unwrap(), None);

@@ -82,17 +82,29 @@ impl State {
         let mut text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         text.push(b'\n');
         root.mkdir_p(STATE_DIR)?;
-        let parent = root.parent(STATE_FILE, true)?.ok_or_else(|| io::Error::other("no state directory"))?;
+        let parent = root
+            .parent(STATE_FILE, true)?
+            .ok_or_else(|| io::Error::other("no state directory"))?;
         parent.write_atomic(0o600, 0, 0, |f| f.write_all(&text), || Ok(()))
     }
 
     /// "web version 7 (sha256 0123…)".
     pub fn describe(&self) -> String {
-        format!("{} version {} (sha256 {})", self.hostgroup, self.version, self.sha256)
+        format!(
+            "{} version {} (sha256 {})",
+            self.hostgroup, self.version, self.sha256
+        )
     }
 }
 
-/// Now, RFC 3339 UTC, to the second.
+/// Now, RFC 3339 UTC, to the second. A clock outside 1970..9999 (humantime would panic) is
+/// shown as what it is instead.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    let now = std::time::SystemTime::now();
+    match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() < 253_402_300_800 => {
+            humantime::format_rfc3339_seconds(now).to_string()
+        }
+        _ => format!("{now:?}"),
+    }
 }

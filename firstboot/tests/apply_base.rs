@@ -15,7 +15,8 @@ use common::*;
 use kiln_signing::{exit, Group, Package, ServiceState, User};
 
 const UNIT: &[u8] = b"[Unit]\nDescription=kiln test service\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
-const KEY_LINE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl web@example";
+const KEY_LINE: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl web@example";
 
 fn user(name: &str) -> User {
     User {
@@ -48,16 +49,33 @@ fn hello_deb(work: &Path) -> Vec<u8> {
         "#!/bin/sh\nset -e\nrc=0\n/usr/sbin/policy-rc.d kiln-hello start || rc=$?\necho \"policy-rc.d=$rc\" > /var/tmp/kiln-hello-postinst\n",
     )
     .unwrap();
-    std::fs::set_permissions(d.join("DEBIAN/postinst"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.join("DEBIAN/postinst"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let out = work.join("kiln-hello.deb");
-    let st = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&d).arg(&out).output().unwrap();
-    assert!(st.status.success(), "dpkg-deb: {}", String::from_utf8_lossy(&st.stderr));
+    let st = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&d)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "dpkg-deb: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     std::fs::read(out).unwrap()
 }
 
 fn full_spec(work: &Path) -> Spec {
     let mut s = Spec::new("web", 7);
-    s.m.groups.push(Group { name: "webadm".into(), gid: Some(2500), system: false });
+    s.m.groups.push(Group {
+        name: "webadm".into(),
+        gid: Some(2500),
+        system: false,
+    });
     let mut web = user("web");
     web.uid = Some(2501);
     web.group = Some("webadm".into());
@@ -80,20 +98,61 @@ fn full_spec(work: &Path) -> Spec {
         digest: Some(digest),
         size: Some(deb.len() as u64),
     });
-    s.m.packages.push(Package { name: "unresolved-pkg".into(), version: None, arch: None, digest: None, size: None });
+    s.m.packages.push(Package {
+        name: "unresolved-pkg".into(),
+        version: None,
+        arch: None,
+        digest: None,
+        size: None,
+    });
     s.dir("/srv/web/htdocs", "2750", "web", "webadm")
-        .file("/srv/web/htdocs/index.html", b"<h1>kiln</h1>\n", "0640", "web", "webadm")
+        .file(
+            "/srv/web/htdocs/index.html",
+            b"<h1>kiln</h1>\n",
+            "0640",
+            "web",
+            "webadm",
+        )
         .file("/etc/motd", b"Built by kiln.\n", "0644", "root", "root")
-        .file("/usr/local/bin/hello", b"#!/bin/sh\necho hello\n", "4755", "root", "root")
-        .file_hooks("/etc/systemd/system/hello.service", UNIT, "0644", "root", "root", &["hello.service"], &[])
-        .file("/opt/app/deep/er/config.ini", b"[app]\n", "0600", "svc", "svc")
+        .file(
+            "/usr/local/bin/hello",
+            b"#!/bin/sh\necho hello\n",
+            "4755",
+            "root",
+            "root",
+        )
+        .file_hooks(
+            "/etc/systemd/system/hello.service",
+            UNIT,
+            "0644",
+            "root",
+            "root",
+            &["hello.service"],
+            &[],
+        )
+        .file(
+            "/opt/app/deep/er/config.ini",
+            b"[app]\n",
+            "0600",
+            "svc",
+            "svc",
+        )
         .symlink("/etc/hello.conf", "/srv/web/htdocs/index.html")
         .symlink("/srv/current", "web")
         .absent("/etc/issue.net")
         .absent("/var/cache/kiln-none")
         .service("hello.service", ServiceState::Running, true)
         .service("e2scrub_reap.service", ServiceState::Dead, false)
-        .command("hello", &["sh", "-c", "echo hello from $KILN_HOSTGROUP $KILN_VERSION; id -u web"], 30, None)
+        .command(
+            "hello",
+            &[
+                "sh",
+                "-c",
+                "echo hello from $KILN_HOSTGROUP $KILN_VERSION; id -u web",
+            ],
+            30,
+            None,
+        )
         .command("once", &["touch", "/var/tmp/never"], 30, Some("/etc/motd"));
     s
 }
@@ -116,13 +175,22 @@ fn applies_everything_to_a_debian_root_then_a_rerun_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("web-7.kiln");
     let sha = full_spec(work.path()).write(&key, &bundle);
-    assert!(r.join("etc/issue.net").exists(), "the base should have /etc/issue.net");
+    assert!(
+        r.join("etc/issue.net").exists(),
+        "the base should have /etc/issue.net"
+    );
 
     let out = apply(r, trust.path(), &bundle, &["--json"]);
     assert_eq!(out.status.code(), Some(0));
     let err = stderr(&out);
-    assert!(err.contains("kiln-firstboot: verifying web-7.kiln"), "{err}");
-    assert!(err.contains("package unresolved-pkg was not resolved"), "{err}");
+    assert!(
+        err.contains("kiln-firstboot: verifying web-7.kiln"),
+        "{err}"
+    );
+    assert!(
+        err.contains("package unresolved-pkg was not resolved"),
+        "{err}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "applied");
     assert_eq!(report["state"]["sha256"], sha.as_str());
@@ -133,43 +201,100 @@ fn applies_everything_to_a_debian_root_then_a_rerun_changes_nothing() {
     let svc_uid = uid_in(r, "svc");
     let svc_gid = gid_in(r, "svc");
     assert!(svc_uid < 1000, "svc is a system user: {svc_uid}");
-    let getent = Command::new("chroot").arg(r).args(["getent", "passwd", "web"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&getent.stdout), "web:x:2501:2500:Web content:/srv/web:/bin/bash\n");
-    let groups = Command::new("chroot").arg(r).args(["id", "-nG", "web"]).output().unwrap();
+    let getent = Command::new("chroot")
+        .arg(r)
+        .args(["getent", "passwd", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&getent.stdout),
+        "web:x:2501:2500:Web content:/srv/web:/bin/bash\n"
+    );
+    let groups = Command::new("chroot")
+        .arg(r)
+        .args(["id", "-nG", "web"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&groups.stdout).trim(), "webadm adm");
     let ak = r.join("srv/web/.ssh/authorized_keys");
-    assert_eq!(std::fs::read_to_string(&ak).unwrap(), format!("{KEY_LINE}\n"));
+    assert_eq!(
+        std::fs::read_to_string(&ak).unwrap(),
+        format!("{KEY_LINE}\n")
+    );
     assert_eq!(mode(&ak), 0o600);
     assert_eq!(owner(&ak), (web_uid, webadm_gid));
     assert_eq!(mode(&r.join("srv/web/.ssh")), 0o700);
     assert_eq!(owner(&r.join("srv/web/.ssh")), (web_uid, webadm_gid));
 
     // The package, installed offline with no service started.
-    let dpkg = Command::new("chroot").arg(r).args(["dpkg-query", "-W", "-f=${Status} ${Version}", "kiln-hello"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&dpkg.stdout), "install ok installed 1.0-1");
-    assert_eq!(std::fs::read_to_string(r.join("var/tmp/kiln-hello-postinst")).unwrap(), "policy-rc.d=101\n");
-    assert!(!r.join("usr/sbin/policy-rc.d").exists(), "our policy-rc.d must be gone");
+    let dpkg = Command::new("chroot")
+        .arg(r)
+        .args(["dpkg-query", "-W", "-f=${Status} ${Version}", "kiln-hello"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&dpkg.stdout),
+        "install ok installed 1.0-1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("var/tmp/kiln-hello-postinst")).unwrap(),
+        "policy-rc.d=101\n"
+    );
+    assert!(
+        !r.join("usr/sbin/policy-rc.d").exists(),
+        "our policy-rc.d must be gone"
+    );
 
     // Paths: bytes, modes (setuid/setgid only where asked), owners.
-    assert_eq!(std::fs::read(r.join("srv/web/htdocs/index.html")).unwrap(), b"<h1>kiln</h1>\n");
+    assert_eq!(
+        std::fs::read(r.join("srv/web/htdocs/index.html")).unwrap(),
+        b"<h1>kiln</h1>\n"
+    );
     assert_eq!(mode(&r.join("srv/web/htdocs/index.html")), 0o640);
-    assert_eq!(owner(&r.join("srv/web/htdocs/index.html")), (web_uid, webadm_gid));
+    assert_eq!(
+        owner(&r.join("srv/web/htdocs/index.html")),
+        (web_uid, webadm_gid)
+    );
     assert_eq!(mode(&r.join("srv/web/htdocs")), 0o2750);
     assert_eq!(owner(&r.join("srv/web/htdocs")), (web_uid, webadm_gid));
-    assert_eq!(std::fs::read(r.join("etc/motd")).unwrap(), b"Built by kiln.\n");
+    assert_eq!(
+        std::fs::read(r.join("etc/motd")).unwrap(),
+        b"Built by kiln.\n"
+    );
     assert_eq!(mode(&r.join("etc/motd")), 0o644);
     assert_eq!(mode(&r.join("usr/local/bin/hello")), 0o4755);
     assert_eq!(owner(&r.join("usr/local/bin/hello")), (0, 0));
-    assert_eq!(std::fs::read(r.join("opt/app/deep/er/config.ini")).unwrap(), b"[app]\n");
-    assert_eq!(owner(&r.join("opt/app/deep/er/config.ini")), (svc_uid, svc_gid));
-    assert_eq!(mode(&r.join("opt/app/deep")), 0o755, "missing parents are made 0755");
-    assert_eq!(std::fs::read_link(r.join("etc/hello.conf")).unwrap(), Path::new("/srv/web/htdocs/index.html"));
-    assert_eq!(std::fs::read_link(r.join("srv/current")).unwrap(), Path::new("web"));
+    assert_eq!(
+        std::fs::read(r.join("opt/app/deep/er/config.ini")).unwrap(),
+        b"[app]\n"
+    );
+    assert_eq!(
+        owner(&r.join("opt/app/deep/er/config.ini")),
+        (svc_uid, svc_gid)
+    );
+    assert_eq!(
+        mode(&r.join("opt/app/deep")),
+        0o755,
+        "missing parents are made 0755"
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("etc/hello.conf")).unwrap(),
+        Path::new("/srv/web/htdocs/index.html")
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("srv/current")).unwrap(),
+        Path::new("web")
+    );
     assert!(!r.join("etc/issue.net").exists());
 
     // Units, as systemctl sees them offline.
     let is_enabled = |name: &str| {
-        let o = Command::new("systemctl").arg("--root").arg(r).args(["is-enabled", name]).output().unwrap();
+        let o = Command::new("systemctl")
+            .arg("--root")
+            .arg(r)
+            .args(["is-enabled", name])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     assert_eq!(is_enabled("hello.service"), "enabled");
@@ -185,8 +310,29 @@ fn applies_everything_to_a_debian_root_then_a_rerun_changes_nothing() {
     assert_eq!(state["commands"][0]["output"], "hello from web 7\n2501\n");
     assert_eq!(state["commands"][1]["status"], "skipped");
     assert!(!r.join("var/tmp/never").exists());
-    let steps: Vec<&str> = state["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["stage", "groups", "users", "packages", "directories", "files", "symlinks", "absent", "services", "commands", "dynamic", "runtime"]);
+    let steps: Vec<&str> = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "stage",
+            "groups",
+            "users",
+            "packages",
+            "directories",
+            "files",
+            "symlinks",
+            "absent",
+            "services",
+            "commands",
+            "dynamic",
+            "runtime"
+        ]
+    );
     assert_eq!(mode(&r.join("var/lib/kiln/state.json")), 0o600);
     assert!(!r.join("var/lib/kiln/journal").exists());
     assert!(!r.join("var/lib/kiln/staging").exists());
@@ -200,7 +346,11 @@ fn applies_everything_to_a_debian_root_then_a_rerun_changes_nothing() {
     let before = tree_hash(r);
     let again = apply(r, trust.path(), &bundle, &[]);
     assert_eq!(again.status.code(), Some(0));
-    assert!(stderr(&again).contains(&format!("already applied: web version 7 (sha256 {sha})")), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(&format!("already applied: web version 7 (sha256 {sha})")),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(tree_hash(r), before);
 }
 
@@ -226,10 +376,17 @@ fn the_engine_is_idempotent_when_forced_to_reapply() {
     assert_eq!(out.status.code(), Some(0));
     let err = stderr(&out);
     assert!(err.contains("files: 0 changed, 5 unchanged"), "{err}");
-    assert!(err.contains("users: 0 created or changed, 2 unchanged"), "{err}");
+    assert!(
+        err.contains("users: 0 created or changed, 2 unchanged"),
+        "{err}"
+    );
     assert!(err.contains("packages: 1 already installed"), "{err}");
     assert!(err.contains("services: 0 changed, 2 unchanged"), "{err}");
-    assert_eq!(std::fs::metadata(r.join("etc/motd")).unwrap().ino(), motd_ino, "an unchanged file is not rewritten");
+    assert_eq!(
+        std::fs::metadata(r.join("etc/motd")).unwrap().ino(),
+        motd_ino,
+        "an unchanged file is not rewritten"
+    );
 }
 
 #[test]
@@ -240,15 +397,25 @@ fn a_root_of_another_release_or_architecture_is_refused_with_15() {
     let trust = trust_dir(&[&key], &[]);
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("web-7.kiln");
-    Spec::new("web", 7).file("/etc/motd", b"x\n", "0644", "root", "root").write(&key, &bundle);
+    Spec::new("web", 7)
+        .file("/etc/motd", b"x\n", "0644", "root", "root")
+        .write(&key, &bundle);
 
     let os_release = r.join("usr/lib/os-release");
     let text = std::fs::read_to_string(&os_release).unwrap();
-    std::fs::write(&os_release, text.replace("VERSION_ID=\"12\"", "VERSION_ID=\"11\"")).unwrap();
+    std::fs::write(
+        &os_release,
+        text.replace("VERSION_ID=\"12\"", "VERSION_ID=\"11\""),
+    )
+    .unwrap();
     let before = tree_hash(r);
     let out = apply(r, trust.path(), &bundle, &[]);
     assert_eq!(out.status.code(), Some(exit::WRONG_BASE));
-    assert!(stderr(&out).contains("this root is debian 11"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this root is debian 11"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(tree_hash(r), before);
     std::fs::write(&os_release, text).unwrap();
 
@@ -258,7 +425,10 @@ fn a_root_of_another_release_or_architecture_is_refused_with_15() {
     let b2 = work.path().join("riscv.kiln");
     other_arch.write(&key, &b2);
     let before = tree_hash(r);
-    assert_eq!(apply(r, trust.path(), &b2, &[]).status.code(), Some(exit::WRONG_BASE));
+    assert_eq!(
+        apply(r, trust.path(), &b2, &[]).status.code(),
+        Some(exit::WRONG_BASE)
+    );
     assert_eq!(tree_hash(r), before);
 }
 
@@ -273,13 +443,21 @@ fn a_failing_command_fails_the_apply_with_21_and_its_output_is_kept() {
     let mut s = Spec::new("web", 7);
     s.file("/etc/motd", b"x\n", "0644", "root", "root")
         .command("fine", &["true"], 10, None)
-        .command("boom", &["sh", "-c", "echo preparing; echo boom >&2; exit 3"], 10, None)
+        .command(
+            "boom",
+            &["sh", "-c", "echo preparing; echo boom >&2; exit 3"],
+            10,
+            None,
+        )
         .command("never", &["touch", "/var/tmp/never"], 10, None);
     s.write(&key, &bundle);
     let out = apply(r, trust.path(), &bundle, &["--json"]);
     assert_eq!(out.status.code(), Some(exit::APPLY));
     let err = stderr(&out);
-    assert!(err.contains("commands: command boom failed (exit status 3)"), "{err}");
+    assert!(
+        err.contains("commands: command boom failed (exit status 3)"),
+        "{err}"
+    );
     let state = read_state(r);
     assert_eq!(state["result"], "failure");
     assert_eq!(state["exit_code"], 21);
@@ -294,7 +472,12 @@ fn a_failing_command_fails_the_apply_with_21_and_its_output_is_kept() {
     assert_eq!(report["exit_code"], 21);
     // The journal stays for a rerun; status says it failed.
     assert!(r.join("var/lib/kiln/journal").exists());
-    assert_eq!(run(&["status", "--root", r.to_str().unwrap()]).status.code(), Some(exit::APPLY));
+    assert_eq!(
+        run(&["status", "--root", r.to_str().unwrap()])
+            .status
+            .code(),
+        Some(exit::APPLY)
+    );
 
     // A command past its timeout fails the same way.
     let mut s = Spec::new("web", 8);
@@ -304,7 +487,11 @@ fn a_failing_command_fails_the_apply_with_21_and_its_output_is_kept() {
     let t = Instant::now();
     let out = apply(r, trust.path(), &b2, &["--force"]);
     assert_eq!(out.status.code(), Some(exit::APPLY));
-    assert!(stderr(&out).contains("timed out after 1s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("timed out after 1s"),
+        "{}",
+        stderr(&out)
+    );
     assert!(t.elapsed() < Duration::from_secs(20));
     assert_eq!(read_state(r)["commands"][0]["status"], "timed_out");
 }
@@ -323,17 +510,42 @@ fn a_crash_in_the_middle_is_finished_by_rerunning_the_same_command() {
     let mut s = Spec::new("web", 7);
     s.file("/etc/motd", b"crash test\n", "0644", "root", "root")
         .file("/srv/a/b.txt", b"b\n", "0600", "root", "root")
-        .command("count", &["sh", "-c", "echo run >> /var/tmp/count"], 10, None)
-        .command("hang-once", &["sh", "-c", "[ -e /var/tmp/hung ] && exit 0; touch /var/tmp/hung; sleep 60"], 120, None);
+        .command(
+            "count",
+            &["sh", "-c", "echo run >> /var/tmp/count"],
+            10,
+            None,
+        )
+        .command(
+            "hang-once",
+            &[
+                "sh",
+                "-c",
+                "[ -e /var/tmp/hung ] && exit 0; touch /var/tmp/hung; sleep 60",
+            ],
+            120,
+            None,
+        );
     s.write(&key, &bundle);
 
     let mut child = Command::new(BIN)
-        .args(["apply", "--root", r.to_str().unwrap(), "--trust", trust.path().to_str().unwrap(), "--bundle", bundle.to_str().unwrap()])
+        .args([
+            "apply",
+            "--root",
+            r.to_str().unwrap(),
+            "--trust",
+            trust.path().to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ])
         .spawn()
         .unwrap();
     let t = Instant::now();
     while !r.join("var/tmp/hung").exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "the apply never reached the hanging command");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the apply never reached the hanging command"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap(); // SIGKILL
@@ -341,14 +553,23 @@ fn a_crash_in_the_middle_is_finished_by_rerunning_the_same_command() {
     // The orphaned `sleep` holds nothing of ours; let it be.
     assert!(r.join("var/lib/kiln/journal").exists());
     assert!(!r.join("var/lib/kiln/state.json").exists());
-    assert_eq!(run(&["status", "--root", r.to_str().unwrap()]).status.code(), Some(exit::APPLY));
+    assert_eq!(
+        run(&["status", "--root", r.to_str().unwrap()])
+            .status
+            .code(),
+        Some(exit::APPLY)
+    );
 
     let out = apply(r, trust.path(), &bundle, &[]);
     assert_eq!(out.status.code(), Some(0));
     let err = stderr(&out);
     assert!(err.contains("resuming an interrupted apply"), "{err}");
     assert!(err.contains("files: done in an earlier run"), "{err}");
-    assert_eq!(std::fs::read_to_string(r.join("var/tmp/count")).unwrap(), "run\n", "a finished command is not rerun");
+    assert_eq!(
+        std::fs::read_to_string(r.join("var/tmp/count")).unwrap(),
+        "run\n",
+        "a finished command is not rerun"
+    );
     assert_eq!(std::fs::read(r.join("etc/motd")).unwrap(), b"crash test\n");
     assert_eq!(read_state(r)["result"], "success");
     assert!(!r.join("var/lib/kiln/journal").exists());
@@ -366,7 +587,12 @@ fn a_daemon_left_by_a_command_does_not_hold_the_lock() {
     let trust = trust_dir(&[&key], &[]);
     let work = tempfile::tempdir().unwrap();
     let mut s = Spec::new("web", 1);
-    s.command("daemon", &["sh", "-c", "sleep 20 </dev/null >/dev/null 2>&1 &"], 10, None);
+    s.command(
+        "daemon",
+        &["sh", "-c", "sleep 20 </dev/null >/dev/null 2>&1 &"],
+        10,
+        None,
+    );
     let b1 = work.path().join("b1.kiln");
     s.write(&key, &b1);
     assert_eq!(apply(r, trust.path(), &b1, &[]).status.code(), Some(0));

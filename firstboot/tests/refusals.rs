@@ -16,15 +16,34 @@ use kiln_signing::{exit, EntryKind};
 fn sample(version: u64) -> Spec {
     let mut s = Spec::new("web", version);
     s.dir("/srv/www", "0755", "root", "root")
-        .file("/srv/www/index.html", b"<h1>hello</h1>\n", "0644", "root", "root")
-        .file("/srv/www/big.bin", &noise(7, 300_000), "0600", "root", "daemon")
+        .file(
+            "/srv/www/index.html",
+            b"<h1>hello</h1>\n",
+            "0644",
+            "root",
+            "root",
+        )
+        .file(
+            "/srv/www/big.bin",
+            &noise(7, 300_000),
+            "0600",
+            "root",
+            "daemon",
+        )
         .symlink("/srv/current", "/srv/www")
         .absent("/etc/hostname");
     s
 }
 
 /// Applies and asserts: exit `code`, the root unchanged, no staging left, `outside` empty.
-fn refused(root: &Path, trust: &Path, bundle: &Path, extra: &[&str], code: i32, outside: &Path) -> String {
+fn refused(
+    root: &Path,
+    trust: &Path,
+    bundle: &Path,
+    extra: &[&str],
+    code: i32,
+    outside: &Path,
+) -> String {
     let before = tree_listing(root);
     let out = apply(root, trust, bundle, extra);
     assert_eq!(out.status.code(), Some(code), "exit code");
@@ -34,7 +53,10 @@ fn refused(root: &Path, trust: &Path, bundle: &Path, extra: &[&str], code: i32, 
         let removed: Vec<_> = before.iter().filter(|l| !after.contains(l)).collect();
         panic!("the root changed on a refusal: added {added:#?} removed {removed:#?}");
     }
-    assert!(!root.join("var/lib/kiln").exists(), "var/lib/kiln left behind");
+    assert!(
+        !root.join("var/lib/kiln").exists(),
+        "var/lib/kiln left behind"
+    );
     assert_empty(outside);
     stderr(&out)
 }
@@ -80,7 +102,14 @@ fn tampered_bundles_are_refused_with_their_code_and_change_nothing() {
 
     // Trusted but revoked: revoked wins.
     let revoked = trust_dir(&[&key], &[&key]);
-    let err = refused(r, revoked.path(), &good, &[], exit::REVOKED_KEY, outside.path());
+    let err = refused(
+        r,
+        revoked.path(),
+        &good,
+        &[],
+        exit::REVOKED_KEY,
+        outside.path(),
+    );
     assert!(err.contains("revoked"), "{err}");
 
     // Expired.
@@ -93,13 +122,27 @@ fn tampered_bundles_are_refused_with_their_code_and_change_nothing() {
     assert!(err.contains("expired"), "{err}");
 
     // Another hostgroup: by flag, and by <root>/etc/kiln/hostgroup.
-    refused(r, t, &good, &["--hostgroup", "db"], exit::WRONG_HOSTGROUP, outside.path());
+    refused(
+        r,
+        t,
+        &good,
+        &["--hostgroup", "db"],
+        exit::WRONG_HOSTGROUP,
+        outside.path(),
+    );
     std::fs::create_dir_all(r.join("etc/kiln")).unwrap();
     std::fs::write(r.join("etc/kiln/hostgroup"), "db\n").unwrap();
     refused(r, t, &good, &[], exit::WRONG_HOSTGROUP, outside.path());
     // Rollback: by flag, and by <root>/etc/kiln/min-version.
     std::fs::write(r.join("etc/kiln/hostgroup"), "web\n").unwrap();
-    refused(r, t, &good, &["--min-version", "8"], exit::ROLLBACK, outside.path());
+    refused(
+        r,
+        t,
+        &good,
+        &["--min-version", "8"],
+        exit::ROLLBACK,
+        outside.path(),
+    );
     std::fs::write(r.join("etc/kiln/min-version"), "9\n").unwrap();
     refused(r, t, &good, &[], exit::ROLLBACK, outside.path());
     std::fs::remove_file(r.join("etc/kiln/min-version")).unwrap();
@@ -107,7 +150,14 @@ fn tampered_bundles_are_refused_with_their_code_and_change_nothing() {
     // A pinned digest that does not match is refused before anything else (even before the
     // signature: the stranger's bundle gives 19, not 11).
     let wrong = "0".repeat(64);
-    refused(r, t, &stranger, &["--sha256", &wrong], exit::DIGEST_MISMATCH, outside.path());
+    refused(
+        r,
+        t,
+        &stranger,
+        &["--sha256", &wrong],
+        exit::DIGEST_MISMATCH,
+        outside.path(),
+    );
 
     // The manifest changed after signing: bad signature.
     let mut forged = sample(7);
@@ -125,7 +175,10 @@ fn tampered_bundles_are_refused_with_their_code_and_change_nothing() {
     // And the good bundle still applies, pinned, after all that.
     let out = apply(r, t, &good, &["--sha256", &sha]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(std::fs::read(r.join("srv/www/index.html")).unwrap(), b"<h1>hello</h1>\n");
+    assert_eq!(
+        std::fs::read(r.join("srv/www/index.html")).unwrap(),
+        b"<h1>hello</h1>\n"
+    );
     assert!(!r.join("etc/hostname").exists());
     assert!(!r.join("var/lib/kiln/staging").exists());
 }
@@ -135,7 +188,10 @@ fn write_with_signature(s: &Spec, sig: &str, path: &Path) {
     use std::io::Write;
     let json = s.m.to_canonical_json();
     let mut tar = tar::Builder::new(Vec::new());
-    for (name, data) in [(kiln_signing::MANIFEST_NAME, json.as_slice()), (kiln_signing::SIGNATURE_NAME, sig.as_bytes())] {
+    for (name, data) in [
+        (kiln_signing::MANIFEST_NAME, json.as_slice()),
+        (kiln_signing::SIGNATURE_NAME, sig.as_bytes()),
+    ] {
         let mut h = tar::Header::new_ustar();
         h.set_path(name).unwrap();
         h.set_size(data.len() as u64);
@@ -174,14 +230,22 @@ fn malicious_manifests_signed_by_a_trusted_key_are_refused() {
 
     // Duplicate paths.
     let mut s = sample(7);
-    s.file("/srv/www/index.html", b"second\n", "0644", "root", "root").finish();
+    s.file("/srv/www/index.html", b"second\n", "0644", "root", "root")
+        .finish();
     let p = work.path().join("dup.kiln");
     s.write_raw(&key, &p, Raw::default());
     refused(r, t, &p, &[], exit::CORRUPT, outside.path());
 
     // `..` climbing out of the root.
     let mut s = sample(7);
-    s.file(&format!("/srv/../../../..{out_path}/x"), b"escape\n", "0644", "root", "root").finish();
+    s.file(
+        &format!("/srv/../../../..{out_path}/x"),
+        b"escape\n",
+        "0644",
+        "root",
+        "root",
+    )
+    .finish();
     let p = work.path().join("dotdot.kiln");
     s.write_raw(&key, &p, Raw::default());
     refused(r, t, &p, &[], exit::CORRUPT, outside.path());
@@ -190,7 +254,9 @@ fn malicious_manifests_signed_by_a_trusted_key_are_refused() {
     // directory (absolute) or to / and a file below it.
     for target in [out_path.as_str(), "/"] {
         let mut s = sample(7);
-        s.symlink("/opt/pivot", target).file("/opt/pivot/pwned", b"pwned\n", "0644", "root", "root").finish();
+        s.symlink("/opt/pivot", target)
+            .file("/opt/pivot/pwned", b"pwned\n", "0644", "root", "root")
+            .finish();
         let p = work.path().join("pivot.kiln");
         s.write_raw(&key, &p, Raw::default());
         let err = refused(r, t, &p, &[], exit::CORRUPT, outside.path());
@@ -200,7 +266,12 @@ fn malicious_manifests_signed_by_a_trusted_key_are_refused() {
     // The manifest's file size differs from its blob's size.
     let mut s = sample(7);
     s.finish();
-    if let Some(EntryKind::File { size, .. }) = s.m.entries.iter_mut().map(|e| &mut e.kind).find(|k| matches!(k, EntryKind::File { .. })) {
+    if let Some(EntryKind::File { size, .. }) =
+        s.m.entries
+            .iter_mut()
+            .map(|e| &mut e.kind)
+            .find(|k| matches!(k, EntryKind::File { .. }))
+    {
         *size += 1;
     }
     let p = work.path().join("size-entry.kiln");
@@ -230,12 +301,44 @@ fn malicious_manifests_signed_by_a_trusted_key_are_refused() {
     let d = s.m.blobs[0].digest.clone();
     let link_target = format!("{out_path}/x");
     let cases = vec![
-        Raw { replace: vec![(d.clone(), tar::EntryType::Char, None)], ..Default::default() },
-        Raw { replace: vec![(d.clone(), tar::EntryType::Link, Some(link_target.clone()))], ..Default::default() },
-        Raw { replace: vec![(d.clone(), tar::EntryType::Symlink, Some(link_target.clone()))], ..Default::default() },
-        Raw { extra: vec![("blobs/dev".into(), tar::EntryType::Block, vec![], None)], ..Default::default() },
-        Raw { extra: vec![("etc/shadow".into(), tar::EntryType::Link, vec![], Some("/etc/shadow".into()))], ..Default::default() },
-        Raw { extra: vec![(format!("blobs/{d}"), tar::EntryType::Regular, b"again".to_vec(), None)], ..Default::default() },
+        Raw {
+            replace: vec![(d.clone(), tar::EntryType::Char, None)],
+            ..Default::default()
+        },
+        Raw {
+            replace: vec![(d.clone(), tar::EntryType::Link, Some(link_target.clone()))],
+            ..Default::default()
+        },
+        Raw {
+            replace: vec![(
+                d.clone(),
+                tar::EntryType::Symlink,
+                Some(link_target.clone()),
+            )],
+            ..Default::default()
+        },
+        Raw {
+            extra: vec![("blobs/dev".into(), tar::EntryType::Block, vec![], None)],
+            ..Default::default()
+        },
+        Raw {
+            extra: vec![(
+                "etc/shadow".into(),
+                tar::EntryType::Link,
+                vec![],
+                Some("/etc/shadow".into()),
+            )],
+            ..Default::default()
+        },
+        Raw {
+            extra: vec![(
+                format!("blobs/{d}"),
+                tar::EntryType::Regular,
+                b"again".to_vec(),
+                None,
+            )],
+            ..Default::default()
+        },
     ];
     for (i, raw) in cases.into_iter().enumerate() {
         let p = work.path().join(format!("member-{i}.kiln"));
@@ -245,13 +348,21 @@ fn malicious_manifests_signed_by_a_trusted_key_are_refused() {
 
     // A zstd frame that needs a 128 MiB window (the reader allows 8 MiB).
     let p = work.path().join("window.kiln");
-    s.write_raw(&key, &p, Raw { window_log: Some(27), ..Default::default() });
+    s.write_raw(
+        &key,
+        &p,
+        Raw {
+            window_log: Some(27),
+            ..Default::default()
+        },
+    );
     let err = refused(r, t, &p, &[], exit::CORRUPT, outside.path());
     assert!(err.contains("window"), "{err}");
 
     // A path under kiln's own state directory, and a user name that is an option.
     let mut s = sample(7);
-    s.file("/var/lib/kiln/state.json", b"{}", "0644", "root", "root").finish();
+    s.file("/var/lib/kiln/state.json", b"{}", "0644", "root", "root")
+        .finish();
     let p = work.path().join("state.kiln");
     s.write_raw(&key, &p, Raw::default());
     refused(r, t, &p, &[], exit::CORRUPT, outside.path());
@@ -289,7 +400,11 @@ fn symlinks_out_of_the_root_are_contained() {
 
     // Planted in the base: absolute and relative links leading outside.
     std::os::unix::fs::symlink(out, r.join("etc/evil")).unwrap();
-    std::os::unix::fs::symlink("../../../../../../../..".to_string() + out.to_str().unwrap(), r.join("srv/up")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../../../..".to_string() + out.to_str().unwrap(),
+        r.join("srv/up"),
+    )
+    .unwrap();
     std::fs::create_dir_all(&inside).unwrap();
     let mut s = Spec::new("web", 1);
     s.file("/etc/evil/pwned", b"one\n", "0644", "root", "root")
@@ -305,7 +420,10 @@ fn symlinks_out_of_the_root_are_contained() {
     assert_eq!(std::fs::read(inside.join("pwned2")).unwrap(), b"two\n");
     assert!(inside.join("sub").is_dir());
     // The symlinks themselves were not replaced (the writes went through them).
-    assert!(std::fs::symlink_metadata(r.join("etc/evil")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(r.join("etc/evil"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     // A pivot left by an earlier bundle: /opt/pivot -> <outside>, then a later bundle (forced,
     // since one is applied already) writes below it.
@@ -313,15 +431,25 @@ fn symlinks_out_of_the_root_are_contained() {
     s.symlink("/opt/pivot", out.to_str().unwrap());
     let b2 = work.path().join("b2.kiln");
     s.write(&key, &b2);
-    assert_eq!(apply(r, trust.path(), &b2, &["--force"]).status.code(), Some(0));
+    assert_eq!(
+        apply(r, trust.path(), &b2, &["--force"]).status.code(),
+        Some(0)
+    );
     let mut s = Spec::new("web", 3);
-    s.file("/opt/pivot/pwned3", b"three\n", "0644", "root", "root").absent("/opt/pivot/pwned");
+    s.file("/opt/pivot/pwned3", b"three\n", "0644", "root", "root")
+        .absent("/opt/pivot/pwned");
     let b3 = work.path().join("b3.kiln");
     s.write(&key, &b3);
-    assert_eq!(apply(r, trust.path(), &b3, &["--force"]).status.code(), Some(0));
+    assert_eq!(
+        apply(r, trust.path(), &b3, &["--force"]).status.code(),
+        Some(0)
+    );
     assert_empty(out);
     assert_eq!(std::fs::read(inside.join("pwned3")).unwrap(), b"three\n");
-    assert!(!inside.join("pwned").exists(), "absent through the pivot removes inside the root");
+    assert!(
+        !inside.join("pwned").exists(),
+        "absent through the pivot removes inside the root"
+    );
 
     // A different bundle without --force is refused, and a lower version even with it.
     let mut s = Spec::new("web", 4);
@@ -330,7 +458,57 @@ fn symlinks_out_of_the_root_are_contained() {
     s.write(&key, &b4);
     let o = apply(r, trust.path(), &b4, &[]);
     assert_eq!(o.status.code(), Some(exit::FAILURE));
-    assert!(stderr(&o).contains("already has web version 3"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already has web version 3"),
+        "{}",
+        stderr(&o)
+    );
     let o = apply(r, trust.path(), &b1, &["--force"]);
     assert_eq!(o.status.code(), Some(exit::ROLLBACK));
+}
+
+#[test]
+fn dry_run_verifies_and_lists_changes_without_making_them() {
+    let Some(root) = mini_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("web-7.kiln");
+    sample(7).write(&key, &bundle);
+    let before = tree_hash(r);
+    let out = apply(r, trust.path(), &bundle, &["--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree_hash(r), before);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "dry_run");
+    let plan: Vec<&str> = report["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            "create directory /srv/www",
+            "create file /srv/www/big.bin",
+            "create file /srv/www/index.html",
+            "create symlink /srv/current",
+            "remove /etc/hostname"
+        ]
+    );
+
+    // A dry run of a corrupt bundle is refused like the real thing, with a JSON report.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 1;
+    let bad = work.path().join("bad.kiln");
+    std::fs::write(&bad, bytes).unwrap();
+    let out = apply(r, trust.path(), &bad, &["--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(exit::CORRUPT));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "refused");
+    assert_eq!(report["exit_code"], exit::CORRUPT);
+    assert_eq!(tree_hash(r), before);
 }

@@ -48,7 +48,10 @@ impl Accounts {
     pub fn load(root: &Root) -> io::Result<Accounts> {
         let passwd = root.read_text("/etc/passwd", DB_LIMIT)?.unwrap_or_default();
         let group = root.read_text("/etc/group", DB_LIMIT)?.unwrap_or_default();
-        Ok(Accounts { users: parse_passwd(&passwd), groups: parse_group(&group) })
+        Ok(Accounts {
+            users: parse_passwd(&passwd),
+            groups: parse_group(&group),
+        })
     }
 
     pub fn user(&self, name: &str) -> Option<&PasswdEntry> {
@@ -117,7 +120,11 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
             Some(GroupEntry {
                 name: f[0].to_string(),
                 gid: f[2].parse().ok()?,
-                members: f[3].split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
+                members: f[3]
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect(),
             })
         })
         .collect()
@@ -143,7 +150,12 @@ fn run_tool(ctx: &Ctx, step: &'static str, what: &str, program: Program) -> Resu
         return Err(ApplyError::step(
             step,
             what,
-            format!("{} failed ({}): {}", program.argv[0], done.describe(program.timeout), done.last_line()),
+            format!(
+                "{} failed ({}): {}",
+                program.argv[0],
+                done.describe(program.timeout),
+                done.last_line()
+            ),
         ));
     }
     Ok(())
@@ -157,7 +169,10 @@ pub fn plan_groups(have: &Accounts, groups: &[Group]) -> Result<Vec<String>, Str
             Some(e) => {
                 if let Some(gid) = g.gid {
                     if gid != e.gid {
-                        return Err(format!("group {} exists with gid {}, the bundle wants {gid}", g.name, e.gid));
+                        return Err(format!(
+                            "group {} exists with gid {}, the bundle wants {gid}",
+                            g.name, e.gid
+                        ));
                     }
                 }
             }
@@ -171,7 +186,8 @@ pub fn plan_groups(have: &Accounts, groups: &[Group]) -> Result<Vec<String>, Str
 pub fn apply_groups(ctx: &Ctx) -> Result<usize, ApplyError> {
     let mut created = 0;
     for g in &ctx.manifest.groups {
-        let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("groups", "/etc/group", e))?;
+        let have =
+            Accounts::load(ctx.root).map_err(|e| ApplyError::step("groups", "/etc/group", e))?;
         if let Some(e) = have.group(&g.name) {
             if let Some(gid) = g.gid.filter(|gid| *gid != e.gid) {
                 return Err(ApplyError::step(
@@ -190,7 +206,12 @@ pub fn apply_groups(ctx: &Ctx) -> Result<usize, ApplyError> {
             args.push("--system".to_string());
         }
         args.push(g.name.clone());
-        run_tool(ctx, "groups", &g.name, shadow(ctx.root.path(), "groupadd", args))?;
+        run_tool(
+            ctx,
+            "groups",
+            &g.name,
+            shadow(ctx.root.path(), "groupadd", args),
+        )?;
         created += 1;
     }
     Ok(created)
@@ -200,7 +221,10 @@ pub fn apply_groups(ctx: &Ctx) -> Result<usize, ApplyError> {
 /// or an error for what must not be changed in place (the uid).
 fn usermod_args(have: &Accounts, e: &PasswdEntry, u: &User) -> Result<Vec<String>, String> {
     if let Some(uid) = u.uid.filter(|uid| *uid != e.uid) {
-        return Err(format!("user {} exists with uid {}, the bundle wants {uid}", u.name, e.uid));
+        return Err(format!(
+            "user {} exists with uid {}, the bundle wants {uid}",
+            u.name, e.uid
+        ));
     }
     let mut args = Vec::new();
     if let Some(group) = &u.group {
@@ -218,7 +242,11 @@ fn usermod_args(have: &Accounts, e: &PasswdEntry, u: &User) -> Result<Vec<String
         args.extend(["--comment".to_string(), comment.clone()]);
     }
     let member_of = have.memberships(&u.name);
-    let primary = have.groups.iter().find(|g| g.gid == e.gid).map(|g| g.name.as_str());
+    let primary = have
+        .groups
+        .iter()
+        .find(|g| g.gid == e.gid)
+        .map(|g| g.name.as_str());
     let missing: Vec<&str> = u
         .groups
         .iter()
@@ -226,7 +254,11 @@ fn usermod_args(have: &Accounts, e: &PasswdEntry, u: &User) -> Result<Vec<String
         .filter(|g| !member_of.contains(g) && Some(*g) != primary)
         .collect();
     if !missing.is_empty() {
-        args.extend(["--append".to_string(), "--groups".to_string(), missing.join(",")]);
+        args.extend([
+            "--append".to_string(),
+            "--groups".to_string(),
+            missing.join(","),
+        ]);
     }
     Ok(args)
 }
@@ -245,7 +277,11 @@ pub fn plan_users(have: &Accounts, users: &[User]) -> Result<Vec<String>, String
             None => todo.push(format!("create user {}", u.name)),
         }
         if !u.authorized_keys.is_empty() {
-            todo.push(format!("authorized_keys of {} ({} keys)", u.name, u.authorized_keys.len()));
+            todo.push(format!(
+                "authorized_keys of {} ({} keys)",
+                u.name,
+                u.authorized_keys.len()
+            ));
         }
     }
     Ok(todo)
@@ -256,19 +292,31 @@ pub fn plan_users(have: &Accounts, users: &[User]) -> Result<Vec<String>, String
 pub fn apply_users(ctx: &Ctx) -> Result<usize, ApplyError> {
     let mut changed = 0;
     for u in &ctx.manifest.users {
-        let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("users", "/etc/passwd", e))?;
+        let have =
+            Accounts::load(ctx.root).map_err(|e| ApplyError::step("users", "/etc/passwd", e))?;
         match have.user(&u.name) {
             Some(e) => {
-                let args = usermod_args(&have, e, u).map_err(|m| ApplyError::step("users", &u.name, m))?;
+                let args =
+                    usermod_args(&have, e, u).map_err(|m| ApplyError::step("users", &u.name, m))?;
                 if !args.is_empty() {
                     let mut args = args;
                     args.push(u.name.clone());
-                    run_tool(ctx, "users", &u.name, shadow(ctx.root.path(), "usermod", args))?;
+                    run_tool(
+                        ctx,
+                        "users",
+                        &u.name,
+                        shadow(ctx.root.path(), "usermod", args),
+                    )?;
                     changed += 1;
                 }
             }
             None => {
-                run_tool(ctx, "users", &u.name, shadow(ctx.root.path(), "useradd", useradd_args(&have, u)))?;
+                run_tool(
+                    ctx,
+                    "users",
+                    &u.name,
+                    shadow(ctx.root.path(), "useradd", useradd_args(&have, u)),
+                )?;
                 changed += 1;
             }
         }
@@ -305,7 +353,14 @@ fn useradd_args(have: &Accounts, u: &User) -> Vec<String> {
     if u.system {
         args.push("--system".to_string());
     }
-    args.push(if u.create_home { "--create-home" } else { "--no-create-home" }.to_string());
+    args.push(
+        if u.create_home {
+            "--create-home"
+        } else {
+            "--no-create-home"
+        }
+        .to_string(),
+    );
     args.push(u.name.clone());
     args
 }
@@ -314,20 +369,30 @@ fn useradd_args(have: &Accounts, u: &User) -> Vec<String> {
 fn write_authorized_keys(ctx: &Ctx, u: &User) -> Result<(), ApplyError> {
     let what = |p: &str| format!("{p} of {}", u.name);
     let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("users", "/etc/passwd", e))?;
-    let e = have
-        .user(&u.name)
-        .ok_or_else(|| ApplyError::step("users", &u.name, "missing from /etc/passwd after useradd"))?;
+    let e = have.user(&u.name).ok_or_else(|| {
+        ApplyError::step("users", &u.name, "missing from /etc/passwd after useradd")
+    })?;
     if !e.home.starts_with('/') || e.home == "/" || e.home.split('/').any(|c| c == "..") {
-        return Err(ApplyError::step("users", &u.name, format!("home {:?} cannot hold authorized_keys", e.home)));
+        return Err(ApplyError::step(
+            "users",
+            &u.name,
+            format!("home {:?} cannot hold authorized_keys", e.home),
+        ));
     }
     let ssh_dir = format!("{}/.ssh", e.home.trim_end_matches('/'));
     let keys_path = format!("{ssh_dir}/authorized_keys");
     let step_err = |p: &str, err: io::Error| ApplyError::step("users", &what(p), err);
     // The home itself: made (0700, the user's) only if useradd did not make it.
-    if !ctx.root.exists(&e.home).map_err(|err| step_err(&e.home, err))? {
-        super::entries::ensure_dir(ctx.root, &e.home, 0o700, e.uid, e.gid).map_err(|err| step_err(&e.home, err))?;
+    if !ctx
+        .root
+        .exists(&e.home)
+        .map_err(|err| step_err(&e.home, err))?
+    {
+        super::entries::ensure_dir(ctx.root, &e.home, 0o700, e.uid, e.gid)
+            .map_err(|err| step_err(&e.home, err))?;
     }
-    super::entries::ensure_dir(ctx.root, &ssh_dir, 0o700, e.uid, e.gid).map_err(|err| step_err(&ssh_dir, err))?;
+    super::entries::ensure_dir(ctx.root, &ssh_dir, 0o700, e.uid, e.gid)
+        .map_err(|err| step_err(&ssh_dir, err))?;
     let mut content = u.authorized_keys.join("\n");
     content.push('\n');
     let parent = ctx
@@ -355,7 +420,10 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p[1].comment, "Web,,,");
         let g = parse_group("adm:x:4:syslog,web\nweb:x:1000:\n");
-        let a = Accounts { users: p, groups: g };
+        let a = Accounts {
+            users: p,
+            groups: g,
+        };
         assert_eq!(a.memberships("web"), vec!["adm"]);
         assert_eq!(a.uid("web"), Some(1000));
         assert_eq!(a.uid("1234"), Some(1234));
@@ -388,7 +456,9 @@ mod tests {
         u.group = Some("web".into());
         u.groups = vec!["adm".into(), "web".into()];
         u.shell = Some("/bin/sh".into());
-        assert!(usermod_args(&a, a.user("web").unwrap(), &u).unwrap().is_empty());
+        assert!(usermod_args(&a, a.user("web").unwrap(), &u)
+            .unwrap()
+            .is_empty());
         u.groups.push("www".into());
         u.shell = Some("/bin/bash".into());
         assert_eq!(

@@ -12,7 +12,14 @@ use crate::state::CommandResult;
 
 fn result_of(r: &Record) -> Option<CommandResult> {
     match r {
-        Record::Command { name, status, exit_code, seconds, output, truncated } => Some(CommandResult {
+        Record::Command {
+            name,
+            status,
+            exit_code,
+            seconds,
+            output,
+            truncated,
+        } => Some(CommandResult {
             name: name.clone(),
             status: status.clone(),
             exit_code: *exit_code,
@@ -36,19 +43,30 @@ fn record_of(c: &CommandResult) -> Record {
 }
 
 /// Runs the commands; every result (including the failing one) is pushed to `results`.
-pub fn apply_commands(ctx: &Ctx, journal: &mut Journal, results: &mut Vec<CommandResult>) -> Result<String, ApplyError> {
+pub fn apply_commands(
+    ctx: &Ctx,
+    journal: &mut Journal,
+    results: &mut Vec<CommandResult>,
+) -> Result<String, ApplyError> {
     let (mut ran, mut skipped) = (0, 0);
     for c in &ctx.manifest.commands {
         if let Some(done) = journal.command_result(&c.name).and_then(result_of) {
-            ctx.log.info(&format!("  {}: done in an earlier run ({})", c.name, done.status));
+            ctx.log.info(&format!(
+                "  {}: done in an earlier run ({})",
+                c.name, done.status
+            ));
             results.push(done);
             skipped += 1;
             continue;
         }
         if let Some(path) = &c.creates {
-            let exists = ctx.root.exists(path).map_err(|e| ApplyError::step("commands", &c.name, e))?;
+            let exists = ctx
+                .root
+                .exists(path)
+                .map_err(|e| ApplyError::step("commands", &c.name, e))?;
             if exists {
-                ctx.log.info(&format!("  {}: skipped, {path} exists", c.name));
+                ctx.log
+                    .info(&format!("  {}: skipped, {path} exists", c.name));
                 let r = CommandResult {
                     name: c.name.clone(),
                     status: "skipped".into(),
@@ -57,7 +75,9 @@ pub fn apply_commands(ctx: &Ctx, journal: &mut Journal, results: &mut Vec<Comman
                     output: String::new(),
                     truncated: false,
                 };
-                journal.command_done(record_of(&r)).map_err(ApplyError::journal)?;
+                journal
+                    .command_done(record_of(&r))
+                    .map_err(ApplyError::journal)?;
                 results.push(r);
                 skipped += 1;
                 continue;
@@ -66,16 +86,27 @@ pub fn apply_commands(ctx: &Ctx, journal: &mut Journal, results: &mut Vec<Comman
         if journal.command_interrupted(&c.name) {
             ctx.warn(&format!("command {} did not finish in an earlier run (failed or interrupted): running it again", c.name));
         }
-        journal.command_started(&c.name).map_err(ApplyError::journal)?;
+        journal
+            .command_started(&c.name)
+            .map_err(ApplyError::journal)?;
         let timeout = Duration::from_secs(c.timeout_secs);
         let program = Program::new(&c.argv, timeout)
             .in_root(ctx.root.path())
             .env("KILN_HOSTGROUP", &ctx.manifest.hostgroup)
             .env("KILN_VERSION", &ctx.manifest.version.to_string());
-        ctx.log.info(&format!("  {}: {} (timeout {}s)", c.name, program.display(), c.timeout_secs));
-        let done = program
-            .run()
-            .map_err(|e| ApplyError::step("commands", &c.name, format!("cannot run {}: {e}", c.argv[0])))?;
+        ctx.log.info(&format!(
+            "  {}: {} (timeout {}s)",
+            c.name,
+            program.display(),
+            c.timeout_secs
+        ));
+        let done = program.run().map_err(|e| {
+            ApplyError::step(
+                "commands",
+                &c.name,
+                format!("cannot run {}: {e}", c.argv[0]),
+            )
+        })?;
         let status = if done.timed_out {
             "timed_out"
         } else if done.success() {
@@ -100,7 +131,9 @@ pub fn apply_commands(ctx: &Ctx, journal: &mut Journal, results: &mut Vec<Comman
                 output: done.output,
             });
         }
-        journal.command_done(record_of(&r)).map_err(ApplyError::journal)?;
+        journal
+            .command_done(record_of(&r))
+            .map_err(ApplyError::journal)?;
         ran += 1;
     }
     Ok(format!("{ran} ran, {skipped} skipped"))

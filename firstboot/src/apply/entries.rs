@@ -31,18 +31,38 @@ pub enum Action {
 
 /// Looks at what is at `e.path` now and says what applying `e` would do, or why it cannot
 /// be applied (a conflict found before anything changes). Hashes file content only with `hash`.
-pub fn plan_entry(root: &Root, e: &Entry, ids: Option<(u32, u32)>, absent: &BTreeSet<&str>, hash: bool) -> Result<Action, String> {
+pub fn plan_entry(
+    root: &Root,
+    e: &Entry,
+    ids: Option<(u32, u32)>,
+    absent: &BTreeSet<&str>,
+    hash: bool,
+) -> Result<Action, String> {
     let parent = match root.parent(&e.path, false) {
         Ok(Some(p)) => p,
-        Ok(None) => return Ok(if matches!(e.kind, EntryKind::Absent) { Action::Unchanged } else { Action::Create }),
+        Ok(None) => {
+            return Ok(if matches!(e.kind, EntryKind::Absent) {
+                Action::Unchanged
+            } else {
+                Action::Create
+            })
+        }
         Err(err) if fsroot::is_missing(&err) => {
-            return Ok(if matches!(e.kind, EntryKind::Absent) { Action::Unchanged } else { Action::Create })
+            return Ok(if matches!(e.kind, EntryKind::Absent) {
+                Action::Unchanged
+            } else {
+                Action::Create
+            })
         }
         Err(err) => return Err(err.to_string()),
     };
     let meta = parent.lstat().map_err(|err| err.to_string())?;
     let Some(meta) = meta else {
-        return Ok(if matches!(e.kind, EntryKind::Absent) { Action::Unchanged } else { Action::Create });
+        return Ok(if matches!(e.kind, EntryKind::Absent) {
+            Action::Unchanged
+        } else {
+            Action::Create
+        });
     };
     let wants_meta = |mode: &str| -> Result<bool, String> {
         let mode = parse_mode(mode)?;
@@ -53,13 +73,19 @@ pub fn plan_entry(root: &Root, e: &Entry, ids: Option<(u32, u32)>, absent: &BTre
     };
     match &e.kind {
         EntryKind::Directory { mode, .. } => match meta.kind {
-            Kind::Dir => Ok(if wants_meta(mode)? { Action::Metadata } else { Action::Unchanged }),
+            Kind::Dir => Ok(if wants_meta(mode)? {
+                Action::Metadata
+            } else {
+                Action::Unchanged
+            }),
             Kind::Symlink => match root.open_dir(&e.path) {
                 Ok(fd) => {
                     let m = fsroot::fmeta(fd.as_fd()).map_err(|err| err.to_string())?;
                     let mode = parse_mode(mode)?;
                     Ok(match ids {
-                        Some((uid, gid)) if m.mode == mode && m.uid == uid && m.gid == gid => Action::Unchanged,
+                        Some((uid, gid)) if m.mode == mode && m.uid == uid && m.gid == gid => {
+                            Action::Unchanged
+                        }
                         _ => Action::Metadata,
                     })
                 }
@@ -67,11 +93,19 @@ pub fn plan_entry(root: &Root, e: &Entry, ids: Option<(u32, u32)>, absent: &BTre
             },
             _ => Err("exists and is not a directory (refusing to replace it)".into()),
         },
-        EntryKind::File { mode, digest, size, .. } => match meta.kind {
+        EntryKind::File {
+            mode, digest, size, ..
+        } => match meta.kind {
             Kind::Dir => Err("is a directory (refusing to replace it with a file)".into()),
             Kind::File if hash => {
-                if meta.size == *size && same_content(&parent, digest).map_err(|err| err.to_string())? {
-                    Ok(if wants_meta(mode)? { Action::Metadata } else { Action::Unchanged })
+                if meta.size == *size
+                    && same_content(&parent, digest).map_err(|err| err.to_string())?
+                {
+                    Ok(if wants_meta(mode)? {
+                        Action::Metadata
+                    } else {
+                        Action::Unchanged
+                    })
                 } else {
                     Ok(Action::Replace)
                 }
@@ -80,7 +114,14 @@ pub fn plan_entry(root: &Root, e: &Entry, ids: Option<(u32, u32)>, absent: &BTre
         },
         EntryKind::Symlink { target } => match meta.kind {
             Kind::Dir => Err("is a directory (refusing to replace it with a symlink)".into()),
-            Kind::Symlink if parent.readlink().map(|t| t == target.as_str()).unwrap_or(false) => Ok(Action::Unchanged),
+            Kind::Symlink
+                if parent
+                    .readlink()
+                    .map(|t| t == target.as_str())
+                    .unwrap_or(false) =>
+            {
+                Ok(Action::Unchanged)
+            }
             _ => Ok(Action::Replace),
         },
         EntryKind::Absent => {
@@ -144,12 +185,22 @@ impl Write for HashWriter<'_> {
 
 /// Resolves an entry's owner and group against the root's accounts.
 pub fn ids(accounts: &Accounts, owner: &str, group: &str) -> Result<(u32, u32), String> {
-    let uid = accounts.uid(owner).ok_or_else(|| format!("owner {owner:?} does not exist in the root"))?;
-    let gid = accounts.gid(group).ok_or_else(|| format!("group {group:?} does not exist in the root"))?;
+    let uid = accounts
+        .uid(owner)
+        .ok_or_else(|| format!("owner {owner:?} does not exist in the root"))?;
+    let gid = accounts
+        .gid(group)
+        .ok_or_else(|| format!("group {group:?} does not exist in the root"))?;
     Ok((uid, gid))
 }
 
-fn entry_ids(ctx: &Ctx, accounts: &Accounts, e: &Entry, owner: &str, group: &str) -> Result<(u32, u32), ApplyError> {
+fn entry_ids(
+    ctx: &Ctx,
+    accounts: &Accounts,
+    e: &Entry,
+    owner: &str,
+    group: &str,
+) -> Result<(u32, u32), ApplyError> {
     let _ = ctx;
     ids(accounts, owner, group).map_err(|m| ApplyError::step("entries", &e.path, m))
 }
@@ -164,14 +215,28 @@ pub fn ensure_dir(root: &Root, path: &str, mode: u32, uid: u32, gid: u32) -> io:
     let (fd, created) = match parent.lstat()? {
         None => {
             let created = parent.mkdir()?;
-            (parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?, created)
+            (
+                parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?,
+                created,
+            )
         }
-        Some(m) if m.kind == Kind::Dir => (parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?, false),
+        Some(m) if m.kind == Kind::Dir => (
+            parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?,
+            false,
+        ),
         Some(m) if m.kind == Kind::Symlink => match root.open_dir(path) {
             Ok(fd) => (fd, false),
-            Err(_) => return Err(io::Error::other("is a symlink that does not lead to a directory")),
+            Err(_) => {
+                return Err(io::Error::other(
+                    "is a symlink that does not lead to a directory",
+                ))
+            }
         },
-        Some(_) => return Err(io::Error::other("exists and is not a directory (refusing to replace it)")),
+        Some(_) => {
+            return Err(io::Error::other(
+                "exists and is not a directory (refusing to replace it)",
+            ))
+        }
     };
     let have = fsroot::fmeta(fd.as_fd())?;
     if created || !same_meta(&have, mode, uid, gid) {
@@ -187,7 +252,13 @@ fn same_meta(m: &Meta, mode: u32, uid: u32, gid: u32) -> bool {
 
 /// Writes `bytes` to `parent`'s last component unless it already holds exactly that (then
 /// only mode and owner are fixed). Returns whether the content changed.
-pub fn write_bytes(parent: &Parent, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<bool> {
+pub fn write_bytes(
+    parent: &Parent,
+    bytes: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> io::Result<bool> {
     let digest = hex::encode(Sha256::digest(bytes));
     if let Some(m) = parent.lstat()? {
         if m.kind == Kind::File && m.size == bytes.len() as u64 && same_content(parent, &digest)? {
@@ -227,10 +298,13 @@ impl std::fmt::Display for Counts {
 }
 
 pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
-    let accounts = Accounts::load(ctx.root).map_err(|e| ApplyError::step("directories", "/etc/passwd", e))?;
+    let accounts =
+        Accounts::load(ctx.root).map_err(|e| ApplyError::step("directories", "/etc/passwd", e))?;
     let mut counts = Counts::default();
     for e in &ctx.manifest.entries {
-        let EntryKind::Directory { mode, owner, group } = &e.kind else { continue };
+        let EntryKind::Directory { mode, owner, group } = &e.kind else {
+            continue;
+        };
         let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
         let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
         let changed = ensure_dir(ctx.root, &e.path, mode, uid, gid)
@@ -248,10 +322,22 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
 /// copied. A file whose content changes and that names services to restart or reload is
 /// recorded in the journal before the rename, so a crash right after still restarts them.
 pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyError> {
-    let accounts = Accounts::load(ctx.root).map_err(|e| ApplyError::step("files", "/etc/passwd", e))?;
+    let accounts =
+        Accounts::load(ctx.root).map_err(|e| ApplyError::step("files", "/etc/passwd", e))?;
     let mut counts = Counts::default();
     for e in &ctx.manifest.entries {
-        let EntryKind::File { mode, owner, group, digest, size, restart, reload } = &e.kind else { continue };
+        let EntryKind::File {
+            mode,
+            owner,
+            group,
+            digest,
+            size,
+            restart,
+            reload,
+        } = &e.kind
+        else {
+            continue;
+        };
         let err = |m: String| ApplyError::step("files", &e.path, m);
         let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
         let mode = parse_mode(mode).map_err(err)?;
@@ -261,8 +347,16 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
             .map_err(|x| err(x.to_string()))?
             .ok_or_else(|| err("parent missing".into()))?;
         match parent.lstat().map_err(|x| err(x.to_string()))? {
-            Some(m) if m.kind == Kind::Dir => return Err(err("is a directory (refusing to replace it with a file)".into())),
-            Some(m) if m.kind == Kind::File && m.size == *size && same_content(&parent, digest).map_err(|x| err(x.to_string()))? => {
+            Some(m) if m.kind == Kind::Dir => {
+                return Err(err(
+                    "is a directory (refusing to replace it with a file)".into()
+                ))
+            }
+            Some(m)
+                if m.kind == Kind::File
+                    && m.size == *size
+                    && same_content(&parent, digest).map_err(|x| err(x.to_string()))? =>
+            {
                 fix_meta(&parent, mode, uid, gid).map_err(|x| err(x.to_string()))?;
                 counts.unchanged += 1;
                 continue;
@@ -270,7 +364,10 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
             _ => {}
         }
         let blob = ctx.staged_blob(digest);
-        let mut src = ctx.root.open_read(&blob).map_err(|x| err(format!("opening staged blob {blob}: {x}")))?;
+        let mut src = ctx
+            .root
+            .open_read(&blob)
+            .map_err(|x| err(format!("opening staged blob {blob}: {x}")))?;
         let hooks = !restart.is_empty() || !reload.is_empty();
         parent
             .write_atomic(
@@ -278,7 +375,13 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
                 uid,
                 gid,
                 |f| copy_verified(&mut src, f, digest, *size),
-                || if hooks { journal.changed(&e.path) } else { Ok(()) },
+                || {
+                    if hooks {
+                        journal.changed(&e.path)
+                    } else {
+                        Ok(())
+                    }
+                },
             )
             .map_err(|x| err(x.to_string()))?;
         counts.changed += 1;
@@ -287,7 +390,12 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
 }
 
 /// Copies a staged blob, failing unless it has exactly `size` bytes and this sha256.
-fn copy_verified(src: &mut impl Read, dst: &mut impl Write, digest: &str, size: u64) -> io::Result<()> {
+fn copy_verified(
+    src: &mut impl Read,
+    dst: &mut impl Write,
+    digest: &str,
+    size: u64,
+) -> io::Result<()> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
@@ -300,13 +408,17 @@ fn copy_verified(src: &mut impl Read, dst: &mut impl Write, digest: &str, size: 
         };
         total += n as u64;
         if total > size {
-            return Err(io::Error::other("staged blob is larger than the manifest says"));
+            return Err(io::Error::other(
+                "staged blob is larger than the manifest says",
+            ));
         }
         hasher.update(&buf[..n]);
         dst.write_all(&buf[..n])?;
     }
     if total != size || hex::encode(hasher.finalize()) != digest {
-        return Err(io::Error::other("staged blob does not match its digest (staging area corrupted?)"));
+        return Err(io::Error::other(
+            "staged blob does not match its digest (staging area corrupted?)",
+        ));
     }
     Ok(())
 }
@@ -314,7 +426,9 @@ fn copy_verified(src: &mut impl Read, dst: &mut impl Write, digest: &str, size: 
 pub fn apply_symlinks(ctx: &Ctx) -> Result<Counts, ApplyError> {
     let mut counts = Counts::default();
     for e in &ctx.manifest.entries {
-        let EntryKind::Symlink { target } = &e.kind else { continue };
+        let EntryKind::Symlink { target } = &e.kind else {
+            continue;
+        };
         let err = |m: String| ApplyError::step("symlinks", &e.path, m);
         let parent = ctx
             .root
@@ -322,14 +436,26 @@ pub fn apply_symlinks(ctx: &Ctx) -> Result<Counts, ApplyError> {
             .map_err(|x| err(x.to_string()))?
             .ok_or_else(|| err("parent missing".into()))?;
         match parent.lstat().map_err(|x| err(x.to_string()))? {
-            Some(m) if m.kind == Kind::Dir => return Err(err("is a directory (refusing to replace it with a symlink)".into())),
-            Some(m) if m.kind == Kind::Symlink && parent.readlink().map(|t| t == target.as_str()).unwrap_or(false) => {
+            Some(m) if m.kind == Kind::Dir => {
+                return Err(err(
+                    "is a directory (refusing to replace it with a symlink)".into(),
+                ))
+            }
+            Some(m)
+                if m.kind == Kind::Symlink
+                    && parent
+                        .readlink()
+                        .map(|t| t == target.as_str())
+                        .unwrap_or(false) =>
+            {
                 counts.unchanged += 1;
                 continue;
             }
             _ => {}
         }
-        parent.symlink_atomic(target).map_err(|x| err(x.to_string()))?;
+        parent
+            .symlink_atomic(target)
+            .map_err(|x| err(x.to_string()))?;
         counts.changed += 1;
     }
     Ok(counts)

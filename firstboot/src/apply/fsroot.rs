@@ -60,8 +60,16 @@ pub struct Parent {
 impl Root {
     /// Opens `path` as the root every lookup is confined to.
     pub fn open(path: &Path) -> io::Result<Root> {
-        let fd = fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        Ok(Root { path: path.to_path_buf(), fd, openat2: AtomicBool::new(true) })
+        let fd = fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            path: path.to_path_buf(),
+            fd,
+            openat2: AtomicBool::new(true),
+        })
     }
 
     /// The root as given on the command line (for messages and for tools run with `--root`).
@@ -110,7 +118,12 @@ impl Root {
     }
 
     fn openat2_works(&self) -> bool {
-        fcntl::openat2(self.fd(), ".", OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC)).is_ok()
+        fcntl::openat2(
+            self.fd(),
+            ".",
+            OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC),
+        )
+        .is_ok()
     }
 
     /// The directory at `path`, opened for reading (and fsync), symlinks resolved in the root.
@@ -139,9 +152,13 @@ impl Root {
         let mut buf = Vec::new();
         file.take(limit + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > limit {
-            return Err(io::Error::other(format!("{path} is larger than {limit} bytes")));
+            return Err(io::Error::other(format!(
+                "{path} is larger than {limit} bytes"
+            )));
         }
-        String::from_utf8(buf).map(Some).map_err(|_| io::Error::other(format!("{path} is not UTF-8")))
+        String::from_utf8(buf)
+            .map(Some)
+            .map_err(|_| io::Error::other(format!("{path} is not UTF-8")))
     }
 
     /// Whether something exists at `path` (symlinks followed inside the root).
@@ -167,7 +184,10 @@ impl Root {
                 Err(e) => return Err(e),
             }
         };
-        Ok(Some(Parent { dir, name: name.to_string() }))
+        Ok(Some(Parent {
+            dir,
+            name: name.to_string(),
+        }))
     }
 
     /// Opens the directory `path`, creating missing components (0755) inside the root.
@@ -228,7 +248,9 @@ impl Root {
     /// Removes the directory tree at `path` (kiln's own staging area), never following a
     /// symlink: links are removed, not their targets. Missing: nothing to do.
     pub fn remove_tree(&self, path: &str) -> io::Result<()> {
-        let Some(parent) = self.parent(path, false)? else { return Ok(()) };
+        let Some(parent) = self.parent(path, false)? else {
+            return Ok(());
+        };
         match parent.lstat()? {
             None => Ok(()),
             Some(m) if m.kind == Kind::Dir => {
@@ -265,8 +287,9 @@ impl Root {
                         return Err(io::Error::from(Errno::ELOOP));
                     }
                     let target = fcntl::readlinkat(cur, comp.as_str())?.into_vec();
-                    let target = String::from_utf8(target)
-                        .map_err(|_| io::Error::other(format!("symlink {comp} has a non-UTF-8 target")))?;
+                    let target = String::from_utf8(target).map_err(|_| {
+                        io::Error::other(format!("symlink {comp} has a non-UTF-8 target"))
+                    })?;
                     if target.starts_with('/') {
                         stack.clear();
                     }
@@ -277,7 +300,12 @@ impl Root {
                 Err(e) => return Err(e.into()),
             }
             if last {
-                return Ok(fcntl::openat(cur, comp.as_str(), flags | OFlag::O_NOFOLLOW, Mode::from_bits_truncate(0o600))?);
+                return Ok(fcntl::openat(
+                    cur,
+                    comp.as_str(),
+                    flags | OFlag::O_NOFOLLOW,
+                    Mode::from_bits_truncate(0o600),
+                )?);
             }
             let fd = fcntl::openat(
                 cur,
@@ -326,7 +354,10 @@ impl Parent {
             format!(".{}.kiln-tmp", self.name)
         } else {
             use sha2::{Digest, Sha256};
-            format!(".kiln-tmp.{}", &hex::encode(Sha256::digest(self.name.as_bytes()))[..16])
+            format!(
+                ".kiln-tmp.{}",
+                &hex::encode(Sha256::digest(self.name.as_bytes()))[..16]
+            )
         }
     }
 
@@ -334,10 +365,12 @@ impl Parent {
     pub fn remove_temp(&self, tmp: &str) -> io::Result<()> {
         match unistd::unlinkat(&self.dir, tmp, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(Errno::EISDIR) => match unistd::unlinkat(&self.dir, tmp, UnlinkatFlags::RemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(e) => Err(e.into()),
-            },
+            Err(Errno::EISDIR) => {
+                match unistd::unlinkat(&self.dir, tmp, UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -395,7 +428,11 @@ impl Parent {
     /// Makes the last component a directory (mode set exactly, owner set); `Ok(false)` if it was
     /// already there.
     pub fn mkdir(&self) -> io::Result<bool> {
-        match stat::mkdirat(&self.dir, self.name.as_str(), Mode::from_bits_truncate(0o700)) {
+        match stat::mkdirat(
+            &self.dir,
+            self.name.as_str(),
+            Mode::from_bits_truncate(0o700),
+        ) {
             Ok(()) => {
                 unistd::fsync(&self.dir)?;
                 Ok(true)
@@ -407,7 +444,11 @@ impl Parent {
 
     /// Removes the last component: a file or symlink, or an empty directory.
     pub fn remove(&self, kind: Kind) -> io::Result<()> {
-        let flag = if kind == Kind::Dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+        let flag = if kind == Kind::Dir {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
         unistd::unlinkat(&self.dir, self.name.as_str(), flag)?;
         unistd::fsync(&self.dir)?;
         Ok(())
@@ -564,14 +605,17 @@ mod tests {
             std::fs::create_dir_all(&inside_target).unwrap();
             // Through the absolute link: lands at <root>/<outside path>, created inside the root.
             let p = root.parent("/etc/evil/x", true).unwrap().unwrap();
-            p.write_atomic(0o644, 0, 0, |f| f.write_all(b"hi"), || Ok(())).unwrap();
+            p.write_atomic(0o644, 0, 0, |f| f.write_all(b"hi"), || Ok(()))
+                .unwrap();
             let inside = d.join(outside.path().strip_prefix("/").unwrap()).join("x");
             assert_eq!(std::fs::read(&inside).unwrap(), b"hi");
             let p = root.parent("/etc/up/y", true).unwrap().unwrap();
-            p.write_atomic(0o644, 0, 0, |f| f.write_all(b"up"), || Ok(())).unwrap();
+            p.write_atomic(0o644, 0, 0, |f| f.write_all(b"up"), || Ok(()))
+                .unwrap();
             assert_eq!(std::fs::read(d.join("y")).unwrap(), b"up");
             let p = root.parent("/etc/pivot/etc/z", true).unwrap().unwrap();
-            p.write_atomic(0o600, 0, 0, |f| f.write_all(b"z"), || Ok(())).unwrap();
+            p.write_atomic(0o600, 0, 0, |f| f.write_all(b"z"), || Ok(()))
+                .unwrap();
             assert_eq!(std::fs::read(d.join("etc/z")).unwrap(), b"z");
             assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         }
@@ -587,9 +631,13 @@ mod tests {
             symlink(&target, d.join("link")).unwrap();
             let p = root.parent("/link", true).unwrap().unwrap();
             assert_eq!(p.lstat().unwrap().unwrap().kind, Kind::Symlink);
-            p.write_atomic(0o644, 0, 0, |f| f.write_all(b"new"), || Ok(())).unwrap();
+            p.write_atomic(0o644, 0, 0, |f| f.write_all(b"new"), || Ok(()))
+                .unwrap();
             assert_eq!(std::fs::read(d.join("link")).unwrap(), b"new");
-            assert!(!std::fs::symlink_metadata(d.join("link")).unwrap().file_type().is_symlink());
+            assert!(!std::fs::symlink_metadata(d.join("link"))
+                .unwrap()
+                .file_type()
+                .is_symlink());
             assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         }
     }
@@ -624,7 +672,10 @@ mod tests {
             std::fs::create_dir_all(d.join("etc")).unwrap();
             std::fs::write(d.join("usr/lib/os-release"), "ID=debian\n").unwrap();
             symlink("../usr/lib/os-release", d.join("etc/os-release")).unwrap();
-            assert_eq!(root.read_text("/etc/os-release", 100).unwrap().unwrap(), "ID=debian\n");
+            assert_eq!(
+                root.read_text("/etc/os-release", 100).unwrap().unwrap(),
+                "ID=debian\n"
+            );
             assert_eq!(root.read_text("/etc/missing", 100).unwrap(), None);
             assert!(root.read_text("/etc/os-release", 3).is_err());
             nix::unistd::mkfifo(&d.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();

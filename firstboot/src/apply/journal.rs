@@ -24,15 +24,31 @@ const JOURNAL_LIMIT: u64 = 256 << 20;
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
     /// First line: which bundle this journal is applying.
-    Begin { sha256: String, hostgroup: String, version: u64, started_at: String },
+    Begin {
+        sha256: String,
+        hostgroup: String,
+        version: u64,
+        started_at: String,
+    },
     /// A phase finished.
-    Done { phase: String, seconds: f64, summary: String },
+    Done {
+        phase: String,
+        seconds: f64,
+        summary: String,
+    },
     /// A file with restart/reload hooks is about to get new content.
     Changed { path: String },
     /// A command is about to run (a crash before its `Command` record reruns it).
     Started { command: String },
     /// A command finished (successfully, or it was skipped).
-    Command { name: String, status: String, exit_code: Option<i32>, seconds: f64, output: String, truncated: bool },
+    Command {
+        name: String,
+        status: String,
+        exit_code: Option<i32>,
+        seconds: f64,
+        output: String,
+        truncated: bool,
+    },
 }
 
 /// An open journal for one bundle.
@@ -54,7 +70,9 @@ pub struct Existing {
 /// Reads the journal of `root`, if any: its first record and all records. Unparsable lines end
 /// it (a write torn by a crash).
 pub fn read(root: &Root) -> io::Result<Option<(Existing, Vec<Record>)>> {
-    let Some(text) = root.read_text(JOURNAL, JOURNAL_LIMIT)? else { return Ok(None) };
+    let Some(text) = root.read_text(JOURNAL, JOURNAL_LIMIT)? else {
+        return Ok(None);
+    };
     let mut records = Vec::new();
     for line in text.lines() {
         match serde_json::from_str::<Record>(line) {
@@ -63,7 +81,12 @@ pub fn read(root: &Root) -> io::Result<Option<(Existing, Vec<Record>)>> {
         }
     }
     match records.first() {
-        Some(Record::Begin { sha256, hostgroup, version, started_at }) => Ok(Some((
+        Some(Record::Begin {
+            sha256,
+            hostgroup,
+            version,
+            started_at,
+        }) => Ok(Some((
             Existing {
                 sha256: sha256.clone(),
                 hostgroup: hostgroup.clone(),
@@ -81,17 +104,26 @@ impl Journal {
     /// Starts a journal (or resumes `records` of the same bundle), rewriting it compactly so a
     /// torn line never sits in the middle.
     pub fn start(root: &Root, begin: Record, resume: Vec<Record>) -> io::Result<Journal> {
-        let records = if resume.is_empty() { vec![begin] } else { resume };
+        let records = if resume.is_empty() {
+            vec![begin]
+        } else {
+            resume
+        };
         let mut text = Vec::new();
         for r in &records {
             serde_json::to_writer(&mut text, r).map_err(io::Error::other)?;
             text.push(b'\n');
         }
         root.mkdir_p(STATE_DIR)?;
-        let parent = root.parent(JOURNAL, true)?.ok_or_else(|| io::Error::other("no state directory"))?;
+        let parent = root
+            .parent(JOURNAL, true)?
+            .ok_or_else(|| io::Error::other("no state directory"))?;
         parent.write_atomic(0o600, 0, 0, |f| f.write_all(&text), || Ok(()))?;
         let fd = parent.open_nofollow(OFlag::O_WRONLY | OFlag::O_APPEND)?;
-        Ok(Journal { file: File::from(fd), records })
+        Ok(Journal {
+            file: File::from(fd),
+            records,
+        })
     }
 
     fn append(&mut self, r: Record) -> io::Result<()> {
@@ -110,13 +142,21 @@ impl Journal {
     /// The `Done` record of a phase, if it finished in this or an earlier run.
     pub fn done(&self, phase: &str) -> Option<(f64, String)> {
         self.records.iter().find_map(|r| match r {
-            Record::Done { phase: p, seconds, summary } if p == phase => Some((*seconds, summary.clone())),
+            Record::Done {
+                phase: p,
+                seconds,
+                summary,
+            } if p == phase => Some((*seconds, summary.clone())),
             _ => None,
         })
     }
 
     pub fn finish_phase(&mut self, phase: &str, took: Duration, summary: &str) -> io::Result<()> {
-        self.append(Record::Done { phase: phase.into(), seconds: secs(took), summary: summary.into() })
+        self.append(Record::Done {
+            phase: phase.into(),
+            seconds: secs(took),
+            summary: summary.into(),
+        })
     }
 
     /// Records that `path` is about to change content (before the rename that changes it).
@@ -135,17 +175,23 @@ impl Journal {
     }
 
     pub fn command_started(&mut self, name: &str) -> io::Result<()> {
-        self.append(Record::Started { command: name.into() })
+        self.append(Record::Started {
+            command: name.into(),
+        })
     }
 
     /// Whether a command was started by an earlier run that did not record its end.
     pub fn command_interrupted(&self, name: &str) -> bool {
-        self.records.iter().any(|r| matches!(r, Record::Started { command } if command == name))
+        self.records
+            .iter()
+            .any(|r| matches!(r, Record::Started { command } if command == name))
             && self.command_result(name).is_none()
     }
 
     pub fn command_result(&self, name: &str) -> Option<&Record> {
-        self.records.iter().find(|r| matches!(r, Record::Command { name: n, .. } if n == name))
+        self.records
+            .iter()
+            .find(|r| matches!(r, Record::Command { name: n, .. } if n == name))
     }
 
     pub fn command_done(&mut self, r: Record) -> io::Result<()> {

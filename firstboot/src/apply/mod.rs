@@ -106,10 +106,19 @@ pub enum ApplyError {
     Conflicts(Vec<String>),
     /// A step failed.
     #[error("{step}: {what}: {message}")]
-    Step { step: &'static str, what: String, message: String },
+    Step {
+        step: &'static str,
+        what: String,
+        message: String,
+    },
     /// A program (a command of the bundle, dpkg, systemctl) failed; its output is kept.
     #[error("{step}: {what} failed ({status})")]
-    Tool { step: &'static str, what: String, status: String, output: String },
+    Tool {
+        step: &'static str,
+        what: String,
+        status: String,
+        output: String,
+    },
     #[error("staging blobs in {path}: {source}")]
     Staging { path: String, source: io::Error },
     #[error("journal: {0}")]
@@ -129,7 +138,11 @@ impl ApplyError {
     }
 
     pub(crate) fn step(step: &'static str, what: &str, message: impl fmt::Display) -> ApplyError {
-        ApplyError::Step { step, what: what.to_string(), message: message.to_string() }
+        ApplyError::Step {
+            step,
+            what: what.to_string(),
+            message: message.to_string(),
+        }
     }
 
     pub(crate) fn journal(e: io::Error) -> ApplyError {
@@ -199,14 +212,25 @@ pub fn staging_dir(bundle_sha256: &str) -> String {
 
 /// Applies a verified bundle to `root`. See the module documentation for the order; a rerun
 /// after a crash, with the same bundle, finishes the job.
-pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOptions) -> Result<ApplyReport, ApplyFailure> {
+pub fn apply<R: Read>(
+    bundle: VerifiedBundle<R>,
+    root: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, ApplyFailure> {
     let m = bundle.manifest.clone();
-    let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment).trim().to_string();
+    let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment)
+        .trim()
+        .to_string();
     validate::check_manifest(&m).map_err(ApplyError::Invalid)?;
     if !is_sha256(&opts.bundle_sha256) {
-        return Err(ApplyError::Invalid(format!("bundle sha256 {:?} is not 64 lowercase hex digits", opts.bundle_sha256)).into());
+        return Err(ApplyError::Invalid(format!(
+            "bundle sha256 {:?} is not 64 lowercase hex digits",
+            opts.bundle_sha256
+        ))
+        .into());
     }
-    let root_fs = Root::open(root).map_err(|e| ApplyError::step("root", &root.display().to_string(), e))?;
+    let root_fs =
+        Root::open(root).map_err(|e| ApplyError::step("root", &root.display().to_string(), e))?;
     let _lock = lock(&root_fs)?;
     let live = opts.live.unwrap_or_else(|| services::is_live(root));
     let ctx = Ctx {
@@ -235,12 +259,18 @@ pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOption
     };
 
     // Already applied (this bundle: nothing to do; another: refused unless forced).
-    let previous = State::read(&root_fs).map_err(|e| ApplyError::step("state", crate::state::STATE_FILE, e))?;
+    let previous = State::read(&root_fs)
+        .map_err(|e| ApplyError::step("state", crate::state::STATE_FILE, e))?;
     if let Some(prev) = previous.as_ref().filter(|p| p.result == Outcome::Success) {
         if prev.sha256 == opts.bundle_sha256 {
-            opts.log.info(&format!("already applied: {}", prev.describe()));
+            opts.log
+                .info(&format!("already applied: {}", prev.describe()));
             cleanup_after_success(&ctx);
-            return Ok(ApplyReport { state: prev.clone(), already_applied: true, plan: Vec::new() });
+            return Ok(ApplyReport {
+                state: prev.clone(),
+                already_applied: true,
+                plan: Vec::new(),
+            });
         }
         if !opts.force {
             return Err(ApplyError::OtherBundle(format!(
@@ -275,11 +305,19 @@ pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOption
     if opts.dry_run {
         let t = Instant::now();
         bundle.verify_blobs().map_err(ApplyError::Bundle)?;
-        opts.log.info(&format!("verified {} blobs ({:.2}s)", m.blobs.len(), t.elapsed().as_secs_f64()));
+        opts.log.info(&format!(
+            "verified {} blobs ({:.2}s)",
+            m.blobs.len(),
+            t.elapsed().as_secs_f64()
+        ));
         let plan = plan(&ctx, true)?;
         state.applied_at = now_rfc3339();
         state.warnings = ctx.warnings.borrow().clone();
-        return Ok(ApplyReport { state, already_applied: false, plan });
+        return Ok(ApplyReport {
+            state,
+            already_applied: false,
+            plan,
+        });
     }
 
     // Stage every blob; on any failure remove what was staged and refuse: nothing else changed.
@@ -291,7 +329,11 @@ pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOption
             return Err(e.into());
         }
     };
-    opts.log.info(&format!("staged and verified {} blobs ({:.2}s)", m.blobs.len(), t.elapsed().as_secs_f64()));
+    opts.log.info(&format!(
+        "staged and verified {} blobs ({:.2}s)",
+        m.blobs.len(),
+        t.elapsed().as_secs_f64()
+    ));
     let stage_secs = secs(t.elapsed());
 
     // Conflicts with the root, before any change.
@@ -318,16 +360,28 @@ pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOption
         }
     };
     if resumed {
-        let done: Vec<&str> = PHASES.iter().copied().filter(|p| journal.done(p).is_some()).collect();
+        let done: Vec<&str> = PHASES
+            .iter()
+            .copied()
+            .filter(|p| journal.done(p).is_some())
+            .collect();
         opts.log.info(&format!(
             "resuming an interrupted apply (phases done: {})",
-            if done.is_empty() { "none".to_string() } else { done.join(", ") }
+            if done.is_empty() {
+                "none".to_string()
+            } else {
+                done.join(", ")
+            }
         ));
         if let Some(Record::Begin { started_at, .. }) = journal.records().first() {
             state.started_at = started_at.clone();
         }
     }
-    state.steps.push(Step { name: "stage".into(), seconds: stage_secs, summary: format!("{} blobs", m.blobs.len()) });
+    state.steps.push(Step {
+        name: "stage".into(),
+        seconds: stage_secs,
+        summary: format!("{} blobs", m.blobs.len()),
+    });
 
     let mut commands = Vec::new();
     let result = run_phases(&ctx, &mut journal, &mut state.steps, &mut commands);
@@ -339,16 +393,24 @@ pub fn apply<R: Read>(bundle: VerifiedBundle<R>, root: &Path, opts: &ApplyOption
             state.write(&root_fs).map_err(ApplyError::State)?;
             cleanup_after_success(&ctx);
             opts.log.info(&format!("applied {}", state.describe()));
-            Ok(ApplyReport { state, already_applied: false, plan: Vec::new() })
+            Ok(ApplyReport {
+                state,
+                already_applied: false,
+                plan: Vec::new(),
+            })
         }
         Err(error) => {
             state.result = Outcome::Failure;
             state.exit_code = error.exit_code();
             state.error = Some(error_text(&error));
             if let Err(e) = state.write(&root_fs) {
-                opts.log.warn(&format!("could not write the state file: {e}"));
+                opts.log
+                    .warn(&format!("could not write the state file: {e}"));
             }
-            Err(ApplyFailure { error, state: Some(Box::new(state)) })
+            Err(ApplyFailure {
+                error,
+                state: Some(Box::new(state)),
+            })
         }
     }
 }
@@ -365,14 +427,32 @@ fn error_text(e: &ApplyError) -> String {
     }
 }
 
-fn run_phases(ctx: &Ctx, journal: &mut Journal, steps: &mut Vec<Step>, commands: &mut Vec<CommandResult>) -> Result<(), ApplyError> {
+fn run_phases(
+    ctx: &Ctx,
+    journal: &mut Journal,
+    steps: &mut Vec<Step>,
+    commands: &mut Vec<CommandResult>,
+) -> Result<(), ApplyError> {
     for &phase in PHASES {
         if let Some((seconds, summary)) = journal.done(phase) {
-            ctx.log.info(&format!("{phase}: done in an earlier run ({summary})"));
-            steps.push(Step { name: phase.into(), seconds, summary });
+            ctx.log
+                .info(&format!("{phase}: done in an earlier run ({summary})"));
+            steps.push(Step {
+                name: phase.into(),
+                seconds,
+                summary,
+            });
             if phase == "commands" {
                 for c in &ctx.manifest.commands {
-                    if let Some(Record::Command { name, status, exit_code, seconds, output, truncated }) = journal.command_result(&c.name) {
+                    if let Some(Record::Command {
+                        name,
+                        status,
+                        exit_code,
+                        seconds,
+                        output,
+                        truncated,
+                    }) = journal.command_result(&c.name)
+                    {
                         commands.push(CommandResult {
                             name: name.clone(),
                             status: status.clone(),
@@ -401,7 +481,10 @@ fn run_phases(ctx: &Ctx, journal: &mut Journal, steps: &mut Vec<Step>, commands:
                     "none".to_string()
                 } else {
                     let n = accounts::apply_users(ctx)?;
-                    format!("{n} created or changed, {} unchanged", ctx.manifest.users.len() - n)
+                    format!(
+                        "{n} created or changed, {} unchanged",
+                        ctx.manifest.users.len() - n
+                    )
                 }
             }
             "packages" => {
@@ -434,12 +517,16 @@ fn run_phases(ctx: &Ctx, journal: &mut Journal, steps: &mut Vec<Step>, commands:
                         "{} dynamic template(s) not rendered: the dynamic step (Consul, Vault) is not implemented yet",
                         ctx.manifest.templates.len()
                     ));
-                    format!("{} template(s) skipped (not implemented)", ctx.manifest.templates.len())
+                    format!(
+                        "{} template(s) skipped (not implemented)",
+                        ctx.manifest.templates.len()
+                    )
                 }
             }
             "runtime" => {
                 if ctx.live {
-                    let changed: BTreeSet<String> = journal.changed_paths().map(str::to_string).collect();
+                    let changed: BTreeSet<String> =
+                        journal.changed_paths().map(str::to_string).collect();
                     services::apply_runtime(ctx, &changed)?
                 } else {
                     "offline root: services not started".to_string()
@@ -448,9 +535,16 @@ fn run_phases(ctx: &Ctx, journal: &mut Journal, steps: &mut Vec<Step>, commands:
             _ => continue,
         };
         let took = t.elapsed();
-        ctx.log.info(&format!("{phase}: {summary} ({:.2}s)", took.as_secs_f64()));
-        journal.finish_phase(phase, took, &summary).map_err(ApplyError::Journal)?;
-        steps.push(Step { name: phase.into(), seconds: secs(took), summary });
+        ctx.log
+            .info(&format!("{phase}: {summary} ({:.2}s)", took.as_secs_f64()));
+        journal
+            .finish_phase(phase, took, &summary)
+            .map_err(ApplyError::Journal)?;
+        steps.push(Step {
+            name: phase.into(),
+            seconds: secs(took),
+            summary,
+        });
     }
     Ok(())
 }
@@ -462,7 +556,8 @@ struct Lock {
 
 fn lock(root: &Root) -> Result<Lock, ApplyError> {
     // Close-on-exec: a command that leaves a daemon behind must not take the lock with it.
-    let fd = fsroot::dup_cloexec(root.fd()).map_err(|e| ApplyError::step("lock", &root.path().display().to_string(), e))?;
+    let fd = fsroot::dup_cloexec(root.fd())
+        .map_err(|e| ApplyError::step("lock", &root.path().display().to_string(), e))?;
     // SAFETY: flock on a valid, owned descriptor.
     let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -476,14 +571,24 @@ fn lock(root: &Root) -> Result<Lock, ApplyError> {
 /// cleanup), or the error and that count.
 fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyError, usize)> {
     let blobs_dir = format!("{}/blobs", ctx.staging);
-    let staging_err = |e: io::Error| ApplyError::Staging { path: ctx.root.display(&blobs_dir).display().to_string(), source: e };
-    let (dir, created) = ctx.root.mkdir_p_counted(&blobs_dir).map_err(|e| (staging_err(e), 0))?;
+    let staging_err = |e: io::Error| ApplyError::Staging {
+        path: ctx.root.display(&blobs_dir).display().to_string(),
+        source: e,
+    };
+    let (dir, created) = ctx
+        .root
+        .mkdir_p_counted(&blobs_dir)
+        .map_err(|e| (staging_err(e), 0))?;
     let mut buf = vec![0u8; 256 * 1024];
     let result = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
         let fd = nix::fcntl::openat(
             &dir,
             blob.digest.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
         .map_err(|e| staging_err(e.into()))?;
@@ -509,7 +614,10 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
 /// Removes this bundle's staging directory, then the parents that staging created, if empty.
 fn remove_staging(ctx: &Ctx, created: usize) {
     if let Err(e) = ctx.root.remove_tree(&ctx.staging) {
-        ctx.log.warn(&format!("could not remove {}: {e}", ctx.root.display(&ctx.staging).display()));
+        ctx.log.warn(&format!(
+            "could not remove {}: {e}",
+            ctx.root.display(&ctx.staging).display()
+        ));
     }
     // `created` counts the components of <staging>/blobs this run made; remove_tree took the
     // last two (<sha256>/blobs), the others are its parents, innermost first.
@@ -527,17 +635,18 @@ fn remove_staging(ctx: &Ctx, created: usize) {
     }
 }
 
-/// After success (or finding the bundle already applied): the journal and the staging area go.
+/// After success (or finding the bundle already applied): the journal and the whole staging
+/// area go (any other staging left there belongs to an interrupted run of another bundle; the
+/// lock guarantees no apply is using it).
 fn cleanup_after_success(ctx: &Ctx) {
     if let Err(e) = journal::remove(ctx.root) {
         ctx.log.warn(&format!("could not remove the journal: {e}"));
     }
-    if let Err(e) = ctx.root.remove_tree(&ctx.staging) {
-        ctx.log.warn(&format!("could not remove {}: {e}", ctx.root.display(&ctx.staging).display()));
-    }
-    // Empty leftovers of other runs' staging are removed too; anything else is left alone.
-    if let Ok(Some(p)) = ctx.root.parent(STAGING_DIR, false) {
-        let _ = p.remove(fsroot::Kind::Dir);
+    if let Err(e) = ctx.root.remove_tree(STAGING_DIR) {
+        ctx.log.warn(&format!(
+            "could not remove {}: {e}",
+            ctx.root.display(STAGING_DIR).display()
+        ));
     }
 }
 
@@ -550,25 +659,42 @@ fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
         .iter()
         .map(|g| g.name.as_str())
         // useradd makes a group of the user's name when none is given.
-        .chain(ctx.manifest.users.iter().filter(|u| u.group.is_none()).map(|u| u.name.as_str()))
+        .chain(
+            ctx.manifest
+                .users
+                .iter()
+                .filter(|u| u.group.is_none())
+                .map(|u| u.name.as_str()),
+        )
         .collect();
     let mut out = Vec::new();
     for e in &ctx.manifest.entries {
         let (owner, group) = match &e.kind {
-            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => (owner, group),
+            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => {
+                (owner, group)
+            }
             _ => continue,
         };
         if have.uid(owner).is_none() && !users.contains(owner.as_str()) {
-            out.push(format!("{}: owner {owner:?} exists neither in the root nor in the bundle", e.path));
+            out.push(format!(
+                "{}: owner {owner:?} exists neither in the root nor in the bundle",
+                e.path
+            ));
         }
         if have.gid(group).is_none() && !groups.contains(group.as_str()) {
-            out.push(format!("{}: group {group:?} exists neither in the root nor in the bundle", e.path));
+            out.push(format!(
+                "{}: group {group:?} exists neither in the root nor in the bundle",
+                e.path
+            ));
         }
     }
     for u in &ctx.manifest.users {
         for g in u.group.iter().chain(&u.groups) {
             if have.gid(g).is_none() && !groups.contains(g.as_str()) {
-                out.push(format!("user {}: group {g:?} exists neither in the root nor in the bundle", u.name));
+                out.push(format!(
+                    "user {}: group {g:?} exists neither in the root nor in the bundle",
+                    u.name
+                ));
             }
         }
     }
@@ -577,7 +703,8 @@ fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
 
 /// Conflicts between the bundle and the root, found read-only before anything changes.
 fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
-    let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("preflight", "/etc/passwd", e))?;
+    let have =
+        Accounts::load(ctx.root).map_err(|e| ApplyError::step("preflight", "/etc/passwd", e))?;
     let mut out = check_owners(ctx, &have);
     if let Err(e) = accounts::plan_groups(&have, &ctx.manifest.groups) {
         out.push(e);
@@ -595,7 +722,11 @@ fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
 }
 
 fn absent_paths(m: &Manifest) -> BTreeSet<&str> {
-    m.entries.iter().filter(|e| matches!(e.kind, EntryKind::Absent)).map(|e| e.path.as_str()).collect()
+    m.entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Absent))
+        .map(|e| e.path.as_str())
+        .collect()
 }
 
 /// Dry run: what applying would change, one line each; conflicts are errors.
@@ -613,15 +744,45 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
     }
     let installed = packages::installed(ctx)?;
     for p in packages::todo(&installed, &ctx.manifest.packages) {
-        out.push(format!("install package {} {}", p.name, p.version.as_deref().unwrap_or("")).trim_end().to_string());
+        out.push(
+            format!(
+                "install package {} {}",
+                p.name,
+                p.version.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+        );
     }
     for p in ctx.manifest.packages.iter().filter(|p| p.digest.is_none()) {
-        out.push(format!("skip package {} (not resolved at build time)", p.name));
+        out.push(format!(
+            "skip package {} (not resolved at build time)",
+            p.name
+        ));
     }
     let absent = absent_paths(ctx.manifest);
-    for e in &ctx.manifest.entries {
+    // In the order the phases apply them: directories, files, symlinks, absent (deepest first).
+    let phase_of = |k: &EntryKind| match k {
+        EntryKind::Directory { .. } => 0,
+        EntryKind::File { .. } => 1,
+        EntryKind::Symlink { .. } => 2,
+        EntryKind::Absent => 3,
+    };
+    let mut ordered: Vec<&kiln_signing::Entry> = ctx.manifest.entries.iter().collect();
+    ordered.sort_by(|a, b| {
+        phase_of(&a.kind).cmp(&phase_of(&b.kind)).then_with(|| {
+            if matches!(a.kind, EntryKind::Absent) {
+                b.path.cmp(&a.path)
+            } else {
+                a.path.cmp(&b.path)
+            }
+        })
+    });
+    for e in ordered {
         let ids = match &e.kind {
-            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => entries::ids(&have, owner, group).ok(),
+            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => {
+                entries::ids(&have, owner, group).ok()
+            }
             _ => None,
         };
         let kind = match &e.kind {
@@ -642,14 +803,20 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
     for s in &ctx.manifest.services {
         match services::enablement(ctx, &s.name) {
             Ok(now) => {
-                let enabled = matches!(now.as_str(), "enabled" | "enabled-runtime" | "static" | "indirect" | "generated" | "alias");
+                let enabled = matches!(
+                    now.as_str(),
+                    "enabled" | "enabled-runtime" | "static" | "indirect" | "generated" | "alias"
+                );
                 if s.enabled && !enabled {
                     out.push(format!("enable {} (now {now})", s.name));
                 } else if !s.enabled && now == "enabled" {
                     out.push(format!("disable {}", s.name));
                 }
             }
-            Err(e) => out.push(format!("enable/disable {}: cannot ask systemctl ({e})", s.name)),
+            Err(e) => out.push(format!(
+                "enable/disable {}: cannot ask systemctl ({e})",
+                s.name
+            )),
         }
     }
     for c in &ctx.manifest.commands {
@@ -663,7 +830,15 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
     }
     if ctx.live {
         for s in &ctx.manifest.services {
-            out.push(format!("{} {}", if s.state == kiln_signing::ServiceState::Running { "start" } else { "stop" }, s.name));
+            out.push(format!(
+                "{} {}",
+                if s.state == kiln_signing::ServiceState::Running {
+                    "start"
+                } else {
+                    "stop"
+                },
+                s.name
+            ));
         }
     }
     if !conflicts.is_empty() {
@@ -673,5 +848,7 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

@@ -17,7 +17,8 @@ const STATUS_LIMIT: u64 = 256 << 20;
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// Where an existing policy-rc.d waits while ours is in place.
 const POLICY_SAVED: &str = "/usr/sbin/policy-rc.d.kiln-saved";
-const POLICY_SCRIPT: &[u8] = b"#!/bin/sh\n# kiln-firstboot: no service starts while packages install\nexit 101\n";
+const POLICY_SCRIPT: &[u8] =
+    b"#!/bin/sh\n# kiln-firstboot: no service starts while packages install\nexit 101\n";
 
 /// Installed packages of the root: name -> (version, architecture), from dpkg's status file.
 pub fn installed(ctx: &Ctx) -> Result<BTreeMap<String, (String, String)>, ApplyError> {
@@ -34,13 +35,21 @@ pub fn parse_status(text: &str) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+            stanza.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
         };
         if let (Some(p), Some(s)) = (field("Package"), field("Status")) {
             if s == "install ok installed" {
-                out.insert(p, (field("Version").unwrap_or_default(), field("Architecture").unwrap_or_default()));
+                out.insert(
+                    p,
+                    (
+                        field("Version").unwrap_or_default(),
+                        field("Architecture").unwrap_or_default(),
+                    ),
+                );
             }
         }
     }
@@ -48,7 +57,10 @@ pub fn parse_status(text: &str) -> BTreeMap<String, (String, String)> {
 }
 
 /// The packages still to install (resolved and not installed at their version).
-pub fn todo<'m>(have: &BTreeMap<String, (String, String)>, packages: &'m [Package]) -> Vec<&'m Package> {
+pub fn todo<'m>(
+    have: &BTreeMap<String, (String, String)>,
+    packages: &'m [Package],
+) -> Vec<&'m Package> {
     packages
         .iter()
         .filter(|p| p.digest.is_some())
@@ -61,25 +73,53 @@ pub fn todo<'m>(have: &BTreeMap<String, (String, String)>, packages: &'m [Packag
 }
 
 pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
-    let unresolved: Vec<&str> = ctx.manifest.packages.iter().filter(|p| p.digest.is_none()).map(|p| p.name.as_str()).collect();
+    let unresolved: Vec<&str> = ctx
+        .manifest
+        .packages
+        .iter()
+        .filter(|p| p.digest.is_none())
+        .map(|p| p.name.as_str())
+        .collect();
     for name in &unresolved {
-        ctx.warn(&format!("package {name} was not resolved at build time (no .deb in the bundle): skipped"));
+        ctx.warn(&format!(
+            "package {name} was not resolved at build time (no .deb in the bundle): skipped"
+        ));
     }
     let have = installed(ctx)?;
     let todo = todo(&have, &ctx.manifest.packages);
     let resolved = ctx.manifest.packages.len() - unresolved.len();
     if todo.is_empty() {
-        return Ok(format!("{resolved} already installed, {} unresolved", unresolved.len()));
+        return Ok(format!(
+            "{resolved} already installed, {} unresolved",
+            unresolved.len()
+        ));
     }
-    let paths: Vec<String> = todo.iter().filter_map(|p| p.digest.as_deref()).map(|d| ctx.staged_blob(d)).collect();
+    let paths: Vec<String> = todo
+        .iter()
+        .filter_map(|p| p.digest.as_deref())
+        .map(|d| ctx.staged_blob(d))
+        .collect();
     install_policy_rc_d(ctx)?;
-    let mut argv = vec!["dpkg".to_string(), "--force-confdef".into(), "--force-confold".into(), "-i".into()];
+    let mut argv = vec![
+        "dpkg".to_string(),
+        "--force-confdef".into(),
+        "--force-confold".into(),
+        "-i".into(),
+    ];
     argv.extend(paths);
     let program = Program::new(&argv, DPKG_TIMEOUT).in_root(ctx.root.path());
-    ctx.log.info(&format!("  dpkg -i {} packages ({})", todo.len(), todo.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" ")));
+    ctx.log.info(&format!(
+        "  dpkg -i {} packages ({})",
+        todo.len(),
+        todo.iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
     let done = program.run();
     let restored = restore_policy_rc_d(ctx);
-    let done = done.map_err(|e| ApplyError::step("packages", "dpkg -i", format!("running dpkg: {e}")))?;
+    let done =
+        done.map_err(|e| ApplyError::step("packages", "dpkg -i", format!("running dpkg: {e}")))?;
     if !done.success() {
         return Err(ApplyError::Tool {
             step: "packages",
@@ -90,27 +130,54 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
     }
     restored?;
     let after = installed(ctx)?;
-    let missing: Vec<&str> = todo.iter().filter(|p| !after.contains_key(&p.name)).map(|p| p.name.as_str()).collect();
+    let missing: Vec<&str> = todo
+        .iter()
+        .filter(|p| !after.contains_key(&p.name))
+        .map(|p| p.name.as_str())
+        .collect();
     if !missing.is_empty() {
-        return Err(ApplyError::step("packages", "dpkg -i", format!("not installed afterwards: {}", missing.join(" "))));
+        return Err(ApplyError::step(
+            "packages",
+            "dpkg -i",
+            format!("not installed afterwards: {}", missing.join(" ")),
+        ));
     }
-    Ok(format!("{} installed, {} already there, {} unresolved", todo.len(), resolved - todo.len(), unresolved.len()))
+    Ok(format!(
+        "{} installed, {} already there, {} unresolved",
+        todo.len(),
+        resolved - todo.len(),
+        unresolved.len()
+    ))
 }
 
 fn install_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {
     let err = |e: std::io::Error| ApplyError::step("packages", POLICY_RC_D, e);
-    let parent = ctx.root.parent(POLICY_RC_D, true).map_err(err)?.ok_or_else(|| err(std::io::Error::other("no /usr/sbin")))?;
+    let parent = ctx
+        .root
+        .parent(POLICY_RC_D, true)
+        .map_err(err)?
+        .ok_or_else(|| err(std::io::Error::other("no /usr/sbin")))?;
     if let Some(m) = parent.lstat().map_err(err)? {
         let ours = m.kind == Kind::File
-            && ctx.root.read_text(POLICY_RC_D, 4096).ok().flatten().is_some_and(|t| t.as_bytes() == POLICY_SCRIPT);
+            && ctx
+                .root
+                .read_text(POLICY_RC_D, 4096)
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.as_bytes() == POLICY_SCRIPT);
         let saved = ctx.root.parent(POLICY_SAVED, false).map_err(err)?;
         let saved_exists = match &saved {
             Some(p) => p.lstat().map_err(err)?.is_some(),
             None => false,
         };
         if !ours && !saved_exists {
-            nix::fcntl::renameat(&parent.dir, parent.name.as_str(), &parent.dir, "policy-rc.d.kiln-saved")
-                .map_err(|e| err(e.into()))?;
+            nix::fcntl::renameat(
+                &parent.dir,
+                parent.name.as_str(),
+                &parent.dir,
+                "policy-rc.d.kiln-saved",
+            )
+            .map_err(|e| err(e.into()))?;
         }
     }
     super::entries::write_bytes(&parent, POLICY_SCRIPT, 0o755, 0, 0).map_err(err)?;
@@ -119,11 +186,20 @@ fn install_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {
 
 fn restore_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {
     let err = |e: std::io::Error| ApplyError::step("packages", POLICY_RC_D, e);
-    let parent = ctx.root.parent(POLICY_RC_D, false).map_err(err)?.ok_or_else(|| err(std::io::Error::other("no /usr/sbin")))?;
+    let parent = ctx
+        .root
+        .parent(POLICY_RC_D, false)
+        .map_err(err)?
+        .ok_or_else(|| err(std::io::Error::other("no /usr/sbin")))?;
     let saved = parent.lstat_name("policy-rc.d.kiln-saved").map_err(err)?;
     if saved.is_some() {
-        nix::fcntl::renameat(&parent.dir, "policy-rc.d.kiln-saved", &parent.dir, parent.name.as_str())
-            .map_err(|e| err(e.into()))?;
+        nix::fcntl::renameat(
+            &parent.dir,
+            "policy-rc.d.kiln-saved",
+            &parent.dir,
+            parent.name.as_str(),
+        )
+        .map_err(|e| err(e.into()))?;
         nix::unistd::fsync(&parent.dir).map_err(|e| err(e.into()))?;
     } else if parent.lstat().map_err(err)?.is_some() {
         parent.remove(Kind::File).map_err(err)?;
@@ -137,7 +213,8 @@ mod tests {
 
     #[test]
     fn status_and_todo() {
-        let text = "Package: a\nStatus: install ok installed\nVersion: 1.0\nArchitecture: amd64\n\n\
+        let text =
+            "Package: a\nStatus: install ok installed\nVersion: 1.0\nArchitecture: amd64\n\n\
                     Package: b\nStatus: deinstall ok config-files\nVersion: 2\n\n\
                     Package: c\nStatus: install ok installed\nVersion: 3\nArchitecture: all\n";
         let have = parse_status(text);
@@ -149,7 +226,12 @@ mod tests {
             digest: digest.then(|| "0".repeat(64)),
             size: None,
         };
-        let ps = [pkg("a", Some("1.0"), true), pkg("b", None, true), pkg("c", Some("4"), true), pkg("d", None, false)];
+        let ps = [
+            pkg("a", Some("1.0"), true),
+            pkg("b", None, true),
+            pkg("c", Some("4"), true),
+            pkg("d", None, false),
+        ];
         let names: Vec<&str> = todo(&have, &ps).iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);
     }

@@ -55,7 +55,12 @@ impl Finished {
 
     /// The last line of output, for one-line error messages.
     pub fn last_line(&self) -> &str {
-        self.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+        self.output
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
     }
 }
 
@@ -144,6 +149,17 @@ impl Program {
             .current_dir("/")
             // Its own process group, so a timeout kills what it spawned too.
             .process_group(0);
+        // If kiln-firstboot dies (kill -9, power loss aside), the program dies with it rather
+        // than running on beside the rerun that recovers from the journal.
+        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let start = Instant::now();
         let mut child = cmd.spawn()?;
         drop(cmd); // closes our copies of the pipe's write end
@@ -165,7 +181,8 @@ impl Program {
         Ok(Finished {
             code: status.code(),
             timed_out,
-            output: String::from_utf8_lossy(&tail.bytes.iter().copied().collect::<Vec<u8>>()).into_owned(),
+            output: String::from_utf8_lossy(&tail.bytes.iter().copied().collect::<Vec<u8>>())
+                .into_owned(),
             truncated: tail.dropped,
             duration: start.elapsed(),
         })
@@ -200,7 +217,10 @@ fn drain(mut reader: std::fs::File, buf: &Mutex<Tail>) {
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> io::Result<(ExitStatus, bool)> {
-    let deadline = Instant::now() + timeout;
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(timeout)
+        .unwrap_or(now + Duration::from_secs(86_400));
     let mut sleep = Duration::from_millis(5);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -233,12 +253,18 @@ mod tests {
 
     #[test]
     fn output_is_kept_and_bounded() {
-        let p = Program::new(&["sh", "-c", "echo out; echo err >&2; exit 3"], Duration::from_secs(10));
+        let p = Program::new(
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            Duration::from_secs(10),
+        );
         let f = p.run().unwrap();
         assert_eq!(f.code, Some(3));
         assert!(!f.success());
         assert_eq!(f.output, "out\nerr\n");
-        let p = Program::new(&["sh", "-c", "yes 0123456789 | head -c 200000; echo END"], Duration::from_secs(10));
+        let p = Program::new(
+            &["sh", "-c", "yes 0123456789 | head -c 200000; echo END"],
+            Duration::from_secs(10),
+        );
         let f = p.run().unwrap();
         assert!(f.success());
         assert!(f.truncated);
@@ -248,7 +274,10 @@ mod tests {
 
     #[test]
     fn timeout_kills_the_process_group() {
-        let p = Program::new(&["sh", "-c", "sleep 30 & sleep 30; echo never"], Duration::from_millis(300));
+        let p = Program::new(
+            &["sh", "-c", "sleep 30 & sleep 30; echo never"],
+            Duration::from_millis(300),
+        );
         let start = Instant::now();
         let f = p.run().unwrap();
         assert!(f.timed_out);
@@ -259,7 +288,13 @@ mod tests {
 
     #[test]
     fn missing_program_is_an_error() {
-        assert!(Program::new(&["/nonexistent/kiln-test"], Duration::from_secs(1)).run().is_err());
-        assert!(Program::new::<&str>(&[], Duration::from_secs(1)).run().is_err());
+        assert!(
+            Program::new(&["/nonexistent/kiln-test"], Duration::from_secs(1))
+                .run()
+                .is_err()
+        );
+        assert!(Program::new::<&str>(&[], Duration::from_secs(1))
+            .run()
+            .is_err());
     }
 }

@@ -31,9 +31,9 @@ fn systemctl(ctx: &Ctx, args: &[&str]) -> Program {
 fn run(ctx: &Ctx, step: &'static str, args: &[&str]) -> Result<(), ApplyError> {
     let program = systemctl(ctx, args);
     ctx.log.info(&format!("  {}", program.display()));
-    let done = program
-        .run()
-        .map_err(|e| ApplyError::step(step, &program.display(), format!("running systemctl: {e}")))?;
+    let done = program.run().map_err(|e| {
+        ApplyError::step(step, &program.display(), format!("running systemctl: {e}"))
+    })?;
     if !done.success() {
         return Err(ApplyError::Tool {
             step,
@@ -52,7 +52,14 @@ pub fn enablement(ctx: &Ctx, name: &str) -> Result<String, ApplyError> {
     let done = program
         .run()
         .map_err(|e| ApplyError::step("services", name, format!("running systemctl: {e}")))?;
-    let word = done.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let word = done
+        .output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if word.contains("No such file") || word.contains("not found") || word.is_empty() {
         return Ok("not-found".into());
     }
@@ -66,14 +73,21 @@ pub fn apply_enablement(ctx: &Ctx) -> Result<String, ApplyError> {
         let now = enablement(ctx, &s.name)?;
         if s.enabled {
             match now.as_str() {
-                "enabled" | "enabled-runtime" | "static" | "indirect" | "generated" | "alias" | "transient" => {
-                    unchanged += 1
-                }
+                "enabled" | "enabled-runtime" | "static" | "indirect" | "generated" | "alias"
+                | "transient" => unchanged += 1,
                 "masked" | "masked-runtime" => {
-                    return Err(ApplyError::step("services", &s.name, "is masked; the bundle wants it enabled"))
+                    return Err(ApplyError::step(
+                        "services",
+                        &s.name,
+                        "is masked; the bundle wants it enabled",
+                    ))
                 }
                 "not-found" => {
-                    return Err(ApplyError::step("services", &s.name, "no such unit in the root (ship its unit file or its package)"))
+                    return Err(ApplyError::step(
+                        "services",
+                        &s.name,
+                        "no such unit in the root (ship its unit file or its package)",
+                    ))
                 }
                 _ => {
                     run(ctx, "services", &["enable", "--", &s.name])?;
@@ -82,9 +96,8 @@ pub fn apply_enablement(ctx: &Ctx) -> Result<String, ApplyError> {
             }
         } else {
             match now.as_str() {
-                "disabled" | "not-found" | "static" | "masked" | "masked-runtime" | "indirect" | "generated" | "transient" => {
-                    unchanged += 1
-                }
+                "disabled" | "not-found" | "static" | "masked" | "masked-runtime" | "indirect"
+                | "generated" | "transient" => unchanged += 1,
                 _ => {
                     run(ctx, "services", &["disable", "--", &s.name])?;
                     changed += 1;
@@ -92,7 +105,14 @@ pub fn apply_enablement(ctx: &Ctx) -> Result<String, ApplyError> {
             }
         }
     }
-    Ok(format!("{changed} changed, {unchanged} unchanged{}", if ctx.live { "" } else { " (offline, systemctl --root)" }))
+    Ok(format!(
+        "{changed} changed, {unchanged} unchanged{}",
+        if ctx.live {
+            ""
+        } else {
+            " (offline, systemctl --root)"
+        }
+    ))
 }
 
 /// Services to restart and to reload because a file naming them changed content (in this run
@@ -101,7 +121,12 @@ pub fn hooks(ctx: &Ctx, changed: &BTreeSet<String>) -> (BTreeSet<String>, BTreeS
     let mut restart = BTreeSet::new();
     let mut reload = BTreeSet::new();
     for e in &ctx.manifest.entries {
-        if let EntryKind::File { restart: r, reload: l, .. } = &e.kind {
+        if let EntryKind::File {
+            restart: r,
+            reload: l,
+            ..
+        } = &e.kind
+        {
             if changed.contains(&e.path) {
                 restart.extend(r.iter().cloned());
                 reload.extend(l.iter().cloned());
@@ -148,5 +173,9 @@ pub fn apply_runtime(ctx: &Ctx, changed: &BTreeSet<String>) -> Result<String, Ap
         run(ctx, "runtime", &["try-reload-or-restart", "--", name])?;
         done.push(format!("reloaded {name}"));
     }
-    Ok(if done.is_empty() { "nothing to do".into() } else { done.join(", ") })
+    Ok(if done.is_empty() {
+        "nothing to do".into()
+    } else {
+        done.join(", ")
+    })
 }

@@ -32,7 +32,9 @@ pub fn check_path(p: &str) -> Result<(), String> {
     }
     for c in p[1..].split('/') {
         if c.is_empty() || c == "." || c == ".." {
-            return Err(format!("path {p:?} is not normalized (empty, `.` or `..` component)"));
+            return Err(format!(
+                "path {p:?} is not normalized (empty, `.` or `..` component)"
+            ));
         }
         if c.len() > 255 {
             return Err(format!("path {p:?} has a component longer than 255 bytes"));
@@ -49,9 +51,15 @@ fn is_under(p: &str, dir: &str) -> bool {
 fn check_account_name(what: &str, n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 32
-        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && n.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && n.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || (b == b'$' && i == n.len() - 1)
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b == b'_'
+                || b == b'-'
+                || (b == b'$' && i == n.len() - 1)
         });
     if ok {
         Ok(())
@@ -63,7 +71,10 @@ fn check_account_name(what: &str, n: &str) -> Result<(), String> {
 /// Owner fields of entries: an account name or a number.
 fn check_owner(what: &str, n: &str) -> Result<(), String> {
     if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-        return n.parse::<u32>().map(|_| ()).map_err(|_| format!("{what} {n:?} is out of range"));
+        return n
+            .parse::<u32>()
+            .map(|_| ())
+            .map_err(|_| format!("{what} {n:?} is out of range"));
     }
     check_account_name(what, n)
 }
@@ -74,7 +85,8 @@ pub fn check_unit_name(n: &str) -> Result<(), String> {
         && n.len() <= 255
         && !n.starts_with(['-', '.'])
         && n.contains('.')
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b));
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -85,8 +97,11 @@ pub fn check_unit_name(n: &str) -> Result<(), String> {
 /// Debian package names.
 fn check_package_name(n: &str) -> Result<(), String> {
     let ok = n.len() >= 2
-        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        && n.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -95,24 +110,35 @@ fn check_package_name(n: &str) -> Result<(), String> {
 }
 
 fn check_digest(what: &str, d: &str) -> Result<(), String> {
-    if d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if d.len() == 64
+        && d.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
-        Err(format!("{what} digest {d:?} is not 64 lowercase hex digits"))
+        Err(format!(
+            "{what} digest {d:?} is not 64 lowercase hex digits"
+        ))
     }
 }
 
 /// A passwd field (comment, home, shell): no `:` or newline, which would corrupt /etc/passwd.
 fn check_passwd_field(what: &str, v: &str) -> Result<(), String> {
     if v.contains([':', '\n', '\0']) || v.starts_with('-') {
-        return Err(format!("{what} {v:?} contains ':', a newline or NUL, or starts with '-'"));
+        return Err(format!(
+            "{what} {v:?} contains ':', a newline or NUL, or starts with '-'"
+        ));
     }
     Ok(())
 }
 
 /// Everything the engine relies on about a manifest. Errors name the offending item.
 pub fn check_manifest(m: &Manifest) -> Result<(), String> {
-    let blobs: BTreeMap<&str, u64> = m.blobs.iter().map(|b| (b.digest.as_str(), b.size)).collect();
+    let blobs: BTreeMap<&str, u64> = m
+        .blobs
+        .iter()
+        .map(|b| (b.digest.as_str(), b.size))
+        .collect();
     if blobs.len() != m.blobs.len() {
         return Err("a blob is listed twice".into());
     }
@@ -135,13 +161,24 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
     for e in &m.entries {
         check_path(&e.path)?;
         if is_under(&e.path, STATE_DIR) {
-            return Err(format!("{}: {STATE_DIR} is kiln's own state, not bundle content", e.path));
+            return Err(format!(
+                "{}: {STATE_DIR} is kiln's own state, not bundle content",
+                e.path
+            ));
         }
         if paths.insert(e.path.as_str(), &e.kind).is_some() {
             return Err(format!("{}: listed twice", e.path));
         }
         match &e.kind {
-            EntryKind::File { mode, owner, group, digest, size, restart, reload } => {
+            EntryKind::File {
+                mode,
+                owner,
+                group,
+                digest,
+                size,
+                restart,
+                reload,
+            } => {
                 parse_mode(mode).map_err(|x| format!("{}: {x}", e.path))?;
                 check_owner("owner", owner).map_err(|x| format!("{}: {x}", e.path))?;
                 check_owner("group", group).map_err(|x| format!("{}: {x}", e.path))?;
@@ -165,7 +202,7 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
     }
     // Nothing may live below a path that is a file, a symlink or absent: below a symlink it would
     // be written through the bundle's own link (a pivot); below a file or absent it cannot exist.
-    for (p, _) in &paths {
+    for p in paths.keys() {
         let mut dir = *p;
         while let Some(i) = dir.rfind('/') {
             dir = &dir[..i];
@@ -181,7 +218,9 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
                         EntryKind::Symlink { .. } => "a symlink",
                         _ => "absent",
                     };
-                    return Err(format!("{p}: its parent {dir} is {what} in the same bundle"));
+                    return Err(format!(
+                        "{p}: its parent {dir} is {what} in the same bundle"
+                    ));
                 }
             }
         }
@@ -218,7 +257,11 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
         for g in &u.groups {
             check_account_name("group", g).map_err(|x| format!("user {}: {x}", u.name))?;
         }
-        for (what, v) in [("home", &u.home), ("shell", &u.shell), ("comment", &u.comment)] {
+        for (what, v) in [
+            ("home", &u.home),
+            ("shell", &u.shell),
+            ("comment", &u.comment),
+        ] {
             if let Some(v) = v {
                 check_passwd_field(what, v).map_err(|x| format!("user {}: {x}", u.name))?;
                 if what != "comment" {
@@ -261,7 +304,10 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
             return Err(format!("command {}: NUL in argv", c.name));
         }
         if c.timeout_secs == 0 || c.timeout_secs > 24 * 3600 {
-            return Err(format!("command {}: timeout_secs must be between 1 and 86400", c.name));
+            return Err(format!(
+                "command {}: timeout_secs must be between 1 and 86400",
+                c.name
+            ));
         }
         if let Some(p) = &c.creates {
             check_path(p).map_err(|x| format!("command {} creates: {x}", c.name))?;
@@ -287,7 +333,16 @@ mod tests {
     #[test]
     fn paths() {
         assert!(check_path("/etc/x").is_ok());
-        for bad in ["", "/", "etc", "/etc/", "/etc//x", "/etc/../x", "/./x", "/a\0b"] {
+        for bad in [
+            "",
+            "/",
+            "etc",
+            "/etc/",
+            "/etc//x",
+            "/etc/../x",
+            "/./x",
+            "/a\0b",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
         assert!(is_under("/var/lib/kiln/x", STATE_DIR));

@@ -26,23 +26,36 @@ use crate::state::{Outcome, State};
 pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
     let source = Source::parse(&args.bundle);
     let shown = match &source {
-        Source::Path(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.bundle.clone()),
+        Source::Path(p) => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.bundle.clone()),
         Source::Url(u) => u.clone(),
     };
     if let Some(pin) = &args.sha256 {
         if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Exit { code: exit::USAGE, message: format!("--sha256 {pin:?} is not 64 hex digits") }.into());
+            return Err(Exit {
+                code: exit::USAGE,
+                message: format!("--sha256 {pin:?} is not 64 hex digits"),
+            }
+            .into());
         }
     }
-    let root = Root::open(&args.root).with_context(|| format!("opening the root {}", args.root.display()))?;
-    let mut tidy = Tidy { root: &root, created: 0 };
+    let root = Root::open(&args.root)
+        .with_context(|| format!("opening the root {}", args.root.display()))?;
+    let mut tidy = Tidy {
+        root: &root,
+        created: 0,
+    };
     let outcome = apply_bundle(&args, &source, &shown, &root, &mut tidy, log);
     tidy.run();
     match outcome {
         Ok(code) => Ok(code),
         Err(err) => {
             if args.json {
-                let state = err.downcast_ref::<apply::ApplyFailure>().and_then(|f| f.state.as_deref());
+                let state = err
+                    .downcast_ref::<apply::ApplyFailure>()
+                    .and_then(|f| f.state.as_deref());
                 print_json(&json!({
                     "outcome": if state.is_some() { "failed" } else { "refused" },
                     "exit_code": super::exit_code_of(&err),
@@ -51,29 +64,49 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
                     "state": state,
                 }));
             }
-            Err(err.context(format!("{} {shown}", if args.dry_run { "dry run of" } else { "refusing" })))
+            Err(err.context(format!(
+                "{} {shown}",
+                if args.dry_run {
+                    "dry run of"
+                } else {
+                    "refusing"
+                }
+            )))
         }
     }
 }
 
-fn apply_bundle(args: &ApplyArgs, source: &Source, shown: &str, root: &Root, tidy: &mut Tidy, log: &dyn Log) -> Result<i32> {
+fn apply_bundle(
+    args: &ApplyArgs,
+    source: &Source,
+    shown: &str,
+    root: &Root,
+    tidy: &mut Tidy,
+    log: &dyn Log,
+) -> Result<i32> {
     // 1. Fetch and pin.
     let (mut file, sha256, size) = match source {
         Source::Path(p) => {
             let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            let (sha, size) = fetch::hash_file(&mut f).with_context(|| format!("reading {}", p.display()))?;
+            let (sha, size) =
+                fetch::hash_file(&mut f).with_context(|| format!("reading {}", p.display()))?;
             (f, sha, size)
         }
         Source::Url(url) => {
-            log.info(&format!("fetching {url} (deadline {})", humantime::format_duration(args.deadline)));
+            log.info(&format!(
+                "fetching {url} (deadline {})",
+                humantime::format_duration(args.deadline)
+            ));
             let mut f = if args.dry_run {
-                anonymous_file(Path::new(&std::env::temp_dir()), None).context("creating a temporary file for the download")?
+                anonymous_file(Path::new(&std::env::temp_dir()), None)
+                    .context("creating a temporary file for the download")?
             } else {
                 let (dir, created) = root
                     .mkdir_p_counted(STAGING_DIR)
                     .with_context(|| format!("creating {}", root.display(STAGING_DIR).display()))?;
                 tidy.created = created;
-                anonymous_file(Path::new(STAGING_DIR), Some(&dir)).context("creating the download file in the staging area")?
+                anonymous_file(Path::new(STAGING_DIR), Some(&dir))
+                    .context("creating the download file in the staging area")?
             };
             let (sha, size) = fetch::download(url, &mut f, args.deadline, log)?;
             (f, sha, size)
@@ -86,21 +119,34 @@ fn apply_bundle(args: &ApplyArgs, source: &Source, shown: &str, root: &Root, tid
 
     // 2. Already applied? (Before verification: an applied bundle may have expired since.)
     let previous = State::read(root).context("reading the state file")?;
-    if let Some(prev) = previous.as_ref().filter(|p| p.result == Outcome::Success && p.sha256 == sha256) {
+    if let Some(prev) = previous
+        .as_ref()
+        .filter(|p| p.result == Outcome::Success && p.sha256 == sha256)
+    {
         log.info(&format!("already applied: {}", prev.describe()));
         if args.json {
-            print_json(&json!({"outcome": "already_applied", "exit_code": 0, "bundle": args.bundle, "state": prev}));
+            print_json(
+                &json!({"outcome": "already_applied", "exit_code": 0, "bundle": args.bundle, "state": prev}),
+            );
         }
         return Ok(exit::OK);
     }
 
     // 3. Signature and trust, then the host's policy.
     let t = Instant::now();
-    log.info(&format!("verifying {shown} ({size} bytes, sha256 {sha256})"));
-    let trust = TrustStore::load(&args.trust).with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
+    log.info(&format!(
+        "verifying {shown} ({size} bytes, sha256 {sha256})"
+    ));
+    let trust = TrustStore::load(&args.trust)
+        .with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
     use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0)).context("rewinding the bundle")?;
-    let bundle = kiln_signing::open(BufReader::with_capacity(1 << 20, file), &trust, &Limits::default())?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .context("rewinding the bundle")?;
+    let bundle = kiln_signing::open(
+        BufReader::with_capacity(1 << 20, file),
+        &trust,
+        &Limits::default(),
+    )?;
     let m = &bundle.manifest;
     let comment = &bundle.signer.comment;
     log.info(&format!(
@@ -108,7 +154,11 @@ fn apply_bundle(args: &ApplyArgs, source: &Source, shown: &str, root: &Root, tid
         m.hostgroup,
         m.version,
         bundle.signer.fingerprint(),
-        if comment.is_empty() { String::new() } else { format!(" ({comment})") }
+        if comment.is_empty() {
+            String::new()
+        } else {
+            format!(" ({comment})")
+        }
     ));
     let base = host::base_identity(root).map_err(|why| BundleError::WrongBase {
         bundle: format!("{} {} {}", m.base.id, m.base.version_id, m.base.arch),
@@ -118,17 +168,32 @@ fn apply_bundle(args: &ApplyArgs, source: &Source, shown: &str, root: &Root, tid
         Some(h) => Some(h.clone()),
         None => host::hostgroup(root).map_err(|e| anyhow::anyhow!(e))?,
     };
-    let applied = previous.as_ref().filter(|p| p.result == Outcome::Success).map(|p| p.version);
-    let min_version = [args.min_version, host::min_version(root).map_err(|e| anyhow::anyhow!(e))?, applied]
-        .into_iter()
-        .flatten()
-        .max();
-    let policy = Policy { now: SystemTime::now(), hostgroup: hostgroup.clone(), min_version, base: Some(base.clone()) };
+    let applied = previous
+        .as_ref()
+        .filter(|p| p.result == Outcome::Success)
+        .map(|p| p.version);
+    let min_version = [
+        args.min_version,
+        host::min_version(root).map_err(|e| anyhow::anyhow!(e))?,
+        applied,
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let policy = Policy {
+        now: SystemTime::now(),
+        hostgroup: hostgroup.clone(),
+        min_version,
+        base: Some(base.clone()),
+    };
     kiln_signing::check_policy(m, &policy)?;
     log.info(&format!(
         "checks passed: expires {}, hostgroup {}, version {} >= {}, base {} {} {} ({:.2}s)",
         m.expires,
-        hostgroup.as_deref().map(|h| format!("{h} (matches)")).unwrap_or_else(|| format!("{} (not pinned on this host)", m.hostgroup)),
+        hostgroup
+            .as_deref()
+            .map(|h| format!("{h} (matches)"))
+            .unwrap_or_else(|| format!("{} (not pinned on this host)", m.hostgroup)),
         m.version,
         min_version.unwrap_or(0),
         base.id,
@@ -151,7 +216,10 @@ fn apply_bundle(args: &ApplyArgs, source: &Source, shown: &str, root: &Root, tid
         if report.plan.is_empty() {
             log.info("dry run: nothing would change");
         } else {
-            log.info(&format!("dry run: {} change(s) would be made:", report.plan.len()));
+            log.info(&format!(
+                "dry run: {} change(s) would be made:",
+                report.plan.len()
+            ));
             for line in &report.plan {
                 log.info(&format!("  {line}"));
             }
@@ -190,21 +258,38 @@ fn anonymous_file(dir: &Path, dirfd: Option<&std::os::fd::OwnedFd>) -> std::io::
     let dirfd = match dirfd {
         Some(fd) => fd.as_fd(),
         None => {
-            owned = nix::fcntl::open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+            owned = nix::fcntl::open(
+                dir,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
             owned.as_fd()
         }
     };
-    match nix::fcntl::openat(dirfd, ".", OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600)) {
+    match nix::fcntl::openat(
+        dirfd,
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    ) {
         Ok(fd) => Ok(File::from(fd)),
         Err(_) => {
             let name = format!(".kiln-download-{}", std::process::id());
             let fd = nix::fcntl::openat(
                 dirfd,
                 name.as_str(),
-                OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_RDWR
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o600),
             )?;
-            nix::unistd::unlinkat(dirfd, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+            nix::unistd::unlinkat(
+                dirfd,
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )?;
             Ok(File::from(fd))
         }
     }

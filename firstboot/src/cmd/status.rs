@@ -12,9 +12,12 @@ use crate::cli::StatusArgs;
 use crate::state::{Outcome, State};
 
 pub fn run(args: StatusArgs) -> Result<i32> {
-    let root = Root::open(&args.root).with_context(|| format!("opening the root {}", args.root.display()))?;
+    let root = Root::open(&args.root)
+        .with_context(|| format!("opening the root {}", args.root.display()))?;
     let state = State::read(&root).context("reading the state file")?;
-    let pending = journal::read(&root).context("reading the journal")?.map(|(j, _)| j);
+    let pending = journal::read(&root)
+        .context("reading the journal")?
+        .map(|(j, _)| j);
     let code = match (&state, &pending) {
         (_, Some(_)) => exit::APPLY,
         (Some(s), None) if s.result == Outcome::Success => exit::OK,
@@ -46,7 +49,10 @@ pub fn run(args: StatusArgs) -> Result<i32> {
                 println!("error (exit {}): {e}", s.exit_code);
             }
             for step in &s.steps {
-                println!("  {:<12} {:>8.2}s  {}", step.name, step.seconds, step.summary);
+                println!(
+                    "  {:<12} {:>8.2}s  {}",
+                    step.name, step.seconds, step.summary
+                );
             }
             for c in &s.commands {
                 println!("  command {} {} ({:.2}s)", c.name, c.status, c.seconds);

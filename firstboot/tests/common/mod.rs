@@ -34,10 +34,17 @@ pub fn other_key() -> SigningKey {
 pub fn trust_dir(trusted: &[&SigningKey], revoked: &[&SigningKey]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (i, k) in trusted.iter().enumerate() {
-        std::fs::write(dir.path().join(format!("key{i}.pub")), format!("{}\n", k.public().to_openssh())).unwrap();
+        std::fs::write(
+            dir.path().join(format!("key{i}.pub")),
+            format!("{}\n", k.public().to_openssh()),
+        )
+        .unwrap();
     }
     if !revoked.is_empty() {
-        let text: String = revoked.iter().map(|k| format!("{}\n", k.public().to_openssh())).collect();
+        let text: String = revoked
+            .iter()
+            .map(|k| format!("{}\n", k.public().to_openssh()))
+            .collect();
         std::fs::write(dir.path().join(REVOKED_FILE), text).unwrap();
     }
     dir
@@ -101,11 +108,28 @@ impl Spec {
         d
     }
 
-    pub fn file(&mut self, path: &str, data: &[u8], mode: &str, owner: &str, group: &str) -> &mut Spec {
+    pub fn file(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        mode: &str,
+        owner: &str,
+        group: &str,
+    ) -> &mut Spec {
         self.file_hooks(path, data, mode, owner, group, &[], &[])
     }
 
-    pub fn file_hooks(&mut self, path: &str, data: &[u8], mode: &str, owner: &str, group: &str, restart: &[&str], reload: &[&str]) -> &mut Spec {
+    #[allow(clippy::too_many_arguments)]
+    pub fn file_hooks(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        mode: &str,
+        owner: &str,
+        group: &str,
+        restart: &[&str],
+        reload: &[&str],
+    ) -> &mut Spec {
         let digest = self.blob(data);
         self.m.entries.push(Entry {
             path: path.into(),
@@ -125,22 +149,40 @@ impl Spec {
     pub fn dir(&mut self, path: &str, mode: &str, owner: &str, group: &str) -> &mut Spec {
         self.m.entries.push(Entry {
             path: path.into(),
-            kind: EntryKind::Directory { mode: mode.into(), owner: owner.into(), group: group.into() },
+            kind: EntryKind::Directory {
+                mode: mode.into(),
+                owner: owner.into(),
+                group: group.into(),
+            },
         });
         self
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Spec {
-        self.m.entries.push(Entry { path: path.into(), kind: EntryKind::Symlink { target: target.into() } });
+        self.m.entries.push(Entry {
+            path: path.into(),
+            kind: EntryKind::Symlink {
+                target: target.into(),
+            },
+        });
         self
     }
 
     pub fn absent(&mut self, path: &str) -> &mut Spec {
-        self.m.entries.push(Entry { path: path.into(), kind: EntryKind::Absent });
+        self.m.entries.push(Entry {
+            path: path.into(),
+            kind: EntryKind::Absent,
+        });
         self
     }
 
-    pub fn command(&mut self, name: &str, argv: &[&str], timeout_secs: u64, creates: Option<&str>) -> &mut Spec {
+    pub fn command(
+        &mut self,
+        name: &str,
+        argv: &[&str],
+        timeout_secs: u64,
+        creates: Option<&str>,
+    ) -> &mut Spec {
         self.m.commands.push(kiln_signing::Command {
             name: name.into(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -151,7 +193,11 @@ impl Spec {
     }
 
     pub fn service(&mut self, name: &str, state: ServiceState, enabled: bool) -> &mut Spec {
-        self.m.services.push(Service { name: name.into(), state, enabled });
+        self.m.services.push(Service {
+            name: name.into(),
+            state,
+            enabled,
+        });
         self
     }
 
@@ -162,7 +208,14 @@ impl Spec {
         self.m.users.sort_by(|a, b| a.name.cmp(&b.name));
         self.m.packages.sort_by(|a, b| a.name.cmp(&b.name));
         self.m.services.sort_by(|a, b| a.name.cmp(&b.name));
-        self.m.blobs = self.blobs.iter().map(|(d, b)| Blob { digest: d.clone(), size: b.len() as u64 }).collect();
+        self.m.blobs = self
+            .blobs
+            .iter()
+            .map(|(d, b)| Blob {
+                digest: d.clone(),
+                size: b.len() as u64,
+            })
+            .collect();
         self
     }
 
@@ -170,7 +223,10 @@ impl Spec {
     pub fn write(&mut self, key: &SigningKey, path: &Path) -> String {
         self.finish();
         let blobs = self.blobs.clone();
-        let out = write_bundle(Vec::new(), &self.m, key, &mut |b, w| w.write_all(&blobs[&b.digest])).expect("write_bundle");
+        let out = write_bundle(Vec::new(), &self.m, key, &mut |b, w| {
+            w.write_all(&blobs[&b.digest])
+        })
+        .expect("write_bundle");
         std::fs::write(path, &out).unwrap();
         sha256_hex(&out)
     }
@@ -181,15 +237,35 @@ impl Spec {
         let json = self.m.to_canonical_json();
         let sig = kiln_signing::sshsig::sign(key, NAMESPACE, &json);
         let mut tar = Vec::new();
-        member(&mut tar, MANIFEST_NAME.as_bytes(), tar::EntryType::Regular, &json, None);
-        member(&mut tar, SIGNATURE_NAME.as_bytes(), tar::EntryType::Regular, sig.as_bytes(), None);
+        member(
+            &mut tar,
+            MANIFEST_NAME.as_bytes(),
+            tar::EntryType::Regular,
+            &json,
+            None,
+        );
+        member(
+            &mut tar,
+            SIGNATURE_NAME.as_bytes(),
+            tar::EntryType::Regular,
+            sig.as_bytes(),
+            None,
+        );
         for b in &self.m.blobs {
             let name = format!("blobs/{}", b.digest);
             match raw.replace.iter().find(|(d, _, _)| *d == b.digest) {
-                Some((_, kind, link)) => member(&mut tar, name.as_bytes(), *kind, &[], link.as_deref()),
+                Some((_, kind, link)) => {
+                    member(&mut tar, name.as_bytes(), *kind, &[], link.as_deref())
+                }
                 None => {
                     let data = self.blobs.get(&b.digest).cloned().unwrap_or_default();
-                    member(&mut tar, name.as_bytes(), tar::EntryType::Regular, &data, None)
+                    member(
+                        &mut tar,
+                        name.as_bytes(),
+                        tar::EntryType::Regular,
+                        &data,
+                        None,
+                    )
                 }
             }
         }
@@ -198,7 +274,10 @@ impl Spec {
         }
         tar.extend_from_slice(&[0u8; 1024]);
         let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-        z.set_parameter(zstd::zstd_safe::CParameter::WindowLog(raw.window_log.unwrap_or(21))).unwrap();
+        z.set_parameter(zstd::zstd_safe::CParameter::WindowLog(
+            raw.window_log.unwrap_or(21),
+        ))
+        .unwrap();
         z.include_checksum(true).unwrap();
         if raw.window_log.is_some() {
             // Without a known content size zstd writes the window into the frame header.
@@ -264,7 +343,9 @@ pub fn is_root() -> bool {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// A fresh copy of the debootstrapped base root (KILN_TEST_BASE) under /var/tmp. Without it:
@@ -287,9 +368,22 @@ pub fn base_root() -> Option<TempDir> {
         eprintln!("note: not root: skipping this base-image test");
         return None;
     }
-    assert!(base.join("etc/os-release").exists(), "KILN_TEST_BASE={} is not a root filesystem", base.display());
-    let dir = tempfile::Builder::new().prefix("kiln-fb-test-").tempdir_in("/var/tmp").unwrap();
-    let st = Command::new("cp").arg("-a").arg("--reflink=auto").arg(format!("{}/.", base.display())).arg(dir.path()).status().unwrap();
+    assert!(
+        base.join("etc/os-release").exists(),
+        "KILN_TEST_BASE={} is not a root filesystem",
+        base.display()
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-fb-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(format!("{}/.", base.display()))
+        .arg(dir.path())
+        .status()
+        .unwrap();
     assert!(st.success(), "cp -a {} failed", base.display());
     Some(dir)
 }
@@ -304,20 +398,34 @@ pub fn mini_root() -> Option<TempDir> {
         eprintln!("note: not root: skipping");
         return None;
     }
-    let dir = tempfile::Builder::new().prefix("kiln-fb-mini-").tempdir_in("/var/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-fb-mini-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let d = dir.path();
     for sub in ["etc", "usr/lib", "var/lib/dpkg", "tmp", "opt", "srv"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(d.join("usr/lib/os-release"), "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    std::fs::write(
+        d.join("usr/lib/os-release"),
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../usr/lib/os-release", d.join("etc/os-release")).unwrap();
     std::fs::write(
         d.join("var/lib/dpkg/status"),
-        format!("Package: dpkg\nStatus: install ok installed\nVersion: 1.21.22\nArchitecture: {}\n", host_arch()),
+        format!(
+            "Package: dpkg\nStatus: install ok installed\nVersion: 1.21.22\nArchitecture: {}\n",
+            host_arch()
+        ),
     )
     .unwrap();
-    std::fs::write(d.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n").unwrap();
+    std::fs::write(
+        d.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    )
+    .unwrap();
     std::fs::write(d.join("etc/group"), "root:x:0:\ndaemon:x:1:\nadm:x:4:\n").unwrap();
     std::fs::write(d.join("etc/hostname"), "mini\n").unwrap();
     Some(dir)
@@ -341,7 +449,10 @@ pub fn tree_listing(root: &Path) -> Vec<String> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
@@ -357,7 +468,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         } else {
             format!("special {:o} {}", md.mode() & 0o170000, md.rdev())
         };
-        out.push(format!("{rel} {:o} {}:{} {what}", md.mode() & 0o7777, md.uid(), md.gid()));
+        out.push(format!(
+            "{rel} {:o} {}:{} {what}",
+            md.mode() & 0o7777,
+            md.uid(),
+            md.gid()
+        ));
         if ft.is_dir() {
             walk(root, &p, out);
         }
@@ -366,7 +482,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Runs the binary; returns its output.
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(BIN).args(args).env_remove("CI").output().unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("CI")
+        .output()
+        .unwrap();
     eprintln!(
         "$ kiln-firstboot {}\n--- exit {:?}\n--- stderr\n{}--- stdout\n{}",
         args.join(" "),
@@ -398,12 +518,22 @@ pub fn stderr(o: &Output) -> String {
 
 /// A directory outside every root, which must stay empty.
 pub fn outside_dir() -> TempDir {
-    tempfile::Builder::new().prefix("kiln-outside-").tempdir_in("/tmp").unwrap()
+    tempfile::Builder::new()
+        .prefix("kiln-outside-")
+        .tempdir_in("/tmp")
+        .unwrap()
 }
 
 pub fn assert_empty(dir: &Path) {
-    let names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(names.is_empty(), "{} is not empty: {names:?}", dir.display());
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "{} is not empty: {names:?}",
+        dir.display()
+    );
 }
 
 pub fn read_state(root: &Path) -> serde_json::Value {
