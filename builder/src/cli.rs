@@ -31,6 +31,9 @@ pub enum Command {
     Render(RenderArgs),
     /// Build one signed bundle per hostgroup.
     Build(BuildArgs),
+    /// Make or inspect base images (Debian root filesystems made with debootstrap).
+    #[command(subcommand)]
+    Base(BaseCommand),
     /// Verify a bundle: signature, trust, expiry and every payload byte.
     Verify(VerifyArgs),
     /// Show what a bundle contains.
@@ -119,7 +122,76 @@ pub struct BuildArgs {
     /// Hostgroups built at the same time (default: number of CPUs).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
+    /// Resolve every hostgroup's packages against this base and carry the .debs in the bundle:
+    /// a base NAME of the configuration built by `kiln base build NAME`, a root filesystem DIR,
+    /// or a TAR archive of one. Without it, packages are listed by name and pin only.
+    #[arg(long, value_name = "NAME|DIR|TAR")]
+    pub base: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// With --base: resolve against the apt lists already in the cache (no apt-get update).
+    #[arg(long, requires = "base")]
+    pub no_apt_update: bool,
     /// Print one JSON object per bundle written, as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where bases, apt lists and downloaded packages are kept.
+#[derive(Debug, Args, Clone)]
+pub struct CacheArg {
+    /// Cache directory for bases, apt lists and downloaded packages
+    /// (default: $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).
+    #[arg(long, env = "KILN_CACHE_DIR", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Make a base with debootstrap as the configuration defines it, into the cache (as root);
+    /// print its root filesystem's path. A base already in the cache is not made again.
+    Build(BaseBuildArgs),
+    /// Show what Kiln reads from a base: os-release, architecture, installed packages and
+    /// their digest.
+    Show(BaseShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BaseBuildArgs {
+    /// The base's name (`base: {name: ...}` in hostgroups/default.yaml or a hostgroup).
+    pub name: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// Debian mirror debootstrap and the base's sources.list use.
+    #[arg(long, env = "KILN_DEBIAN_MIRROR", value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Mirror of the security archive, for `*-security` suites in `sources` (default: the
+    /// mirror with -security appended when it ends in /debian, else security.debian.org).
+    #[arg(long, value_name = "URL")]
+    pub security_mirror: Option<String>,
+    /// Build it again even if the cache has it (replaces the cached base).
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BaseShowArgs {
+    /// The base: a NAME of the configuration (built into the cache), a DIR or a TAR.
+    #[arg(value_name = "NAME|DIR|TAR")]
+    pub base: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// Also list the installed packages.
+    #[arg(long)]
+    pub packages: bool,
+    /// Print the result as JSON (packages included).
     #[arg(long)]
     pub json: bool,
 }

@@ -1,9 +1,12 @@
 //! kiln-builder: everything `kiln` does, as a library; `main.rs` is a thin shim.
 
+pub mod base;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod packages;
 pub mod plan;
+pub mod sbom;
 
 use clap::Parser;
 use kiln_signing::{exit, BundleError};

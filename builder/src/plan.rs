@@ -106,6 +106,13 @@ impl Blobs {
         (digest, size)
     }
 
+    /// A file whose digest and size are already known (checked again when it is written).
+    fn add_known(&mut self, digest: &str, size: u64, path: &std::path::Path) {
+        self.map
+            .entry(digest.to_string())
+            .or_insert_with(|| (BlobSource::Path(path.to_path_buf()), size));
+    }
+
     fn add_path(&mut self, path: &std::path::Path) -> Result<(String, u64)> {
         let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let (digest, size) = hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
@@ -116,8 +123,26 @@ impl Blobs {
     }
 }
 
-/// Build the manifest for a resolved hostgroup.
+/// Packages resolved against a real base: the debs to carry and what the base is.
+#[derive(Debug, Clone)]
+pub struct PackageSet {
+    /// Every deb the hostgroup needs on top of the base (dependencies included), sorted by
+    /// name; those already in the base at that version are not in it.
+    pub debs: Vec<crate::packages::Deb>,
+    /// Each deb's file, by sha256.
+    pub paths: BTreeMap<String, PathBuf>,
+    /// sha256 of the base's installed package set (`name version arch` lines, sorted).
+    pub packages_digest: String,
+}
+
+/// Build the manifest for a resolved hostgroup, its packages listed by name and pin only.
 pub fn plan(resolved: &Resolved, info: &BuildInfo) -> Result<Plan> {
+    plan_with_packages(resolved, info, None)
+}
+
+/// Build the manifest for a resolved hostgroup; with a [`PackageSet`], its packages are the
+/// resolved debs, each a blob, and the base's package digest is recorded.
+pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Option<&PackageSet>) -> Result<Plan> {
     let mut blobs = Blobs::default();
     let mut entries = Vec::new();
     let mut templates = Vec::new();
@@ -191,17 +216,38 @@ pub fn plan(resolved: &Resolved, info: &BuildInfo) -> Result<Plan> {
             }
         })
         .collect();
-    let packages = resolved
-        .packages
-        .iter()
-        .map(|(name, p)| m::Package {
-            name: name.clone(),
-            version: p.value.version.clone(),
-            arch: None,
-            digest: None,
-            size: None,
-        })
-        .collect();
+    let packages = match package_set {
+        None => resolved
+            .packages
+            .iter()
+            .map(|(name, p)| m::Package {
+                name: name.clone(),
+                version: p.value.version.clone(),
+                arch: None,
+                digest: None,
+                size: None,
+            })
+            .collect(),
+        Some(set) => {
+            let mut out = Vec::new();
+            for d in &set.debs {
+                let path = set
+                    .paths
+                    .get(&d.sha256)
+                    .with_context(|| format!("no file for package {} {}", d.name, d.version))?;
+                blobs.add_known(&d.sha256, d.size, path);
+                out.push(m::Package {
+                    name: d.name.clone(),
+                    version: Some(d.version.clone()),
+                    arch: Some(d.arch.clone()),
+                    digest: Some(d.sha256.clone()),
+                    size: Some(d.size),
+                });
+            }
+            out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+            out
+        }
+    };
     let services = resolved
         .services
         .iter()
@@ -239,7 +285,7 @@ pub fn plan(resolved: &Resolved, info: &BuildInfo) -> Result<Plan> {
             id: base.os_id.clone(),
             version_id: base.version_id.clone(),
             arch: base.arch.clone(),
-            packages_digest: None,
+            packages_digest: package_set.map(|p| p.packages_digest.clone()),
         },
         entries,
         groups,

@@ -12,9 +12,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use std::collections::BTreeMap;
+
+use crate::base::{self, BaseInfo, BaseSpec};
 use crate::cli::{BuildArgs, Shard};
 use crate::config::Config;
-use crate::plan::{self, BuildInfo};
+use crate::packages::{Request, Resolver};
+use crate::plan::{self, BuildInfo, PackageSet};
+use crate::sbom;
 
 /// What `kiln build --json` prints for each bundle.
 #[derive(Debug, Serialize)]
@@ -26,6 +31,10 @@ pub struct Built {
     pub size: u64,
     pub entries: usize,
     pub blobs: usize,
+    /// Packages in the manifest (with --base: every resolved .deb, dependencies included).
+    pub packages: usize,
+    /// The SPDX 2.3 SBOM written beside the bundle.
+    pub sbom: PathBuf,
 }
 
 /// Whether a hostgroup belongs to a shard. Hashing the name (rather than cutting the sorted list)
@@ -73,11 +82,24 @@ pub fn run(args: BuildArgs) -> Result<()> {
         .num_threads(args.jobs.unwrap_or(0))
         .build()
         .context("starting build threads")?;
+    // With --base: resolve every hostgroup's packages first (apt, sequentially, one update).
+    let resolution = match &args.base {
+        Some(spec) => Some(resolve_packages(&config, &names, spec, &args)?),
+        None => None,
+    };
+
     let results: Vec<(String, Result<Built>)> = pool.install(|| {
         names
             .par_iter()
             .map(|name| {
-                let r = build_one(&config, name, &info, &key, &args.out);
+                let r = match &resolution {
+                    None => build_one(&config, name, &info, &key, &args.out, None),
+                    Some(res) => match res.per_hostgroup.get(name) {
+                        Some(Ok(set)) => build_one(&config, name, &info, &key, &args.out, Some((set, res))),
+                        Some(Err(e)) => Err(anyhow!("{e}")),
+                        None => Err(anyhow!("not resolved")),
+                    },
+                };
                 progress.inc(1);
                 progress.set_message(name.clone());
                 (name.clone(), r)
@@ -139,9 +161,109 @@ fn select(config: &Config, args: &BuildArgs) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn build_one(config: &Config, name: &str, info: &BuildInfo, key: &SigningKey, out: &Path) -> Result<Built> {
+/// Packages resolved against one base for every hostgroup of a build.
+struct Resolution {
+    base: BaseInfo,
+    per_hostgroup: BTreeMap<String, Result<PackageSet>>,
+    /// Download location of every deb, by sha256 (for the SBOM).
+    uris: BTreeMap<String, String>,
+    /// Held until the bundles are written: no other kiln changes the deb cache meanwhile.
+    _resolver: Resolver,
+}
+
+/// Opens the base, checks each hostgroup targets it, runs `apt-get update` once, resolves each
+/// hostgroup's packages and fetches the union of the debs. A hostgroup whose packages cannot
+/// be resolved fails alone; a base that cannot be read or an unreachable archive fails all.
+fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildArgs) -> Result<Resolution> {
+    let spec = BaseSpec::parse(spec)?;
+    let cache = base::cache_dir(args.cache.cache.as_deref())?;
+    let progress = |m: &str| {
+        if !args.json {
+            eprintln!("kiln: {m}")
+        }
+    };
+    let base = BaseInfo::open(&spec, Some(config), &cache)?;
+    let mut per_hostgroup: BTreeMap<String, Result<PackageSet>> = BTreeMap::new();
+    let mut requests: Vec<(String, Vec<Request>)> = Vec::new();
+    for name in names {
+        let resolved = match config.resolve(name) {
+            Ok(r) => r,
+            Err(d) => {
+                per_hostgroup.insert(name.clone(), Err(super::diagnostics_error(&d)));
+                continue;
+            }
+        };
+        if let BaseSpec::Name(n) = &spec {
+            if resolved.base.name != *n {
+                per_hostgroup.insert(
+                    name.clone(),
+                    Err(anyhow!(crate::Exit {
+                        code: kiln_signing::exit::FAILURE,
+                        message: format!("targets base {}, not {n}: build it with --base {}", resolved.base.name, resolved.base.name),
+                    })),
+                );
+                continue;
+            }
+        }
+        if let Err(why) = base.matches(&resolved.base) {
+            per_hostgroup.insert(
+                name.clone(),
+                Err(anyhow!("base {} is not the base this hostgroup targets ({}): {why}", base.source, resolved.base.name)),
+            );
+            continue;
+        }
+        requests.push((name.clone(), Request::from_resolved(&resolved)));
+    }
+    let resolver = Resolver::new(&base, &cache, &progress)?;
+    if requests.iter().any(|(_, r)| !r.is_empty()) {
+        if args.no_apt_update {
+            if !resolver.has_lists() {
+                bail!(
+                    "--no-apt-update: the cache has no package lists for base {} yet ({}); run once without it",
+                    base.source,
+                    cache.display()
+                );
+            }
+        } else {
+            progress(&format!("apt-get update for base {}", base.source));
+            resolver.update()?;
+        }
+    }
+    let mut all = Vec::new();
+    let mut resolved_debs = BTreeMap::new();
+    for (name, reqs) in &requests {
+        match resolver.resolve(name, reqs) {
+            Ok(debs) => {
+                all.extend(debs.iter().cloned());
+                resolved_debs.insert(name.clone(), debs);
+            }
+            Err(e) => {
+                per_hostgroup.insert(name.clone(), Err(anyhow::Error::new(e)));
+            }
+        }
+    }
+    let paths = resolver.fetch(&all, &progress)?;
+    let uris = all.iter().map(|d| (d.sha256.clone(), d.uri.clone())).collect();
+    for (name, debs) in resolved_debs {
+        let mine = debs.iter().filter_map(|d| paths.get(&d.sha256).map(|p| (d.sha256.clone(), p.clone()))).collect();
+        per_hostgroup.insert(
+            name,
+            Ok(PackageSet { debs, paths: mine, packages_digest: base.packages_digest.clone() }),
+        );
+    }
+    Ok(Resolution { base, per_hostgroup, uris, _resolver: resolver })
+}
+
+fn build_one(
+    config: &Config,
+    name: &str,
+    info: &BuildInfo,
+    key: &SigningKey,
+    out: &Path,
+    packages: Option<(&PackageSet, &Resolution)>,
+) -> Result<Built> {
     let resolved = config.resolve(name).map_err(|d| super::diagnostics_error(&d))?;
-    let plan = plan::plan(&resolved, info)?;
+    let plan = plan::plan_with_packages(&resolved, info, packages.map(|(p, _)| p))?;
     let file_name = format!("{name}-{}.kiln", info.version);
     let final_path = out.join(&file_name);
     let tmp_path = out.join(format!(".{file_name}.tmp.{}", std::process::id()));
@@ -156,6 +278,15 @@ fn build_one(config: &Config, name: &str, info: &BuildInfo, key: &SigningKey, ou
     std::fs::rename(&tmp_path, &final_path)
         .with_context(|| format!("renaming {} to {}", tmp_path.display(), final_path.display()))?;
     tracing::info!(hostgroup = name, path = %final_path.display(), "bundle written");
+
+    let empty = BTreeMap::new();
+    let (facts, uris) = match packages {
+        Some((_, res)) => (Some(sbom::BaseFacts { installed: &res.base.installed }), &res.uris),
+        None => (None, &empty),
+    };
+    let doc = sbom::spdx(&plan.manifest, &file_name, &sha256, facts.as_ref(), uris);
+    let sbom_path = out.join(sbom::file_name(name, info.version));
+    base::write_atomic(&sbom_path, &sbom::to_bytes(&doc))?;
     Ok(Built {
         hostgroup: name.to_string(),
         version: info.version,
@@ -164,6 +295,8 @@ fn build_one(config: &Config, name: &str, info: &BuildInfo, key: &SigningKey, ou
         size,
         entries: plan.manifest.entries.len() + plan.manifest.templates.len(),
         blobs: plan.manifest.blobs.len(),
+        packages: plan.manifest.packages.len(),
+        sbom: sbom_path,
     })
 }
 

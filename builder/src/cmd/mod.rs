@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its own `run()`.
 
+mod base;
 mod build;
 mod diff;
 mod inspect;
@@ -21,6 +22,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Render(a) => render::run(a),
         Command::Build(a) => build::run(a),
+        Command::Base(c) => base::run(c),
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),

@@ -33,6 +33,16 @@ pub fn is_package_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
 }
 
+/// Debian suite (or codename) names: `bookworm`, `bookworm-updates`, `bookworm-security`.
+pub fn is_suite_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
+}
+
 /// Debian version strings: `[epoch:]upstream[-revision]` from `[A-Za-z0-9.+~:-]`, starting
 /// with a digit after the epoch.
 pub fn is_package_version(s: &str) -> bool {

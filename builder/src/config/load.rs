@@ -50,6 +50,7 @@ pub const BASE_KEYS: &[&str] = &[
     "suite",
     "variant",
     "include",
+    "sources",
 ];
 
 /// Largest YAML file Kiln reads.
@@ -417,6 +418,13 @@ pub fn check_section(key: &str, value: &Node, d: &mut Sink) {
                         let name = item.as_str().unwrap_or_default();
                         if !check::is_package_name(name) {
                             d.err(&item.span, format!("package name {name:?} does not match Debian's [a-z0-9][a-z0-9+.-]+"));
+                        }
+                    }
+                } else if k.key_str() == "sources" {
+                    for item in check::strings("sources", v, d) {
+                        let suite = item.as_str().unwrap_or_default();
+                        if !check::is_suite_name(suite) {
+                            d.err(&item.span, format!("base sources: {suite:?} is not a suite name such as bookworm-updates or bookworm-security ([a-z0-9][a-z0-9.+-]*)"));
                         }
                     }
                 } else if BASE_KEYS.contains(&k.key_str()) {

@@ -38,6 +38,9 @@ pub struct ResolvedBase {
     pub suite: String,
     pub variant: String,
     pub include: Vec<String>,
+    /// Suites added to the base's apt sources besides `suite` (`bookworm-updates`,
+    /// `bookworm-security`), written by `kiln base build`.
+    pub sources: Vec<String>,
 }
 
 impl Default for ResolvedBase {
@@ -50,6 +53,7 @@ impl Default for ResolvedBase {
             suite: "bookworm".into(),
             variant: "minbase".into(),
             include: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }

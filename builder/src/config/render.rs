@@ -210,6 +210,9 @@ impl Resolved {
             let _ = writeln!(o, "  {k}: {}", scalar(v));
         }
         let _ = writeln!(o, "  include: {}", flow_list(&b.include));
+        if !b.sources.is_empty() {
+            let _ = writeln!(o, "  sources: {}", flow_list(&b.sources));
+        }
 
         if self.layers.is_empty() {
             let _ = writeln!(o, "layers: []");

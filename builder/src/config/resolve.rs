@@ -885,6 +885,18 @@ impl Run<'_> {
                     .collect();
                 continue;
             }
+            if key == "sources" {
+                let mut sink = Sink::default();
+                out.sources = check::strings("sources", v, &mut sink)
+                    .into_iter()
+                    .filter_map(|n| {
+                        n.as_str()
+                            .filter(|s| check::is_suite_name(s))
+                            .map(str::to_string)
+                    })
+                    .collect();
+                continue;
+            }
             let Some(s) = v
                 .as_str()
                 .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
