@@ -528,7 +528,7 @@ fn a_crash_in_the_middle_is_finished_by_rerunning_the_same_command() {
         );
     s.write(&key, &bundle);
 
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args([
             "apply",
             "--root",

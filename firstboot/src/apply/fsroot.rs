@@ -65,8 +65,19 @@ impl Root {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
+        // `//`, `/.` or a symlink to `/` is the running system too: spell it `/`, which is what
+        // decides chroot, `--root` and live service handling.
+        let is_slash = match (stat::fstat(&fd), stat::stat("/")) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        };
+        let path = if is_slash {
+            PathBuf::from("/")
+        } else {
+            path.to_path_buf()
+        };
         Ok(Root {
-            path: path.to_path_buf(),
+            path,
             fd,
             openat2: AtomicBool::new(true),
         })

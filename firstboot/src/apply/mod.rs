@@ -212,6 +212,10 @@ pub fn staging_dir(bundle_sha256: &str) -> String {
 
 /// Applies a verified bundle to `root`. See the module documentation for the order; a rerun
 /// after a crash, with the same bundle, finishes the job.
+///
+/// The caller has opened the bundle with [`kiln_signing::open`] (signature, trust) and checked
+/// the host's policy with [`kiln_signing::check_policy`] (expiry, hostgroup, version, base);
+/// the engine checks the manifest's shape again and every blob as it stages it.
 pub fn apply<R: Read>(
     bundle: VerifiedBundle<R>,
     root: &Path,
@@ -232,7 +236,9 @@ pub fn apply<R: Read>(
     let root_fs =
         Root::open(root).map_err(|e| ApplyError::step("root", &root.display().to_string(), e))?;
     let _lock = lock(&root_fs)?;
-    let live = opts.live.unwrap_or_else(|| services::is_live(root));
+    let live = opts
+        .live
+        .unwrap_or_else(|| services::is_live(root_fs.path()));
     let ctx = Ctx {
         root: &root_fs,
         manifest: &m,

@@ -15,7 +15,12 @@ use kiln_signing::*;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_kiln-firstboot");
+/// The binary under test: cargo's build of it, or KILN_FIRSTBOOT_BIN (e.g. the static musl
+/// release build, to run the same tests against what ships).
+pub fn bin() -> String {
+    std::env::var("KILN_FIRSTBOOT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiln-firstboot").to_string())
+}
 
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
@@ -482,7 +487,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Runs the binary; returns its output.
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .env_remove("CI")
         .output()
