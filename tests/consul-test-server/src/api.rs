@@ -1100,8 +1100,12 @@ fn session_create(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     if !s.ttl.is_empty() {
         let ns = parse_go_duration(&s.ttl)
             .map_err(|e| ApiErr::Internal(format!("Session TTL '{}' invalid: {e}", s.ttl)))?;
-        if ns != 0 && (ns < 10_000_000_000 || ns > 86_400_000_000_000) {
-            return Err(ApiErr::Internal(format!("Invalid Session TTL '{ns}', must be between [10s=24h0m0s]")));
+        let min = sh.config.session_ttl_min.as_nanos() as i128;
+        if ns != 0 && (ns < min || ns > 86_400_000_000_000) {
+            return Err(ApiErr::Internal(format!(
+                "Invalid Session TTL '{ns}', must be between [{}=24h0m0s]",
+                go_duration_string(sh.config.session_ttl_min)
+            )));
         }
         if ns > 0 {
             s.ttl_duration = Some(Duration::from_nanos(ns as u64));
@@ -1140,6 +1144,24 @@ fn session_create(sh: &Arc<Shared>, req: &Req) -> ApiResult {
         id: String,
     }
     Ok(Resp::json(req, &Created { id }))
+}
+
+/// Go's `time.Duration.String()` for whole seconds and up (what session limits use).
+fn go_duration_string(d: Duration) -> String {
+    let secs = d.as_secs();
+    let ms = d.subsec_millis();
+    if secs == 0 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let frac = if ms > 0 { format!(".{:03}", ms).trim_end_matches('0').to_string() } else { String::new() };
+    if h > 0 {
+        format!("{h}h{m}m{s}{frac}s")
+    } else if m > 0 {
+        format!("{m}m{s}{frac}s")
+    } else {
+        format!("{s}{frac}s")
+    }
 }
 
 fn session_id(req: &Req, prefix: &str) -> Result<String, ApiErr> {

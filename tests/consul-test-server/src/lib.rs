@@ -60,6 +60,8 @@ pub struct Config {
     /// The index before the first write (a real cluster's first KV write never has
     /// index 1). The first write takes `initial_index + 1`.
     pub initial_index: u64,
+    /// Consul's `session_ttl_min` (default 10s): the shortest session TTL accepted.
+    pub session_ttl_min: std::time::Duration,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             kv_max_value_size: KV_MAX_VALUE_SIZE,
             txn_max_req_len: KV_MAX_VALUE_SIZE,
             initial_index: 10,
+            session_ttl_min: std::time::Duration::from_secs(10),
         }
     }
 }
