@@ -69,23 +69,26 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {
+        // Handlers first, so a SIGTERM right after the address is printed still ends cleanly.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal: {e}"))?;
         let handle = consul_test_server::start(config).await.map_err(|e| format!("listen: {e}"))?;
         let addr = handle.addr();
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "listening on {addr}");
-            let _ = out.flush();
-        }
         if let Some(pf) = &port_file {
             // Written whole, then renamed: a reader never sees a partial address.
             let tmp = format!("{pf}.tmp.{}", std::process::id());
             std::fs::write(&tmp, format!("{addr}\n")).map_err(|e| format!("--port-file {tmp}: {e}"))?;
             std::fs::rename(&tmp, pf).map_err(|e| format!("--port-file {pf}: {e}"))?;
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("signal: {e}"))?;
+        // Port file first: whoever reads the line can rely on the file too.
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {addr}");
+            let _ = out.flush();
+        }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         handle.shutdown().await;
