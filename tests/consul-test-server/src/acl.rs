@@ -114,7 +114,10 @@ impl AclConfig {
             accessor: None,
             description: String::new(),
             rules: Rules {
-                key_prefix: key_prefix.iter().map(|(k, p)| (k.to_string(), *p)).collect(),
+                key_prefix: key_prefix
+                    .iter()
+                    .map(|(k, p)| (k.to_string(), *p))
+                    .collect(),
                 ..Rules::default()
             },
         });
@@ -123,7 +126,8 @@ impl AclConfig {
 
     /// Parses the JSON form; fills in missing accessor IDs.
     pub fn from_json(text: &str) -> Result<AclConfig, String> {
-        let mut c: AclConfig = serde_json::from_str(text).map_err(|e| format!("ACL config: {e}"))?;
+        let mut c: AclConfig =
+            serde_json::from_str(text).map_err(|e| format!("ACL config: {e}"))?;
         c.normalize()?;
         Ok(c)
     }
@@ -149,8 +153,15 @@ impl AclConfig {
 pub enum Authz {
     /// ACLs are disabled: everything is allowed.
     Disabled,
-    Management { accessor: String },
-    Rules { accessor: String, anonymous: bool, rules: Rules, default: DefaultPolicy },
+    Management {
+        accessor: String,
+    },
+    Rules {
+        accessor: String,
+        anonymous: bool,
+        rules: Rules,
+        default: DefaultPolicy,
+    },
 }
 
 /// Why a token resolution failed.
@@ -188,7 +199,9 @@ impl std::fmt::Display for Denied {
 
 /// Resolves a request's token (already chosen by precedence; "" means none).
 pub fn resolve(config: Option<&AclConfig>, secret: &str) -> Result<Authz, AclError> {
-    let Some(c) = config else { return Ok(Authz::Disabled) };
+    let Some(c) = config else {
+        return Ok(Authz::Disabled);
+    };
     if secret.is_empty() {
         return Ok(Authz::Rules {
             accessor: ANONYMOUS_ACCESSOR.to_string(),
@@ -198,11 +211,16 @@ pub fn resolve(config: Option<&AclConfig>, secret: &str) -> Result<Authz, AclErr
         });
     }
     if secret == c.management_token {
-        return Ok(Authz::Management { accessor: accessor_for(&c.management_token) });
+        return Ok(Authz::Management {
+            accessor: accessor_for(&c.management_token),
+        });
     }
     match c.tokens.iter().find(|t| t.secret == secret) {
         Some(t) => Ok(Authz::Rules {
-            accessor: t.accessor.clone().unwrap_or_else(|| accessor_for(&t.secret)),
+            accessor: t
+                .accessor
+                .clone()
+                .unwrap_or_else(|| accessor_for(&t.secret)),
             anonymous: false,
             rules: t.rules.clone(),
             default: c.default_policy,
@@ -221,7 +239,14 @@ fn accessor_for(secret: &str) -> String {
     }
     let h2 = h.rotate_left(29) ^ 0x9e3779b97f4a7c15;
     let x = format!("{h:016x}{h2:016x}");
-    format!("{}-{}-4{}-8{}-{}", &x[0..8], &x[8..12], &x[13..16], &x[17..20], &x[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[13..16],
+        &x[17..20],
+        &x[20..32]
+    )
 }
 
 fn allows_read(p: Policy) -> bool {
@@ -230,17 +255,32 @@ fn allows_read(p: Policy) -> bool {
 
 impl Authz {
     pub fn is_anonymous(&self) -> bool {
-        matches!(self, Authz::Rules { anonymous: true, .. })
+        matches!(
+            self,
+            Authz::Rules {
+                anonymous: true,
+                ..
+            }
+        )
     }
 
-    /// The value of `X-Consul-Default-ACL-Policy`.
     fn denied(&self, resource: &'static str, level: &'static str, name: &str) -> Denied {
         let (accessor, anonymous) = match self {
             Authz::Disabled => (String::new(), false),
             Authz::Management { accessor } => (accessor.clone(), false),
-            Authz::Rules { accessor, anonymous, .. } => (accessor.clone(), *anonymous),
+            Authz::Rules {
+                accessor,
+                anonymous,
+                ..
+            } => (accessor.clone(), *anonymous),
         };
-        Denied { accessor, anonymous, resource, level, name: name.to_string() }
+        Denied {
+            accessor,
+            anonymous,
+            resource,
+            level,
+            name: name.to_string(),
+        }
     }
 
     /// The rule that applies to `key`: an exact `key` rule, else the longest `key_prefix`.
@@ -344,10 +384,6 @@ impl Authz {
 mod tests {
     use super::*;
 
-    fn rules(authz: Authz) -> Authz {
-        authz
-    }
-
     #[test]
     fn longest_prefix_and_exact() {
         let c = AclConfig::from_json(
@@ -355,7 +391,7 @@ mod tests {
                 "key_prefix":{"":"read","a/":"write","a/b/":"deny"},"key":{"a/b/c":"read"}}]}"#,
         )
         .unwrap();
-        let a = rules(resolve(Some(&c), "t").unwrap());
+        let a = resolve(Some(&c), "t").unwrap();
         assert!(a.key_read("x"));
         assert!(!a.key_write("x"));
         assert!(a.key_write("a/x"));

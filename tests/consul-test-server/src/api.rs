@@ -13,7 +13,9 @@ use crate::acl::{self, Authz};
 use crate::control::TokenSource;
 use crate::server::Shared;
 use crate::store::{Change, Entry, Session, Store};
-use crate::util::{go_quote, parse_go_duration, parse_go_uint, percent_decode, query_decode, query_escape};
+use crate::util::{
+    go_quote, parse_go_duration, parse_go_uint, percent_decode, query_decode, query_escape,
+};
 
 /// Consul's `DefaultQueryTime`.
 pub const DEFAULT_QUERY_TIME: Duration = Duration::from_secs(300);
@@ -56,10 +58,17 @@ impl Req {
     }
     /// Go's `Values.Get`: the first value, "" if absent.
     pub fn get(&self, k: &str) -> &str {
-        self.query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("")
+        self.query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
     }
     fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// Consul's token precedence: `?token=`, `X-Consul-Token`, `Authorization: Bearer`.
@@ -77,7 +86,13 @@ impl Req {
             let parts: Vec<&str> = a.split(' ').collect();
             if parts.len() > 1 && parts[0].eq_ignore_ascii_case("bearer") {
                 let value = parts[1..].join(" ");
-                let tok = value.trim().split(' ').next().unwrap_or("").trim().to_string();
+                let tok = value
+                    .trim()
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
                 if !tok.is_empty() {
                     return (tok, Some(TokenSource::Bearer));
                 }
@@ -104,14 +119,19 @@ pub(crate) struct Resp {
 
 impl Resp {
     pub fn empty(status: u16) -> Resp {
-        Resp { status, headers: Vec::new(), body: Bytes::new() }
+        Resp {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
     }
     /// A plain-text body; Go's server sniffs it as `text/plain; charset=utf-8`.
     pub fn text(status: u16, body: impl Into<String>) -> Resp {
         let body: String = body.into();
         let mut r = Resp::empty(status);
         if !body.is_empty() {
-            r.headers.push(("content-type", "text/plain; charset=utf-8".into()));
+            r.headers
+                .push(("content-type", "text/plain; charset=utf-8".into()));
         }
         r.body = Bytes::from(body);
         r
@@ -128,8 +148,27 @@ impl Resp {
     }
 }
 
-/// `marshalJSON`: compact, or indented by 4 spaces plus a newline with `?pretty`.
+/// `marshalJSON`: compact, or indented by 4 spaces plus a newline with `?pretty`;
+/// `<`, `>`, `&`, U+2028 and U+2029 escaped as Go's `encoding/json` escapes them.
 fn to_json<T: Serialize + ?Sized>(req: &Req, v: &T) -> Vec<u8> {
+    go_escape(to_json_raw(req, v))
+}
+
+fn go_escape(b: Vec<u8>) -> Vec<u8> {
+    // These bytes and sequences only ever occur inside JSON strings.
+    let s = String::from_utf8(b).expect("utf-8 JSON");
+    if !s.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        return s.into_bytes();
+    }
+    s.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+        .into_bytes()
+}
+
+fn to_json_raw<T: Serialize + ?Sized>(req: &Req, v: &T) -> Vec<u8> {
     if req.has("pretty") {
         let mut out = Vec::new();
         let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
@@ -168,20 +207,62 @@ struct Route {
 }
 
 const ROUTES: &[Route] = &[
-    Route { pattern: "/v1/kv/", methods: &["GET", "PUT", "DELETE"] },
-    Route { pattern: "/v1/txn", methods: &["PUT"] },
-    Route { pattern: "/v1/session/create", methods: &["PUT"] },
-    Route { pattern: "/v1/session/destroy/", methods: &["PUT"] },
-    Route { pattern: "/v1/session/renew/", methods: &["PUT"] },
-    Route { pattern: "/v1/session/info/", methods: &["GET"] },
-    Route { pattern: "/v1/session/node/", methods: &["GET"] },
-    Route { pattern: "/v1/session/list", methods: &["GET"] },
-    Route { pattern: "/v1/status/leader", methods: &["GET"] },
-    Route { pattern: "/v1/status/peers", methods: &["GET"] },
-    Route { pattern: "/v1/agent/self", methods: &["GET"] },
-    Route { pattern: "/v1/agent/services", methods: &["GET"] },
-    Route { pattern: "/v1/agent/service/register", methods: &["PUT"] },
-    Route { pattern: "/v1/agent/service/deregister/", methods: &["PUT"] },
+    Route {
+        pattern: "/v1/kv/",
+        methods: &["GET", "PUT", "DELETE"],
+    },
+    Route {
+        pattern: "/v1/txn",
+        methods: &["PUT"],
+    },
+    Route {
+        pattern: "/v1/session/create",
+        methods: &["PUT"],
+    },
+    Route {
+        pattern: "/v1/session/destroy/",
+        methods: &["PUT"],
+    },
+    Route {
+        pattern: "/v1/session/renew/",
+        methods: &["PUT"],
+    },
+    Route {
+        pattern: "/v1/session/info/",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/session/node/",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/session/list",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/status/leader",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/status/peers",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/agent/self",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/agent/services",
+        methods: &["GET"],
+    },
+    Route {
+        pattern: "/v1/agent/service/register",
+        methods: &["PUT"],
+    },
+    Route {
+        pattern: "/v1/agent/service/deregister/",
+        methods: &["PUT"],
+    },
 ];
 
 /// Handles one Consul API request (everything but `/_test/`).
@@ -205,7 +286,10 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Req) -> Resp {
         .max_by_key(|r| r.pattern.len());
     let Some(route) = route else {
         // "/v1/kv" etc.: the mux redirects to the subtree pattern.
-        if let Some(r) = ROUTES.iter().find(|r| r.pattern.ends_with('/') && r.pattern.trim_end_matches('/') == req.path) {
+        if let Some(r) = ROUTES
+            .iter()
+            .find(|r| r.pattern.ends_with('/') && r.pattern.trim_end_matches('/') == req.path)
+        {
             return redirect(&req, r.pattern);
         }
         if req.path == "/" {
@@ -224,7 +308,8 @@ fn redirect(req: &Req, path: &str) -> Resp {
     }
     let mut r = Resp::empty(301).header("location", loc.clone());
     if req.method == "GET" || req.method == "HEAD" {
-        r.headers.push(("content-type", "text/html; charset=utf-8".into()));
+        r.headers
+            .push(("content-type", "text/html; charset=utf-8".into()));
         r.body = Bytes::from(format!("<a href=\"{loc}\">Moved Permanently</a>.\n\n"));
     }
     r
@@ -232,7 +317,10 @@ fn redirect(req: &Req, path: &str) -> Resp {
 
 /// Consul's `wrap`: common headers, query validation, method check, error mapping.
 async fn wrap(sh: &Arc<Shared>, route: &Route, req: Req) -> Resp {
-    let policy = sh.acl_config().map(|c| c.default_policy.as_str()).unwrap_or("allow");
+    let policy = sh
+        .acl_config()
+        .map(|c| c.default_policy.as_str())
+        .unwrap_or("allow");
     let mut resp = if req.method == "OPTIONS" {
         let mut allow = vec!["OPTIONS"];
         allow.extend_from_slice(route.methods);
@@ -247,7 +335,8 @@ async fn wrap(sh: &Arc<Shared>, route: &Route, req: Req) -> Resp {
     };
     // gziphandler always varies on Accept-Encoding; Consul sets the ACL default policy.
     resp.headers.push(("vary", "Accept-Encoding".into()));
-    resp.headers.push(("x-consul-default-acl-policy", policy.into()));
+    resp.headers
+        .push(("x-consul-default-acl-policy", policy.into()));
     resp
 }
 
@@ -271,7 +360,9 @@ async fn dispatch(sh: &Arc<Shared>, pattern: &str, req: &Req) -> ApiResult {
         "/v1/session/create" => session_create(sh, req),
         "/v1/session/destroy/" => session_destroy(sh, req),
         "/v1/session/renew/" => session_renew(sh, req),
-        "/v1/session/info/" | "/v1/session/node/" | "/v1/session/list" => session_read(sh, req, pattern),
+        "/v1/session/info/" | "/v1/session/node/" | "/v1/session/list" => {
+            session_read(sh, req, pattern)
+        }
         "/v1/status/leader" => {
             dc_check(sh, &QueryOpts::dc_only(req))?;
             Ok(Resp::json(req, LEADER))
@@ -319,15 +410,22 @@ impl QueryOpts {
         o.stale = req.has("stale");
         o.consistent = req.has("consistent");
         if o.stale && o.consistent {
-            return Err(ApiErr::Http(400, "Cannot specify ?stale with ?consistent, conflicting semantics.".into()));
+            return Err(ApiErr::Http(
+                400,
+                "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+            ));
         }
         let wait = req.get("wait");
         if !wait.is_empty() {
-            o.wait = Some(parse_go_duration(wait).map_err(|_| ApiErr::Http(400, "Invalid wait time".into()))?);
+            o.wait = Some(
+                parse_go_duration(wait)
+                    .map_err(|_| ApiErr::Http(400, "Invalid wait time".into()))?,
+            );
         }
         let idx = req.get("index");
         if !idx.is_empty() {
-            o.min_index = parse_go_uint(idx).map_err(|_| ApiErr::Http(400, "Invalid index".into()))?;
+            o.min_index =
+                parse_go_uint(idx).map_err(|_| ApiErr::Http(400, "Invalid index".into()))?;
         }
         Ok(o)
     }
@@ -361,11 +459,14 @@ fn set_meta(mut r: Resp, index: u64, o: &QueryOpts, filtered: bool, authz: &Auth
     r.headers.push(("x-consul-index", index.max(1).to_string()));
     r.headers.push(("x-consul-knownleader", "true".into()));
     r.headers.push(("x-consul-lastcontact", "0".into()));
-    r.headers.push(("x-consul-effective-consistency", o.consistency().into()));
-    r.headers.push(("x-consul-query-backend", "blocking-query".into()));
+    r.headers
+        .push(("x-consul-effective-consistency", o.consistency().into()));
+    r.headers
+        .push(("x-consul-query-backend", "blocking-query".into()));
     // maskResultsFilteredByACLs: never told to the anonymous token.
     if filtered && !authz.is_anonymous() {
-        r.headers.push(("x-consul-results-filtered-by-acls", "true".into()));
+        r.headers
+            .push(("x-consul-results-filtered-by-acls", "true".into()));
     }
     r
 }
@@ -432,7 +533,10 @@ async fn kv_endpoint(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     let o = QueryOpts::parse(req)?;
     let key = req.path.strip_prefix("/v1/kv/").unwrap_or("").to_string();
     if key.contains("..") {
-        return Err(ApiErr::Http(400, "key contains path traversal sequence".into()));
+        return Err(ApiErr::Http(
+            400,
+            "key contains path traversal sequence".into(),
+        ));
     }
     match req.method.as_str() {
         "GET" if req.has("keys") => kv_keys(sh, req, &o, &key).await,
@@ -457,7 +561,11 @@ async fn kv_get(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, key: &str) -> ApiRes
             |st| {
                 let (idx, all) = st.kvs_list(key);
                 let total = all.len();
-                let entries: Vec<Entry> = all.into_iter().filter(|e| authz.key_read(&e.key)).cloned().collect();
+                let entries: Vec<Entry> = all
+                    .into_iter()
+                    .filter(|e| authz.key_read(&e.key))
+                    .cloned()
+                    .collect();
                 let filtered = entries.len() != total;
                 Ok((idx, (entries, filtered)))
             },
@@ -492,11 +600,18 @@ async fn kv_get(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, key: &str) -> ApiRes
         let mut r = Resp::empty(200);
         r.headers.push(("content-type", "text/plain".into()));
         r.headers.push(("x-content-type-options", "nosniff".into()));
-        r.headers.push(("content-security-policy", "sandbox".into()));
+        r.headers
+            .push(("content-security-policy", "sandbox".into()));
         r.body = Bytes::from(e.value);
         return Ok(set_meta(r, index, o, false, &authz));
     }
-    Ok(set_meta(Resp::json(req, &[e.to_json(true)]), index, o, false, &authz))
+    Ok(set_meta(
+        Resp::json(req, &[e.to_json(true)]),
+        index,
+        o,
+        false,
+        &authz,
+    ))
 }
 
 async fn kv_keys(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, prefix: &str) -> ApiResult {
@@ -551,9 +666,14 @@ fn conflicting(req: &Req, flags: &[&str]) -> Result<(), ApiErr> {
     if flags.iter().filter(|f| req.has(f)).count() > 1 {
         let mut pairs: Vec<&(String, String)> = req.query.iter().collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let enc: Vec<String> =
-            pairs.iter().map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v))).collect();
-        return Err(ApiErr::Http(400, format!("Conflicting flags: {}\n", enc.join("&"))));
+        let enc: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+            .collect();
+        return Err(ApiErr::Http(
+            400,
+            format!("Conflicting flags: {}\n", enc.join("&")),
+        ));
     }
     Ok(())
 }
@@ -585,7 +705,10 @@ fn kv_put(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, key: &str) -> ApiResult {
         op = KvOp::Unlock(req.get("release").to_string());
     }
     let max = sh.config.kv_max_value_size;
-    let len = req.content_length.unwrap_or(req.body.len() as u64).max(req.body.len() as u64);
+    let len = req
+        .content_length
+        .unwrap_or(req.body.len() as u64)
+        .max(req.body.len() as u64);
     if len > max {
         return Err(ApiErr::Http(
             413,
@@ -614,11 +737,15 @@ fn kv_put(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, key: &str) -> ApiResult {
                     return Ok(false);
                 }
                 entry.session = Some(s.clone());
-                st.kvs_lock(idx, entry.clone()).map(|r| r.is_some()).map_err(ApiErr::Internal)
+                st.kvs_lock(idx, entry.clone())
+                    .map(|r| r.is_some())
+                    .map_err(ApiErr::Internal)
             }
             KvOp::Unlock(s) => {
                 entry.session = Some(s.clone());
-                st.kvs_unlock(idx, entry.clone()).map(|r| r.is_some()).map_err(ApiErr::Internal)
+                st.kvs_unlock(idx, entry.clone())
+                    .map(|r| r.is_some())
+                    .map_err(ApiErr::Internal)
             }
         }
     })?;
@@ -637,7 +764,11 @@ fn kv_delete(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, key: &str) -> ApiResult
     }
     dc_check(sh, o)?;
     let authz = resolve(sh, &o.token)?;
-    let allowed = if recurse && cas.is_none() { authz.key_write_prefix(key) } else { authz.key_write(key) };
+    let allowed = if recurse && cas.is_none() {
+        authz.key_write_prefix(key)
+    } else {
+        authz.key_write(key)
+    };
     if !allowed {
         return Err(authz.deny_key("write", key).into());
     }
@@ -669,12 +800,19 @@ struct TxnKvOp {
 }
 
 fn is_write(verb: &str) -> bool {
-    matches!(verb, "set" | "delete" | "delete-cas" | "delete-tree" | "cas" | "lock" | "unlock")
+    matches!(
+        verb,
+        "set" | "delete" | "delete-cas" | "delete-tree" | "cas" | "lock" | "unlock"
+    )
 }
 
 /// Field lookup with Go's case-insensitive JSON matching (exact match preferred).
 fn field<'a>(m: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
-    m.get(name).or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    m.get(name).or_else(|| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -703,9 +841,9 @@ fn get_u64(m: &serde_json::Map<String, Value>, name: &str, ctx: &str) -> Result<
     match field(m, name) {
         None | Some(Value::Null) => Ok(0),
         Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64().unwrap()),
-        Some(Value::Number(n)) => {
-            Err(format!("json: cannot unmarshal number {n} into Go struct field {ctx}.{name} of type uint64"))
-        }
+        Some(Value::Number(n)) => Err(format!(
+            "json: cannot unmarshal number {n} into Go struct field {ctx}.{name} of type uint64"
+        )),
         Some(v) => Err(format!(
             "json: cannot unmarshal {} into Go struct field {ctx}.{name} of type uint64",
             json_type(v)
@@ -718,12 +856,18 @@ fn txn_decode(body: &[u8]) -> Result<Vec<TxnKvOp>, ApiErr> {
     let bad = |m: String| ApiErr::Http(400, format!("Failed to parse body: {m}"));
     let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
     let Value::Array(items) = v else {
-        return Err(bad(format!("json: cannot unmarshal {} into Go value of type api.TxnOps", json_type(&v))));
+        return Err(bad(format!(
+            "json: cannot unmarshal {} into Go value of type api.TxnOps",
+            json_type(&v)
+        )));
     };
     if items.len() > MAX_TXN_OPS {
         return Err(ApiErr::Http(
             413,
-            format!("Transaction contains too many operations ({} > {MAX_TXN_OPS})", items.len()),
+            format!(
+                "Transaction contains too many operations ({} > {MAX_TXN_OPS})",
+                items.len()
+            ),
         ));
     }
     let mut ops = Vec::new();
@@ -732,7 +876,10 @@ fn txn_decode(body: &[u8]) -> Result<Vec<TxnKvOp>, ApiErr> {
             if it.is_null() {
                 continue;
             }
-            return Err(bad(format!("json: cannot unmarshal {} into Go value of type api.TxnOp", json_type(it))));
+            return Err(bad(format!(
+                "json: cannot unmarshal {} into Go value of type api.TxnOp",
+                json_type(it)
+            )));
         };
         for other in ["Node", "Service", "Check"] {
             if field(m, other).is_some_and(|v| !v.is_null()) {
@@ -756,7 +903,9 @@ fn txn_decode(body: &[u8]) -> Result<Vec<TxnKvOp>, ApiErr> {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(s)) => {
                 use base64::Engine;
-                base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| bad(format!("{e}")))?
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| bad(format!("{e}")))?
             }
             Some(v) => {
                 return Err(bad(format!(
@@ -802,17 +951,31 @@ fn txn_precheck(sh: &Shared, authz: &Authz, ops: &[TxnKvOp]) -> Vec<TxnError> {
             continue;
         }
         let denied = match op.verb.as_str() {
-            "delete-tree" => (!authz.key_write_prefix(&op.key)).then(|| authz.deny_key("write", &op.key)),
+            "delete-tree" => {
+                (!authz.key_write_prefix(&op.key)).then(|| authz.deny_key("write", &op.key))
+            }
             "get" | "get-tree" => None,
-            "check-session" | "check-index" => (!authz.key_read(&op.key)).then(|| authz.deny_key("read", &op.key)),
+            "check-session" | "check-index" => {
+                (!authz.key_read(&op.key)).then(|| authz.deny_key("read", &op.key))
+            }
             _ => (!authz.key_write(&op.key)).then(|| authz.deny_key("write", &op.key)),
         };
         if let Some(d) = denied {
             errors.push(err(d.to_string()));
             continue;
         }
-        if op.verb == "lock" && sh.store.lock().unwrap().lock_delay_until(&op.key, now).is_some() {
-            errors.push(err(format!("failed to lock key {} due to lock delay", go_quote(&op.key))));
+        if op.verb == "lock"
+            && sh
+                .store
+                .lock()
+                .unwrap()
+                .lock_delay_until(&op.key, now)
+                .is_some()
+        {
+            errors.push(err(format!(
+                "failed to lock key {} due to lock delay",
+                go_quote(&op.key)
+            )));
         }
     }
     errors
@@ -838,13 +1001,20 @@ fn txn_op(st: &mut Store, idx: u64, op: &TxnKvOp) -> Result<Vec<(Entry, bool)>, 
         },
         "unlock" => match st.kvs_unlock(idx, entry)? {
             Some(e) => one(e),
-            None => Err(format!("failed to unlock key {q}, lock isn't held, or is held by another session")),
+            None => Err(format!(
+                "failed to unlock key {q}, lock isn't held, or is held by another session"
+            )),
         },
         "get" => match st.kvs_get(&op.key).1 {
             Some(e) => Ok(vec![(e.clone(), true)]),
             None => Err(format!("key {q} doesn't exist")),
         },
-        "get-tree" => Ok(st.kvs_list(&op.key).1.into_iter().map(|e| (e.clone(), true)).collect()),
+        "get-tree" => Ok(st
+            .kvs_list(&op.key)
+            .1
+            .into_iter()
+            .map(|e| (e.clone(), true))
+            .collect()),
         "check-session" => one(st.kvs_check_session(&op.key, &op.session)?),
         "check-index" => one(st.kvs_check_index(&op.key, op.index)?),
         "check-not-exists" => match st.kvs_get(&op.key).1 {
@@ -898,7 +1068,11 @@ fn txn(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     }
     let writes = ops.iter().filter(|o| is_write(&o.verb)).count();
     let read_only = writes == 0;
-    let o = if read_only { QueryOpts::parse(req)? } else { QueryOpts::dc_only(req) };
+    let o = if read_only {
+        QueryOpts::parse(req)?
+    } else {
+        QueryOpts::dc_only(req)
+    };
     dc_check(sh, &o)?;
     let authz = resolve(sh, &o.token)?;
 
@@ -937,8 +1111,14 @@ fn txn(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     let filtered = total != results.len() && !authz.is_anonymous();
 
     let conflict = !errors.is_empty();
-    let res_json: Option<Vec<TxnResultOut>> = (!conflict)
-        .then(|| results.iter().map(|(e, with_value)| TxnResultOut { kv: e.to_json(*with_value) }).collect());
+    let res_json: Option<Vec<TxnResultOut>> = (!conflict).then(|| {
+        results
+            .iter()
+            .map(|(e, with_value)| TxnResultOut {
+                kv: e.to_json(*with_value),
+            })
+            .collect()
+    });
     let err_json = conflict.then_some(&errors);
     let mut r = if read_only {
         #[derive(Serialize)]
@@ -976,7 +1156,13 @@ fn txn(sh: &Arc<Shared>, req: &Req) -> ApiResult {
             results: Option<Vec<TxnResultOut<'a>>>,
             errors: Option<&'a Vec<TxnError>>,
         }
-        Resp::json(req, &WriteOut { results: res_json, errors: err_json })
+        Resp::json(
+            req,
+            &WriteOut {
+                results: res_json,
+                errors: err_json,
+            },
+        )
     };
     if conflict {
         r.status = 409;
@@ -994,7 +1180,10 @@ fn decode_object(req: &Req) -> Result<Option<serde_json::Map<String, Value>>, St
     match v {
         Value::Object(m) => Ok(Some(m)),
         Value::Null => Ok(None),
-        other => Err(format!("json: cannot unmarshal {} into Go value of type structs.Session", json_type(&other))),
+        other => Err(format!(
+            "json: cannot unmarshal {} into Go value of type structs.Session",
+            json_type(&other)
+        )),
     }
 }
 
@@ -1006,11 +1195,17 @@ fn string_list(v: Option<&Value>, what: &str) -> Result<Option<Vec<String>>, Str
             .iter()
             .map(|x| match x {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(format!("'{what}[]' expected type 'string', got '{}'", json_type(other))),
+                other => Err(format!(
+                    "'{what}[]' expected type 'string', got '{}'",
+                    json_type(other)
+                )),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(other) => Err(format!("'{what}': source data must be an array or slice, got {}", json_type(other))),
+        Some(other) => Err(format!(
+            "'{what}': source data must be an array or slice, got {}",
+            json_type(other)
+        )),
     }
 }
 
@@ -1063,7 +1258,12 @@ fn session_create(sh: &Arc<Shared>, req: &Req) -> ApiResult {
                 }
                 s.lock_delay = ns;
             }
-            Some(v) => return Err(bad(format!("'LockDelay' expected type 'time.Duration', got '{}'", json_type(v)))),
+            Some(v) => {
+                return Err(bad(format!(
+                    "'LockDelay' expected type 'time.Duration', got '{}'",
+                    json_type(v)
+                )))
+            }
         }
         // FixupChecks: naming checks at all replaces the default serfHealth check.
         let checks = string_list(field(&m, "Checks"), "Checks").map_err(bad)?;
@@ -1080,7 +1280,12 @@ fn session_create(sh: &Arc<Shared>, req: &Req) -> ApiResult {
         match field(&m, "ServiceChecks") {
             None | Some(Value::Null) => {}
             Some(Value::Array(a)) => s.service_checks = Some(a.clone()),
-            Some(v) => return Err(bad(format!("'ServiceChecks': source data must be an array or slice, got {}", json_type(v)))),
+            Some(v) => {
+                return Err(bad(format!(
+                    "'ServiceChecks': source data must be an array or slice, got {}",
+                    json_type(v)
+                )))
+            }
         }
     }
     dc_check(sh, &o)?;
@@ -1095,7 +1300,11 @@ fn session_create(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     match s.behavior.as_str() {
         "" => s.behavior = "release".into(),
         "release" | "delete" => {}
-        other => return Err(ApiErr::Internal(format!("Invalid Behavior setting '{other}'"))),
+        other => {
+            return Err(ApiErr::Internal(format!(
+                "Invalid Behavior setting '{other}'"
+            )))
+        }
     }
     if !s.ttl.is_empty() {
         let ns = parse_go_duration(&s.ttl)
@@ -1113,19 +1322,29 @@ fn session_create(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     }
     // The state store: the node and its checks must be registered.
     if s.node != sh.config.node_name {
-        return Err(ApiErr::Internal("failed inserting session: Missing node registration".into()));
+        return Err(ApiErr::Internal(
+            "failed inserting session: Missing node registration".into(),
+        ));
     }
     for c in &s.node_checks {
         if c != "serfHealth" {
-            return Err(ApiErr::Internal(format!("failed inserting session: Missing check '{c}' registration")));
+            return Err(ApiErr::Internal(format!(
+                "failed inserting session: Missing check '{c}' registration"
+            )));
         }
     }
     if let Some(sc) = &s.service_checks {
         let known = sh.service_check_ids();
         for c in sc {
-            let id = c.as_object().and_then(|m| field(m, "ID")).and_then(|v| v.as_str()).unwrap_or("");
+            let id = c
+                .as_object()
+                .and_then(|m| field(m, "ID"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
             if !known.iter().any(|k| k == id) {
-                return Err(ApiErr::Internal(format!("failed inserting session: Missing check '{id}' registration")));
+                return Err(ApiErr::Internal(format!(
+                    "failed inserting session: Missing check '{id}' registration"
+                )));
             }
         }
     }
@@ -1154,7 +1373,11 @@ fn go_duration_string(d: Duration) -> String {
         return format!("{ms}ms");
     }
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let frac = if ms > 0 { format!(".{:03}", ms).trim_end_matches('0').to_string() } else { String::new() };
+    let frac = if ms > 0 {
+        format!(".{:03}", ms).trim_end_matches('0').to_string()
+    } else {
+        String::new()
+    };
     if h > 0 {
         format!("{h}h{m}m{s}{frac}s")
     } else if m > 0 {
@@ -1177,7 +1400,12 @@ fn session_destroy(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     let id = session_id(req, "/v1/session/destroy/")?;
     dc_check(sh, &o)?;
     let authz = resolve(sh, &o.token)?;
-    let node = sh.store.lock().unwrap().session(&id).map(|s| s.node.clone());
+    let node = sh
+        .store
+        .lock()
+        .unwrap()
+        .session(&id)
+        .map(|s| s.node.clone());
     if let Some(node) = node {
         if !authz.session_write() {
             return Err(authz.deny_session("write", &node).into());
@@ -1218,7 +1446,11 @@ fn session_read(sh: &Arc<Shared>, req: &Req, pattern: &str) -> ApiResult {
     let o = QueryOpts::parse(req)?;
     let arg = req.path.strip_prefix(pattern).unwrap_or("").to_string();
     if pattern != "/v1/session/list" && arg.is_empty() {
-        let what = if pattern == "/v1/session/node/" { "Missing node name" } else { "Missing session" };
+        let what = if pattern == "/v1/session/node/" {
+            "Missing node name"
+        } else {
+            "Missing session"
+        };
         return Err(ApiErr::Http(400, what.into()));
     }
     dc_check(sh, &o)?;
@@ -1308,7 +1540,9 @@ impl Service {
 
 /// `CheckType.Validate`.
 fn validate_check(c: &serde_json::Map<String, Value>) -> Result<(), String> {
-    let has = |n: &str| field(c, n).is_some_and(|v| !v.is_null() && v != "" && v != &Value::Array(vec![]));
+    let has = |n: &str| {
+        field(c, n).is_some_and(|v| !v.is_null() && v != "" && v != &Value::Array(vec![]))
+    };
     let dur = |n: &str| -> Result<i128, String> {
         match field(c, n) {
             None | Some(Value::Null) => Ok(0),
@@ -1320,14 +1554,22 @@ fn validate_check(c: &serde_json::Map<String, Value>) -> Result<(), String> {
     };
     let interval = dur("Interval")?;
     let ttl = dur("TTL")?;
-    let interval_check = has("Args") || has("ScriptArgs") || has("HTTP") || has("TCP") || has("UDP")
-        || has("GRPC") || has("H2PING") || has("OSService");
+    let interval_check = has("Args")
+        || has("ScriptArgs")
+        || has("HTTP")
+        || has("TCP")
+        || has("UDP")
+        || has("GRPC")
+        || has("H2PING")
+        || has("OSService");
     let alias = has("AliasNode") || has("AliasService");
     if interval > 0 && ttl > 0 {
         return Err("Interval and TTL cannot both be specified".into());
     }
     if interval_check && interval <= 0 {
-        return Err("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks".into());
+        return Err(
+            "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks".into(),
+        );
     }
     if interval_check && alias {
         return Err("Interval cannot be set for Alias checks".into());
@@ -1336,7 +1578,9 @@ fn validate_check(c: &serde_json::Map<String, Value>) -> Result<(), String> {
         return Err("TTL must be not be set for Alias checks".into());
     }
     if !interval_check && !alias && ttl <= 0 {
-        return Err("one of Script, HTTP, TCP, UDP, H2PING, OSService, or TTL must be specified".into());
+        return Err(
+            "one of Script, HTTP, TCP, UDP, H2PING, OSService, or TTL must be specified".into(),
+        );
     }
     Ok(())
 }
@@ -1350,14 +1594,19 @@ fn service_register(sh: &Arc<Shared>, req: &Req) -> ApiResult {
         serde_json::from_slice(&req.body).map_err(|e| bad(e.to_string()))?
     };
     let Value::Object(m) = &v else {
-        return Err(bad(format!("json: cannot unmarshal {} into Go value of type structs.ServiceDefinition", json_type(&v))));
+        return Err(bad(format!(
+            "json: cannot unmarshal {} into Go value of type structs.ServiceDefinition",
+            json_type(&v)
+        )));
     };
     let ctx = "ServiceDefinition";
     let name = get_string(m, "Name", ctx).map_err(bad)?;
     let mut id = get_string(m, "ID", ctx).map_err(bad)?;
     let address = get_string(m, "Address", ctx).map_err(bad)?;
     let port = get_u64(m, "Port", ctx).map_err(bad)?;
-    let tags = string_list(field(m, "Tags"), "Tags").map_err(bad)?.unwrap_or_default();
+    let tags = string_list(field(m, "Tags"), "Tags")
+        .map_err(bad)?
+        .unwrap_or_default();
     let meta = match field(m, "Meta") {
         Some(Value::Object(o)) => o.clone(),
         _ => serde_json::Map::new(),
@@ -1375,7 +1624,12 @@ fn service_register(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     match field(m, "Check") {
         None | Some(Value::Null) => {}
         Some(Value::Object(c)) => checks.push(c),
-        Some(v) => return Err(bad(format!("'Check' expected a map, got '{}'", json_type(v)))),
+        Some(v) => {
+            return Err(bad(format!(
+                "'Check' expected a map, got '{}'",
+                json_type(v)
+            )))
+        }
     }
     match field(m, "Checks") {
         None | Some(Value::Null) => {}
@@ -1383,11 +1637,21 @@ fn service_register(sh: &Arc<Shared>, req: &Req) -> ApiResult {
             for c in a {
                 match c {
                     Value::Object(c) => checks.push(c),
-                    other => return Err(bad(format!("'Checks[]' expected a map, got '{}'", json_type(other)))),
+                    other => {
+                        return Err(bad(format!(
+                            "'Checks[]' expected a map, got '{}'",
+                            json_type(other)
+                        )))
+                    }
                 }
             }
         }
-        Some(v) => return Err(bad(format!("'Checks' expected an array, got '{}'", json_type(v)))),
+        Some(v) => {
+            return Err(bad(format!(
+                "'Checks' expected an array, got '{}'",
+                json_type(v)
+            )))
+        }
     }
     let mut check_ids = Vec::new();
     for (i, c) in checks.iter().enumerate() {
@@ -1406,14 +1670,27 @@ fn service_register(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     if !authz.service_write() {
         return Err(authz.deny_service("write", &name).into());
     }
-    let svc = Service { id: id.clone(), name, tags, port, address, meta, definition: v.clone(), check_ids };
+    let svc = Service {
+        id: id.clone(),
+        name,
+        tags,
+        port,
+        address,
+        meta,
+        definition: v.clone(),
+        check_ids,
+    };
     sh.services.lock().unwrap().insert(id, svc);
     Ok(Resp::empty(200))
 }
 
 fn service_deregister(sh: &Arc<Shared>, req: &Req) -> ApiResult {
     let token = req.token().0;
-    let id = req.path.strip_prefix("/v1/agent/service/deregister/").unwrap_or("").to_string();
+    let id = req
+        .path
+        .strip_prefix("/v1/agent/service/deregister/")
+        .unwrap_or("")
+        .to_string();
     if id.is_empty() {
         return Err(ApiErr::Http(400, "Missing service ID".into()));
     }

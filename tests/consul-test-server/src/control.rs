@@ -57,7 +57,12 @@ impl Fault {
         Fault::new(FaultKind::Drop)
     }
     fn new(kind: FaultKind) -> Fault {
-        Fault { kind, path_prefix: None, method: None, count: None }
+        Fault {
+            kind,
+            path_prefix: None,
+            method: None,
+            count: None,
+        }
     }
     /// Only for paths starting with `prefix`.
     pub fn path_prefix(mut self, prefix: &str) -> Fault {
@@ -140,11 +145,14 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// The query parameter `name`'s decoded value ("" for a bare flag), if present.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query.split('&').filter(|p| !p.is_empty()).find_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let k = crate::util::query_decode(k)?;
-            (k == name).then(|| crate::util::query_decode(v).unwrap_or_default())
-        })
+        self.query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .find_map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                let k = crate::util::query_decode(k)?;
+                (k == name).then(|| crate::util::query_decode(v).unwrap_or_default())
+            })
     }
 }
 
@@ -165,7 +173,10 @@ impl Control {
 
     /// The first matching fault, consuming one of its uses.
     pub fn take_fault(&mut self, method: &str, path: &str) -> Option<Fault> {
-        let pos = self.faults.iter().position(|(_, f)| f.matches(method, path))?;
+        let pos = self
+            .faults
+            .iter()
+            .position(|(_, f)| f.matches(method, path))?;
         let f = &mut self.faults[pos].1;
         let out = f.clone();
         if let Some(c) = f.count.as_mut() {

@@ -91,7 +91,11 @@ impl Config {
         Ok(self)
     }
     pub fn with_seed(mut self, key: &str, value: &[u8]) -> Config {
-        self.seed.push(SeedEntry { key: key.into(), value: value.to_vec(), flags: 0 });
+        self.seed.push(SeedEntry {
+            key: key.into(),
+            value: value.to_vec(),
+            flags: 0,
+        });
         self
     }
 }
@@ -115,8 +119,14 @@ pub fn parse_seed(json: &str) -> Result<Vec<SeedEntry>, String> {
     match v {
         serde_json::Value::Array(items) => {
             for (i, it) in items.iter().enumerate() {
-                let o = it.as_object().ok_or_else(|| format!("seed: item {i} is not an object"))?;
-                let get = |n: &str| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v);
+                let o = it
+                    .as_object()
+                    .ok_or_else(|| format!("seed: item {i} is not an object"))?;
+                let get = |n: &str| {
+                    o.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| v)
+                };
                 let key = get("key")
                     .and_then(|k| k.as_str())
                     .ok_or_else(|| format!("seed: item {i} has no string \"key\""))?
@@ -126,19 +136,31 @@ pub fn parse_seed(json: &str) -> Result<Vec<SeedEntry>, String> {
                     Some(serde_json::Value::String(s)) => base64::engine::general_purpose::STANDARD
                         .decode(s)
                         .map_err(|e| format!("seed: item {i} ({key}): value is not base64: {e}"))?,
-                    Some(_) => return Err(format!("seed: item {i} ({key}): value must be a base64 string")),
+                    Some(_) => {
+                        return Err(format!(
+                            "seed: item {i} ({key}): value must be a base64 string"
+                        ))
+                    }
                 };
                 let flags = match get("flags") {
                     None | Some(serde_json::Value::Null) => 0,
-                    Some(f) => f.as_u64().ok_or_else(|| format!("seed: item {i} ({key}): bad flags"))?,
+                    Some(f) => f
+                        .as_u64()
+                        .ok_or_else(|| format!("seed: item {i} ({key}): bad flags"))?,
                 };
                 out.push(SeedEntry { key, value, flags });
             }
         }
         serde_json::Value::Object(m) => {
             for (k, v) in m {
-                let s = v.as_str().ok_or_else(|| format!("seed: value of {k:?} must be a string"))?;
-                out.push(SeedEntry { key: k, value: s.as_bytes().to_vec(), flags: 0 });
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| format!("seed: value of {k:?} must be a string"))?;
+                out.push(SeedEntry {
+                    key: k,
+                    value: s.as_bytes().to_vec(),
+                    flags: 0,
+                });
             }
         }
         _ => return Err("seed: expected an array (consul kv export) or an object".into()),

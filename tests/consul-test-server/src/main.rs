@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use consul_test_server::{AclConfig, Config};
 
-const USAGE: &str = "usage: consul-test-server [--listen ADDR] [--seed FILE] [--acl FILE] [--port-file FILE]
+const USAGE: &str =
+    "usage: consul-test-server [--listen ADDR] [--seed FILE] [--acl FILE] [--port-file FILE]
 
   --listen ADDR     address to listen on, loopback only (default 127.0.0.1:0: a free port)
   --seed FILE       KV data to load at start: `consul kv export` JSON, or {\"key\": \"value\", ...}
@@ -24,9 +25,13 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         Some(port) => format!("127.0.0.1:{port}"),
         None => s.to_string(),
     };
-    let addr: SocketAddr = s2.parse().map_err(|_| format!("--listen: not an IP:PORT address: {s}"))?;
+    let addr: SocketAddr = s2
+        .parse()
+        .map_err(|_| format!("--listen: not an IP:PORT address: {s}"))?;
     if !addr.ip().is_loopback() {
-        return Err(format!("--listen: refusing {addr}: only loopback addresses (127.0.0.0/8, ::1) are allowed"));
+        return Err(format!(
+            "--listen: refusing {addr}: only loopback addresses (127.0.0.0/8, ::1) are allowed"
+        ));
     }
     Ok(addr)
 }
@@ -41,7 +46,10 @@ fn run() -> Result<(), String> {
             _ => (a.clone(), None),
         };
         let mut value = |name: &str| -> Result<String, String> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value"))
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         match flag.as_str() {
             "-h" | "--help" => {
@@ -52,12 +60,15 @@ fn run() -> Result<(), String> {
             "--seed" => {
                 let f = value("--seed")?;
                 let text = std::fs::read_to_string(&f).map_err(|e| format!("--seed {f}: {e}"))?;
-                config = config.with_seed_json(&text).map_err(|e| format!("--seed {f}: {e}"))?;
+                config = config
+                    .with_seed_json(&text)
+                    .map_err(|e| format!("--seed {f}: {e}"))?;
             }
             "--acl" => {
                 let f = value("--acl")?;
                 let text = std::fs::read_to_string(&f).map_err(|e| format!("--acl {f}: {e}"))?;
-                config.acl = Some(AclConfig::from_json(&text).map_err(|e| format!("--acl {f}: {e}"))?);
+                config.acl =
+                    Some(AclConfig::from_json(&text).map_err(|e| format!("--acl {f}: {e}"))?);
             }
             "--port-file" => port_file = Some(value("--port-file")?),
             other => return Err(format!("unknown argument {other}\n\n{USAGE}")),
@@ -73,12 +84,15 @@ fn run() -> Result<(), String> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal: {e}"))?;
-        let handle = consul_test_server::start(config).await.map_err(|e| format!("listen: {e}"))?;
+        let handle = consul_test_server::start(config)
+            .await
+            .map_err(|e| format!("listen: {e}"))?;
         let addr = handle.addr();
         if let Some(pf) = &port_file {
             // Written whole, then renamed: a reader never sees a partial address.
             let tmp = format!("{pf}.tmp.{}", std::process::id());
-            std::fs::write(&tmp, format!("{addr}\n")).map_err(|e| format!("--port-file {tmp}: {e}"))?;
+            std::fs::write(&tmp, format!("{addr}\n"))
+                .map_err(|e| format!("--port-file {tmp}: {e}"))?;
             std::fs::rename(&tmp, pf).map_err(|e| format!("--port-file {pf}: {e}"))?;
         }
         // Port file first: whoever reads the line can rely on the file too.

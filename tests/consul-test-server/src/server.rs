@@ -88,7 +88,12 @@ impl Shared {
     }
 
     pub fn service_check_ids(&self) -> Vec<String> {
-        self.services.lock().unwrap().values().flat_map(|s| s.check_ids.clone()).collect()
+        self.services
+            .lock()
+            .unwrap()
+            .values()
+            .flat_map(|s| s.check_ids.clone())
+            .collect()
     }
 
     fn seed(&self, entries: &[SeedEntry]) {
@@ -108,12 +113,16 @@ pub async fn start(config: Config) -> io::Result<Handle> {
     if !config.listen.ip().is_loopback() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("refusing to listen on {}: only loopback addresses are allowed", config.listen),
+            format!(
+                "refusing to listen on {}: only loopback addresses are allowed",
+                config.listen
+            ),
         ));
     }
     let mut config = config;
     if let Some(acl) = config.acl.as_mut() {
-        acl.normalize().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        acl.normalize()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     }
     let listener = bind(config.listen)?;
     let addr = listener.local_addr()?;
@@ -140,11 +149,19 @@ pub async fn start(config: Config) -> io::Result<Handle> {
     sh.seed(&seed);
     let listener_task = tokio::spawn(listen_loop(sh.clone(), listener, cmd_rx));
     let sweeper = tokio::spawn(session_sweeper(sh.clone()));
-    Ok(Handle { controller: Controller { sh }, listener_task: Some(listener_task), sweeper: Some(sweeper) })
+    Ok(Handle {
+        controller: Controller { sh },
+        listener_task: Some(listener_task),
+        sweeper: Some(sweeper),
+    })
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(1024)
@@ -209,7 +226,9 @@ fn spawn_connection(sh: &Arc<Shared>, stream: TcpStream) {
             let sh = sh.clone();
             async move { serve(sh, req).await }
         });
-        let conn = http1::Builder::new().title_case_headers(true).serve_connection(TokioIo::new(stream), svc);
+        let conn = http1::Builder::new()
+            .title_case_headers(true)
+            .serve_connection(TokioIo::new(stream), svc);
         tokio::select! {
             _ = conn => {}
             _ = kill.changed() => {}
@@ -241,21 +260,29 @@ fn to_hyper(r: Resp) -> hyper::Response<Full<Bytes>> {
     b.body(Full::new(r.body)).expect("response")
 }
 
-async fn serve(sh: Arc<Shared>, req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, io::Error> {
+async fn serve(
+    sh: Arc<Shared>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, io::Error> {
     let arrived = Instant::now();
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_string();
     let raw_path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().unwrap_or("").to_string();
-    let content_length =
-        parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let content_length = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let body = match Limited::new(body, BODY_LIMIT).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => return Ok(to_hyper(Resp::text(413, "http: request body too large"))),
     };
 
     if raw_path.starts_with("/_test/") || raw_path == "/_test" {
-        return Ok(to_hyper(test_control(&sh, &method, &raw_path, &raw_query, &body).await));
+        return Ok(to_hyper(
+            test_control(&sh, &method, &raw_path, &raw_query, &body).await,
+        ));
     }
 
     let query = Req::parse_query(&raw_query);
@@ -301,14 +328,23 @@ async fn serve(sh: Arc<Shared>, req: hyper::Request<Incoming>) -> Result<hyper::
         }
     };
 
-    let fault = sh.ctl.lock().unwrap().take_fault(&req.method, &req.raw_path);
+    let fault = sh
+        .ctl
+        .lock()
+        .unwrap()
+        .take_fault(&req.method, &req.raw_path);
     let mut fault_label = None;
     if let Some(f) = fault {
         fault_label = Some(f.label());
         match f.kind {
-            FaultKind::Delay { delay_ms } => tokio::time::sleep(Duration::from_millis(delay_ms)).await,
+            FaultKind::Delay { delay_ms } => {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await
+            }
             FaultKind::Status { status, body } => {
-                let r = Resp::text(status, body.unwrap_or_else(|| "consul-test-server: injected fault".into()));
+                let r = Resp::text(
+                    status,
+                    body.unwrap_or_else(|| "consul-test-server: injected fault".into()),
+                );
                 finish(Some(status), fault_label);
                 return Ok(to_hyper(r));
             }
@@ -320,32 +356,42 @@ async fn serve(sh: Arc<Shared>, req: hyper::Request<Incoming>) -> Result<hyper::
                     .header("x-consul-index", idx.to_string())
                     .header("x-consul-knownleader", "true")
                     .header("x-consul-lastcontact", "0");
-                let r = Resp { body: Bytes::from(body.unwrap_or_else(|| "[{\"LockIndex\":0,\"Key\":\"gar".into())), ..r };
+                let r = Resp {
+                    body: Bytes::from(
+                        body.unwrap_or_else(|| "[{\"LockIndex\":0,\"Key\":\"gar".into()),
+                    ),
+                    ..r
+                };
                 finish(Some(200), fault_label);
                 return Ok(to_hyper(r));
             }
             FaultKind::Drop => {
                 finish(None, fault_label);
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "injected fault: drop"));
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "injected fault: drop",
+                ));
             }
         }
     }
 
-    let resp = if path.is_none() {
-        Resp::text(400, "400 Bad Request: invalid URL escape")
-    } else if query.is_none() {
+    let resp = match (path, query) {
+        (None, _) => Resp::text(400, "400 Bad Request: invalid URL escape"),
         // Consul's wrap: url.ParseQuery failed.
-        Resp::empty(500)
-    } else {
-        req.path = path.unwrap();
-        api::handle(&sh, req).await
+        (_, None) => Resp::empty(500),
+        (Some(p), Some(_)) => {
+            req.path = p;
+            api::handle(&sh, req).await
+        }
     };
     finish(Some(resp.status), fault_label);
     Ok(to_hyper(resp))
 }
 
 fn json_resp<T: serde::Serialize>(v: &T) -> Resp {
-    Resp::empty(200).header("content-type", "application/json").with_body(serde_json::to_vec(v).expect("json"))
+    Resp::empty(200)
+        .header("content-type", "application/json")
+        .with_body(serde_json::to_vec(v).expect("json"))
 }
 
 impl Resp {
@@ -355,7 +401,13 @@ impl Resp {
     }
 }
 
-async fn test_control(sh: &Arc<Shared>, method: &str, path: &str, query: &str, body: &[u8]) -> Resp {
+async fn test_control(
+    sh: &Arc<Shared>,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Resp {
     let c = Controller { sh: sh.clone() };
     let bad = |m: String| Resp::text(400, m);
     match (method, path) {
@@ -388,8 +440,11 @@ async fn test_control(sh: &Arc<Shared>, method: &str, path: &str, query: &str, b
             json_resp(&true)
         }
         ("POST" | "PUT", "/_test/down") => {
-            let ms = Req::parse_query(query)
-                .and_then(|q| q.into_iter().find(|(k, _)| k == "ms").and_then(|(_, v)| v.parse::<u64>().ok()));
+            let ms = Req::parse_query(query).and_then(|q| {
+                q.into_iter()
+                    .find(|(k, _)| k == "ms")
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+            });
             let Some(ms) = ms.filter(|m| *m > 0 && *m <= 600_000) else {
                 return bad("need ?ms=N (1..600000)".into());
             };
@@ -406,7 +461,10 @@ async fn test_control(sh: &Arc<Shared>, method: &str, path: &str, query: &str, b
             let out: Vec<_> = entries.iter().map(|e| e.to_json(true)).collect();
             json_resp(&out)
         }
-        ("POST" | "PUT", "/_test/seed") => match std::str::from_utf8(body).map_err(|e| e.to_string()).and_then(crate::parse_seed) {
+        ("POST" | "PUT", "/_test/seed") => match std::str::from_utf8(body)
+            .map_err(|e| e.to_string())
+            .and_then(crate::parse_seed)
+        {
             Ok(entries) => {
                 sh.seed(&entries);
                 json_resp(&true)
@@ -468,7 +526,14 @@ impl Controller {
     }
     /// The rules still active (with their remaining counts).
     pub fn faults(&self) -> Vec<Fault> {
-        self.sh.ctl.lock().unwrap().faults.iter().map(|(_, f)| f.clone()).collect()
+        self.sh
+            .ctl
+            .lock()
+            .unwrap()
+            .faults
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect()
     }
 
     // ---------------------------------------------------------------- request log
@@ -488,7 +553,10 @@ impl Controller {
             .unwrap()
             .log
             .iter()
-            .filter(|r| method.is_none_or(|m| r.method.eq_ignore_ascii_case(m)) && r.path.starts_with(path_prefix))
+            .filter(|r| {
+                method.is_none_or(|m| r.method.eq_ignore_ascii_case(m))
+                    && r.path.starts_with(path_prefix)
+            })
             .count()
     }
     /// TCP connections accepted so far.
@@ -534,7 +602,15 @@ impl Controller {
     }
     /// Entries under a prefix, sorted by key.
     pub fn list(&self, prefix: &str) -> Vec<Entry> {
-        self.sh.store.lock().unwrap().kvs_list(prefix).1.into_iter().cloned().collect()
+        self.sh
+            .store
+            .lock()
+            .unwrap()
+            .kvs_list(prefix)
+            .1
+            .into_iter()
+            .cloned()
+            .collect()
     }
     pub fn seed(&self, entries: &[SeedEntry]) {
         self.sh.seed(entries)
@@ -587,8 +663,12 @@ impl Controller {
     /// Listens again on the same address.
     pub async fn resume_listening(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.sh.cmd.send(Cmd::Start(tx)).map_err(|_| io::Error::other("server is shut down"))?;
-        rx.await.map_err(|_| io::Error::other("server is shut down"))?
+        self.sh
+            .cmd
+            .send(Cmd::Start(tx))
+            .map_err(|_| io::Error::other("server is shut down"))?;
+        rx.await
+            .map_err(|_| io::Error::other("server is shut down"))?
     }
     /// Refuses connections for `d`, then listens again.
     pub async fn down_for(&self, d: Duration) -> io::Result<()> {
@@ -606,8 +686,12 @@ impl Controller {
     /// [`Controller::resume_listening`] for code outside any tokio runtime.
     pub fn resume_listening_blocking(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.sh.cmd.send(Cmd::Start(tx)).map_err(|_| io::Error::other("server is shut down"))?;
-        rx.blocking_recv().map_err(|_| io::Error::other("server is shut down"))?
+        self.sh
+            .cmd
+            .send(Cmd::Start(tx))
+            .map_err(|_| io::Error::other("server is shut down"))?;
+        rx.blocking_recv()
+            .map_err(|_| io::Error::other("server is shut down"))?
     }
     /// Refuses connections now and for `d`, listening again afterwards in the
     /// background. Returns once connections are refused. Outside any tokio runtime.
@@ -677,29 +761,40 @@ impl TestServer {
     pub fn start_with(config: Config) -> io::Result<TestServer> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("consul-test-server".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match start(config).await {
-                    Ok(h) => {
-                        let _ = ready_tx.send(Ok(h.controller()));
-                        let _ = stop_rx.await;
-                        h.shutdown().await;
-                    }
+        let thread = std::thread::Builder::new()
+            .name("consul-test-server".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
+                        return;
                     }
-                }
-            });
-        })?;
-        let controller = ready_rx.recv().map_err(|_| io::Error::other("server thread died"))??;
-        Ok(TestServer { controller, stop: Some(stop_tx), thread: Some(thread) })
+                };
+                rt.block_on(async move {
+                    match start(config).await {
+                        Ok(h) => {
+                            let _ = ready_tx.send(Ok(h.controller()));
+                            let _ = stop_rx.await;
+                            h.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        let controller = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("server thread died"))??;
+        Ok(TestServer {
+            controller,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 
     /// Refuses connections (and closes open ones) until [`TestServer::resume_listening`].

@@ -34,7 +34,12 @@ impl Entry {
     }
 
     pub fn new(key: &str, value: &[u8], flags: u64) -> Entry {
-        Entry { key: key.to_string(), value: value.to_vec(), flags, ..Entry::default() }
+        Entry {
+            key: key.to_string(),
+            value: value.to_vec(),
+            flags,
+            ..Entry::default()
+        }
     }
 }
 
@@ -152,7 +157,11 @@ impl Session {
             lock_delay: self.lock_delay,
             behavior: &self.behavior,
             ttl: &self.ttl,
-            node_checks: if self.node_checks.is_empty() { None } else { Some(&self.node_checks) },
+            node_checks: if self.node_checks.is_empty() {
+                None
+            } else {
+                Some(&self.node_checks)
+            },
             service_checks: self.service_checks.as_deref(),
             create_index: self.create_index,
             modify_index: self.modify_index,
@@ -238,7 +247,10 @@ impl Store {
         if seen < self.log_floor {
             return true;
         }
-        self.log.iter().filter(|(i, _)| *i > seen).any(|(_, ch)| ch.iter().any(relevant))
+        self.log
+            .iter()
+            .filter(|(i, _)| *i > seen)
+            .any(|(_, ch)| ch.iter().any(relevant))
     }
 
     pub fn kv_snapshot(&self) -> KvSnapshot {
@@ -277,7 +289,10 @@ impl Store {
     pub fn kvs_list(&self, prefix: &str) -> (u64, Vec<&Entry>) {
         let entries: Vec<&Entry> = self
             .kv
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, e)| e)
             .collect();
@@ -285,7 +300,10 @@ impl Store {
         if !prefix.is_empty() {
             let gindex = self
                 .tombstones
-                .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(_, i)| *i)
                 .max()
@@ -376,7 +394,9 @@ impl Store {
         if sess.is_empty() {
             return Err("missing session".into());
         }
-        let Some(e) = self.kv.get(&entry.key) else { return Ok(None) };
+        let Some(e) = self.kv.get(&entry.key) else {
+            return Ok(None);
+        };
         if e.session.as_deref() != Some(sess.as_str()) {
             return Ok(None);
         }
@@ -412,7 +432,10 @@ impl Store {
     pub fn kvs_delete_tree(&mut self, idx: u64, prefix: &str) {
         let keys: Vec<String> = self
             .kv
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
             .collect();
@@ -432,7 +455,10 @@ impl Store {
     /// `kvsCheckSessionTxn`.
     pub fn kvs_check_session(&self, key: &str, session: &str) -> Result<Entry, String> {
         let Some(e) = self.kv.get(key) else {
-            return Err(format!("failed to check session, key {} doesn't exist", go_quote(key)));
+            return Err(format!(
+                "failed to check session, key {} doesn't exist",
+                go_quote(key)
+            ));
         };
         if e.session.as_deref().unwrap_or("") != session {
             return Err(format!(
@@ -448,7 +474,10 @@ impl Store {
     /// `kvsCheckIndexTxn`.
     pub fn kvs_check_index(&self, key: &str, cidx: u64) -> Result<Entry, String> {
         let Some(e) = self.kv.get(key) else {
-            return Err(format!("failed to check index, key {} doesn't exist", go_quote(key)));
+            return Err(format!(
+                "failed to check index, key {} doesn't exist",
+                go_quote(key)
+            ));
         };
         if e.modify_index != cidx {
             return Err(format!(
@@ -500,12 +529,18 @@ impl Store {
     /// `deleteSessionTxn`: removes the session and releases or deletes what it held,
     /// setting the session's lock-delay on those keys.
     pub fn session_destroy(&mut self, idx: u64, id: &str, now: Instant) {
-        let Some(sess) = self.sessions.remove(id) else { return };
+        let Some(sess) = self.sessions.remove(id) else {
+            return;
+        };
         self.sessions_index = idx;
         self.dirty = true;
         let delay = Duration::from_nanos(sess.lock_delay.max(0) as u64).min(MAX_LOCK_DELAY);
-        let held: Vec<Entry> =
-            self.kv.values().filter(|e| e.session.as_deref() == Some(id)).cloned().collect();
+        let held: Vec<Entry> = self
+            .kv
+            .values()
+            .filter(|e| e.session.as_deref() == Some(id))
+            .cloned()
+            .collect();
         for mut e in held {
             let key = e.key.clone();
             if sess.behavior == "delete" {

@@ -32,12 +32,19 @@ pub fn parse_go_duration(s: &str) -> Result<i128, String> {
         if !(b[0] == b'.' || b[0].is_ascii_digit()) {
             return Err(err());
         }
-        let int_end = b.iter().position(|c| !c.is_ascii_digit()).unwrap_or(b.len());
+        let int_end = b
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(b.len());
         let int_part = &s[..int_end];
         let mut rest = &s[int_end..];
         let mut frac_part = "";
         if let Some(r) = rest.strip_prefix('.') {
-            let fe = r.as_bytes().iter().position(|c| !c.is_ascii_digit()).unwrap_or(r.len());
+            let fe = r
+                .as_bytes()
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .unwrap_or(r.len());
             frac_part = &r[..fe];
             rest = &r[fe..];
         }
@@ -60,7 +67,11 @@ pub fn parse_go_duration(s: &str) -> Result<i128, String> {
             "s" => 1_000_000_000,
             "m" => 60 * 1_000_000_000,
             "h" => 3600 * 1_000_000_000,
-            _ => return Err(format!("time: unknown unit \"{unit}\" in duration \"{orig}\"")),
+            _ => {
+                return Err(format!(
+                    "time: unknown unit \"{unit}\" in duration \"{orig}\""
+                ))
+            }
         };
         let int_val: i128 = if int_part.is_empty() {
             0
@@ -90,13 +101,22 @@ pub fn parse_go_duration(s: &str) -> Result<i128, String> {
 /// Go's `strconv.ParseUint(s, 10, 64)`.
 pub fn parse_go_uint(s: &str) -> Result<u64, String> {
     if s.is_empty() {
-        return Err(format!("strconv.ParseUint: parsing \"{s}\": invalid syntax"));
+        return Err(format!(
+            "strconv.ParseUint: parsing \"{s}\": invalid syntax"
+        ));
     }
     if !s.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(format!("strconv.ParseUint: parsing {}: invalid syntax", go_quote(s)));
+        return Err(format!(
+            "strconv.ParseUint: parsing {}: invalid syntax",
+            go_quote(s)
+        ));
     }
-    s.parse::<u64>()
-        .map_err(|_| format!("strconv.ParseUint: parsing {}: value out of range", go_quote(s)))
+    s.parse::<u64>().map_err(|_| {
+        format!(
+            "strconv.ParseUint: parsing {}: value out of range",
+            go_quote(s)
+        )
+    })
 }
 
 /// Go's `%q` for a string (as used in Consul's error texts).
@@ -114,7 +134,9 @@ pub fn go_quote(s: &str) -> String {
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -161,7 +183,9 @@ pub fn query_escape(s: &str) -> String {
     let mut out = String::new();
     for &c in s.as_bytes() {
         match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(c as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(c as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{c:02X}")),
         }
@@ -174,7 +198,11 @@ pub fn clean_path(p: &str) -> String {
     if p.is_empty() {
         return "/".to_string();
     }
-    let p = if p.starts_with('/') { p.to_string() } else { format!("/{p}") };
+    let p = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/{p}")
+    };
     let mut parts: Vec<&str> = Vec::new();
     for seg in p.split('/') {
         match seg {
@@ -199,7 +227,14 @@ pub fn uuid4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A random duration in `[0, max)` (Consul's `lib.RandomStagger`).

@@ -18,8 +18,14 @@ const ACL: &str = r#"{
 }"#;
 
 fn server() -> TestServer {
-    let c = TestServer::start_with(Config::default().with_acl(AclConfig::from_json(ACL).unwrap())).unwrap();
-    for (k, v) in [("kiln/a", "1"), ("kiln/b", "2"), ("kiln/secret/x", "3"), ("public/p", "4")] {
+    let c = TestServer::start_with(Config::default().with_acl(AclConfig::from_json(ACL).unwrap()))
+        .unwrap();
+    for (k, v) in [
+        ("kiln/a", "1"),
+        ("kiln/b", "2"),
+        ("kiln/secret/x", "3"),
+        ("public/p", "4"),
+    ] {
         c.put(k, v.as_bytes());
     }
     c
@@ -30,27 +36,106 @@ fn token_precedence_query_then_header_then_bearer() {
     let c = server();
     let a = c.addr();
     // ?token= wins over the header.
-    let r = request(a, "GET", "/v1/kv/kiln/a?token=reader", &[("X-Consul-Token", "nothing")], b"");
+    let r = request(
+        a,
+        "GET",
+        "/v1/kv/kiln/a?token=reader",
+        &[("X-Consul-Token", "nothing")],
+        b"",
+    );
     assert_eq!(r.status, 200);
     // The header wins over Authorization.
-    let r = request(a, "GET", "/v1/kv/kiln/a", &[("X-Consul-Token", "reader"), ("Authorization", "Bearer nothing")], b"");
+    let r = request(
+        a,
+        "GET",
+        "/v1/kv/kiln/a",
+        &[
+            ("X-Consul-Token", "reader"),
+            ("Authorization", "Bearer nothing"),
+        ],
+        b"",
+    );
     assert_eq!(r.status, 200);
-    let r = request(a, "GET", "/v1/kv/kiln/a", &[("X-Consul-Token", "nothing"), ("Authorization", "Bearer reader")], b"");
+    let r = request(
+        a,
+        "GET",
+        "/v1/kv/kiln/a",
+        &[
+            ("X-Consul-Token", "nothing"),
+            ("Authorization", "Bearer reader"),
+        ],
+        b"",
+    );
     assert_eq!(r.status, 403);
     // Bearer alone works; the scheme is case-insensitive; other schemes are not tokens.
-    assert_eq!(request(a, "GET", "/v1/kv/kiln/a", &[("Authorization", "Bearer reader")], b"").status, 200);
-    assert_eq!(request(a, "GET", "/v1/kv/kiln/a", &[("Authorization", "bearer reader")], b"").status, 200);
-    assert_eq!(request(a, "GET", "/v1/kv/kiln/a", &[("Authorization", "Basic reader")], b"").status, 403);
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/v1/kv/kiln/a",
+            &[("Authorization", "Bearer reader")],
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/v1/kv/kiln/a",
+            &[("Authorization", "bearer reader")],
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/v1/kv/kiln/a",
+            &[("Authorization", "Basic reader")],
+            b""
+        )
+        .status,
+        403
+    );
     // An empty ?token= falls through to the header.
-    assert_eq!(request(a, "GET", "/v1/kv/kiln/a?token=", &[("X-Consul-Token", "reader")], b"").status, 200);
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/v1/kv/kiln/a?token=",
+            &[("X-Consul-Token", "reader")],
+            b""
+        )
+        .status,
+        200
+    );
     // The request log says where the token came from, never what it was.
     let log = c.requests();
-    assert_eq!(log[0].token_source, Some(consul_test_server::TokenSource::Query));
-    assert_eq!(log[1].token_source, Some(consul_test_server::TokenSource::Header));
-    assert_eq!(log[3].token_source, Some(consul_test_server::TokenSource::Bearer));
+    assert_eq!(
+        log[0].token_source,
+        Some(consul_test_server::TokenSource::Query)
+    );
+    assert_eq!(
+        log[1].token_source,
+        Some(consul_test_server::TokenSource::Header)
+    );
+    assert_eq!(
+        log[3].token_source,
+        Some(consul_test_server::TokenSource::Bearer)
+    );
     assert_eq!(log.len(), 7);
-    assert!(!log[5].token_present, "an Authorization: Basic header is no token");
-    assert!(log.iter().enumerate().all(|(i, r)| i == 5 || r.token_present));
+    assert!(
+        !log[5].token_present,
+        "an Authorization: Basic header is no token"
+    );
+    assert!(log
+        .iter()
+        .enumerate()
+        .all(|(i, r)| i == 5 || r.token_present));
 }
 
 #[test]
@@ -90,14 +175,23 @@ fn denied_reads_and_writes_are_403_permission_denied() {
     assert_eq!(get(a, "/v1/kv/public/p").status, 200);
     let r = get(a, "/v1/kv/kiln/a");
     assert_eq!(r.status, 403);
-    assert_eq!(r.text(), "Permission denied: anonymous token lacks permission 'key:read' on \"kiln/a\"");
+    assert_eq!(
+        r.text(),
+        "Permission denied: anonymous token lacks permission 'key:read' on \"kiln/a\""
+    );
     // The default policy shows in every answer.
     assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("deny"));
     // The management token may do anything.
     assert_eq!(put_tok(a, "/v1/kv/anything", "root", b"x").text(), "true");
     // Longest prefix wins: writer may write kiln/ but only read kiln/nodes/locked/.
-    assert_eq!(put_tok(a, "/v1/kv/kiln/nodes/web/h1", "writer", b"x").text(), "true");
-    assert_eq!(put_tok(a, "/v1/kv/kiln/nodes/locked/h1", "writer", b"x").status, 403);
+    assert_eq!(
+        put_tok(a, "/v1/kv/kiln/nodes/web/h1", "writer", b"x").text(),
+        "true"
+    );
+    assert_eq!(
+        put_tok(a, "/v1/kv/kiln/nodes/locked/h1", "writer", b"x").status,
+        403
+    );
 }
 
 #[test]
@@ -106,7 +200,13 @@ fn recursive_reads_filter_instead_of_refusing() {
     let a = c.addr();
     let r = get_tok(a, "/v1/kv/kiln/?recurse", "reader");
     assert_eq!(r.status, 200);
-    let keys: Vec<String> = r.json().as_array().unwrap().iter().map(|e| e["Key"].as_str().unwrap().to_string()).collect();
+    let keys: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(keys, ["kiln/a", "kiln/b"]);
     assert_eq!(r.header("X-Consul-Results-Filtered-By-Acls"), Some("true"));
     // The index still counts what was filtered out.
@@ -146,10 +246,22 @@ fn recursive_delete_needs_write_on_everything_below() {
     let c = server();
     let a = c.addr();
     c.put("kiln/nodes/locked/h", b"x");
-    let r = request(a, "DELETE", "/v1/kv/kiln/?recurse", &[("X-Consul-Token", "writer")], b"");
+    let r = request(
+        a,
+        "DELETE",
+        "/v1/kv/kiln/?recurse",
+        &[("X-Consul-Token", "writer")],
+        b"",
+    );
     assert_eq!(r.status, 403);
     assert!(c.get("kiln/a").is_some());
-    let r = request(a, "DELETE", "/v1/kv/kiln/nodes/web/?recurse", &[("X-Consul-Token", "writer")], b"");
+    let r = request(
+        a,
+        "DELETE",
+        "/v1/kv/kiln/nodes/web/?recurse",
+        &[("X-Consul-Token", "writer")],
+        b"",
+    );
     assert_eq!(r.status, 200);
 }
 
@@ -166,10 +278,23 @@ fn txn_denials_roll_back_and_reads_are_filtered() {
     let v = r.json();
     assert!(v["Results"].is_null());
     assert_eq!(v["Errors"][0]["OpIndex"], 1);
-    assert!(v["Errors"][0]["What"].as_str().unwrap().starts_with("Permission denied"), "{v}");
+    assert!(
+        v["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .starts_with("Permission denied"),
+        "{v}"
+    );
     assert!(c.get("kiln/ok").is_none());
     // get-tree leaves out what the token may not read.
-    let r = put_tok(a, "/v1/txn", "reader", json!([{"KV": {"Verb": "get-tree", "Key": "kiln/"}}]).to_string().as_bytes());
+    let r = put_tok(
+        a,
+        "/v1/txn",
+        "reader",
+        json!([{"KV": {"Verb": "get-tree", "Key": "kiln/"}}])
+            .to_string()
+            .as_bytes(),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["Results"].as_array().unwrap().len(), 2);
 }
@@ -189,7 +314,10 @@ fn sessions_need_session_write() {
 fn without_acls_tokens_are_ignored() {
     let c = TestServer::start();
     let a = c.addr();
-    assert_eq!(put_tok(a, "/v1/kv/k", "any-token-at-all", b"x").text(), "true");
+    assert_eq!(
+        put_tok(a, "/v1/kv/k", "any-token-at-all", b"x").text(),
+        "true"
+    );
     let r = get_tok(a, "/v1/kv/k", "another");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("allow"));
@@ -200,7 +328,9 @@ fn acls_can_be_switched_on_through_the_library() {
     let c = TestServer::start();
     let a = c.addr();
     c.put("kiln/a", b"1");
-    c.set_acl(Some(AclConfig::new("root", DefaultPolicy::Deny).with_token("ro", &[("kiln/", Policy::Read)])));
+    c.set_acl(Some(
+        AclConfig::new("root", DefaultPolicy::Deny).with_token("ro", &[("kiln/", Policy::Read)]),
+    ));
     assert_eq!(get_tok(a, "/v1/kv/kiln/a", "ro").status, 200);
     assert_eq!(put_tok(a, "/v1/kv/kiln/a", "ro", b"x").status, 403);
     assert_eq!(get_tok(a, "/v1/kv/kiln/a", "bogus").text(), "ACL not found");

@@ -32,12 +32,29 @@ fn service_register_answers_200_empty() {
     assert_eq!(svcs[0].port, 9100);
     assert_eq!(svcs[0].tags, ["web", "v2"]);
     let r = get(a, "/v1/agent/services");
-    assert_eq!(r.json()["kiln-firstboot-web-01"]["Service"], "kiln-firstboot");
+    assert_eq!(
+        r.json()["kiln-firstboot-web-01"]["Service"],
+        "kiln-firstboot"
+    );
     // Without an ID the name is the ID; re-registering replaces.
-    assert_eq!(put(a, "/v1/agent/service/register", br#"{"Name": "plain"}"#).status, 200);
-    assert_eq!(put(a, "/v1/agent/service/register", br#"{"Name": "plain", "Port": 1}"#).status, 200);
+    assert_eq!(
+        put(a, "/v1/agent/service/register", br#"{"Name": "plain"}"#).status,
+        200
+    );
+    assert_eq!(
+        put(
+            a,
+            "/v1/agent/service/register",
+            br#"{"Name": "plain", "Port": 1}"#
+        )
+        .status,
+        200
+    );
     assert_eq!(c.services().len(), 2);
-    assert_eq!(put(a, "/v1/agent/service/deregister/plain", b"").status, 200);
+    assert_eq!(
+        put(a, "/v1/agent/service/deregister/plain", b"").status,
+        200
+    );
     assert_eq!(c.services().len(), 1);
 }
 
@@ -45,16 +62,28 @@ fn service_register_answers_200_empty() {
 fn service_register_refusals() {
     let c = TestServer::start();
     let a = c.addr();
-    let r = put(a, "/v1/agent/service/register", br#"{"ID": "x", "Port": 1}"#);
+    let r = put(
+        a,
+        "/v1/agent/service/register",
+        br#"{"ID": "x", "Port": 1}"#,
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.text(), "Missing service name");
     let r = put(a, "/v1/agent/service/register", b"{oops");
     assert_eq!(r.status, 400);
     assert!(r.text().starts_with("Request decode failed: "));
-    let r = put(a, "/v1/agent/service/register", br#"{"Name": "s", "Check": {"HTTP": "http://127.0.0.1/"}}"#);
+    let r = put(
+        a,
+        "/v1/agent/service/register",
+        br#"{"Name": "s", "Check": {"HTTP": "http://127.0.0.1/"}}"#,
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.text(), "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks");
-    let r = put(a, "/v1/agent/service/register", br#"{"Name": "s", "Check": {}}"#);
+    let r = put(
+        a,
+        "/v1/agent/service/register",
+        br#"{"Name": "s", "Check": {}}"#,
+    );
     assert_eq!(r.status, 400);
     let r = get(a, "/v1/agent/service/register");
     assert_eq!(r.status, 405);

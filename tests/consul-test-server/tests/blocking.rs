@@ -19,14 +19,17 @@ fn index_zero_returns_at_once() {
     let a = c.addr();
     put(a, "/v1/kv/r/a", b"1");
     let t = Instant::now();
-    let r = get(a, "/v1/kv/r/?recurse&index=0&wait=1s");
+    let r = get(a, "/v1/kv/r/?recurse&index=0&wait=5s");
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // An index below the current one returns at once too.
     let t = Instant::now();
-    let r2 = get(a, &format!("/v1/kv/r/?recurse&index={}&wait=1s", r.index() - 1));
+    let r2 = get(
+        a,
+        &format!("/v1/kv/r/?recurse&index={}&wait=5s", r.index() - 1),
+    );
     assert_eq!(r2.status, 200);
-    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
 #[test]
@@ -40,11 +43,17 @@ fn prefix_query_returns_when_a_write_lands_under_the_prefix() {
         assert_eq!(put(a, "/v1/kv/rollout/web/h2", b"done").text(), "true");
     });
     let t = Instant::now();
-    let r = get(a, &format!("/v1/kv/rollout/web/?recurse&index={idx}&wait=5s"));
+    let r = get(
+        a,
+        &format!("/v1/kv/rollout/web/?recurse&index={idx}&wait=5s"),
+    );
     let took = t.elapsed();
     w.join().unwrap();
     assert_eq!(r.status, 200);
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert!(r.index() > idx);
     assert_eq!(r.json().as_array().unwrap().len(), 2);
     r.assert_read_meta();
@@ -57,11 +66,17 @@ fn timeout_answers_200_with_the_same_data_and_index() {
     put(a, "/v1/kv/q/a", b"1");
     let first = get(a, "/v1/kv/q/?recurse");
     let t = Instant::now();
-    let r = get(a, &format!("/v1/kv/q/?recurse&index={}&wait=1s", first.index()));
+    let r = get(
+        a,
+        &format!("/v1/kv/q/?recurse&index={}&wait=1s", first.index()),
+    );
     let took = t.elapsed();
     assert_eq!(r.status, 200);
     // wait plus at most wait/16 of jitter (and some slack for the machine).
-    assert!(took >= Duration::from_millis(990) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(990) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert_eq!(r.index(), first.index());
     assert_eq!(r.body, first.body);
     r.assert_read_meta();
@@ -80,7 +95,11 @@ fn unrelated_writes_do_not_end_a_prefix_query() {
     let t = Instant::now();
     let r = get(a, &format!("/v1/kv/mine/?recurse&index={idx}&wait=1s"));
     w.join().unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(990), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(990),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(r.index(), idx);
 }
 
@@ -98,7 +117,11 @@ fn single_key_query_wakes_on_that_key_only() {
     let t = Instant::now();
     let r = get(a, &format!("/v1/kv/k?index={idx}&wait=5s"));
     w.join().unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(350), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(unb64(entry(&r)["Value"].as_str().unwrap()), b"2");
     assert_eq!(r.index(), modify_index(a, "k"));
     // An identical write does not wake anyone: nothing changed.
@@ -182,11 +205,18 @@ fn odd_but_valid_waits() {
     let r = get(a, &format!("/v1/kv/k?index={idx}&wait=0.5s"));
     assert_eq!(r.status, 200);
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(490) && took < Duration::from_millis(1000), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(490) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
     let t = Instant::now();
     let r = get(a, &format!("/v1/kv/k?index={idx}&wait=300ms500ms"));
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(790), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(790),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -205,5 +235,5 @@ fn a_write_wakes_several_waiters() {
         let r = w.join().unwrap();
         assert!(r.index() > idx);
     }
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }

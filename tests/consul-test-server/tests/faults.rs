@@ -27,7 +27,10 @@ fn status_fault_for_the_next_k_requests() {
     assert!(c.faults().is_empty());
     let log = c.requests();
     assert_eq!(log.len(), 3);
-    assert_eq!((log[0].status, log[0].fault.as_deref()), (Some(503), Some("status 503")));
+    assert_eq!(
+        (log[0].status, log[0].fault.as_deref()),
+        (Some(503), Some("status 503"))
+    );
     assert_eq!((log[2].status, log[2].fault.as_deref()), (Some(200), None));
 }
 
@@ -62,12 +65,20 @@ fn garbage_delay_and_drop() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Type"), Some("application/json"));
     assert!(r.has_header("X-Consul-Index"));
-    assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_err(), "{}", r.text());
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).is_err(),
+        "{}",
+        r.text()
+    );
 
     c.add_fault(Fault::delay_ms(400).times(1));
     let t = Instant::now();
     assert_eq!(get(a, "/v1/kv/g").status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(390), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(390),
+        "{:?}",
+        t.elapsed()
+    );
 
     c.add_fault(Fault::drop_connection().times(1));
     assert!(try_request(a, "GET", "/v1/kv/g", &[], b"").is_err());
@@ -84,7 +95,8 @@ fn refusing_connections_and_coming_back() {
     c.put("k", b"v");
     // A kept-alive connection made before the outage is closed by it.
     let mut held = TcpStream::connect(a).unwrap();
-    held.write_all(format!("GET /v1/kv/k HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes()).unwrap();
+    held.write_all(format!("GET /v1/kv/k HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+        .unwrap();
     let mut buf = [0u8; 4096];
     let n = held.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -114,7 +126,11 @@ fn refusing_connections_and_coming_back() {
         assert!(t.elapsed() < Duration::from_secs(5), "did not come back");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -122,7 +138,13 @@ fn request_log_records_what_tests_count() {
     let c = TestServer::start();
     let a = c.addr();
     put(a, "/v1/kv/kiln/nodes/web/h1?cas=0", b"12345");
-    request(a, "GET", "/v1/kv/kiln/hostgroups/web/?recurse", &[("X-Consul-Token", "t")], b"");
+    request(
+        a,
+        "GET",
+        "/v1/kv/kiln/hostgroups/web/?recurse",
+        &[("X-Consul-Token", "t")],
+        b"",
+    );
     get(a, "/v1/kv/kiln/hostgroups/web/?recurse&index=0");
     let log = c.requests();
     assert_eq!(log.len(), 3);
@@ -164,7 +186,13 @@ fn a_blocking_query_is_logged_while_in_flight() {
 fn http_test_controls() {
     let c = TestServer::start();
     let a = c.addr();
-    let r = request(a, "POST", "/_test/faults", &[], br#"{"kind":"status","status":503,"count":1,"path_prefix":"/v1/kv/"}"#);
+    let r = request(
+        a,
+        "POST",
+        "/_test/faults",
+        &[],
+        br#"{"kind":"status","status":503,"count":1,"path_prefix":"/v1/kv/"}"#,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["id"].as_u64().is_some());
     let f = get(a, "/_test/faults").json();
@@ -179,7 +207,17 @@ fn http_test_controls() {
     assert_eq!(delete(a, "/_test/requests").status, 200);
     assert!(c.requests().is_empty());
 
-    assert_eq!(request(a, "POST", "/_test/seed", &[], br#"{"s/a": "1", "s/b": "2"}"#).status, 200);
+    assert_eq!(
+        request(
+            a,
+            "POST",
+            "/_test/seed",
+            &[],
+            br#"{"s/a": "1", "s/b": "2"}"#
+        )
+        .status,
+        200
+    );
     assert_eq!(get(a, "/v1/kv/s/b?raw").text(), "2");
     let kv = get(a, "/_test/kv").json();
     assert_eq!(kv.as_array().unwrap().len(), 2);
@@ -188,7 +226,10 @@ fn http_test_controls() {
     assert_eq!(st["listening"], true);
 
     let acl = r#"{"management_token": "root", "default_policy": "deny"}"#;
-    assert_eq!(request(a, "PUT", "/_test/acl", &[], acl.as_bytes()).status, 200);
+    assert_eq!(
+        request(a, "PUT", "/_test/acl", &[], acl.as_bytes()).status,
+        200
+    );
     assert_eq!(get(a, "/v1/kv/s/a").status, 403);
     assert_eq!(request(a, "PUT", "/_test/acl", &[], b"null").status, 200);
     assert_eq!(get(a, "/v1/kv/s/a").status, 200);
@@ -200,15 +241,20 @@ fn http_test_controls() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(get(a, "/v1/kv/s/a").status, 200);
 
-    assert_eq!(request(a, "POST", "/_test/faults", &[], b"{\"kind\":\"nope\"}").status, 400);
+    assert_eq!(
+        request(a, "POST", "/_test/faults", &[], b"{\"kind\":\"nope\"}").status,
+        400
+    );
     assert_eq!(get(a, "/_test/nothing").status, 404);
     let _ = FaultKind::Drop;
 }
 
 #[test]
 fn only_loopback_addresses() {
-    let mut cfg = Config::default();
-    cfg.listen = "0.0.0.0:0".parse().unwrap();
+    let cfg = Config {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..Config::default()
+    };
     let e = TestServer::start_with(cfg).err().expect("must refuse");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
@@ -220,8 +266,11 @@ fn cli_prints_address_writes_port_file_and_serves_seed() {
     let seed = dir.join("seed.json");
     std::fs::write(&seed, r#"{"kiln/hostgroups/web/config": "{\"v\": 1}"}"#).unwrap();
     let acl = dir.join("acl.json");
-    std::fs::write(&acl, r#"{"management_token": "root", "default_policy": "deny",
-        "tokens": [{"secret": "boot", "key_prefix": {"kiln/": "read"}}]}"#)
+    std::fs::write(
+        &acl,
+        r#"{"management_token": "root", "default_policy": "deny",
+        "tokens": [{"secret": "boot", "key_prefix": {"kiln/": "read"}}]}"#,
+    )
     .unwrap();
     let port_file = dir.join("port");
     let mut child = Command::new(env!("CARGO_BIN_EXE_consul-test-server"))
@@ -236,15 +285,24 @@ fn cli_prints_address_writes_port_file_and_serves_seed() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr_s = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr_s = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
     let addr: std::net::SocketAddr = addr_s.parse().unwrap();
     assert!(addr.ip().is_loopback() && addr.port() != 0);
     assert_eq!(std::fs::read_to_string(&port_file).unwrap().trim(), addr_s);
     let r = get_tok(addr, "/v1/kv/kiln/hostgroups/web/config?raw", "boot");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "{\"v\": 1}");
-    assert_eq!(get_tok(addr, "/v1/kv/kiln/x", "nope").text(), "ACL not found");
+    assert_eq!(
+        get_tok(addr, "/v1/kv/kiln/x", "nope").text(),
+        "ACL not found"
+    );
     // SIGTERM ends it cleanly.
     unsafe_kill_term(child.id());
     let status = child.wait().unwrap();
@@ -253,14 +311,24 @@ fn cli_prints_address_writes_port_file_and_serves_seed() {
 }
 
 fn unsafe_kill_term(pid: u32) {
-    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
 #[test]
 fn cli_refuses_non_loopback_and_bad_arguments() {
-    for args in [&["--listen", "0.0.0.0:0"][..], &["--listen", "192.0.2.1:8500"][..], &["--bogus"][..]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_consul-test-server")).args(args).output().unwrap();
+    for args in [
+        &["--listen", "0.0.0.0:0"][..],
+        &["--listen", "192.0.2.1:8500"][..],
+        &["--bogus"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_consul-test-server"))
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
         assert!(!out.stderr.is_empty());
@@ -269,14 +337,20 @@ fn cli_refuses_non_loopback_and_bad_arguments() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn async_library_api() {
-    let h = consul_test_server::start(Config::default().with_seed("a/b", b"c")).await.unwrap();
+    let h = consul_test_server::start(Config::default().with_seed("a/b", b"c"))
+        .await
+        .unwrap();
     let a = h.addr();
-    let r = tokio::task::spawn_blocking(move || get(a, "/v1/kv/a/b?raw")).await.unwrap();
+    let r = tokio::task::spawn_blocking(move || get(a, "/v1/kv/a/b?raw"))
+        .await
+        .unwrap();
     assert_eq!(r.text(), "c");
     h.stop_listening().await;
     assert!(tokio::net::TcpStream::connect(a).await.is_err());
     h.resume_listening().await.unwrap();
-    let r = tokio::task::spawn_blocking(move || get(a, "/v1/kv/a/b?raw")).await.unwrap();
+    let r = tokio::task::spawn_blocking(move || get(a, "/v1/kv/a/b?raw"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     h.shutdown().await;
     assert!(tokio::net::TcpStream::connect(a).await.is_err());
@@ -297,14 +371,29 @@ fn works_with_reqwest_like_kiln_firstboot() {
     let c = TestServer::start();
     c.put("kiln/hostgroups/web/a", b"1");
     c.put("kiln/hostgroups/web/b", b"2");
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let url = c.url();
-    let r = client.get(format!("{url}/v1/kv/kiln/hostgroups/web/?recurse")).header("X-Consul-Token", "t").send().unwrap();
+    let r = client
+        .get(format!("{url}/v1/kv/kiln/hostgroups/web/?recurse"))
+        .header("X-Consul-Token", "t")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let idx: u64 = r.headers()["x-consul-index"].to_str().unwrap().parse().unwrap();
+    let idx: u64 = r.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.text().unwrap()).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
-    let r = client.put(format!("{url}/v1/kv/kiln/nodes/web/h1?cas=0")).body("{\"ok\":true}").send().unwrap();
+    let r = client
+        .put(format!("{url}/v1/kv/kiln/nodes/web/h1?cas=0"))
+        .body("{\"ok\":true}")
+        .send()
+        .unwrap();
     assert_eq!(r.text().unwrap(), "true");
     // A blocking query through reqwest.
     let c2 = c.controller();
@@ -312,14 +401,37 @@ fn works_with_reqwest_like_kiln_firstboot() {
         std::thread::sleep(Duration::from_millis(200));
         c2.put("kiln/hostgroups/web/c", b"3");
     });
-    let r = client.get(format!("{url}/v1/kv/kiln/hostgroups/web/?recurse&index={idx}&wait=5s")).send().unwrap();
+    let r = client
+        .get(format!(
+            "{url}/v1/kv/kiln/hostgroups/web/?recurse&index={idx}&wait=5s"
+        ))
+        .send()
+        .unwrap();
     t.join().unwrap();
-    assert!(r.headers()["x-consul-index"].to_str().unwrap().parse::<u64>().unwrap() > idx);
+    assert!(
+        r.headers()["x-consul-index"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > idx
+    );
     // While down, requests fail; afterwards the same client works again.
     c.stop_listening();
-    assert!(client.get(format!("{url}/v1/status/leader")).send().is_err());
+    assert!(client
+        .get(format!("{url}/v1/status/leader"))
+        .send()
+        .is_err());
     c.resume_listening().unwrap();
-    assert_eq!(client.get(format!("{url}/v1/status/leader")).send().unwrap().text().unwrap(), "\"127.0.0.1:8300\"");
+    assert_eq!(
+        client
+            .get(format!("{url}/v1/status/leader"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "\"127.0.0.1:8300\""
+    );
     // One request per boot is easy to count.
     assert_eq!(c.count_requests(Some("GET"), "/v1/kv/kiln/hostgroups/"), 2);
 }

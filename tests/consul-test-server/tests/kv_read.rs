@@ -7,7 +7,10 @@ use common::*;
 fn single_get_shape_and_headers() {
     let c = TestServer::start();
     let a = c.addr();
-    assert_eq!(put(a, "/v1/kv/kiln/hostgroups/web/config?flags=42", b"hello").text(), "true");
+    assert_eq!(
+        put(a, "/v1/kv/kiln/hostgroups/web/config?flags=42", b"hello").text(),
+        "true"
+    );
     let r = get(a, "/v1/kv/kiln/hostgroups/web/config");
     assert_eq!(r.status, 200);
     r.assert_read_meta();
@@ -25,7 +28,11 @@ fn single_get_shape_and_headers() {
     put(a, "/v1/kv/other", b"x");
     assert_eq!(get(a, "/v1/kv/kiln/hostgroups/web/config").index(), idx);
     // Headers go out in Go's canonical form, as Consul's do.
-    assert!(r.headers.iter().any(|(k, _)| k == "X-Consul-Knownleader"), "{:?}", r.headers);
+    assert!(
+        r.headers.iter().any(|(k, _)| k == "X-Consul-Knownleader"),
+        "{:?}",
+        r.headers
+    );
     assert_eq!(r.header("X-Consul-Effective-Consistency"), Some("leader"));
     assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("allow"));
     assert_eq!(r.header("Vary"), Some("Accept-Encoding"));
@@ -95,10 +102,21 @@ fn recurse_lists_prefix_sorted_with_highest_index() {
     assert_eq!(r.status, 200);
     r.assert_read_meta();
     let v = r.json();
-    let keys: Vec<&str> = v.as_array().unwrap().iter().map(|e| e["Key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["kiln/a", "kiln/a/z", "kiln/b"]);
     // The index is the highest ModifyIndex under the prefix: kilnx and zzz are not under it.
-    let max = v.as_array().unwrap().iter().map(|e| e["ModifyIndex"].as_u64().unwrap()).max().unwrap();
+    let max = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ModifyIndex"].as_u64().unwrap())
+        .max()
+        .unwrap();
     assert_eq!(r.index(), max);
     assert!(max < last);
     // Values are base64 in recursive reads too.
@@ -144,7 +162,15 @@ fn raw_is_ignored_with_recurse() {
 fn keys_with_and_without_separator() {
     let c = TestServer::start();
     let a = c.addr();
-    for k in ["foo", "foo/bar", "foo/bar/baz", "foo/bar/zip", "foo/bar/zip/zam", "foo/bar/zip/zorp", "some/other"] {
+    for k in [
+        "foo",
+        "foo/bar",
+        "foo/bar/baz",
+        "foo/bar/zip",
+        "foo/bar/zip/zam",
+        "foo/bar/zip/zorp",
+        "some/other",
+    ] {
         put(a, &format!("/v1/kv/{k}"), b"x");
     }
     let r = get(a, "/v1/kv/foo?keys");
@@ -152,11 +178,21 @@ fn keys_with_and_without_separator() {
     r.assert_read_meta();
     assert_eq!(
         r.json(),
-        serde_json::json!(["foo", "foo/bar", "foo/bar/baz", "foo/bar/zip", "foo/bar/zip/zam", "foo/bar/zip/zorp"])
+        serde_json::json!([
+            "foo",
+            "foo/bar",
+            "foo/bar/baz",
+            "foo/bar/zip",
+            "foo/bar/zip/zam",
+            "foo/bar/zip/zorp"
+        ])
     );
     // Cut after the first separator past the prefix, deduplicated, in key order.
     let r = get(a, "/v1/kv/foo/bar/?keys&separator=/");
-    assert_eq!(r.json(), serde_json::json!(["foo/bar/baz", "foo/bar/zip", "foo/bar/zip/"]));
+    assert_eq!(
+        r.json(),
+        serde_json::json!(["foo/bar/baz", "foo/bar/zip", "foo/bar/zip/"])
+    );
     let idx_sep = r.index();
     assert_eq!(idx_sep, modify_index(a, "foo/bar/zip/zorp"));
     let r = get(a, "/v1/kv/?keys&separator=/");
@@ -229,6 +265,11 @@ fn mux_routing_like_consul() {
     // Percent-encoded keys are decoded.
     put(a, "/v1/kv/a%2Fb%2Dc", b"v");
     assert_eq!(entry(&get(a, "/v1/kv/a/b-c"))["Key"], "a/b-c");
+    // JSON escapes <, > and & as Go's encoding/json does.
+    put(a, "/v1/kv/q%26a", b"v");
+    assert!(get(a, "/v1/kv/q%26a")
+        .text()
+        .contains(r#""Key":"q\u0026a""#));
 }
 
 #[test]
@@ -237,14 +278,21 @@ fn pretty_and_stale_consistent() {
     let a = c.addr();
     put(a, "/v1/kv/k", b"v");
     let r = get(a, "/v1/kv/k?pretty");
-    assert!(r.text().starts_with("[\n    {\n        \"LockIndex\": 0,"), "{}", r.text());
+    assert!(
+        r.text().starts_with("[\n    {\n        \"LockIndex\": 0,"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().ends_with("]\n"));
     let r = get(a, "/v1/kv/k?stale");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("X-Consul-Effective-Consistency"), Some("stale"));
     let r = get(a, "/v1/kv/k?stale&consistent");
     assert_eq!(r.status, 400);
-    assert_eq!(r.text(), "Cannot specify ?stale with ?consistent, conflicting semantics.");
+    assert_eq!(
+        r.text(),
+        "Cannot specify ?stale with ?consistent, conflicting semantics."
+    );
     let r = get(a, "/v1/kv/k?dc=elsewhere");
     assert_eq!(r.status, 500);
     assert_eq!(r.text(), "No path to datacenter");
@@ -253,7 +301,10 @@ fn pretty_and_stale_consistent() {
 
 #[test]
 fn seeded_data_is_served() {
-    let export = format!(r#"[{{"key":"kiln/a","flags":7,"value":"{}"}},{{"key":"kiln/b","flags":0,"value":null}}]"#, b64(b"A"));
+    let export = format!(
+        r#"[{{"key":"kiln/a","flags":7,"value":"{}"}},{{"key":"kiln/b","flags":0,"value":null}}]"#,
+        b64(b"A")
+    );
     let c = TestServer::start_with(Config::default().with_seed_json(&export).unwrap()).unwrap();
     let a = c.addr();
     let e = entry(&get(a, "/v1/kv/kiln/a"));
@@ -262,6 +313,11 @@ fn seeded_data_is_served() {
     // One index per seeded key, after the initial index.
     assert_eq!(e["ModifyIndex"], 11);
     assert_eq!(entry(&get(a, "/v1/kv/kiln/b"))["ModifyIndex"], 12);
-    let c2 = TestServer::start_with(Config::default().with_seed_json(r#"{"x/y": "text"}"#).unwrap()).unwrap();
+    let c2 = TestServer::start_with(
+        Config::default()
+            .with_seed_json(r#"{"x/y": "text"}"#)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(get(c2.addr(), "/v1/kv/x/y?raw").text(), "text");
 }

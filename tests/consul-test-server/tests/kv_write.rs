@@ -101,7 +101,12 @@ fn value_size_limit_is_512_kib() {
     let idx = c.index();
     let r = put(a, "/v1/kv/big2", &over);
     assert_eq!(r.status, 413);
-    assert!(r.text().starts_with("Request body(524289 bytes) too large, max size: 524288 bytes."), "{}", r.text());
+    assert!(
+        r.text()
+            .starts_with("Request body(524289 bytes) too large, max size: 524288 bytes."),
+        "{}",
+        r.text()
+    );
     assert_eq!(get(a, "/v1/kv/big2").status, 404);
     assert_eq!(c.index(), idx);
 }
@@ -113,7 +118,12 @@ fn empty_key_and_dotdot_are_400() {
     let r = put(a, "/v1/kv/", b"x");
     assert_eq!(r.status, 400);
     assert_eq!(r.text(), "Missing key name");
-    for bad in ["/v1/kv/a/../b", "/v1/kv/a/..", "/v1/kv/a..b", "/v1/kv/%2e%2e/x"] {
+    for bad in [
+        "/v1/kv/a/../b",
+        "/v1/kv/a/..",
+        "/v1/kv/a..b",
+        "/v1/kv/%2e%2e/x",
+    ] {
         let r = put(a, bad, b"x");
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
         assert!(r.text().contains("traversal"), "{bad}: {}", r.text());

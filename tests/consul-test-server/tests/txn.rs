@@ -159,7 +159,9 @@ fn read_only_transactions_carry_query_meta() {
 fn limits_and_decoding() {
     let c = TestServer::start();
     let a = c.addr();
-    let ops: Vec<Value> = (0..128).map(|i| json!({"KV": {"Verb": "set", "Key": format!("n/{i}"), "Value": b64(b"x")}})).collect();
+    let ops: Vec<Value> = (0..128)
+        .map(|i| json!({"KV": {"Verb": "set", "Key": format!("n/{i}"), "Value": b64(b"x")}}))
+        .collect();
     let r = txn(a, &Value::Array(ops.clone()));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(c.list("n/").len(), 128);
@@ -167,30 +169,52 @@ fn limits_and_decoding() {
     more.push(json!({"KV": {"Verb": "set", "Key": "n/x", "Value": b64(b"x")}}));
     let r = txn(a, &Value::Array(more));
     assert_eq!(r.status, 413);
-    assert_eq!(r.text(), "Transaction contains too many operations (129 > 128)");
+    assert_eq!(
+        r.text(),
+        "Transaction contains too many operations (129 > 128)"
+    );
 
     let r = put(a, "/v1/txn", b"{\"not\": \"a list\"}");
     assert_eq!(r.status, 400);
-    assert!(r.text().starts_with("Failed to parse body: "), "{}", r.text());
-    let r = txn(a, &json!([{"KV": {"Verb": "set", "Key": "k", "Value": "***not base64***"}}]));
+    assert!(
+        r.text().starts_with("Failed to parse body: "),
+        "{}",
+        r.text()
+    );
+    let r = txn(
+        a,
+        &json!([{"KV": {"Verb": "set", "Key": "k", "Value": "***not base64***"}}]),
+    );
     assert_eq!(r.status, 400);
     assert!(r.text().starts_with("Failed to parse body: "));
-    let r = txn(a, &json!([{"KV": {"Verb": "set", "Key": "k", "Flags": "7"}}]));
+    let r = txn(
+        a,
+        &json!([{"KV": {"Verb": "set", "Key": "k", "Flags": "7"}}]),
+    );
     assert_eq!(r.status, 400);
 
     // Field names match case-insensitively, as Go's JSON decoding does.
-    let r = txn(a, &json!([{"kv": {"verb": "set", "key": "lower", "value": b64(b"v")}}]));
+    let r = txn(
+        a,
+        &json!([{"kv": {"verb": "set", "key": "lower", "value": b64(b"v")}}]),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(a, "/v1/kv/lower?raw").text(), "v");
 
     // An empty key is refused before anything runs.
     let r = txn(a, &json!([kv("get", "")]));
     assert_eq!(r.status, 409);
-    assert_eq!(r.json()["Errors"], json!([{"OpIndex": 0, "What": "Must provide key"}]));
+    assert_eq!(
+        r.json()["Errors"],
+        json!([{"OpIndex": 0, "What": "Must provide key"}])
+    );
 
     // A value over the KV limit is 413.
     let big = b64(&vec![0u8; 512 * 1024 + 1]);
-    let r = txn(a, &json!([{"KV": {"Verb": "set", "Key": "big", "Value": big}}]));
+    let r = txn(
+        a,
+        &json!([{"KV": {"Verb": "set", "Key": "big", "Value": big}}]),
+    );
     assert_eq!(r.status, 413);
 }
 
@@ -200,13 +224,29 @@ fn status_report_with_cas_through_txn_and_kv() {
     let c = TestServer::start();
     let a = c.addr();
     let key = "kiln/nodes/web/web-01";
-    assert_eq!(put(a, &format!("/v1/kv/{key}?cas=0"), b"{\"state\":\"booting\"}").text(), "true");
+    assert_eq!(
+        put(
+            a,
+            &format!("/v1/kv/{key}?cas=0"),
+            b"{\"state\":\"booting\"}"
+        )
+        .text(),
+        "true"
+    );
     let m = modify_index(a, key);
-    let r = txn(a, &json!([{"KV": {"Verb": "cas", "Key": key, "Value": b64(b"{\"state\":\"done\"}"), "Index": m}}]));
+    let r = txn(
+        a,
+        &json!([{"KV": {"Verb": "cas", "Key": key, "Value": b64(b"{\"state\":\"done\"}"), "Index": m}}]),
+    );
     assert_eq!(r.status, 200);
-    let m2 = r.json()["Results"][0]["KV"]["ModifyIndex"].as_u64().unwrap();
+    let m2 = r.json()["Results"][0]["KV"]["ModifyIndex"]
+        .as_u64()
+        .unwrap();
     assert!(m2 > m);
     assert_eq!(modify_index(a, key), m2);
     // A second writer with the old index loses, with 200 false.
-    assert_eq!(put(a, &format!("/v1/kv/{key}?cas={m}"), b"late").text(), "false");
+    assert_eq!(
+        put(a, &format!("/v1/kv/{key}?cas={m}"), b"late").text(),
+        "false"
+    );
 }

@@ -18,7 +18,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
@@ -45,8 +48,15 @@ impl Resp {
     }
 }
 
-pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    try_request(addr, method, target, headers, body).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    try_request(addr, method, target, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
 }
 
 pub fn try_request(
@@ -70,7 +80,9 @@ pub fn try_request(
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    parse(&raw).ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw))))
+    parse(&raw).ok_or_else(|| {
+        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
+    })
 }
 
 fn parse(raw: &[u8]) -> Option<Resp> {
@@ -80,16 +92,29 @@ fn parse(raw: &[u8]) -> Option<Resp> {
     let status_line = lines.next()?;
     let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        })
         .collect();
     let mut body = raw[end + 4..].to_vec();
-    let cl = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.clone());
+    let cl = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.clone());
     if let Some(cl) = cl {
         body.truncate(cl.parse().ok()?);
-    } else if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    } else if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body)?;
     }
-    Some(Resp { status, headers, body })
+    Some(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
@@ -128,7 +153,9 @@ pub fn b64(s: &[u8]) -> String {
 }
 pub fn unb64(s: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s).expect("base64")
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
 }
 
 /// The one entry of a single-key GET.
@@ -141,5 +168,7 @@ pub fn entry(r: &Resp) -> serde_json::Value {
 
 /// ModifyIndex of a key (via the API).
 pub fn modify_index(addr: SocketAddr, key: &str) -> u64 {
-    entry(&get(addr, &format!("/v1/kv/{key}")))["ModifyIndex"].as_u64().unwrap()
+    entry(&get(addr, &format!("/v1/kv/{key}")))["ModifyIndex"]
+        .as_u64()
+        .unwrap()
 }
