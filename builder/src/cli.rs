@@ -34,6 +34,8 @@ pub enum Command {
     /// Make or inspect base images (Debian root filesystems made with debootstrap).
     #[command(subcommand)]
     Base(BaseCommand),
+    /// Apply a bundle to a copy of its base and write an image: tar, raw ext4 or qcow2 (as root).
+    Bake(BakeArgs),
     /// Verify a bundle: signature, trust, expiry and every payload byte.
     Verify(VerifyArgs),
     /// Show what a bundle contains.
@@ -192,6 +194,41 @@ pub struct BaseShowArgs {
     #[arg(long)]
     pub packages: bool,
     /// Print the result as JSON (packages included).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BakeArgs {
+    /// The bundle to apply (<hostgroup>-<version>.kiln).
+    pub bundle: PathBuf,
+    /// The base to apply it to: a NAME of the configuration built by `kiln base build`, a root
+    /// filesystem DIR, or a TAR archive of one. It must be the base the bundle was built for.
+    #[arg(long, value_name = "NAME|DIR|TAR")]
+    pub base: String,
+    /// The image file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// What to write: a root filesystem tar, a raw ext4 image, or a qcow2 image.
+    #[arg(long, value_enum, default_value = "tar")]
+    pub format: crate::bake::Format,
+    /// Size of the raw or qcow2 image's filesystem (e.g. 2G, 1536M; default: what the root
+    /// needs plus a third and 256 MiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::bake::parse_size)]
+    pub size: Option<u64>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// The kiln-firstboot binary installed in the image (default: the one beside kiln).
+    #[arg(long, value_name = "PATH")]
+    pub firstboot: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub cache: CacheArg,
+    /// Keep the applied root directory beside the output, for inspection.
+    #[arg(long)]
+    pub keep_workdir: bool,
+    /// Print the result as JSON (with the time of each step).
     #[arg(long)]
     pub json: bool,
 }

@@ -1,5 +1,6 @@
 //! kiln-builder: everything `kiln` does, as a library; `main.rs` is a thin shim.
 
+pub mod bake;
 pub mod base;
 pub mod cli;
 pub mod cmd;

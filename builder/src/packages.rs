@@ -310,7 +310,7 @@ fn output_text(o: &Output) -> String {
     s
 }
 
-fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
+pub(crate) fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its own `run()`.
 
+mod bake;
 mod base;
 mod build;
 mod diff;
@@ -23,6 +24,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Render(a) => render::run(a),
         Command::Build(a) => build::run(a),
         Command::Base(c) => base::run(c),
+        Command::Bake(a) => bake::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
