@@ -83,7 +83,8 @@ pub struct ResolveError {
 
 impl std::fmt::Display for ResolveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hostgroup {}: apt cannot resolve its packages on base {}:", self.hostgroup, self.base)?;
+        // `kiln build` prints it after "hostgroup NAME: ".
+        write!(f, "apt cannot resolve its packages on base {}:", self.base)?;
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
