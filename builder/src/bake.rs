@@ -95,29 +95,45 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (s, 1),
     };
-    let n: f64 = num.parse().map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T"))?;
-    if !(n > 0.0) {
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T"))?;
+    if n.is_nan() || n <= 0.0 {
         return Err(format!("size {s:?} must be positive"));
     }
     Ok((n * mult as f64) as u64)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {what}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stdout));
         let lines: Vec<&str> = text.lines().collect();
-        bail!("{what} failed ({}):\n  {}", out.status, lines[lines.len().saturating_sub(20)..].join("\n  "));
+        bail!(
+            "{what} failed ({}):\n  {}",
+            out.status,
+            lines[lines.len().saturating_sub(20)..].join("\n  ")
+        );
     }
     Ok(())
 }
 
 /// Bytes used under `dir` (du), for the default image size.
 fn used_bytes(dir: &Path) -> Result<u64> {
-    let out = Command::new("du").args(["-s", "-B1", "--apparent-size", "-x"]).arg(dir).output().context("running du")?;
+    let out = Command::new("du")
+        .args(["-s", "-B1", "--apparent-size", "-x"])
+        .arg(dir)
+        .output()
+        .context("running du")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().next().and_then(|n| n.parse().ok()).ok_or_else(|| anyhow!("du -s {}: {text}", dir.display()))
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("du -s {}: {text}", dir.display()))
 }
 
 /// Checks that the base is the one the bundle was built for: os-release, architecture and,
@@ -132,8 +148,14 @@ pub fn check_base(m: &Manifest, base: &BaseInfo) -> Result<(), BundleError> {
     if let Some(d) = &m.base.packages_digest {
         if *d != base.packages_digest {
             return Err(BundleError::WrongBase {
-                bundle: format!("{} {} {} with package set {d}", m.base.id, m.base.version_id, m.base.arch),
-                root: format!("{} {} {} with package set {}", base.id, base.version_id, base.arch, base.packages_digest),
+                bundle: format!(
+                    "{} {} {} with package set {d}",
+                    m.base.id, m.base.version_id, m.base.arch
+                ),
+                root: format!(
+                    "{} {} {} with package set {}",
+                    base.id, base.version_id, base.arch, base.packages_digest
+                ),
             });
         }
     }
@@ -152,32 +174,61 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     };
     for t in tools {
         if base::which(t).is_none() {
-            bail!("{t} is not installed ({})", if *t == "qemu-img" { "apt-get install qemu-utils" } else { "apt-get install e2fsprogs tar" });
+            bail!(
+                "{t} is not installed ({})",
+                if *t == "qemu-img" {
+                    "apt-get install qemu-utils"
+                } else {
+                    "apt-get install e2fsprogs tar"
+                }
+            );
         }
     }
     if !o.firstboot.is_file() {
-        bail!("kiln-firstboot binary {} not found (--firstboot PATH)", o.firstboot.display());
+        bail!(
+            "kiln-firstboot binary {} not found (--firstboot PATH)",
+            o.firstboot.display()
+        );
     }
 
     // 1. The bundle: signature and trust, expiry, and the base it targets.
-    let (sha256, _) = crate::packages::file_sha256(o.bundle).with_context(|| format!("reading {}", o.bundle.display()))?;
+    let (sha256, _) = crate::packages::file_sha256(o.bundle)
+        .with_context(|| format!("reading {}", o.bundle.display()))?;
     let file = File::open(o.bundle).with_context(|| format!("opening {}", o.bundle.display()))?;
-    let bundle = kiln_signing::open(BufReader::with_capacity(1 << 20, file), o.trust, &Limits::default())
-        .with_context(|| format!("verifying {}", o.bundle.display()))?;
+    let bundle = kiln_signing::open(
+        BufReader::with_capacity(1 << 20, file),
+        o.trust,
+        &Limits::default(),
+    )
+    .with_context(|| format!("verifying {}", o.bundle.display()))?;
     let m = bundle.manifest.clone();
     let base = BaseInfo::open(o.base, o.config, o.cache)?;
-    let policy = Policy { now: SystemTime::now(), hostgroup: None, min_version: None, base: None };
-    kiln_signing::check_policy(&m, &policy).with_context(|| format!("refusing {}", o.bundle.display()))?;
-    check_base(&m, &base).with_context(|| format!("refusing {} for base {}", o.bundle.display(), base.source))?;
+    let policy = Policy {
+        now: SystemTime::now(),
+        hostgroup: None,
+        min_version: None,
+        base: None,
+    };
+    kiln_signing::check_policy(&m, &policy)
+        .with_context(|| format!("refusing {}", o.bundle.display()))?;
+    check_base(&m, &base)
+        .with_context(|| format!("refusing {} for base {}", o.bundle.display(), base.source))?;
     (o.progress)(&format!(
         "baking {} version {} onto base {} ({} {} {}) as {:?}",
         m.hostgroup, m.version, base.source, base.id, base.version_id, base.arch, o.format
     ));
 
     // 2. A copy of the base, beside the output (same filesystem, for the final rename).
-    let out_dir = o.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let out_dir = o
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let work = tempfile::Builder::new().prefix(".kiln-bake-").tempdir_in(out_dir).context("creating the work directory")?;
+    let work = tempfile::Builder::new()
+        .prefix(".kiln-bake-")
+        .tempdir_in(out_dir)
+        .context("creating the work directory")?;
     let root = work.path().join("root");
     fs::create_dir(&root)?;
     let t = Instant::now();
@@ -191,7 +242,10 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
             "tar -x of the base",
         )?,
         _ => run(
-            Command::new("cp").args(["-a", "--reflink=auto"]).arg(format!("{}/.", base.root.display())).arg(&root),
+            Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(format!("{}/.", base.root.display()))
+                .arg(&root),
             "copying the base",
         )?,
     }
@@ -216,11 +270,18 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     };
     let report = kiln_firstboot::apply(bundle, &root, &opts).map_err(|f| {
         let code = f.exit_code();
-        anyhow!(crate::Exit { code, message: format!("applying {} to the image failed: {f}", o.bundle.display()) })
+        anyhow!(crate::Exit {
+            code,
+            message: format!("applying {} to the image failed: {f}", o.bundle.display())
+        })
     })?;
     let apply_seconds = t.elapsed().as_secs_f64();
-    let apply_summary: Vec<String> =
-        report.state.steps.iter().map(|s| format!("{}: {} ({:.2}s)", s.name, s.summary, s.seconds)).collect();
+    let apply_summary: Vec<String> = report
+        .state
+        .steps
+        .iter()
+        .map(|s| format!("{}: {} ({:.2}s)", s.name, s.summary, s.seconds))
+        .collect();
 
     // 4. kiln-firstboot and the trusted keys, for the first boot.
     install_firstboot(&root, o.firstboot, o.trust_path, &m)?;
@@ -229,7 +290,10 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     let t = Instant::now();
     let tmp_out = out_dir.join(format!(
         ".{}.tmp-{}",
-        o.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into()),
+        o.out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into()),
         std::process::id()
     ));
     let result = write_output(o, &root, work.path(), &tmp_out);
@@ -237,13 +301,20 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
         let _ = fs::remove_file(&tmp_out);
         return Err(e);
     }
-    fs::rename(&tmp_out, o.out).with_context(|| format!("renaming {} to {}", tmp_out.display(), o.out.display()))?;
+    fs::rename(&tmp_out, o.out)
+        .with_context(|| format!("renaming {} to {}", tmp_out.display(), o.out.display()))?;
     let write_seconds = t.elapsed().as_secs_f64();
     let bytes = fs::metadata(o.out)?.len();
-    (o.progress)(&format!("wrote {} ({bytes} bytes, {write_seconds:.1}s)", o.out.display()));
+    (o.progress)(&format!(
+        "wrote {} ({bytes} bytes, {write_seconds:.1}s)",
+        o.out.display()
+    ));
     if o.keep_workdir {
         let kept = work.keep();
-        (o.progress)(&format!("kept the applied root in {}", kept.join("root").display()));
+        (o.progress)(&format!(
+            "kept the applied root in {}",
+            kept.join("root").display()
+        ));
     }
     Ok(Baked {
         out: o.out.to_path_buf(),
@@ -267,7 +338,8 @@ fn install_firstboot(root: &Path, firstboot: &Path, trust: &Path, m: &Manifest) 
     let bin = root.join(FIRSTBOOT_PATH);
     fs::create_dir_all(bin.parent().expect("has a parent"))?;
     reject_symlink(root, &bin)?;
-    fs::copy(firstboot, &bin).with_context(|| format!("installing {} as /{FIRSTBOOT_PATH}", firstboot.display()))?;
+    fs::copy(firstboot, &bin)
+        .with_context(|| format!("installing {} as /{FIRSTBOOT_PATH}", firstboot.display()))?;
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
     let dest = root.join(TRUST_PATH);
     reject_symlink(root, &dest)?;
@@ -300,7 +372,10 @@ fn reject_symlink(root: &Path, path: &Path) -> Result<()> {
     for c in path.strip_prefix(root).unwrap_or(path).components() {
         p.push(c);
         if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            bail!("{} is a symlink in the image; refusing to write through it", p.display());
+            bail!(
+                "{} is a symlink in the image; refusing to write through it",
+                p.display()
+            );
         }
     }
     Ok(())
@@ -310,7 +385,13 @@ fn write_output(o: &BakeOptions, root: &Path, work: &Path, tmp_out: &Path) -> Re
     match o.format {
         Format::Tar => run(
             Command::new("tar")
-                .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--sort=name", "-cf"])
+                .args([
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--sort=name",
+                    "-cf",
+                ])
                 .arg(tmp_out)
                 .arg("-C")
                 .arg(root)
@@ -322,7 +403,10 @@ fn write_output(o: &BakeOptions, root: &Path, work: &Path, tmp_out: &Path) -> Re
             let raw = work.join("image.raw");
             mkfs(o, root, &raw)?;
             run(
-                Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(tmp_out),
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&raw)
+                    .arg(tmp_out),
                 "qemu-img convert",
             )?;
             let _ = fs::remove_file(&raw);
@@ -363,6 +447,8 @@ mod tests {
         assert_eq!(parse_size("512m"), Ok(512 << 20));
         assert_eq!(parse_size("1.5G"), Ok(3 << 29));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("2X").is_err() && parse_size("G").is_err() && parse_size("-1G").is_err());
+        assert!(
+            parse_size("2X").is_err() && parse_size("G").is_err() && parse_size("-1G").is_err()
+        );
     }
 }

@@ -83,7 +83,10 @@ pub fn find_definition(config: &Config, name: &str) -> Result<ResolvedBase> {
         let r = match config.resolve(&hg) {
             Ok(r) => r,
             Err(d) => {
-                problems.push(format!("hostgroup {hg}: {} configuration problem(s)", d.0.len()));
+                problems.push(format!(
+                    "hostgroup {hg}: {} configuration problem(s)",
+                    d.0.len()
+                ));
                 continue;
             }
         };
@@ -109,7 +112,11 @@ pub fn find_definition(config: &Config, name: &str) -> Result<ResolvedBase> {
         ),
         None => bail!(
             "no hostgroup targets a base named {name:?} (bases in the configuration: {})",
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         ),
     }
 }
@@ -123,7 +130,8 @@ pub fn cache_entry(cache: &Path, b: &ResolvedBase) -> PathBuf {
 pub fn cached_root(cache: &Path, b: &ResolvedBase) -> Option<PathBuf> {
     let entry = cache_entry(cache, b);
     let info: BuiltInfo = serde_json::from_slice(&fs::read(entry.join("base.json")).ok()?).ok()?;
-    (info.key == definition_digest(b) && entry.join("rootfs/etc").is_dir()).then(|| entry.join("rootfs"))
+    (info.key == definition_digest(b) && entry.join("rootfs/etc").is_dir())
+        .then(|| entry.join("rootfs"))
 }
 
 /// `base.json` beside a built base's `rootfs/`.
@@ -155,7 +163,10 @@ pub struct Mirrors {
 
 impl Mirrors {
     pub fn new(mirror: Option<&str>, security: Option<&str>) -> Mirrors {
-        let mirror = mirror.unwrap_or(DEFAULT_MIRROR).trim_end_matches('/').to_string();
+        let mirror = mirror
+            .unwrap_or(DEFAULT_MIRROR)
+            .trim_end_matches('/')
+            .to_string();
         let security = match security {
             Some(s) => s.trim_end_matches('/').to_string(),
             None if mirror.ends_with("/debian") => format!("{mirror}-security"),
@@ -168,7 +179,11 @@ impl Mirrors {
     pub fn sources_list(&self, b: &ResolvedBase) -> String {
         let mut out = String::from("# Written by kiln base build from the base definition.\n");
         for suite in std::iter::once(&b.suite).chain(&b.sources) {
-            let uri = if suite.ends_with("-security") { &self.security } else { &self.mirror };
+            let uri = if suite.ends_with("-security") {
+                &self.security
+            } else {
+                &self.mirror
+            };
             out.push_str(&format!("deb {uri} {suite} main\n"));
         }
         out
@@ -200,8 +215,13 @@ pub fn build(cache: &Path, b: &ResolvedBase, opts: &BuildOptions) -> Result<(Pat
     if !nix::unistd::geteuid().is_root() {
         bail!("building a base needs root (debootstrap creates device nodes and files of other users); run kiln base build as root");
     }
-    let debootstrap = which("debootstrap").ok_or_else(|| anyhow!("debootstrap is not installed (apt-get install debootstrap)"))?;
-    let _lock = lock_file(&bases.join(format!(".lock-{short}")), opts.progress, "another kiln base build of this base")?;
+    let debootstrap = which("debootstrap")
+        .ok_or_else(|| anyhow!("debootstrap is not installed (apt-get install debootstrap)"))?;
+    let _lock = lock_file(
+        &bases.join(format!(".lock-{short}")),
+        opts.progress,
+        "another kiln base build of this base",
+    )?;
     if !opts.rebuild {
         if let Some(root) = cached_root(cache, b) {
             return Ok((root, false));
@@ -246,7 +266,11 @@ pub fn build(cache: &Path, b: &ResolvedBase, opts: &BuildOptions) -> Result<(Pat
         b.suite,
         b.arch,
         b.variant,
-        if include.is_empty() { String::new() } else { format!(", +{} packages", include.len()) },
+        if include.is_empty() {
+            String::new()
+        } else {
+            format!(", +{} packages", include.len())
+        },
         opts.mirrors.mirror,
         entry.display(),
         log_path.display()
@@ -261,7 +285,10 @@ pub fn build(cache: &Path, b: &ResolvedBase, opts: &BuildOptions) -> Result<(Pat
             tail.push_str("\n-- debootstrap/debootstrap.log:\n");
             tail.push_str(&tail_lines(&inner, 30));
         }
-        bail!("debootstrap failed ({status}) for base {}; the end of its log:\n{tail}", b.name);
+        bail!(
+            "debootstrap failed ({status}) for base {}; the end of its log:\n{tail}",
+            b.name
+        );
     }
     // debootstrap leaves its .debs in the root; they are in the debootstrap cache already.
     if let Ok(rd) = fs::read_dir(rootfs.join("var/cache/apt/archives")) {
@@ -271,8 +298,11 @@ pub fn build(cache: &Path, b: &ResolvedBase, opts: &BuildOptions) -> Result<(Pat
             }
         }
     }
-    fs::write(rootfs.join("etc/apt/sources.list"), opts.mirrors.sources_list(b))
-        .context("writing the base's etc/apt/sources.list")?;
+    fs::write(
+        rootfs.join("etc/apt/sources.list"),
+        opts.mirrors.sources_list(b),
+    )
+    .context("writing the base's etc/apt/sources.list")?;
     let info = BaseInfo::open_dir(&rootfs)?;
     if let Err(why) = info.matches(b) {
         bail!("debootstrap made a root that is not base {}: {why}", b.name);
@@ -295,10 +325,12 @@ pub fn build(cache: &Path, b: &ResolvedBase, opts: &BuildOptions) -> Result<(Pat
     if entry.exists() {
         // --rebuild, or a directory without a valid base.json: out of the way first.
         let old = bases.join(format!(".old-{short}-{}", std::process::id()));
-        fs::rename(&entry, &old).with_context(|| format!("moving the old {} away", entry.display()))?;
+        fs::rename(&entry, &old)
+            .with_context(|| format!("moving the old {} away", entry.display()))?;
         safe_remove(&old)?;
     }
-    fs::rename(&tmp, &entry).with_context(|| format!("renaming {} to {}", tmp.display(), entry.display()))?;
+    fs::rename(&tmp, &entry)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), entry.display()))?;
     std::mem::forget(guard);
     (opts.progress)(&format!(
         "built base {} in {seconds}s: {} packages, packages digest {}",
@@ -325,8 +357,11 @@ fn safe_remove(dir: &Path) -> Result<()> {
     }
     if let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") {
         let prefix = format!("{}/", dir.display());
-        let mut below: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+        let mut below: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
         below.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in below {
             let _ = Command::new("umount").arg("-l").arg(m).status();
@@ -346,7 +381,9 @@ fn safe_remove(dir: &Path) -> Result<()> {
 }
 
 fn tail_lines(path: &Path, n: usize) -> String {
-    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -361,7 +398,11 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// An exclusive flock on `path` (created if missing), waiting for another holder.
-pub fn lock_file(path: &Path, progress: &dyn Fn(&str), who: &str) -> Result<nix::fcntl::Flock<File>> {
+pub fn lock_file(
+    path: &Path,
+    progress: &dyn Fn(&str),
+    who: &str,
+) -> Result<nix::fcntl::Flock<File>> {
     use nix::fcntl::{Flock, FlockArg};
     let f = fs::OpenOptions::new()
         .create(true)
@@ -397,7 +438,9 @@ impl BaseSpec {
         match fs::metadata(p) {
             Ok(m) if m.is_dir() => Ok(BaseSpec::Dir(p.to_path_buf())),
             Ok(_) => Ok(BaseSpec::Tar(p.to_path_buf())),
-            Err(_) if !s.contains('/') && !s.is_empty() && !s.starts_with('.') => Ok(BaseSpec::Name(s.to_string())),
+            Err(_) if !s.contains('/') && !s.is_empty() && !s.starts_with('.') => {
+                Ok(BaseSpec::Name(s.to_string()))
+            }
             Err(e) => bail!("base {s}: {e}"),
         }
     }
@@ -433,7 +476,8 @@ impl BaseInfo {
             BaseSpec::Dir(d) => BaseInfo::open_dir(d),
             BaseSpec::Tar(t) => BaseInfo::open_tar(t),
             BaseSpec::Name(n) => {
-                let config = config.ok_or_else(|| anyhow!("base {n}: a base name needs the configuration"))?;
+                let config = config
+                    .ok_or_else(|| anyhow!("base {n}: a base name needs the configuration"))?;
                 let def = find_definition(config, n)?;
                 let root = cached_root(cache, &def).ok_or_else(|| {
                     anyhow!(
@@ -497,9 +541,14 @@ impl BaseInfo {
     /// Reads a tar archive of a root filesystem, extracting only what Kiln reads from a base
     /// (os-release, dpkg's status and arch, etc/apt, usr/share/keyrings) into a temp dir.
     pub fn open_tar(path: &Path) -> Result<BaseInfo> {
-        let tmp = tempfile::Builder::new().prefix("kiln-base-").tempdir().context("creating a temp dir")?;
-        extract_for_resolution(path, tmp.path()).with_context(|| format!("reading base archive {}", path.display()))?;
-        let mut info = BaseInfo::open_dir(tmp.path()).with_context(|| format!("base archive {}", path.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-base-")
+            .tempdir()
+            .context("creating a temp dir")?;
+        extract_for_resolution(path, tmp.path())
+            .with_context(|| format!("reading base archive {}", path.display()))?;
+        let mut info = BaseInfo::open_dir(tmp.path())
+            .with_context(|| format!("base archive {}", path.display()))?;
         info.source = path.display().to_string();
         info._tmp = Some(tmp);
         Ok(info)
@@ -509,7 +558,10 @@ impl BaseInfo {
     pub fn matches(&self, b: &ResolvedBase) -> Result<(), String> {
         let mut diffs = Vec::new();
         if self.id != b.os_id {
-            diffs.push(format!("os-release ID is {:?}, the configuration says os_id {:?}", self.id, b.os_id));
+            diffs.push(format!(
+                "os-release ID is {:?}, the configuration says os_id {:?}",
+                self.id, b.os_id
+            ));
         }
         if self.version_id != b.version_id {
             diffs.push(format!(
@@ -518,7 +570,10 @@ impl BaseInfo {
             ));
         }
         if self.arch != b.arch {
-            diffs.push(format!("dpkg architecture is {}, the configuration says arch {}", self.arch, b.arch));
+            diffs.push(format!(
+                "dpkg architecture is {}, the configuration says arch {}",
+                self.arch, b.arch
+            ));
         }
         if diffs.is_empty() {
             Ok(())
@@ -550,7 +605,10 @@ pub fn parse_os_release(text: &str) -> (String, String) {
             version_id = Some(unquote(v));
         }
     }
-    (id.unwrap_or_else(|| "linux".into()), version_id.unwrap_or_default())
+    (
+        id.unwrap_or_else(|| "linux".into()),
+        version_id.unwrap_or_default(),
+    )
 }
 
 fn unquote(v: &str) -> String {
@@ -600,7 +658,10 @@ pub fn parse_status(text: &str) -> BTreeMap<String, (String, String)> {
 /// `dpkg-query --admindir=ROOT/var/lib/dpkg -W -f='${db:Status-Status} ${Package} ${Version} ${Architecture}\n'
 ///  | awk '$1 == "installed" { print $2, $3, $4 }' | LC_ALL=C sort | sha256sum`.
 pub fn packages_digest(installed: &BTreeMap<String, (String, String)>) -> String {
-    let mut lines: Vec<String> = installed.iter().map(|(n, (v, a))| format!("{n} {v} {a}\n")).collect();
+    let mut lines: Vec<String> = installed
+        .iter()
+        .map(|(n, (v, a))| format!("{n} {v} {a}\n"))
+        .collect();
     lines.sort();
     let mut h = Sha256::new();
     for l in &lines {
@@ -612,7 +673,12 @@ pub fn packages_digest(installed: &BTreeMap<String, (String, String)>) -> String
 /// The host path of `path` inside `root`, resolving symlinks as a chroot would: absolute
 /// targets start again at `root`, `..` never climbs above it.
 pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut todo: Vec<String> = path.split('/').filter(|c| !c.is_empty()).map(str::to_string).rev().collect();
+    let mut todo: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .rev()
+        .collect();
     let mut done: Vec<String> = Vec::new();
     let mut links = 0;
     while let Some(c) = todo.pop() {
@@ -631,7 +697,9 @@ pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(io::Error::other(format!("too many symlinks resolving {path}")));
+                    return Err(io::Error::other(format!(
+                        "too many symlinks resolving {path}"
+                    )));
                 }
                 let target = fs::read_link(&host)?;
                 let target = target.to_string_lossy().into_owned();
@@ -669,7 +737,9 @@ pub fn read_in_root(root: &Path, path: &str, limit: u64) -> io::Result<Vec<u8>> 
         return Err(io::Error::other(format!("{path} is not a regular file")));
     }
     if m.len() > limit {
-        return Err(io::Error::other(format!("{path} is larger than {limit} bytes")));
+        return Err(io::Error::other(format!(
+            "{path} is larger than {limit} bytes"
+        )));
     }
     fs::read(&host)
 }
@@ -691,8 +761,10 @@ fn decompressor(magic: &[u8]) -> Option<&'static str> {
 
 /// Whether an archive member is one Kiln reads from a base.
 fn wanted(rel: &str) -> bool {
-    matches!(rel, "etc/os-release" | "usr/lib/os-release" | "var/lib/dpkg/status" | "var/lib/dpkg/arch")
-        || rel.starts_with("etc/apt/")
+    matches!(
+        rel,
+        "etc/os-release" | "usr/lib/os-release" | "var/lib/dpkg/status" | "var/lib/dpkg/arch"
+    ) || rel.starts_with("etc/apt/")
         || rel.starts_with("usr/share/keyrings/")
 }
 
@@ -737,7 +809,9 @@ fn extract_for_resolution(archive: &Path, dest: &Path) -> Result<()> {
     for entry in ar.entries().context("reading the tar archive")? {
         let mut entry = entry.context("reading the tar archive")?;
         seen += 1;
-        let Some(rel) = member_path(&entry.path()?) else { continue };
+        let Some(rel) = member_path(&entry.path()?) else {
+            continue;
+        };
         if !wanted(&rel) {
             continue;
         }
@@ -790,14 +864,17 @@ fn extract_for_resolution(archive: &Path, dest: &Path) -> Result<()> {
 /// Writes `text` to `path` atomically (temp file in the same directory, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow!("writing {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("writing {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -822,29 +899,54 @@ mod tests {
         let r = d.path();
         fs::create_dir_all(r.join("usr/lib")).unwrap();
         fs::create_dir_all(r.join("etc")).unwrap();
-        fs::write(r.join("usr/lib/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        fs::write(
+            r.join("usr/lib/os-release"),
+            "ID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../usr/lib/os-release", r.join("etc/os-release")).unwrap();
         std::os::unix::fs::symlink("/../../../usr/lib/os-release", r.join("etc/abs")).unwrap();
         std::os::unix::fs::symlink("/etc/loop", r.join("etc/loop")).unwrap();
-        assert_eq!(resolve_in_root(r, "/etc/os-release").unwrap(), r.join("usr/lib/os-release"));
-        assert_eq!(resolve_in_root(r, "/etc/abs").unwrap(), r.join("usr/lib/os-release"));
+        assert_eq!(
+            resolve_in_root(r, "/etc/os-release").unwrap(),
+            r.join("usr/lib/os-release")
+        );
+        assert_eq!(
+            resolve_in_root(r, "/etc/abs").unwrap(),
+            r.join("usr/lib/os-release")
+        );
         assert!(resolve_in_root(r, "/etc/loop").is_err());
-        let (id, v) = parse_os_release(&String::from_utf8(read_in_root(r, "/etc/os-release", 100).unwrap()).unwrap());
+        let (id, v) = parse_os_release(
+            &String::from_utf8(read_in_root(r, "/etc/os-release", 100).unwrap()).unwrap(),
+        );
         assert_eq!((id.as_str(), v.as_str()), ("debian", "12"));
     }
 
     #[test]
     fn definition_digest_ignores_name_and_include_order() {
-        let a = ResolvedBase { include: vec!["b".into(), "a".into()], ..ResolvedBase::default() };
-        let b = ResolvedBase { name: "other".into(), include: vec!["a".into(), "b".into(), "a".into()], ..ResolvedBase::default() };
+        let a = ResolvedBase {
+            include: vec!["b".into(), "a".into()],
+            ..ResolvedBase::default()
+        };
+        let b = ResolvedBase {
+            name: "other".into(),
+            include: vec!["a".into(), "b".into(), "a".into()],
+            ..ResolvedBase::default()
+        };
         assert_eq!(definition_digest(&a), definition_digest(&b));
-        let c = ResolvedBase { sources: vec!["bookworm-updates".into()], ..a.clone() };
+        let c = ResolvedBase {
+            sources: vec!["bookworm-updates".into()],
+            ..a.clone()
+        };
         assert_ne!(definition_digest(&a), definition_digest(&c));
     }
 
     #[test]
     fn sources_list_uses_the_security_mirror_for_security_suites() {
-        let b = ResolvedBase { sources: vec!["bookworm-updates".into(), "bookworm-security".into()], ..ResolvedBase::default() };
+        let b = ResolvedBase {
+            sources: vec!["bookworm-updates".into(), "bookworm-security".into()],
+            ..ResolvedBase::default()
+        };
         let m = Mirrors::new(Some("http://deb.debian.org/debian/"), None);
         assert_eq!(
             m.sources_list(&b).lines().skip(1).collect::<Vec<_>>(),
@@ -854,6 +956,9 @@ mod tests {
                 "deb http://deb.debian.org/debian-security bookworm-security main",
             ]
         );
-        assert_eq!(Mirrors::new(Some("http://mirror.example/deb"), None).security, "http://security.debian.org/debian-security");
+        assert_eq!(
+            Mirrors::new(Some("http://mirror.example/deb"), None).security,
+            "http://security.debian.org/debian-security"
+        );
     }
 }

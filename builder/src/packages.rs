@@ -45,7 +45,11 @@ impl Request {
     pub fn from_resolved(r: &Resolved) -> Vec<Request> {
         r.packages
             .iter()
-            .map(|(name, p)| Request { name: name.clone(), version: p.value.version.clone(), span: Some(p.span.clone()) })
+            .map(|(name, p)| Request {
+                name: name.clone(),
+                version: p.value.version.clone(),
+                span: Some(p.span.clone()),
+            })
             .collect()
     }
 
@@ -115,9 +119,17 @@ impl Resolver {
         let apt_dir = cache.join("apt");
         fs::create_dir_all(&apt_dir).with_context(|| format!("creating {}", apt_dir.display()))?;
         let apt_dir = apt_dir.canonicalize()?;
-        let lock = base::lock_file(&apt_dir.join(".lock"), progress, "another kiln using this apt cache")?;
-        let view = tempfile::Builder::new().prefix("kiln-apt-").tempdir().context("creating a temp dir for apt")?;
-        let sources_key = make_view(base, view.path()).with_context(|| format!("reading the apt configuration of base {}", base.source))?;
+        let lock = base::lock_file(
+            &apt_dir.join(".lock"),
+            progress,
+            "another kiln using this apt cache",
+        )?;
+        let view = tempfile::Builder::new()
+            .prefix("kiln-apt-")
+            .tempdir()
+            .context("creating a temp dir for apt")?;
+        let sources_key = make_view(base, view.path())
+            .with_context(|| format!("reading the apt configuration of base {}", base.source))?;
         let lists = apt_dir.join("lists").join(&sources_key[..16]);
         let debs = apt_dir.join("debs");
         for d in [lists.join("partial"), debs.clone()] {
@@ -132,20 +144,53 @@ impl Resolver {
         let mut conf = String::new();
         let mut set = |k: &str, val: &str| conf.push_str(&format!("{k} \"{val}\";\n"));
         set("Dir::Etc::main", "/dev/null");
-        set("Dir::Etc::parts", &v.join("apt.conf.d").display().to_string());
+        set(
+            "Dir::Etc::parts",
+            &v.join("apt.conf.d").display().to_string(),
+        );
         set("Dir::State", &v.join("state").display().to_string());
-        set("Dir::State::status", &v.join("status").display().to_string());
+        set(
+            "Dir::State::status",
+            &v.join("status").display().to_string(),
+        );
         set("Dir::State::Lists", &lists.display().to_string());
         set("Dir::Cache", &v.join("cache").display().to_string());
-        set("Dir::Cache::archives", &v.join("archives").display().to_string());
-        set("Dir::Etc::sourcelist", &v.join("etc/sources.list").display().to_string());
-        set("Dir::Etc::sourceparts", &v.join("etc/sources.list.d").display().to_string());
-        set("Dir::Etc::trusted", &v.join("etc/trusted.gpg").display().to_string());
-        set("Dir::Etc::trustedparts", &v.join("etc/trusted.gpg.d").display().to_string());
-        set("Dir::Etc::preferences", &v.join("etc/preferences").display().to_string());
-        set("Dir::Etc::preferencesparts", &v.join("etc/preferences.d").display().to_string());
-        set("Dir::Etc::netrc", &v.join("etc/auth.conf").display().to_string());
-        set("Dir::Etc::netrcparts", &v.join("etc/auth.conf.d").display().to_string());
+        set(
+            "Dir::Cache::archives",
+            &v.join("archives").display().to_string(),
+        );
+        set(
+            "Dir::Etc::sourcelist",
+            &v.join("etc/sources.list").display().to_string(),
+        );
+        set(
+            "Dir::Etc::sourceparts",
+            &v.join("etc/sources.list.d").display().to_string(),
+        );
+        set(
+            "Dir::Etc::trusted",
+            &v.join("etc/trusted.gpg").display().to_string(),
+        );
+        set(
+            "Dir::Etc::trustedparts",
+            &v.join("etc/trusted.gpg.d").display().to_string(),
+        );
+        set(
+            "Dir::Etc::preferences",
+            &v.join("etc/preferences").display().to_string(),
+        );
+        set(
+            "Dir::Etc::preferencesparts",
+            &v.join("etc/preferences.d").display().to_string(),
+        );
+        set(
+            "Dir::Etc::netrc",
+            &v.join("etc/auth.conf").display().to_string(),
+        );
+        set(
+            "Dir::Etc::netrcparts",
+            &v.join("etc/auth.conf.d").display().to_string(),
+        );
         set("Dir::Log", &v.join("log").display().to_string());
         set("Debug::NoLocking", "true");
         set("APT::Architecture", &base.arch);
@@ -157,15 +202,25 @@ impl Resolver {
         set("Acquire::http::Timeout", "30");
         set("Acquire::https::Timeout", "30");
         set("APT::Update::Error-Mode", "any");
-        let archs: Vec<String> =
-            std::iter::once(&base.arch).chain(&base.foreign_archs).map(|a| format!("\"{a}\";")).collect();
+        let archs: Vec<String> = std::iter::once(&base.arch)
+            .chain(&base.foreign_archs)
+            .map(|a| format!("\"{a}\";"))
+            .collect();
         conf.push_str(&format!("APT::Architectures {{ {} }};\n", archs.join(" ")));
         for d in ["apt.conf.d", "state", "cache", "archives/partial", "log"] {
             fs::create_dir_all(v.join(d))?;
         }
         let apt_conf = v.join("apt.conf");
         fs::write(&apt_conf, conf)?;
-        Ok(Resolver { view, apt_conf, lists, debs, base: base.source.clone(), sources_key, _lock: lock })
+        Ok(Resolver {
+            view,
+            apt_conf,
+            lists,
+            debs,
+            base: base.source.clone(),
+            sources_key,
+            _lock: lock,
+        })
     }
 
     /// The digest of the base's apt sources, keys and preferences: names the lists directory.
@@ -190,11 +245,18 @@ impl Resolver {
 
     /// `apt-get update` of the base's sources into the cached lists.
     pub fn update(&self) -> Result<()> {
-        let out = self.apt("apt-get").arg("-q").arg("update").output().context("running apt-get update")?;
+        let out = self
+            .apt("apt-get")
+            .arg("-q")
+            .arg("update")
+            .output()
+            .context("running apt-get update")?;
         if !out.status.success() {
             let text = output_text(&out);
-            let mut lines: Vec<&str> =
-                text.lines().filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("Err:")).collect();
+            let mut lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("Err:"))
+                .collect();
             if lines.is_empty() {
                 lines = text.lines().collect();
             }
@@ -211,7 +273,10 @@ impl Resolver {
     /// Whether `update` has ever filled the lists (for `--no-apt-update`).
     pub fn has_lists(&self) -> bool {
         fs::read_dir(&self.lists)
-            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with("_Packages")))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+            })
             .unwrap_or(false)
     }
 
@@ -221,18 +286,34 @@ impl Resolver {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let fail = |problems: Vec<String>| ResolveError { hostgroup: hostgroup.to_string(), base: self.base.clone(), problems };
+        let fail = |problems: Vec<String>| ResolveError {
+            hostgroup: hostgroup.to_string(),
+            base: self.base.clone(),
+            problems,
+        };
         let mut cmd = self.apt("apt-get");
-        cmd.args(["-q", "-y", "--no-remove", "--allow-downgrades", "--print-uris", "install"]);
+        cmd.args([
+            "-q",
+            "-y",
+            "--no-remove",
+            "--allow-downgrades",
+            "--print-uris",
+            "install",
+        ]);
         cmd.args(requests.iter().map(Request::apt_arg));
-        let out = cmd.output().map_err(|e| fail(vec![format!("running apt-get: {e}")]))?;
+        let out = cmd
+            .output()
+            .map_err(|e| fail(vec![format!("running apt-get: {e}")]))?;
         let text = output_text(&out);
         if !out.status.success() {
             return Err(fail(explain(&text, requests)));
         }
         let mut debs = Vec::new();
         for line in text.lines().filter(|l| l.starts_with('\'')) {
-            debs.push(parse_uri_line(line).map_err(|e| fail(vec![format!("unexpected apt output {line:?}: {e}")]))?);
+            debs.push(
+                parse_uri_line(line)
+                    .map_err(|e| fail(vec![format!("unexpected apt output {line:?}: {e}")]))?,
+            );
         }
         debs.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
         Ok(debs)
@@ -240,7 +321,11 @@ impl Resolver {
 
     /// Makes sure every deb is in the cache with its SHA256, downloading the missing ones with
     /// one `apt-get download`. Returns each deb's path.
-    pub fn fetch(&self, debs: &[Deb], progress: &dyn Fn(&str)) -> Result<BTreeMap<String, PathBuf>> {
+    pub fn fetch(
+        &self,
+        debs: &[Deb],
+        progress: &dyn Fn(&str),
+    ) -> Result<BTreeMap<String, PathBuf>> {
         let mut unique: BTreeMap<&str, &Deb> = BTreeMap::new();
         for d in debs {
             unique.insert(&d.file_name, d);
@@ -253,7 +338,8 @@ impl Resolver {
                 Ok(_) => {
                     // Truncated by an interrupted download, or another build of the same
                     // name_version_arch: fetch it again.
-                    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                    fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
                     missing.push(*d);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(*d),
@@ -262,26 +348,43 @@ impl Resolver {
         }
         if !missing.is_empty() {
             let bytes: u64 = missing.iter().map(|d| d.size).sum();
-            progress(&format!("downloading {} packages ({:.1} MB) into {}", missing.len(), bytes as f64 / 1e6, self.debs.display()));
+            progress(&format!(
+                "downloading {} packages ({:.1} MB) into {}",
+                missing.len(),
+                bytes as f64 / 1e6,
+                self.debs.display()
+            ));
             let mut cmd = self.apt("apt-get");
             cmd.current_dir(&self.debs).args(["-q", "download"]);
-            cmd.args(missing.iter().map(|d| format!("{}:{}={}", d.name, d.arch, d.version)));
+            cmd.args(
+                missing
+                    .iter()
+                    .map(|d| format!("{}:{}={}", d.name, d.arch, d.version)),
+            );
             let out = cmd.output().context("running apt-get download")?;
             if !out.status.success() {
                 let text = output_text(&out);
-                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("E:") || l.starts_with("Err:")).collect();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("E:") || l.starts_with("Err:"))
+                    .collect();
                 bail!(
                     "apt-get download failed for base {} ({}):\n  {}",
                     self.base,
                     out.status,
-                    if lines.is_empty() { text.trim().to_string() } else { lines.join("\n  ") }
+                    if lines.is_empty() {
+                        text.trim().to_string()
+                    } else {
+                        lines.join("\n  ")
+                    }
                 );
             }
         }
         let mut paths = BTreeMap::new();
         for d in unique.values() {
             let path = self.debs.join(&d.file_name);
-            let (sha, size) = file_sha256(&path).with_context(|| format!("apt-get download left no {}", path.display()))?;
+            let (sha, size) = file_sha256(&path)
+                .with_context(|| format!("apt-get download left no {}", path.display()))?;
             if sha != d.sha256 || size != d.size {
                 bail!(
                     "{}: sha256 {sha} ({size} bytes) differs from the repository index's {} ({} bytes)",
@@ -353,7 +456,10 @@ fn parse_uri_line(line: &str) -> Result<Deb, String> {
     let file_name = f.next().ok_or("no file name")?.to_string();
     let size: u64 = f.next().ok_or("no size")?.parse().map_err(|_| "bad size")?;
     let hash = f.next().ok_or("no hash")?;
-    let sha256 = hash.strip_prefix("SHA256:").ok_or("not a SHA256 hash (Acquire::ForceHash)")?.to_ascii_lowercase();
+    let sha256 = hash
+        .strip_prefix("SHA256:")
+        .ok_or("not a SHA256 hash (Acquire::ForceHash)")?
+        .to_ascii_lowercase();
     if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err("bad SHA256".into());
     }
@@ -366,7 +472,15 @@ fn parse_uri_line(line: &str) -> Result<Deb, String> {
     if name.is_empty() || version.is_empty() || arch.is_empty() || file_name.contains('/') {
         return Err("file name is not name_version_arch.deb".into());
     }
-    Ok(Deb { name, version, arch, sha256, size, uri: uri.to_string(), file_name })
+    Ok(Deb {
+        name,
+        version,
+        arch,
+        sha256,
+        size,
+        uri: uri.to_string(),
+        file_name,
+    })
 }
 
 /// The requested package a line of apt's output is about, if any.
@@ -436,7 +550,9 @@ fn explain(text: &str, requests: &[Request]) -> Vec<String> {
                     "E: installing these packages would remove {} from the base, and a bundle never removes base packages",
                     if removed.is_empty() { "packages".to_string() } else { removed.join(" ") }
                 ));
-            } else if line.contains("Unable to correct problems, you have held broken packages") && !reasons.is_empty() {
+            } else if line.contains("Unable to correct problems, you have held broken packages")
+                && !reasons.is_empty()
+            {
                 // Says nothing more than the unmet dependencies above it.
             } else {
                 reasons.push(line.trim_end().to_string());
@@ -444,15 +560,27 @@ fn explain(text: &str, requests: &[Request]) -> Vec<String> {
         }
     }
     if reasons.is_empty() {
-        reasons = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        reasons = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
     }
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for r in reasons {
         let line = match named_package(&r, requests) {
             Some(req) => {
-                let at = req.span.as_ref().map(|s| format!("{s}: ")).unwrap_or_default();
-                let pin = req.version.as_ref().map(|v| format!(" (pinned {v})")).unwrap_or_default();
+                let at = req
+                    .span
+                    .as_ref()
+                    .map(|s| format!("{s}: "))
+                    .unwrap_or_default();
+                let pin = req
+                    .version
+                    .as_ref()
+                    .map(|v| format!(" (pinned {v})"))
+                    .unwrap_or_default();
                 format!("{at}package {}{pin}: {}", req.name, r.trim())
             }
             None => format!("apt: {}", r.trim()),
@@ -468,11 +596,18 @@ fn explain(text: &str, requests: &[Request]) -> Vec<String> {
 /// and the keyrings its sources name; returns the sha256 of what decides the package lists.
 fn make_view(base: &BaseInfo, dir: &Path) -> Result<String> {
     let etc = dir.join("etc");
-    for d in ["sources.list.d", "trusted.gpg.d", "preferences.d", "auth.conf.d"] {
+    for d in [
+        "sources.list.d",
+        "trusted.gpg.d",
+        "preferences.d",
+        "auth.conf.d",
+    ] {
         fs::create_dir_all(etc.join(d))?;
     }
     fs::create_dir_all(dir.join("keyrings"))?;
-    let status = base.read("/var/lib/dpkg/status", 256 << 20).context("reading var/lib/dpkg/status")?;
+    let status = base
+        .read("/var/lib/dpkg/status", 256 << 20)
+        .context("reading var/lib/dpkg/status")?;
     fs::write(dir.join("status"), status)?;
     let mut key = Sha256::new();
     key.update(format!("arch {} {}\n", base.arch, base.foreign_archs.join(",")).as_bytes());
@@ -495,7 +630,9 @@ fn make_view(base: &BaseInfo, dir: &Path) -> Result<String> {
     }
     for name in list_dir(base, "/etc/apt/sources.list.d")? {
         let rel = format!("sources.list.d/{name}");
-        let bytes = base.read(&format!("/etc/apt/{rel}"), APT_FILE_LIMIT).with_context(|| format!("reading etc/apt/{rel}"))?;
+        let bytes = base
+            .read(&format!("/etc/apt/{rel}"), APT_FILE_LIMIT)
+            .with_context(|| format!("reading etc/apt/{rel}"))?;
         let text = String::from_utf8_lossy(&bytes);
         let t = if name.ends_with(".list") {
             rewrite_one_line(&text, &mut keyrings)?
@@ -517,12 +654,20 @@ fn make_view(base: &BaseInfo, dir: &Path) -> Result<String> {
             fs::write(etc.join(file), b)?;
         }
         for name in list_dir(base, &format!("/etc/apt/{parts}"))? {
-            let ok = exts.iter().any(|x| if x.is_empty() { !name.contains('.') } else { name.ends_with(x) });
+            let ok = exts.iter().any(|x| {
+                if x.is_empty() {
+                    !name.contains('.')
+                } else {
+                    name.ends_with(x)
+                }
+            });
             if !ok {
                 continue;
             }
             let rel = format!("{parts}/{name}");
-            let b = base.read(&format!("/etc/apt/{rel}"), APT_FILE_LIMIT).with_context(|| format!("reading etc/apt/{rel}"))?;
+            let b = base
+                .read(&format!("/etc/apt/{rel}"), APT_FILE_LIMIT)
+                .with_context(|| format!("reading etc/apt/{rel}"))?;
             key.update(format!("{rel} {}\n", b.len()).as_bytes());
             key.update(&b);
             fs::write(etc.join(&rel), b)?;
@@ -538,7 +683,10 @@ fn make_view(base: &BaseInfo, dir: &Path) -> Result<String> {
 fn keyrings_digest_inputs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir.join("keyrings"))?.flatten() {
-        out.push((e.file_name().to_string_lossy().into_owned(), fs::read(e.path())?));
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            fs::read(e.path())?,
+        ));
     }
     out.sort();
     Ok(out)
@@ -552,7 +700,11 @@ fn list_dir(base: &BaseInfo, path: &str) -> Result<Vec<String>> {
         Ok(rd) => {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c)) && !n.starts_with('.') {
+                if !n.is_empty()
+                    && n.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c))
+                    && !n.starts_with('.')
+                {
                     names.push(n);
                 }
             }
@@ -576,14 +728,23 @@ impl Keyrings<'_> {
     /// stay.
     fn rewrite(&mut self, value: &str) -> Result<String> {
         let mut out = Vec::new();
-        for item in value.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
+        for item in value
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+        {
             if item.starts_with('/') {
                 let bytes = self.base.read(item, APT_FILE_LIMIT).map_err(|e| {
                     anyhow!("the base's apt sources name the keyring {item}, which the base does not have ({e})")
                 })?;
                 self.n += 1;
-                let file = Path::new(item).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                let copy = self.dir.join("keyrings").join(format!("{:02}-{file}", self.n));
+                let file = Path::new(item)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let copy = self
+                    .dir
+                    .join("keyrings")
+                    .join(format!("{:02}-{file}", self.n));
                 fs::write(&copy, bytes)?;
                 out.push(copy.display().to_string());
             } else {
@@ -606,11 +767,18 @@ fn rewrite_one_line(text: &str, keys: &mut Keyrings) -> Result<String> {
                 let mut new_opts = Vec::new();
                 for o in opts.split_whitespace() {
                     match o.split_once('=') {
-                        Some((k, v)) if k.eq_ignore_ascii_case("signed-by") => new_opts.push(format!("signed-by={}", keys.rewrite(v)?)),
+                        Some((k, v)) if k.eq_ignore_ascii_case("signed-by") => {
+                            new_opts.push(format!("signed-by={}", keys.rewrite(v)?))
+                        }
                         _ => new_opts.push(o.to_string()),
                     }
                 }
-                out.push_str(&format!("{}[{}]{}\n", &trimmed[..open], new_opts.join(" "), &trimmed[close + 1..]));
+                out.push_str(&format!(
+                    "{}[{}]{}\n",
+                    &trimmed[..open],
+                    new_opts.join(" "),
+                    &trimmed[close + 1..]
+                ));
                 continue;
             }
         }
@@ -646,7 +814,10 @@ mod tests {
     #[test]
     fn print_uris_lines_parse() {
         let d = parse_uri_line("'http://deb.debian.org/debian/pool/main/libb/libbpf/libbpf1_1.1.2-0%2bdeb12u1_amd64.deb' libbpf1_1%3a1.1.2-0+deb12u1_amd64.deb 145032 SHA256:5e7505ef77ebc84ad0203411e4afdeb8a98f40fb7f78f013aa4dd8710e49f8ed").unwrap();
-        assert_eq!((d.name.as_str(), d.version.as_str(), d.arch.as_str(), d.size), ("libbpf1", "1:1.1.2-0+deb12u1", "amd64", 145032));
+        assert_eq!(
+            (d.name.as_str(), d.version.as_str(), d.arch.as_str(), d.size),
+            ("libbpf1", "1:1.1.2-0+deb12u1", "amd64", 145032)
+        );
         assert_eq!(d.file_name, "libbpf1_1%3a1.1.2-0+deb12u1_amd64.deb");
         assert!(parse_uri_line("'u' x_1_amd64.deb 1 MD5Sum:00").is_err());
     }
@@ -654,9 +825,21 @@ mod tests {
     #[test]
     fn apt_reasons_name_the_package() {
         let reqs = vec![
-            Request { name: "nginx".into(), version: Some("9.9".into()), span: None },
-            Request { name: "nosuch".into(), version: None, span: None },
-            Request { name: "postfix".into(), version: None, span: None },
+            Request {
+                name: "nginx".into(),
+                version: Some("9.9".into()),
+                span: None,
+            },
+            Request {
+                name: "nosuch".into(),
+                version: None,
+                span: None,
+            },
+            Request {
+                name: "postfix".into(),
+                version: None,
+                span: None,
+            },
         ];
         let text = "Reading package lists...\nE: Unable to locate package nosuch\nE: Version '9.9' for 'nginx' was not found\n";
         assert_eq!(
@@ -669,7 +852,10 @@ mod tests {
         let text = "The following packages have unmet dependencies:\n exim4-config : Conflicts: postfix but 3.7 is to be installed\n postfix : Conflicts: mail-transport-agent\nE: Unable to correct problems, you have held broken packages.\n";
         assert_eq!(
             explain(text, &reqs),
-            ["apt: exim4-config : Conflicts: postfix but 3.7 is to be installed", "package postfix: postfix : Conflicts: mail-transport-agent"]
+            [
+                "apt: exim4-config : Conflicts: postfix but 3.7 is to be installed",
+                "package postfix: postfix : Conflicts: mail-transport-agent"
+            ]
         );
     }
 
@@ -681,17 +867,35 @@ mod tests {
         fs::create_dir_all(root.join("etc")).unwrap();
         fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
         fs::write(root.join("etc/os-release"), "ID=debian\nVERSION_ID=12\n").unwrap();
-        fs::write(root.join("var/lib/dpkg/status"), "Package: dpkg\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n").unwrap();
+        fs::write(
+            root.join("var/lib/dpkg/status"),
+            "Package: dpkg\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n",
+        )
+        .unwrap();
         fs::write(root.join("usr/share/keyrings/k.gpg"), "KEY").unwrap();
         let base = BaseInfo::open_dir(&root).unwrap();
         let view = d.path().join("view");
         fs::create_dir_all(view.join("keyrings")).unwrap();
-        let mut k = Keyrings { base: &base, dir: &view, n: 0 };
+        let mut k = Keyrings {
+            base: &base,
+            dir: &view,
+            n: 0,
+        };
         let t = rewrite_one_line("# c\ndeb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://x/debian bookworm main\n", &mut k).unwrap();
         let copy = view.join("keyrings/01-k.gpg");
-        assert_eq!(t, format!("# c\ndeb [arch=amd64 signed-by={}] http://x/debian bookworm main\n", copy.display()));
+        assert_eq!(
+            t,
+            format!(
+                "# c\ndeb [arch=amd64 signed-by={}] http://x/debian bookworm main\n",
+                copy.display()
+            )
+        );
         assert_eq!(fs::read(&copy).unwrap(), b"KEY");
-        let t = rewrite_deb822("Types: deb\nURIs: http://x\nSigned-By: /usr/share/keyrings/k.gpg\n", &mut k).unwrap();
+        let t = rewrite_deb822(
+            "Types: deb\nURIs: http://x\nSigned-By: /usr/share/keyrings/k.gpg\n",
+            &mut k,
+        )
+        .unwrap();
         assert!(t.contains("Signed-By: ") && t.contains("02-k.gpg"), "{t}");
         assert!(rewrite_deb822("Signed-By: /nope.gpg\n", &mut k).is_err());
     }

@@ -64,7 +64,13 @@ fn purl_escape(s: &str) -> String {
     out
 }
 
-fn purl(os_id: &str, name: &str, version: Option<&str>, arch: Option<&str>, distro: &str) -> String {
+fn purl(
+    os_id: &str,
+    name: &str,
+    version: Option<&str>,
+    arch: Option<&str>,
+    distro: &str,
+) -> String {
     let mut p = format!("pkg:deb/{}/{}", purl_escape(os_id), purl_escape(name));
     if let Some(v) = version {
         p.push('@');
@@ -80,7 +86,14 @@ fn purl(os_id: &str, name: &str, version: Option<&str>, arch: Option<&str>, dist
     p
 }
 
-fn deb_package(id: String, name: &str, version: Option<&str>, arch: Option<&str>, m: &Manifest, extra: Value) -> Value {
+fn deb_package(
+    id: String,
+    name: &str,
+    version: Option<&str>,
+    arch: Option<&str>,
+    m: &Manifest,
+    extra: Value,
+) -> Value {
     let distro = format!("{}-{}", m.base.id, m.base.version_id);
     let mut p = json!({
         "SPDXID": id,
@@ -110,7 +123,13 @@ fn deb_package(id: String, name: &str, version: Option<&str>, arch: Option<&str>
 
 /// The SPDX 2.3 document for a bundle written as `bundle_file` with SHA256 `bundle_sha256`.
 /// `uris` gives each carried deb's download location by SHA256.
-pub fn spdx(m: &Manifest, bundle_file: &str, bundle_sha256: &str, base: Option<&BaseFacts>, uris: &BTreeMap<String, String>) -> Value {
+pub fn spdx(
+    m: &Manifest,
+    bundle_file: &str,
+    bundle_sha256: &str,
+    base: Option<&BaseFacts>,
+    uris: &BTreeMap<String, String>,
+) -> Value {
     let builder_tool = m.builder.replace(' ', "-");
     let bundle_id = "SPDXRef-Bundle".to_string();
     let base_id = "SPDXRef-Base".to_string();
@@ -170,7 +189,10 @@ pub fn spdx(m: &Manifest, bundle_file: &str, bundle_sha256: &str, base: Option<&
         }
         let mut extra = serde_json::Map::new();
         if let Some(d) = &p.digest {
-            extra.insert("checksums".into(), json!([{"algorithm": "SHA256", "checksumValue": d}]));
+            extra.insert(
+                "checksums".into(),
+                json!([{"algorithm": "SHA256", "checksumValue": d}]),
+            );
             if let Some(u) = uris.get(d) {
                 extra.insert("downloadLocation".into(), json!(u));
             }
@@ -184,7 +206,14 @@ pub fn spdx(m: &Manifest, bundle_file: &str, bundle_sha256: &str, base: Option<&
                 }),
             );
         }
-        packages.push(deb_package(id.clone(), &p.name, p.version.as_deref(), p.arch.as_deref(), m, Value::Object(extra)));
+        packages.push(deb_package(
+            id.clone(),
+            &p.name,
+            p.version.as_deref(),
+            p.arch.as_deref(),
+            m,
+            Value::Object(extra),
+        ));
         relationships.push(json!({
             "spdxElementId": bundle_id,
             "relationshipType": "CONTAINS",
@@ -243,10 +272,19 @@ mod tests {
 
     #[test]
     fn ids_and_purls_are_well_formed() {
-        assert_eq!(spdx_id("deb", "libstdc++6", Some("amd64")), "SPDXRef-deb-libstdc-2B-2B6--amd64");
+        assert_eq!(
+            spdx_id("deb", "libstdc++6", Some("amd64")),
+            "SPDXRef-deb-libstdc-2B-2B6--amd64"
+        );
         assert_ne!(spdx_id("deb", "a+b", None), spdx_id("deb", "a-b", None));
         assert_eq!(
-            purl("debian", "libbpf1", Some("1:1.1.2-0+deb12u1"), Some("amd64"), "debian-12"),
+            purl(
+                "debian",
+                "libbpf1",
+                Some("1:1.1.2-0+deb12u1"),
+                Some("amd64"),
+                "debian-12"
+            ),
             "pkg:deb/debian/libbpf1@1%3A1.1.2-0%2Bdeb12u1?arch=amd64&distro=debian-12"
         );
     }

@@ -50,29 +50,65 @@ fn setup(base: &str) -> Option<Setup> {
     let out = dir.join("out");
     let cache = test_cache();
     ok(&kiln(&[
-        "build", "app", "--config", config.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--version", "4", "--expires", "3650d", "--base", base, "--cache", cache.to_str().unwrap(),
+        "build",
+        "app",
+        "--config",
+        config.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "4",
+        "--expires",
+        "3650d",
+        "--base",
+        base,
+        "--cache",
+        cache.to_str().unwrap(),
     ]));
-    Some(Setup { bundle: out.join("app-4.kiln"), trust, firstboot, dir, _t: t })
+    Some(Setup {
+        bundle: out.join("app-4.kiln"),
+        trust,
+        firstboot,
+        dir,
+        _t: t,
+    })
 }
 
 fn bake(s: &Setup, base: &str, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
-        "bake", s.bundle.to_str().unwrap(), "--base", base, "--out", out.to_str().unwrap(), "--trust",
-        s.trust.to_str().unwrap(), "--firstboot", s.firstboot.to_str().unwrap(), "--json",
+        "bake",
+        s.bundle.to_str().unwrap(),
+        "--base",
+        base,
+        "--out",
+        out.to_str().unwrap(),
+        "--trust",
+        s.trust.to_str().unwrap(),
+        "--firstboot",
+        s.firstboot.to_str().unwrap(),
+        "--json",
     ];
     args.extend_from_slice(extra);
     kiln(&args)
 }
 
 fn debugfs(image: &Path, request: &str) -> String {
-    let o = Command::new("debugfs").arg("-R").arg(request).arg(image).output().unwrap();
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(image)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
 fn bake_writes_tar_raw_and_qcow2_images_of_the_applied_root() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     if !need_root() {
         return;
     }
@@ -84,10 +120,31 @@ fn bake_writes_tar_raw_and_qcow2_images_of_the_applied_root() {
     let o = bake(&s, &base, &tar, &["--format", "tar"]);
     let r: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     times.push(format!("tar {:.1}s", r["total_seconds"].as_f64().unwrap()));
-    let list = String::from_utf8_lossy(&Command::new("tar").arg("-tvf").arg(&tar).arg("./srv/app/").arg("./usr/local/sbin/kiln-firstboot").output().unwrap().stdout).into_owned();
-    assert!(list.contains("2500/2500") && list.contains("./srv/app/"), "{list}");
-    assert!(list.contains("-rwxr-xr-x 0/0") && list.contains("./usr/local/sbin/kiln-firstboot"), "{list}");
-    let motd = Command::new("tar").arg("-xOf").arg(&tar).arg("./etc/motd").output().unwrap();
+    let list = String::from_utf8_lossy(
+        &Command::new("tar")
+            .arg("-tvf")
+            .arg(&tar)
+            .arg("./srv/app/")
+            .arg("./usr/local/sbin/kiln-firstboot")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        list.contains("2500/2500") && list.contains("./srv/app/"),
+        "{list}"
+    );
+    assert!(
+        list.contains("-rwxr-xr-x 0/0") && list.contains("./usr/local/sbin/kiln-firstboot"),
+        "{list}"
+    );
+    let motd = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("./etc/motd")
+        .output()
+        .unwrap();
     assert_eq!(motd.stdout, b"baked by kiln\n");
 
     // raw: a clean ext4 with the applied files, the package installed, kiln-firstboot and the keys.
@@ -95,21 +152,43 @@ fn bake_writes_tar_raw_and_qcow2_images_of_the_applied_root() {
     let o = bake(&s, &base, &raw, &["--format", "raw"]);
     let r: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     times.push(format!("raw {:.1}s", r["total_seconds"].as_f64().unwrap()));
-    let fsck = Command::new("e2fsck").arg("-fn").arg(&raw).output().unwrap();
-    assert!(fsck.status.success(), "e2fsck -fn: {}{}", String::from_utf8_lossy(&fsck.stdout), stderr(&fsck));
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        stderr(&fsck)
+    );
     assert_eq!(debugfs(&raw, "cat /etc/motd"), "baked by kiln\n");
-    assert_eq!(debugfs(&raw, "cat /etc/nginx/sites-available/app.conf"), "server { listen 8080; root /srv/app; }\n");
-    assert!(debugfs(&raw, "stat /etc/nginx/sites-enabled/app.conf").contains("Fast link dest: \"/etc/nginx/sites-available/app.conf\""));
+    assert_eq!(
+        debugfs(&raw, "cat /etc/nginx/sites-available/app.conf"),
+        "server { listen 8080; root /srv/app; }\n"
+    );
+    assert!(debugfs(&raw, "stat /etc/nginx/sites-enabled/app.conf")
+        .contains("Fast link dest: \"/etc/nginx/sites-available/app.conf\""));
     assert!(debugfs(&raw, "ls /etc/nginx/sites-enabled").contains("app.conf"));
     assert!(!debugfs(&raw, "ls /etc/nginx/sites-enabled").contains("default"));
     assert!(debugfs(&raw, "stat /srv/app").contains("User:  2500   Group:  2500"));
     assert!(debugfs(&raw, "cat /etc/passwd").contains("deploy:x:2500:"));
     let wants = debugfs(&raw, "ls /etc/systemd/system/multi-user.target.wants");
-    assert!(wants.contains("kiln-hello.service") && wants.contains("nginx.service"), "{wants}");
+    assert!(
+        wants.contains("kiln-hello.service") && wants.contains("nginx.service"),
+        "{wants}"
+    );
     let status = debugfs(&raw, "cat /var/lib/dpkg/status");
-    assert!(status.contains("Package: nginx\nStatus: install ok installed\n"), "nginx not installed in the image");
+    assert!(
+        status.contains("Package: nginx\nStatus: install ok installed\n"),
+        "nginx not installed in the image"
+    );
     assert!(debugfs(&raw, "stat /usr/local/sbin/kiln-firstboot").contains("Mode:  0755"));
-    assert_eq!(debugfs(&raw, "cat /etc/kiln/trust/key.pub"), std::fs::read_to_string(s.trust.join("key.pub")).unwrap());
+    assert_eq!(
+        debugfs(&raw, "cat /etc/kiln/trust/key.pub"),
+        std::fs::read_to_string(s.trust.join("key.pub")).unwrap()
+    );
     assert_eq!(debugfs(&raw, "cat /etc/kiln/hostgroup"), "app\n");
     assert!(debugfs(&raw, "cat /var/lib/kiln/state.json").contains("\"result\": \"success\""));
     assert!(!debugfs(&raw, "ls /usr/sbin").contains("policy-rc.d"));
@@ -118,25 +197,48 @@ fn bake_writes_tar_raw_and_qcow2_images_of_the_applied_root() {
     let qcow2 = s.dir.join("img/app.qcow2");
     let o = bake(&s, &base, &qcow2, &["--format", "qcow2", "--size", "1G"]);
     let r: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
-    times.push(format!("qcow2 {:.1}s", r["total_seconds"].as_f64().unwrap()));
-    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&qcow2).output().unwrap();
+    times.push(format!(
+        "qcow2 {:.1}s",
+        r["total_seconds"].as_f64().unwrap()
+    ));
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&qcow2)
+        .output()
+        .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"], 1u64 << 30);
     let back = s.dir.join("img/back.raw");
-    let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&qcow2).arg(&back).status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow2)
+        .arg(&back)
+        .status()
+        .unwrap();
     assert!(st.success());
-    assert!(Command::new("e2fsck").arg("-fn").arg(&back).output().unwrap().status.success());
+    assert!(Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&back)
+        .output()
+        .unwrap()
+        .status
+        .success());
     assert_eq!(debugfs(&back, "cat /etc/motd"), "baked by kiln\n");
     eprintln!("bake times: {}", times.join(", "));
     // Nothing left beside the outputs.
-    let left: Vec<String> = std::fs::read_dir(s.dir.join("img")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = std::fs::read_dir(s.dir.join("img"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(left.iter().all(|n| !n.starts_with('.')), "{left:?}");
 }
 
 #[test]
 fn bake_refuses_another_base_an_untrusted_key_and_a_too_small_image() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     if !need_root() {
         return;
     }
@@ -152,7 +254,9 @@ fn bake_refuses_another_base_an_untrusted_key_and_a_too_small_image() {
     assert_eq!(o.status.code(), Some(15), "{}", stderr(&o));
     assert!(stderr(&o).contains("with package set"), "{}", stderr(&o));
     // Another release.
-    let os = std::fs::read_to_string(other.join("usr/lib/os-release")).unwrap().replace("VERSION_ID=\"12\"", "VERSION_ID=\"13\"");
+    let os = std::fs::read_to_string(other.join("usr/lib/os-release"))
+        .unwrap()
+        .replace("VERSION_ID=\"12\"", "VERSION_ID=\"13\"");
     std::fs::write(other.join("usr/lib/os-release"), os).unwrap();
     let o = bake(&s, other.to_str().unwrap(), &out, &[]);
     assert_eq!(o.status.code(), Some(15), "{}", stderr(&o));
@@ -161,16 +265,33 @@ fn bake_refuses_another_base_an_untrusted_key_and_a_too_small_image() {
     std::fs::create_dir_all(&t2).unwrap();
     let (_, other_trust) = key_and_trust(&t2);
     let o = kiln(&[
-        "bake", s.bundle.to_str().unwrap(), "--base", &base, "--out", out.to_str().unwrap(), "--trust",
-        other_trust.to_str().unwrap(), "--firstboot", s.firstboot.to_str().unwrap(),
+        "bake",
+        s.bundle.to_str().unwrap(),
+        "--base",
+        &base,
+        "--out",
+        out.to_str().unwrap(),
+        "--trust",
+        other_trust.to_str().unwrap(),
+        "--firstboot",
+        s.firstboot.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
     // An image too small for the root: mkfs.ext4's complaint, and no output.
     let raw = s.dir.join("img/small.raw");
     let o = bake(&s, &base, &raw, &["--format", "raw", "--size", "64M"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("mkfs.ext4 -d") && stderr(&o).contains("raise --size"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mkfs.ext4 -d") && stderr(&o).contains("raise --size"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!raw.exists() && !out.exists());
-    let left: Vec<String> = std::fs::read_dir(s.dir.join("img")).map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let left: Vec<String> = std::fs::read_dir(s.dir.join("img"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }

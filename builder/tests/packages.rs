@@ -12,12 +12,31 @@ use std::process::Command;
 use support::*;
 
 /// `kiln build HOSTGROUP... --base BASE` into `out`; returns the kiln output.
-fn build_with_base(config: &Path, key: &Path, out: &Path, base: &str, hostgroups: &[&str], extra: &[&str]) -> std::process::Output {
+fn build_with_base(
+    config: &Path,
+    key: &Path,
+    out: &Path,
+    base: &str,
+    hostgroups: &[&str],
+    extra: &[&str],
+) -> std::process::Output {
     let cache = test_cache();
     let mut args = vec![
-        "build", "--config", config.to_str().unwrap(), "--key", key.to_str().unwrap(),
-        "--out", out.to_str().unwrap(), "--version", "3", "--expires", "3650d", "--base", base,
-        "--cache", cache.to_str().unwrap(),
+        "build",
+        "--config",
+        config.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "3",
+        "--expires",
+        "3650d",
+        "--base",
+        base,
+        "--cache",
+        cache.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     args.extend_from_slice(hostgroups);
@@ -25,7 +44,12 @@ fn build_with_base(config: &Path, key: &Path, out: &Path, base: &str, hostgroups
 }
 
 fn packages_of(m: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
-    m["packages"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), p.clone())).collect()
+    m["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+        .collect()
 }
 
 fn append(path: &Path, text: &str) {
@@ -43,7 +67,7 @@ fn pinned_web(t: &Path, base: &str) -> (PathBuf, BTreeMap<String, serde_json::Va
 
     // 1. The example web hostgroup, unpinned, to learn what apt picks.
     let out1 = t.join("out1");
-    ok(&build_with_base(&repo, &key, &out1, &base, &["web"], &[]));
+    ok(&build_with_base(&repo, &key, &out1, base, &["web"], &[]));
     let m1 = manifest(&out1.join("web-3.kiln"));
     let p1 = packages_of(&m1);
     let nginx = p1["nginx"]["version"].as_str().unwrap().to_string();
@@ -56,7 +80,7 @@ fn pinned_web(t: &Path, base: &str) -> (PathBuf, BTreeMap<String, serde_json::Va
         &format!("\npackages:\n  nginx: {{version: \"{nginx}\"}}\n  less: {{version: \"{less}\"}}\n  bash: {{}}\n"),
     );
     let out = t.join("out");
-    ok(&build_with_base(&config, &key, &out, &base, &["web"], &[]));
+    ok(&build_with_base(&config, &key, &out, base, &["web"], &[]));
     let bundle = out.join("web-3.kiln");
     let m = manifest(&bundle);
     let pkgs = packages_of(&m);
@@ -68,18 +92,39 @@ fn pinned_web(t: &Path, base: &str) -> (PathBuf, BTreeMap<String, serde_json::Va
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["digest"].as_str().unwrap().to_string(), b["size"].as_u64().unwrap()))
+        .map(|b| {
+            (
+                b["digest"].as_str().unwrap().to_string(),
+                b["size"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for (name, p) in &pkgs {
-        let digest = p["digest"].as_str().unwrap_or_else(|| panic!("{name} has no digest"));
-        assert_eq!(blobs.get(digest).copied(), p["size"].as_u64(), "{name}: blob");
-        assert!(p["arch"].as_str().is_some_and(|a| a == "amd64" || a == "all"), "{name}: arch {}", p["arch"]);
+        let digest = p["digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no digest"));
+        assert_eq!(
+            blobs.get(digest).copied(),
+            p["size"].as_u64(),
+            "{name}: blob"
+        );
+        assert!(
+            p["arch"]
+                .as_str()
+                .is_some_and(|a| a == "amd64" || a == "all"),
+            "{name}: arch {}",
+            p["arch"]
+        );
     }
     // What the base has at the same version is not carried again (bash, libc6, ...).
     let installed = dpkg_versions(Path::new(&base));
     assert!(installed.contains_key("bash") && installed.contains_key("libc6"));
     for (name, p) in &pkgs {
-        assert_ne!(installed.get(name).map(String::as_str), p["version"].as_str(), "{name} is in the base already");
+        assert_ne!(
+            installed.get(name).map(String::as_str),
+            p["version"].as_str(),
+            "{name} is in the base already"
+        );
     }
     assert!(!pkgs.contains_key("bash"));
     // Dependencies are included (nginx needs nginx-common, which is not in the base).
@@ -93,24 +138,56 @@ fn pinned_web(t: &Path, base: &str) -> (PathBuf, BTreeMap<String, serde_json::Va
     ));
     let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
     assert_eq!(m["base"]["packages_digest"], digest.as_str());
-    assert_eq!((m["base"]["id"].as_str(), m["base"]["version_id"].as_str(), m["base"]["arch"].as_str()), (Some("debian"), Some("12"), Some("amd64")));
+    assert_eq!(
+        (
+            m["base"]["id"].as_str(),
+            m["base"]["version_id"].as_str(),
+            m["base"]["arch"].as_str()
+        ),
+        (Some("debian"), Some("12"), Some("amd64"))
+    );
 
     // The SBOM lists the base and every package with its version, and is valid SPDX.
     let sbom_path = out.join("web-3.spdx.json");
-    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom_path).unwrap()).unwrap();
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sbom_path).unwrap()).unwrap();
     let listed: BTreeMap<String, String> = sbom["packages"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-deb-"))
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["versionInfo"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["versionInfo"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    let want: BTreeMap<String, String> =
-        pkgs.iter().map(|(n, p)| (n.clone(), p["version"].as_str().unwrap().to_string())).collect();
+    let want: BTreeMap<String, String> = pkgs
+        .iter()
+        .map(|(n, p)| (n.clone(), p["version"].as_str().unwrap().to_string()))
+        .collect();
     assert_eq!(listed, want);
-    let base_pkgs = sbom["packages"].as_array().unwrap().iter().filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-base-deb-")).count();
+    let base_pkgs = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["SPDXID"]
+                .as_str()
+                .unwrap()
+                .starts_with("SPDXRef-base-deb-")
+        })
+        .count();
     assert_eq!(base_pkgs, installed.len());
-    assert!(sbom["packages"].as_array().unwrap().iter().any(|p| p["SPDXID"] == "SPDXRef-Base" && p["primaryPackagePurpose"] == "OPERATING-SYSTEM"));
+    assert!(
+        sbom["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["SPDXID"] == "SPDXRef-Base"
+                && p["primaryPackagePurpose"] == "OPERATING-SYSTEM")
+    );
     if let Some(v) = need("KILN_TEST_SPDX") {
         validate_spdx(&v, &sbom_path);
     }
@@ -119,7 +196,9 @@ fn pinned_web(t: &Path, base: &str) -> (PathBuf, BTreeMap<String, serde_json::Va
 
 #[test]
 fn web_resolves_against_the_base_with_its_pins_and_an_spdx_sbom() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     pinned_web(t.path(), &base);
 }
@@ -130,7 +209,9 @@ fn web_resolves_against_the_base_with_its_pins_and_an_spdx_sbom() {
 #[test]
 #[ignore = "kiln-firstboot: one dpkg -i cannot satisfy Pre-Depends inside the set (cron -> cron-daemon-common)"]
 fn web_installs_offline_in_a_network_namespace_at_the_pinned_versions() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     if !need_root() {
         return;
     }
@@ -141,7 +222,9 @@ fn web_installs_offline_in_a_network_namespace_at_the_pinned_versions() {
     // 3. Applied offline into a copy of the base, in a network namespace with no network.
     let root = t.path().join("root");
     copy_root(&base, &root);
-    let Some(firstboot) = firstboot_bin() else { return };
+    let Some(firstboot) = firstboot_bin() else {
+        return;
+    };
     let o = Command::new("unshare")
         .arg("-n")
         .arg(&firstboot)
@@ -154,63 +237,128 @@ fn web_installs_offline_in_a_network_namespace_at_the_pinned_versions() {
         .output()
         .unwrap();
     let state = std::fs::read_to_string(root.join("var/lib/kiln/state.json")).unwrap_or_default();
-    assert!(o.status.success(), "kiln-firstboot apply: exit {:?}\n{}\nstate.json:\n{state}", o.status.code(), stderr(&o));
+    assert!(
+        o.status.success(),
+        "kiln-firstboot apply: exit {:?}\n{}\nstate.json:\n{state}",
+        o.status.code(),
+        stderr(&o)
+    );
     let after = dpkg_versions(&root);
     for (name, p) in &pkgs {
-        assert_eq!(after.get(name).map(String::as_str), p["version"].as_str(), "dpkg in the root: {name}");
+        assert_eq!(
+            after.get(name).map(String::as_str),
+            p["version"].as_str(),
+            "dpkg in the root: {name}"
+        );
     }
     assert_eq!(after["nginx"], nginx);
     assert_eq!(after["less"], less);
     // No service was started by a maintainer script, and the policy-rc.d is gone again.
     assert!(!root.join("usr/sbin/policy-rc.d").exists());
     // The files that need the packages are there, over the packages' own.
-    assert!(std::fs::read_to_string(root.join("etc/nginx/sites-available/app.conf")).unwrap().contains("server"));
+    assert!(
+        std::fs::read_to_string(root.join("etc/nginx/sites-available/app.conf"))
+            .unwrap()
+            .contains("server")
+    );
     assert!(!root.join("etc/nginx/sites-enabled/default").exists());
 }
 
 #[test]
 fn resolution_is_deterministic_and_shares_the_deb_cache() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (key, _) = key_and_trust(t.path());
     let repo = repo_root();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
-    ok(&build_with_base(&repo, &key, &a, &base, &["web", "bastion"], &[]));
+    ok(&build_with_base(
+        &repo,
+        &key,
+        &a,
+        &base,
+        &["web", "bastion"],
+        &[],
+    ));
     // Same base, same lists (no update in between): the same debs, byte-identical bundles.
-    ok(&build_with_base(&repo, &key, &b, &base, &["web", "bastion"], &["--no-apt-update"]));
-    for f in ["web-3.kiln", "bastion-3.kiln", "web-3.spdx.json", "bastion-3.spdx.json"] {
-        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs");
+    ok(&build_with_base(
+        &repo,
+        &key,
+        &b,
+        &base,
+        &["web", "bastion"],
+        &["--no-apt-update"],
+    ));
+    for f in [
+        "web-3.kiln",
+        "bastion-3.kiln",
+        "web-3.spdx.json",
+        "bastion-3.spdx.json",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
     }
     // web and bastion share packages (default.yaml's): one file each in the cache.
     let web = packages_of(&manifest(&a.join("web-3.kiln")));
     let bastion = packages_of(&manifest(&a.join("bastion-3.kiln")));
     let shared: Vec<&String> = web.keys().filter(|n| bastion.contains_key(*n)).collect();
     assert!(shared.len() > 5, "shared: {shared:?}");
-    let debs: Vec<PathBuf> = std::fs::read_dir(test_cache().join("apt/debs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let debs: Vec<PathBuf> = std::fs::read_dir(test_cache().join("apt/debs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     for n in shared {
         let v = web[n]["version"].as_str().unwrap().replace(':', "%3a");
-        let hits = debs.iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{n}_{v}_"))).count();
+        let hits = debs
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{n}_{v}_"))
+            })
+            .count();
         assert_eq!(hits, 1, "{n} {v}");
     }
 }
 
 #[test]
 fn unknown_package_and_unsatisfiable_pin_name_hostgroup_package_and_reason() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (key, _) = key_and_trust(t.path());
     let config = example_config(t.path());
-    append(&config.join("hostgroups/web.yaml"), "\npackages:\n  no-such-package-kiln: {}\n  nginx: {version: \"0.0.1-1\"}\n");
+    append(
+        &config.join("hostgroups/web.yaml"),
+        "\npackages:\n  no-such-package-kiln: {}\n  nginx: {version: \"0.0.1-1\"}\n",
+    );
     let out = t.path().join("out");
     let o = build_with_base(&config, &key, &out, &base, &["web", "db"], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("hostgroup web: apt cannot resolve its packages on base"), "{err}");
     assert!(
-        err.contains("hostgroups/web.yaml:") && err.contains("package no-such-package-kiln: E: Unable to locate package no-such-package-kiln"),
+        err.contains("hostgroup web: apt cannot resolve its packages on base"),
         "{err}"
     );
-    assert!(err.contains("package nginx (pinned 0.0.1-1): E: Version '0.0.1-1' for 'nginx' was not found"), "{err}");
+    assert!(
+        err.contains("hostgroups/web.yaml:")
+            && err.contains(
+                "package no-such-package-kiln: E: Unable to locate package no-such-package-kiln"
+            ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "package nginx (pinned 0.0.1-1): E: Version '0.0.1-1' for 'nginx' was not found"
+        ),
+        "{err}"
+    );
     assert!(err.contains("1 of 2 hostgroups failed"), "{err}");
     // The other hostgroup still built.
     assert!(out.join("db-3.kiln").exists() && !out.join("web-3.kiln").exists());
@@ -224,70 +372,153 @@ fn a_missing_base_is_a_clear_error() {
     let out = t.path().join("out");
     let o = build_with_base(&repo, &key, &out, "/nonexistent/rootfs", &["web"], &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("base /nonexistent/rootfs: No such file or directory"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("base /nonexistent/rootfs: No such file or directory"),
+        "{}",
+        stderr(&o)
+    );
     // A base name that was never built: says how to build it.
     let cache = t.path().join("empty-cache");
     let o = kiln(&[
-        "build", "web", "--config", repo.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--base", "debian-12", "--cache", cache.to_str().unwrap(),
+        "build",
+        "web",
+        "--config",
+        repo.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--base",
+        "debian-12",
+        "--cache",
+        cache.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("base debian-12 is not built in") && stderr(&o).contains("kiln base build debian-12"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("base debian-12 is not built in")
+            && stderr(&o).contains("kiln base build debian-12"),
+        "{}",
+        stderr(&o)
+    );
     // An unknown name.
     let o = build_with_base(&repo, &key, &out, "debian-99", &["web"], &[]);
     assert!(stderr(&o).contains("no hostgroup targets a base named \"debian-99\" (bases in the configuration: debian-12)"), "{}", stderr(&o));
     // A directory that is not a root filesystem.
     let o = build_with_base(&repo, &key, &out, t.path().to_str().unwrap(), &["web"], &[]);
-    assert!(stderr(&o).contains("does not look like a root filesystem"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not look like a root filesystem"),
+        "{}",
+        stderr(&o)
+    );
     // A file that is not a tar archive.
     std::fs::write(t.path().join("junk.tar"), "not a tar archive at all").unwrap();
-    let o = build_with_base(&repo, &key, &out, t.path().join("junk.tar").to_str().unwrap(), &["web"], &[]);
+    let o = build_with_base(
+        &repo,
+        &key,
+        &out,
+        t.path().join("junk.tar").to_str().unwrap(),
+        &["web"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("reading base archive"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reading base archive"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.join("web-3.kiln").exists());
 }
 
 #[test]
 fn an_unreachable_archive_is_a_clear_error() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (key, _) = key_and_trust(t.path());
     let mini = t.path().join("base");
     mini_base(&base, &mini);
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(mini.join("etc/apt/sources.list"), format!("deb http://127.0.0.1:{port}/debian bookworm main\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        mini.join("etc/apt/sources.list"),
+        format!("deb http://127.0.0.1:{port}/debian bookworm main\n"),
+    )
+    .unwrap();
     let out = t.path().join("out");
     // Its own cache: the lists of this base must not be found from an earlier run.
     let cache = t.path().join("cache");
     let o = kiln(&[
-        "build", "web", "--config", repo_root().to_str().unwrap(), "--key", key.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--base", mini.to_str().unwrap(), "--cache", cache.to_str().unwrap(),
+        "build",
+        "web",
+        "--config",
+        repo_root().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--base",
+        mini.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("apt-get update failed for base") && err.contains("unreachable"), "{err}");
+    assert!(
+        err.contains("apt-get update failed for base") && err.contains("unreachable"),
+        "{err}"
+    );
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     // --no-apt-update with no lists says so.
     let o = kiln(&[
-        "build", "web", "--config", repo_root().to_str().unwrap(), "--key", key.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--base", mini.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--no-apt-update",
+        "build",
+        "web",
+        "--config",
+        repo_root().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--base",
+        mini.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--no-apt-update",
     ]);
-    assert!(stderr(&o).contains("--no-apt-update: the cache has no package lists"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--no-apt-update: the cache has no package lists"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn a_base_of_another_release_is_refused_at_build_and_at_apply() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (key, trust) = key_and_trust(t.path());
     // At build: the base's os-release is not what the configuration targets.
     let mini = t.path().join("base11");
     mini_base(&base, &mini);
-    let os = std::fs::read_to_string(mini.join("usr/lib/os-release")).unwrap().replace("VERSION_ID=\"12\"", "VERSION_ID=\"11\"");
+    let os = std::fs::read_to_string(mini.join("usr/lib/os-release"))
+        .unwrap()
+        .replace("VERSION_ID=\"12\"", "VERSION_ID=\"11\"");
     std::fs::write(mini.join("usr/lib/os-release"), os).unwrap();
     let out = t.path().join("out");
-    let o = build_with_base(&repo_root(), &key, &out, mini.to_str().unwrap(), &["web"], &[]);
+    let o = build_with_base(
+        &repo_root(),
+        &key,
+        &out,
+        mini.to_str().unwrap(),
+        &["web"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("is not the base this hostgroup targets (debian-12): os-release VERSION_ID is \"11\", the configuration says version_id \"12\""),
@@ -298,12 +529,23 @@ fn a_base_of_another_release_is_refused_at_build_and_at_apply() {
     if !need_root() {
         return;
     }
-    ok(&build_with_base(&repo_root(), &key, &out, &base, &["web"], &[]));
+    ok(&build_with_base(
+        &repo_root(),
+        &key,
+        &out,
+        &base,
+        &["web"],
+        &[],
+    ));
     let root = t.path().join("root");
     copy_root(&base, &root);
-    let os = std::fs::read_to_string(root.join("usr/lib/os-release")).unwrap().replace("VERSION_ID=\"12\"", "VERSION_ID=\"11\"");
+    let os = std::fs::read_to_string(root.join("usr/lib/os-release"))
+        .unwrap()
+        .replace("VERSION_ID=\"12\"", "VERSION_ID=\"11\"");
     std::fs::write(root.join("usr/lib/os-release"), os).unwrap();
-    let Some(firstboot) = firstboot_bin() else { return };
+    let Some(firstboot) = firstboot_bin() else {
+        return;
+    };
     let o = Command::new(&firstboot)
         .args(["apply", "--bundle"])
         .arg(out.join("web-3.kiln"))
@@ -319,7 +561,9 @@ fn a_base_of_another_release_is_refused_at_build_and_at_apply() {
 
 #[test]
 fn a_tar_base_resolves_like_its_directory() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (key, _) = key_and_trust(t.path());
     let mini = t.path().join("base");
@@ -336,21 +580,43 @@ fn a_tar_base_resolves_like_its_directory() {
         .unwrap();
     assert!(st.success());
     let (a, b) = (t.path().join("a"), t.path().join("b"));
-    ok(&build_with_base(&repo_root(), &key, &a, mini.to_str().unwrap(), &["web"], &[]));
-    ok(&build_with_base(&repo_root(), &key, &b, tar.to_str().unwrap(), &["web"], &["--no-apt-update"]));
-    let (ma, mb) = (manifest(&a.join("web-3.kiln")), manifest(&b.join("web-3.kiln")));
+    ok(&build_with_base(
+        &repo_root(),
+        &key,
+        &a,
+        mini.to_str().unwrap(),
+        &["web"],
+        &[],
+    ));
+    ok(&build_with_base(
+        &repo_root(),
+        &key,
+        &b,
+        tar.to_str().unwrap(),
+        &["web"],
+        &["--no-apt-update"],
+    ));
+    let (ma, mb) = (
+        manifest(&a.join("web-3.kiln")),
+        manifest(&b.join("web-3.kiln")),
+    );
     assert_eq!(ma["packages"], mb["packages"]);
     assert_eq!(ma["base"], mb["base"]);
 }
 
 #[test]
 fn kiln_base_show_reports_the_package_digest() {
-    let Some(base) = need("KILN_TEST_BASE") else { return };
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
     let o = kiln(&["base", "show", &base, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(v["id"], "debian");
     assert_eq!(v["version_id"], "12");
     assert_eq!(v["arch"], "amd64");
-    assert_eq!(v["packages"].as_array().unwrap().len(), dpkg_versions(Path::new(&base)).len());
+    assert_eq!(
+        v["packages"].as_array().unwrap().len(),
+        dpkg_versions(Path::new(&base)).len()
+    );
     assert_eq!(v["packages_digest"].as_str().unwrap().len(), 64);
 }

@@ -21,7 +21,9 @@ pub fn run(a: BakeArgs) -> Result<()> {
             .map(|d| d.join("kiln-firstboot"))
             .filter(|p| p.is_file())
             .or_else(|| base::which("kiln-firstboot"))
-            .ok_or_else(|| anyhow!("no kiln-firstboot beside kiln or on PATH: pass --firstboot PATH"))?,
+            .ok_or_else(|| {
+                anyhow!("no kiln-firstboot beside kiln or on PATH: pass --firstboot PATH")
+            })?,
     };
     let json = a.json;
     let progress = move |m: &str| {

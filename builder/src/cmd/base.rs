@@ -58,8 +58,11 @@ fn show(a: BaseShowArgs) -> Result<()> {
     let cache = base::cache_dir(a.cache.cache.as_deref())?;
     let info = BaseInfo::open(&spec, config.as_ref(), &cache)?;
     if a.json {
-        let packages: Vec<_> =
-            info.installed.iter().map(|(n, (v, arch))| json!({"name": n, "version": v, "arch": arch})).collect();
+        let packages: Vec<_> = info
+            .installed
+            .iter()
+            .map(|(n, (v, arch))| json!({"name": n, "version": v, "arch": arch}))
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
@@ -75,7 +78,10 @@ fn show(a: BaseShowArgs) -> Result<()> {
         return Ok(());
     }
     println!("base             {}", info.source);
-    println!("os-release       ID={} VERSION_ID={}", info.id, info.version_id);
+    println!(
+        "os-release       ID={} VERSION_ID={}",
+        info.id, info.version_id
+    );
     println!("architecture     {}", info.arch);
     println!("packages         {} installed", info.installed.len());
     println!("packages digest  {}", info.packages_digest);

@@ -9,7 +9,10 @@ pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 pub const EPOCH: &str = "1767225600";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The value of a test variable; under CI (`CI=true`) a missing one fails the test, elsewhere
@@ -84,7 +87,13 @@ pub fn sh(script: &str) -> Output {
 /// A signing key in `dir` and a trust directory with its public half.
 pub fn key_and_trust(dir: &Path) -> (PathBuf, PathBuf) {
     let key = dir.join("key");
-    ok(&kiln(&["keygen", "--out", key.to_str().unwrap(), "--comment", "test"]));
+    ok(&kiln(&[
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--comment",
+        "test",
+    ]));
     let trust = dir.join("trust");
     std::fs::create_dir_all(&trust).unwrap();
     std::fs::copy(dir.join("key.pub"), trust.join("key.pub")).unwrap();
@@ -96,7 +105,12 @@ pub fn example_config(dir: &Path) -> PathBuf {
     let c = dir.join("config");
     std::fs::create_dir_all(&c).unwrap();
     for d in ["hostgroups", "layers", "files"] {
-        let st = Command::new("cp").arg("-a").arg(repo_root().join(d)).arg(&c).status().unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(repo_root().join(d))
+            .arg(&c)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     c
@@ -127,9 +141,17 @@ pub fn mini_base(src: &str, dst: &Path) {
         .status()
         .unwrap();
     assert!(st.success());
-    std::fs::copy(format!("{src}/usr/lib/os-release"), dst.join("usr/lib/os-release")).unwrap();
+    std::fs::copy(
+        format!("{src}/usr/lib/os-release"),
+        dst.join("usr/lib/os-release"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../usr/lib/os-release", dst.join("etc/os-release")).unwrap();
-    std::fs::copy(format!("{src}/var/lib/dpkg/status"), dst.join("var/lib/dpkg/status")).unwrap();
+    std::fs::copy(
+        format!("{src}/var/lib/dpkg/status"),
+        dst.join("var/lib/dpkg/status"),
+    )
+    .unwrap();
 }
 
 /// The manifest of a bundle, as JSON.
@@ -140,7 +162,11 @@ pub fn manifest(bundle: &Path) -> serde_json::Value {
 
 /// Checks an SBOM with the SPDX project's validator (pyspdxtools, KILN_TEST_SPDX).
 pub fn validate_spdx(validator: &str, file: &Path) {
-    let o = Command::new(validator).arg("-i").arg(file).output().unwrap();
+    let o = Command::new(validator)
+        .arg("-i")
+        .arg(file)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "pyspdxtools -i {} refused it:\n{}{}",
@@ -161,7 +187,12 @@ pub fn dpkg_versions(root: &Path) -> std::collections::BTreeMap<String, String> 
         .lines()
         .filter_map(|l| {
             let mut f = l.split(' ');
-            (f.next() == Some("installed")).then(|| (f.next().unwrap().to_string(), f.next().unwrap_or("").to_string()))
+            (f.next() == Some("installed")).then(|| {
+                (
+                    f.next().unwrap().to_string(),
+                    f.next().unwrap_or("").to_string(),
+                )
+            })
         })
         .collect()
 }
@@ -174,8 +205,14 @@ pub fn firstboot_bin() -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{} is missing: build the workspace (cargo build --workspace)", p.display());
+        panic!(
+            "{} is missing: build the workspace (cargo build --workspace)",
+            p.display()
+        );
     }
-    eprintln!("skipped: {} is missing (cargo build -p kiln-firstboot)", p.display());
+    eprintln!(
+        "skipped: {} is missing (cargo build -p kiln-firstboot)",
+        p.display()
+    );
     None
 }
