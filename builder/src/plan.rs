@@ -294,6 +294,7 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
         services,
         commands,
         templates,
+        dynamic: None,
         blobs: blobs.map.iter().map(|(d, (_, size))| m::Blob { digest: d.clone(), size: *size }).collect(),
     };
     let blobs = blobs.map.into_iter().map(|(d, (src, _))| (d, src)).collect();

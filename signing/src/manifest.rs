@@ -41,6 +41,12 @@ pub struct Manifest {
     pub commands: Vec<Command>,
     /// Templates rendered on the host from dynamic sources (Consul, Vault).
     pub templates: Vec<Template>,
+    /// The dynamic sources the host reads for [`templates`](Self::templates): Consul prefixes,
+    /// the Vault AppRole, KV v2 paths, secrets to generate if absent, a PKI certificate.
+    /// Absent from bundles without any (and from bundles built before it existed, which keep
+    /// their exact canonical bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<Dynamic>,
     /// Every payload blob in the archive, in archive order (sorted by digest), each once.
     pub blobs: Vec<Blob>,
 }
@@ -180,14 +186,115 @@ pub struct Template {
     pub mode: String,
     pub owner: String,
     pub group: String,
-    /// Consul keys and prefixes the template reads.
+    /// Consul keys the template reads (`kiln/apps/web/version`), and prefixes it reads whole
+    /// with `consul_tree` (ending in `/`). Sorted.
     pub consul: Vec<String>,
-    /// Vault paths the template reads.
+    /// Vault values the template reads, `<kv v2 path>#<field>` (`secret/data/db/app#password`)
+    /// and `<pki mount>/issue/<role>#<field>` for the certificate. Sorted.
     pub vault: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reload: Vec<String>,
+}
+
+/// The dynamic sources of a bundle, as declared by its hostgroup's `dynamic:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dynamic {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consul: Option<ConsulSources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSources>,
+}
+
+/// What the host reads from Consul: one recursive read per prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulSources {
+    /// Key prefixes, each ending in `/`, sorted.
+    pub prefixes: Vec<String>,
+}
+
+/// What the host reads from (and writes to) Vault or OpenBao.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSources {
+    /// The AppRole role the host logs in as; a wrapped secret_id must have been created for it
+    /// (its wrapping token's creation path is `auth/<auth_mount>/role/<role>/secret-id`).
+    pub role: String,
+    /// Where the AppRole auth method is mounted (`approle`).
+    pub auth_mount: String,
+    /// The role's role_id, when the bundle carries it (else the host has it in a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<String>,
+    /// KV v2 paths read, API form (`secret/data/db/app`), sorted.
+    pub kv: Vec<String>,
+    /// Values created once, if absent, with check-and-set; sorted by path and field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generate: Vec<Generate>,
+    /// A certificate issued for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<Pki>,
+}
+
+/// A random value stored at `path` (KV v2) under `field` by the first host that needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Generate {
+    pub path: String,
+    pub field: String,
+    /// Characters in the value.
+    pub length: u32,
+    pub charset: Charset,
+}
+
+/// The alphabet of a generated value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Charset {
+    /// `A-Z a-z 0-9`.
+    Alnum,
+    /// `0-9 a-f`.
+    Hex,
+    /// `A-Z a-z 0-9 - _`.
+    Base64url,
+}
+
+impl Charset {
+    /// The characters of the alphabet.
+    pub fn alphabet(self) -> &'static [u8] {
+        match self {
+            Charset::Alnum => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            Charset::Hex => b"0123456789abcdef",
+            Charset::Base64url => {
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Charset::Alnum => "alnum",
+            Charset::Hex => "hex",
+            Charset::Base64url => "base64url",
+        }
+    }
+}
+
+/// A certificate issued for the host by a PKI secrets engine (`<mount>/issue/<role>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pki {
+    pub mount: String,
+    pub role: String,
+    /// A template of its own, rendered on the host with `hostname` and `hostgroup`
+    /// (`{{ hostname }}.web.example.internal`).
+    pub common_name: String,
+    pub alt_names: Vec<String>,
+    pub ip_sans: Vec<String>,
+    /// Vault duration, e.g. `72h`.
+    pub ttl: String,
 }
 
 /// A payload blob: content addressed, stored once.

@@ -149,6 +149,12 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
             restart: vec!["nginx.service".into()],
             reload: vec![],
         }],
+        dynamic: Some(Dynamic {
+            consul: Some(ConsulSources {
+                prefixes: vec!["web/".into()],
+            }),
+            vault: None,
+        }),
         blobs: list,
     }
 }

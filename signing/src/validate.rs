@@ -132,6 +132,7 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
         check_mode(&t.path, &t.mode)?;
         reference(&|| format!("template {:?}", t.path), &t.digest, None)?;
     }
+    crate::dynamic::check(m).map_err(corrupt)?;
     for p in &m.packages {
         match (&p.digest, p.size) {
             (Some(d), size) => reference(&|| format!("package {:?}", p.name), d, size)?,

@@ -101,6 +101,7 @@ impl Spec {
                 services: vec![],
                 commands: vec![],
                 templates: vec![],
+                dynamic: None,
                 blobs: vec![],
             },
             blobs: BTreeMap::new(),
