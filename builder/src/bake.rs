@@ -202,6 +202,19 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     )
     .with_context(|| format!("verifying {}", o.bundle.display()))?;
     let m = bundle.manifest.clone();
+    if !m.templates.is_empty() {
+        // The engine applies everything at once and records the bundle as applied, so the first
+        // boot would find it done and never render these. Refuse rather than bake an image
+        // whose dynamic files never appear.
+        bail!(
+            "{} has {} dynamic template(s) ({}): baking needs kiln-firstboot's engine to stop before \
+             its dynamic phase and leave the rest to the first boot, which it cannot do yet; \
+             apply this bundle at first boot instead",
+            o.bundle.display(),
+            m.templates.len(),
+            m.templates.iter().map(|t| t.path.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let base = BaseInfo::open(o.base, o.config, o.cache)?;
     let policy = Policy {
         now: SystemTime::now(),
