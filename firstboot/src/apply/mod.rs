@@ -271,7 +271,7 @@ pub fn apply<R: Read>(
         if prev.sha256 == opts.bundle_sha256 {
             opts.log
                 .info(&format!("already applied: {}", prev.describe()));
-            cleanup_after_success(&ctx);
+            cleanup_after_success(&ctx, &opts.bundle_sha256);
             return Ok(ApplyReport {
                 state: prev.clone(),
                 already_applied: true,
@@ -397,7 +397,7 @@ pub fn apply<R: Read>(
     match result {
         Ok(()) => {
             state.write(&root_fs).map_err(ApplyError::State)?;
-            cleanup_after_success(&ctx);
+            cleanup_after_success(&ctx, &opts.bundle_sha256);
             opts.log.info(&format!("applied {}", state.describe()));
             Ok(ApplyReport {
                 state,
@@ -644,16 +644,48 @@ fn remove_staging(ctx: &Ctx, created: usize) {
 /// After success (or finding the bundle already applied): the journal and the whole staging
 /// area go (any other staging left there belongs to an interrupted run of another bundle; the
 /// lock guarantees no apply is using it).
-fn cleanup_after_success(ctx: &Ctx) {
-    if let Err(e) = journal::remove(ctx.root) {
-        ctx.log.warn(&format!("could not remove the journal: {e}"));
-    }
-    if let Err(e) = ctx.root.remove_tree(STAGING_DIR) {
-        ctx.log.warn(&format!(
+fn cleanup_after_success(ctx: &Ctx, sha256: &str) {
+    tidy(ctx.root, sha256, ctx.log);
+}
+
+/// Removes what a crash between writing the state file and cleaning up may have left of the
+/// applied bundle `sha256`: its journal and the staging area. A journal of another bundle (an
+/// interrupted `--force`) is left alone, with its staging.
+fn tidy(root: &Root, sha256: &str, log: &dyn Log) {
+    let other_pending = match journal::read(root) {
+        Ok(Some((j, _))) if j.sha256 == sha256 => {
+            if let Err(e) = journal::remove(root) {
+                log.warn(&format!("could not remove the journal: {e}"));
+            }
+            false
+        }
+        Ok(Some(_)) => true,
+        Ok(None) => false,
+        Err(e) => {
+            log.warn(&format!("could not read the journal: {e}"));
+            true
+        }
+    };
+    let dir = if other_pending {
+        staging_dir(sha256)
+    } else {
+        STAGING_DIR.to_string()
+    };
+    if let Err(e) = root.remove_tree(&dir) {
+        log.warn(&format!(
             "could not remove {}: {e}",
-            ctx.root.display(STAGING_DIR).display()
+            root.display(&dir).display()
         ));
     }
+}
+
+/// For a root whose state file says `sha256` is applied: takes the lock and tidies leftovers of
+/// a crash after the state was written (see [`apply`]; `kiln-firstboot` calls this when it finds
+/// the bundle already applied). Busy or unreadable: nothing is done.
+pub fn tidy_applied(root: &Path, sha256: &str, log: &dyn Log) {
+    let Ok(root) = Root::open(root) else { return };
+    let Ok(_lock) = lock(&root) else { return };
+    tidy(&root, sha256, log);
 }
 
 /// Every owner and group an entry names must exist in the root or be created by the bundle.

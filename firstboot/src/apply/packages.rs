@@ -30,6 +30,28 @@ pub fn installed(ctx: &Ctx) -> Result<BTreeMap<String, (String, String)>, ApplyE
     Ok(parse_status(&text))
 }
 
+/// Whether dpkg left a package half-way (unpacked, half-installed, half-configured, triggers).
+fn interrupted(ctx: &Ctx) -> Result<bool, ApplyError> {
+    let text = ctx
+        .root
+        .read_text("/var/lib/dpkg/status", STATUS_LIMIT)
+        .map_err(|e| ApplyError::step("packages", "/var/lib/dpkg/status", e))?
+        .unwrap_or_default();
+    Ok(text.lines().any(|l| {
+        l.strip_prefix("Status:").is_some_and(|s| {
+            let state = s.split_whitespace().last().unwrap_or("");
+            matches!(
+                state,
+                "half-installed"
+                    | "unpacked"
+                    | "half-configured"
+                    | "triggers-awaited"
+                    | "triggers-pending"
+            )
+        })
+    }))
+}
+
 /// Packages with Status `install ok installed`.
 pub fn parse_status(text: &str) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
@@ -94,12 +116,41 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
             unresolved.len()
         ));
     }
+    install_policy_rc_d(ctx)?;
+    if interrupted(ctx)? {
+        // dpkg itself was killed mid-way (a crash of ours takes it down too): let it finish
+        // what it had unpacked before installing again.
+        ctx.warn("dpkg was interrupted in an earlier run: dpkg --configure -a");
+        let program = Program::new(
+            &[
+                "dpkg",
+                "--force-confdef",
+                "--force-confold",
+                "--configure",
+                "-a",
+            ],
+            DPKG_TIMEOUT,
+        )
+        .in_root(ctx.root.path());
+        let done = program.run();
+        if let Ok(done) = &done {
+            if !done.success() {
+                let _ = restore_policy_rc_d(ctx);
+                return Err(ApplyError::Tool {
+                    step: "packages",
+                    what: "dpkg --configure -a".into(),
+                    status: done.describe(DPKG_TIMEOUT),
+                    output: done.output.clone(),
+                });
+            }
+        }
+        done.map_err(|e| ApplyError::step("packages", "dpkg --configure -a", e))?;
+    }
     let paths: Vec<String> = todo
         .iter()
         .filter_map(|p| p.digest.as_deref())
         .map(|d| ctx.staged_blob(d))
         .collect();
-    install_policy_rc_d(ctx)?;
     let mut argv = vec![
         "dpkg".to_string(),
         "--force-confdef".into(),

@@ -124,6 +124,9 @@ fn apply_bundle(
         .filter(|p| p.result == Outcome::Success && p.sha256 == sha256)
     {
         log.info(&format!("already applied: {}", prev.describe()));
+        if !args.dry_run {
+            apply::tidy_applied(&args.root, &sha256, log);
+        }
         if args.json {
             print_json(
                 &json!({"outcome": "already_applied", "exit_code": 0, "bundle": args.bundle, "state": prev}),
