@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Exit codes: 0 applied (or already applied), 1 failure, 2 usage, 10 bad signature,
 /// 11 untrusted key, 12 revoked key, 13 expired, 14 wrong hostgroup, 15 wrong base,
-/// 16 rollback, 17 corrupt bundle, 18 fetch failed, 19 --sha256 mismatch, 21 apply failed.
+/// 16 rollback, 17 corrupt bundle, 18 fetch failed, 19 --sha256 mismatch, 20 a dynamic source
+/// (Consul, Vault) unreachable past the deadline, refusing, or missing a value, 21 apply failed.
 #[derive(Debug, Parser)]
 #[command(
     name = "kiln-firstboot",
@@ -26,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch, verify and apply a bundle to a root filesystem.
-    Apply(ApplyArgs),
+    Apply(Box<ApplyArgs>),
     /// Show what the last apply did (from <root>/var/lib/kiln/state.json).
     Status(StatusArgs),
 }
@@ -65,6 +66,48 @@ pub struct ApplyArgs {
     /// Print a JSON report on stdout at the end (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub dynamic: DynamicArgs,
+}
+
+/// Where the dynamic sources are, for the bundle's dynamic templates and the Consul report.
+/// Each may also be set in the firstboot config file (same names, `key = value` lines, paths
+/// inside the root); a flag wins. Tokens are only ever read from files.
+#[derive(Debug, Args, Default, Clone)]
+pub struct DynamicArgs {
+    /// Consul agent address, e.g. http://127.0.0.1:8500 or https://127.0.0.1:8501.
+    #[arg(long, value_name = "URL")]
+    pub consul_addr: Option<String>,
+    /// File holding the Consul ACL token (sent as X-Consul-Token).
+    #[arg(long, value_name = "FILE")]
+    pub consul_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates Consul's https certificate must chain to (only these
+    /// are trusted then).
+    #[arg(long, value_name = "FILE")]
+    pub consul_ca: Option<PathBuf>,
+    /// Vault (or OpenBao) address, e.g. https://vault.internal:8200.
+    #[arg(long, value_name = "URL")]
+    pub vault_addr: Option<String>,
+    /// PEM file of the CA certificates Vault's https certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub vault_ca: Option<PathBuf>,
+    /// File holding the AppRole role_id (default: the one the bundle carries).
+    #[arg(long, value_name = "FILE")]
+    pub vault_role_id_file: Option<PathBuf>,
+    /// File holding the response-wrapping token of the AppRole secret_id (cloud-init writes it).
+    #[arg(long, value_name = "FILE")]
+    pub wrapped_secret_id_file: Option<PathBuf>,
+    /// This host's name, for templates, the certificate and the Consul report (default: the
+    /// first line of <root>/etc/hostname).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Overall deadline of the dynamic step (every Consul and Vault request and retry), e.g. 90s.
+    /// Default 5m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub dynamic_deadline: Option<Duration>,
+    /// The firstboot config file (default: <root>/etc/kiln/firstboot.conf, when present).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,10 +6,14 @@
 pub mod apply;
 pub mod cli;
 pub mod cmd;
+pub mod conf;
 pub mod dynamic;
 pub mod fetch;
 pub mod host;
 pub mod log;
+pub mod secret;
 pub mod state;
+pub mod template;
 
-pub use apply::{apply, ApplyError, ApplyFailure, ApplyOptions, ApplyReport};
+pub use apply::{apply, apply_with, ApplyError, ApplyFailure, ApplyOptions, ApplyReport};
+pub use dynamic::DynamicConfig;

@@ -63,6 +63,12 @@ pub struct State {
     pub steps: Vec<Step>,
     pub commands: Vec<CommandResult>,
     pub warnings: Vec<String>,
+    /// The host's name, when the dynamic step knew it (the Consul report's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// What the dynamic step did: templates, requests per source, where the report went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<crate::dynamic::DynamicSummary>,
 }
 
 impl State {

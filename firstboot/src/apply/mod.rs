@@ -5,8 +5,9 @@
 //! Order: manifest checks; blobs streamed into `<root>/var/lib/kiln/staging/<sha256>/` and each
 //! checked (nothing else changes until all are good); conflicts with the root looked for; then,
 //! journaled phase by phase: groups, users, packages, directories, files, symlinks, absent,
-//! services (enable/disable), commands, dynamic (not yet), runtime (live systems only); finally
-//! the state file, and the journal and staging area are removed.
+//! services (enable/disable), commands, dynamic (Consul and Vault into the dynamic templates,
+//! see [`crate::dynamic`]), runtime (live systems only); finally the state file, the Consul
+//! report (when Consul is configured), and the journal and staging area are removed.
 
 pub(crate) mod accounts;
 pub(crate) mod commands;
@@ -125,6 +126,9 @@ pub enum ApplyError {
     Journal(io::Error),
     #[error("writing the state file: {0}")]
     State(io::Error),
+    /// The dynamic step: a source unreachable or refusing, a missing value, a template.
+    #[error("dynamic: {0}")]
+    Dynamic(#[from] crate::dynamic::DynamicError),
 }
 
 impl ApplyError {
@@ -133,6 +137,7 @@ impl ApplyError {
             ApplyError::Invalid(_) => exit::CORRUPT,
             ApplyError::Bundle(e) => e.exit_code(),
             ApplyError::OtherBundle(_) | ApplyError::Busy(_) => exit::FAILURE,
+            ApplyError::Dynamic(e) => e.exit_code(),
             _ => exit::APPLY,
         }
     }
@@ -191,6 +196,10 @@ pub(crate) struct Ctx<'a> {
     /// In-root path of this bundle's staging directory.
     pub staging: String,
     pub warnings: RefCell<Vec<String>>,
+    /// Where Consul and Vault are; `None`: the dynamic step is skipped (`kiln bake`).
+    pub dynamic: Option<&'a crate::dynamic::DynamicConfig>,
+    /// Filled by the dynamic step, for the state file.
+    pub dynamic_summary: RefCell<Option<crate::dynamic::DynamicSummary>>,
 }
 
 impl Ctx<'_> {
@@ -221,6 +230,18 @@ pub fn apply<R: Read>(
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyReport, ApplyFailure> {
+    apply_with(bundle, root, opts, None)
+}
+
+/// [`apply`], with the dynamic sources of the host: the dynamic step renders the bundle's
+/// templates from Consul and Vault, and the result is reported to Consul. Without them
+/// (`None`, as `kiln bake` applies an image offline) the templates are skipped with a warning.
+pub fn apply_with<R: Read>(
+    bundle: VerifiedBundle<R>,
+    root: &Path,
+    opts: &ApplyOptions,
+    dynamic: Option<&crate::dynamic::DynamicConfig>,
+) -> Result<ApplyReport, ApplyFailure> {
     let m = bundle.manifest.clone();
     let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment)
         .trim()
@@ -246,6 +267,8 @@ pub fn apply<R: Read>(
         live,
         staging: staging_dir(&opts.bundle_sha256),
         warnings: RefCell::new(Vec::new()),
+        dynamic,
+        dynamic_summary: RefCell::new(None),
     };
     let started_at = now_rfc3339();
     let mut state = State {
@@ -262,6 +285,8 @@ pub fn apply<R: Read>(
         steps: Vec::new(),
         commands: Vec::new(),
         warnings: Vec::new(),
+        hostname: None,
+        dynamic: None,
     };
 
     // Already applied (this bundle: nothing to do; another: refused unless forced).
@@ -301,9 +326,9 @@ pub fn apply<R: Read>(
         _ => Vec::new(),
     };
 
-    if !m.templates.is_empty() {
+    if !m.templates.is_empty() && dynamic.is_none() {
         opts.log.info(&format!(
-            "{} dynamic template(s) are rendered in the dynamic step (Consul/Vault), not implemented yet: skipped",
+            "{} dynamic template(s): no dynamic sources given (an offline apply), they will be skipped",
             m.templates.len()
         ));
     }
@@ -393,6 +418,32 @@ pub fn apply<R: Read>(
     let result = run_phases(&ctx, &mut journal, &mut state.steps, &mut commands);
     state.commands = commands;
     state.applied_at = now_rfc3339();
+    state.dynamic = ctx.dynamic_summary.borrow().clone();
+    if let Some(cfg) = dynamic {
+        state.hostname = crate::dynamic::hostname(cfg, &root_fs).ok();
+    }
+    if let Err(error) = &result {
+        state.result = Outcome::Failure;
+        state.exit_code = error.exit_code();
+        state.error = Some(error_text(error));
+    }
+    // The report to Consul, before the state file so that the state file says how it went.
+    if let Some(cfg) = dynamic {
+        if let Some(r) = crate::dynamic::report(cfg, &root_fs, &state, opts.log) {
+            let d = state.dynamic.get_or_insert_with(Default::default);
+            d.consul_requests += r.requests;
+            match r.result {
+                Ok(at) => {
+                    opts.log.info(&format!("reported the result to {at}"));
+                    d.report = Some(at);
+                }
+                Err(e) => {
+                    d.report = Some(format!("failed: {e}"));
+                    ctx.warn(&format!("could not report the result: {e}"));
+                }
+            }
+        }
+    }
     state.warnings = ctx.warnings.borrow().clone();
     match result {
         Ok(()) => {
@@ -406,9 +457,6 @@ pub fn apply<R: Read>(
             })
         }
         Err(error) => {
-            state.result = Outcome::Failure;
-            state.exit_code = error.exit_code();
-            state.error = Some(error_text(&error));
             if let Err(e) = state.write(&root_fs) {
                 opts.log
                     .warn(&format!("could not write the state file: {e}"));
@@ -515,20 +563,22 @@ fn run_phases(
                 let r = commands::apply_commands(ctx, journal, commands);
                 r?
             }
-            "dynamic" => {
-                if ctx.manifest.templates.is_empty() {
+            "dynamic" => match ctx.dynamic {
+                _ if ctx.manifest.templates.is_empty() && ctx.manifest.dynamic.is_none() => {
                     "none".to_string()
-                } else {
+                }
+                Some(cfg) => crate::dynamic::run_phase(ctx, cfg, journal)?,
+                None => {
                     ctx.warn(&format!(
-                        "{} dynamic template(s) not rendered: the dynamic step (Consul, Vault) is not implemented yet",
+                        "{} dynamic template(s) not rendered: no dynamic sources given (an offline apply)",
                         ctx.manifest.templates.len()
                     ));
                     format!(
-                        "{} template(s) skipped (not implemented)",
+                        "{} template(s) skipped (offline)",
                         ctx.manifest.templates.len()
                     )
                 }
-            }
+            },
             "runtime" => {
                 if ctx.live {
                     let changed: BTreeSet<String> =
@@ -856,6 +906,19 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
                 s.name
             )),
         }
+    }
+    for t in &ctx.manifest.templates {
+        let mut reads: Vec<String> = t.consul.iter().map(|k| format!("consul {k}")).collect();
+        reads.extend(t.vault.iter().map(|v| format!("vault {v}")));
+        out.push(format!(
+            "render dynamic template {} ({})",
+            t.path,
+            if reads.is_empty() {
+                "reads nothing".to_string()
+            } else {
+                format!("reads {}", reads.join(", "))
+            }
+        ));
     }
     for c in &ctx.manifest.commands {
         let skip = match &c.creates {

@@ -115,8 +115,8 @@ pub fn apply_enablement(ctx: &Ctx) -> Result<String, ApplyError> {
     ))
 }
 
-/// Services to restart and to reload because a file naming them changed content (in this run
-/// or, per the journal, in an interrupted earlier one).
+/// Services to restart and to reload because a file or rendered template naming them changed
+/// content (in this run or, per the journal, in an interrupted earlier one).
 pub fn hooks(ctx: &Ctx, changed: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut restart = BTreeSet::new();
     let mut reload = BTreeSet::new();
@@ -131,6 +131,13 @@ pub fn hooks(ctx: &Ctx, changed: &BTreeSet<String>) -> (BTreeSet<String>, BTreeS
                 restart.extend(r.iter().cloned());
                 reload.extend(l.iter().cloned());
             }
+        }
+    }
+    // Rendered dynamic templates are journaled the same way when their content changes.
+    for t in &ctx.manifest.templates {
+        if changed.contains(&t.path) {
+            restart.extend(t.restart.iter().cloned());
+            reload.extend(t.reload.iter().cloned());
         }
     }
     let reload = reload.difference(&restart).cloned().collect();

@@ -236,7 +236,14 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
         }
         parse_mode(&t.mode).map_err(|x| format!("{}: {x}", t.path))?;
         blob_size(&t.path, &t.digest, None)?;
+        check_owner("owner", &t.owner).map_err(|x| format!("{}: {x}", t.path))?;
+        check_owner("group", &t.group).map_err(|x| format!("{}: {x}", t.path))?;
+        for s in t.restart.iter().chain(&t.reload) {
+            check_unit_name(s).map_err(|x| format!("{}: {x}", t.path))?;
+        }
     }
+    // Its names become URLs the host requests: checked here too, whatever the reader did.
+    kiln_signing::dynamic::check(m)?;
 
     let mut names = BTreeSet::new();
     for g in &m.groups {

@@ -205,7 +205,15 @@ fn apply_bundle(
         t.elapsed().as_secs_f64()
     ));
 
-    // 4. The engine.
+    // 4. The engine, with the host's dynamic sources.
+    let conf = crate::conf::load(root, args.dynamic.config.as_ref()).map_err(|message| Exit {
+        code: exit::USAGE,
+        message,
+    })?;
+    let dynamic = crate::conf::dynamic_config(&args.dynamic, &conf).map_err(|message| Exit {
+        code: exit::USAGE,
+        message,
+    })?;
     let opts = ApplyOptions {
         bundle_sha256: sha256.clone(),
         source: args.bundle.clone(),
@@ -214,7 +222,7 @@ fn apply_bundle(
         force: args.force,
         log,
     };
-    let report = apply::apply(bundle, &args.root, &opts)?;
+    let report = apply::apply_with(bundle, &args.root, &opts, Some(&dynamic))?;
     if args.dry_run {
         if report.plan.is_empty() {
             log.info("dry run: nothing would change");

@@ -38,7 +38,7 @@ where
         }
     };
     let result = match cli.command {
-        Command::Apply(a) => apply::run(a, &Stderr),
+        Command::Apply(a) => apply::run(*a, &Stderr),
         Command::Status(a) => status::run(a),
     };
     match result {
