@@ -14,6 +14,9 @@ use super::yaml::{Node, NodeKind, MAX_DEPTH};
 /// templates are rendered on the host with the same settings plus the Consul/Vault functions.
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    // Debug info names the undefined variable in errors ("`params.nope` is undefined"); minijinja
+    // turns it on only in debug builds, and operators run release builds.
+    env.set_debug(true);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
