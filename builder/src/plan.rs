@@ -162,14 +162,15 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
             FileSource::Absent => m::EntryKind::Absent,
             FileSource::Dynamic { template } => {
                 let (digest, _) = blobs.add_bytes(template.as_bytes());
+                let (consul, vault) = template_reads(resolved, path);
                 templates.push(m::Template {
                     path: path.clone(),
                     digest,
                     mode: mode_string(f.mode),
                     owner: f.owner.clone(),
                     group: f.group.clone(),
-                    consul: Vec::new(),
-                    vault: Vec::new(),
+                    consul,
+                    vault,
                     restart: f.restart.clone(),
                     reload: f.reload.clone(),
                 });
@@ -294,11 +295,23 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
         services,
         commands,
         templates,
-        dynamic: None,
+        dynamic: resolved.dynamic.clone(),
         blobs: blobs.map.iter().map(|(d, (_, size))| m::Blob { digest: d.clone(), size: *size }).collect(),
     };
     let blobs = blobs.map.into_iter().map(|(d, (src, _))| (d, src)).collect();
     Ok(Plan { manifest, blobs })
+}
+
+/// The Consul keys and Vault reads of a dynamic template, sorted, as the manifest records them.
+fn template_reads(resolved: &Resolved, path: &str) -> (Vec<String>, Vec<String>) {
+    let mut consul = std::collections::BTreeSet::new();
+    let mut vault = std::collections::BTreeSet::new();
+    for read in resolved.template_reads.get(path).into_iter().flatten() {
+        let (c, v) = crate::config::manifest_read(read, resolved.dynamic.as_ref());
+        consul.extend(c);
+        vault.extend(v);
+    }
+    (consul.into_iter().collect(), vault.into_iter().collect())
 }
 
 fn file_entry(f: &crate::config::ResolvedFile, digest: String, size: u64) -> m::EntryKind {

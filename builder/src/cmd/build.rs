@@ -263,6 +263,9 @@ fn build_one(
     packages: Option<(&PackageSet, &Resolution)>,
 ) -> Result<Built> {
     let resolved = config.resolve(name).map_err(|d| super::diagnostics_error(&d))?;
+    for w in &resolved.warnings {
+        eprintln!("{}: warning: {}", w.span, w.message);
+    }
     let plan = plan::plan_with_packages(&resolved, info, packages.map(|(p, _)| p))?;
     let file_name = format!("{name}-{}.kiln", info.version);
     let final_path = out.join(&file_name);

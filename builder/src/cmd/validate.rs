@@ -5,10 +5,14 @@ use anyhow::Result;
 use crate::cli::ValidateArgs;
 
 pub fn run(args: ValidateArgs) -> Result<()> {
-    let diags = match crate::config::load(&args.config.config) {
-        Ok(config) => config.validate_all(),
-        Err(d) => d,
+    let (diags, warnings) = match crate::config::load(&args.config.config) {
+        Ok(config) => (config.validate_all(), config.warnings_all()),
+        Err(d) => (d, Default::default()),
     };
+    // Warnings (a literal secret in a static file) go to stderr and do not fail validation.
+    for w in &warnings.0 {
+        eprintln!("{}: warning: {}", w.span, w.message);
+    }
     if args.json {
         let items: Vec<_> = diags
             .0

@@ -25,6 +25,7 @@ pub const TOP_KEYS: &[&str] = &[
     "units",
     "services",
     "commands",
+    "dynamic",
 ];
 /// Top-level keys of a layer file.
 pub const LAYER_KEYS: &[&str] = &["description", "params", "layers", "resources"];
@@ -445,6 +446,7 @@ pub fn check_section(key: &str, value: &Node, d: &mut Sink) {
         "vars" => {
             check::map(value, d);
         }
+        "dynamic" => super::dynamic::check(value, d),
         "system_accounts" => {
             for item in check::strings("system_accounts", value, d) {
                 let name = item.as_str().unwrap_or_default();

@@ -26,6 +26,8 @@ pub struct Item {
 pub struct Merged {
     pub base: Option<Node>,
     pub vars: Option<Node>,
+    /// The `dynamic:` section, merged like `vars` (maps deeply, lists replaced).
+    pub dynamic: Option<Node>,
     pub system_accounts: Vec<Node>,
     /// Per [`Kind`], items in order of first definition.
     pub items: [Vec<Item>; 8],
@@ -82,6 +84,10 @@ impl Merged {
                 "vars" if v.as_map().is_some() => match &mut self.vars {
                     Some(b) => deep_merge(b, v),
                     None => self.vars = Some(v.clone()),
+                },
+                "dynamic" if v.as_map().is_some() => match &mut self.dynamic {
+                    Some(b) => deep_merge(b, v),
+                    None => self.dynamic = Some(v.clone()),
                 },
                 // A set: every source adds to it.
                 "system_accounts" => {

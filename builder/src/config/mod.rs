@@ -8,12 +8,14 @@
 mod accounts;
 mod check;
 mod diag;
+mod dynamic;
 mod items;
 mod load;
 mod merge;
 mod model;
 mod render;
 mod resolve;
+mod secrets;
 pub mod template;
 pub mod yaml;
 
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use accounts::{BASE_GROUPS, BASE_USERS};
 pub use diag::{Diagnostic, Diagnostics, Span};
+pub use dynamic::manifest_read;
 pub use load::{load, Config};
 pub use model::*;
 pub use resolve::UNIT_DIR;
@@ -98,6 +101,18 @@ impl Config {
             all.extend(out.diags.into_iter().filter(|d| {
                 resolve::layer_of(&d.span).is_some_and(|l| unused.contains(&l.to_string()))
             }));
+        }
+        Diagnostics::new(all)
+    }
+
+    /// Warnings of every hostgroup that resolves (a literal secret in a static file), sorted,
+    /// each once. `kiln validate` prints them and still succeeds.
+    pub fn warnings_all(&self) -> Diagnostics {
+        let mut all = Vec::new();
+        for (name, doc) in &self.hostgroups {
+            if let Some(r) = self.run(name, Some(doc), None).resolved {
+                all.extend(r.warnings);
+            }
         }
         Diagnostics::new(all)
     }

@@ -202,4 +202,12 @@ pub struct Resolved {
     pub system_accounts: BTreeSet<String>,
     /// Where each applied layer was first asked for (a hostgroup key, a `layers:` entry).
     pub layer_uses: BTreeMap<String, Span>,
+    /// The merged `dynamic:` section: what dynamic templates may read (the manifest's).
+    pub dynamic: Option<kiln_signing::Dynamic>,
+    /// Where the `dynamic:` section was last defined.
+    pub dynamic_span: Option<Span>,
+    /// What each dynamic template reads, by target path, in template order.
+    pub template_reads: BTreeMap<String, Vec<kiln_firstboot::template::Read>>,
+    /// Not errors, but worth a look (a literal secret in a static file).
+    pub warnings: Vec<super::diag::Diagnostic>,
 }

@@ -250,6 +250,17 @@ impl Resolved {
             }
         }
 
+        if let Some(d) = &self.dynamic {
+            let why = match (explain_on, &self.dynamic_span) {
+                (true, Some(span)) => format!("  # from {}", ex.origin(span)),
+                _ => String::new(),
+            };
+            let _ = writeln!(o, "dynamic:{why}");
+            if let Ok(v) = serde_json::to_value(d) {
+                json(&mut o, &v, 2);
+            }
+        }
+
         let accounts: Vec<String> = self.system_accounts.iter().cloned().collect();
         let _ = writeln!(o, "system_accounts: {}", flow_list(&accounts));
 
@@ -343,6 +354,20 @@ impl Resolved {
             }
             if f.template != TemplateKind::None {
                 lines.push(format!("  template: {}", f.template.as_str()));
+            }
+            if let Some(reads) = self.template_reads.get(path) {
+                let reads: Vec<String> = reads
+                    .iter()
+                    .map(|r| {
+                        let (c, v) = super::dynamic::manifest_read(r, self.dynamic.as_ref());
+                        match (c, v) {
+                            (Some(k), _) => format!("consul {k}"),
+                            (_, Some(v)) => format!("vault {v}"),
+                            _ => String::new(),
+                        }
+                    })
+                    .collect();
+                lines.push(format!("  reads: {}", flow_list(&reads)));
             }
             if !matches!(f.source, FileSource::Symlink(_) | FileSource::Absent) {
                 lines.push(format!("  mode: {}", mode(f.mode)));

@@ -45,6 +45,11 @@ struct Run<'c> {
     order_of: HashMap<Arc<Path>, usize>,
     layer_params: BTreeMap<String, Value>,
     vars_value: Value,
+    /// The merged `dynamic:` section, once read (dynamic templates are checked against it).
+    dynamic: Option<kiln_signing::Dynamic>,
+    /// What the dynamic template just parsed reads.
+    last_reads: Vec<kiln_firstboot::template::Read>,
+    warnings: Vec<Diagnostic>,
 }
 
 /// The layer named by a span's file, when it is `layers/<name>.yaml`.
@@ -71,6 +76,9 @@ impl Config {
             order_of: HashMap::new(),
             layer_params: BTreeMap::new(),
             vars_value: Value::from(()),
+            dynamic: None,
+            last_reads: Vec::new(),
+            warnings: Vec::new(),
         };
         let docs: Vec<&Doc> = std::iter::once(&self.default).chain(hg).collect();
         let mut relevant: HashSet<Arc<Path>> = docs.iter().map(|doc| doc.file.clone()).collect();
@@ -214,6 +222,9 @@ impl Config {
         let mut resolved = run.build(&merged);
         resolved.layers = order;
         resolved.layer_uses = uses;
+        resolved.warnings = std::mem::take(&mut run.warnings);
+        resolved.warnings.sort();
+        resolved.warnings.dedup();
         out.diags.extend(run.d.list);
         out.inputs = run.inputs;
         if out.diags.is_empty() {
@@ -521,22 +532,34 @@ impl Run<'_> {
         }
     }
 
-    /// Check a dynamic template's syntax (it is rendered on the host).
+    /// Check a dynamic template (it is rendered on the host): its syntax, that every call
+    /// has literal arguments, and that it reads only what `dynamic:` declares. What it reads
+    /// is left in `last_reads`.
     fn parse_dynamic(&mut self, name: &str, text: &str, span: &Span) -> bool {
-        match self.env.template_from_named_str(name, text) {
-            Ok(_) => true,
+        self.last_reads.clear();
+        let calls = match kiln_firstboot::template::analyze(name, text) {
+            Ok(calls) => calls,
             Err(e) => {
-                let line = e
-                    .line()
+                self.d.err(span, format!("dynamic template {name}: {e}"));
+                return false;
+            }
+        };
+        let mut ok = true;
+        for c in calls {
+            if let Some(why) = super::dynamic::undeclared(&c.read, self.dynamic.as_ref()) {
+                let line = c
+                    .line
                     .map(|l| format!(" (template line {l})"))
                     .unwrap_or_default();
-                self.d.err(
-                    span,
-                    format!("dynamic template {name}: {}{line}", template::reason(&e)),
-                );
-                false
+                self.d
+                    .err(span, format!("dynamic template {name} {why}{line}"));
+                ok = false;
+            }
+            if !self.last_reads.contains(&c.read) {
+                self.last_reads.push(c.read);
             }
         }
+        ok
     }
 
     /// The bytes (or path, or template) of a file or unit.
@@ -611,7 +634,16 @@ impl Run<'_> {
             commands: Vec::new(),
             system_accounts: BTreeSet::new(),
             layer_uses: BTreeMap::new(),
+            dynamic: None,
+            dynamic_span: None,
+            template_reads: BTreeMap::new(),
+            warnings: Vec::new(),
         };
+        if let Some(dynamic) = &m.dynamic {
+            r.dynamic = super::dynamic::resolve(dynamic, &mut self.d);
+            r.dynamic_span = Some(dynamic.span.clone());
+            self.dynamic = r.dynamic.clone();
+        }
         if let Some(base) = &m.base {
             self.build_base(base, &mut r.base);
         }
@@ -656,6 +688,22 @@ impl Run<'_> {
             let Some((source, from)) = self.file_source(src, src_span, spec.template, false) else {
                 continue;
             };
+            // A dynamic template that reads a secret is 0600 unless its definition says otherwise.
+            let mut default_mode = 0o644;
+            if let FileSource::Dynamic { .. } = &source {
+                let reads = std::mem::take(&mut self.last_reads);
+                if reads.iter().any(|r| r.is_secret()) {
+                    default_mode = 0o600;
+                }
+                r.template_reads.insert(path.clone(), reads);
+            } else if let Some(what) = super::secrets::scan_source(&source) {
+                self.warnings.push(Diagnostic::new(
+                    src_span.clone(),
+                    format!(
+                        "{path}: {what}; a literal secret ends up in the bundle and in every image: keep it in Vault and read it with a dynamic template (vault(...))"
+                    ),
+                ));
+            }
             let has_meta = !matches!(src, Src::Symlink(_) | Src::Absent);
             if has_meta {
                 owners.extend(spec.owner.clone());
@@ -668,7 +716,7 @@ impl Run<'_> {
                 mode: if matches!(src, Src::Symlink(_)) {
                     0o777
                 } else {
-                    spec.mode.unwrap_or(0o644)
+                    spec.mode.unwrap_or(default_mode)
                 },
                 owner: spec
                     .owner
@@ -699,6 +747,14 @@ impl Run<'_> {
             let Some((source, from)) = self.file_source(src, src_span, spec.template, true) else {
                 continue;
             };
+            if let Some(what) = super::secrets::scan_source(&source) {
+                self.warnings.push(Diagnostic::new(
+                    src_span.clone(),
+                    format!(
+                        "unit {name}: {what}; a literal secret ends up in the bundle and in every image: keep it in Vault and read it with a dynamic template (vault(...))"
+                    ),
+                ));
+            }
             if present {
                 r.units.push(name);
             }

@@ -260,7 +260,7 @@ fn dynamic_templates_are_kept_raw_and_static_ones_see_vars_and_hostgroup() {
             ("hostgroups/default.yaml", "vars: {port: 5432}\n"),
             (
                 "hostgroups/web.yaml",
-                "files:\n  /etc/s: {content: \"{{ hostgroup }}:{{ vars.port }}\\n\", template: static}\n  /etc/d: {content: \"{{ consul('k') }}\\n\", template: dynamic, mode: \"0600\"}\n",
+                "dynamic: {consul: {prefixes: [app/]}}\nfiles:\n  /etc/s: {content: \"{{ hostgroup }}:{{ vars.port }}\\n\", template: static}\n  /etc/d: {content: \"{{ consul('app/k') }}\\n\", template: dynamic, mode: \"0600\"}\n",
             ),
         ],
         "web",
@@ -273,8 +273,12 @@ fn dynamic_templates_are_kept_raw_and_static_ones_see_vars_and_hostgroup() {
     assert_eq!(
         r.files["/etc/d"].value.source,
         FileSource::Dynamic {
-            template: "{{ consul('k') }}\n".into()
+            template: "{{ consul('app/k') }}\n".into()
         }
+    );
+    assert_eq!(
+        r.template_reads["/etc/d"],
+        [kiln_firstboot::template::Read::ConsulKey("app/k".into())]
     );
 }
 
@@ -390,4 +394,130 @@ fn every_problem_is_one_line() {
         "a\nb\u{1b}[31m",
     );
     assert_eq!(d.to_string(), "f:1:1: a\\nb\\u{1b}[31m");
+}
+
+#[test]
+fn dynamic_sources_merge_and_templates_read_only_what_is_declared() {
+    let r = resolve(
+        &[
+            (
+                "hostgroups/default.yaml",
+                "dynamic:\n  vault:\n    role: fleet\n    kv: [secret/data/common]\n",
+            ),
+            (
+                "hostgroups/web.yaml",
+                concat!(
+                    "dynamic:\n",
+                    "  consul: {prefixes: [kiln/apps/web/]}\n",
+                    "  vault:\n",
+                    "    role: web\n",
+                    "    generate: [{path: secret/data/db/app, field: password}]\n",
+                    "    pki: {role: web, common_name: \"{{ hostname }}.web.example.internal\"}\n",
+                    "files:\n",
+                    "  /etc/app.env:\n",
+                    "    content: \"V={{ consul('kiln/apps/web/version') }}\\nP={{ vault('secret/data/db/app', 'password') }}\\n\"\n",
+                    "    template: dynamic\n",
+                    "  /etc/ssl/web.crt: {content: \"{{ pki_cert('certificate') }}\", template: dynamic}\n",
+                    "  /etc/ssl/web.key: {content: \"{{ pki_cert('private_key') }}\", template: dynamic}\n",
+                    "  /etc/app.pub: {content: \"{{ consul_or('kiln/apps/web/x', 'd') }}\", template: dynamic, mode: \"0640\"}\n",
+                ),
+            ),
+        ],
+        "web",
+    )
+    .unwrap();
+    let d = r.dynamic.as_ref().unwrap();
+    // Maps merge deeply (role from web, kv from default), lists are replaced.
+    let v = d.vault.as_ref().unwrap();
+    assert_eq!(v.role, "web");
+    assert_eq!(v.auth_mount, "approle");
+    assert_eq!(v.kv, ["secret/data/common"]);
+    assert_eq!(v.generate[0].length, 32);
+    let pki = v.pki.as_ref().unwrap();
+    assert_eq!((pki.mount.as_str(), pki.ttl.as_str()), ("pki", "72h"));
+    // Secrets make a file 0600 unless it says otherwise; a certificate alone does not.
+    assert_eq!(r.files["/etc/app.env"].value.mode, 0o600);
+    assert_eq!(r.files["/etc/ssl/web.key"].value.mode, 0o600);
+    assert_eq!(r.files["/etc/ssl/web.crt"].value.mode, 0o644);
+    assert_eq!(r.files["/etc/app.pub"].value.mode, 0o640);
+
+    // The manifest records what each template reads.
+    let info = crate::plan::BuildInfo {
+        version: 1,
+        created: std::time::UNIX_EPOCH,
+        expires_after: std::time::Duration::from_secs(86400),
+        source_commit: None,
+    };
+    let plan = crate::plan::plan(&r, &info).unwrap();
+    let t = |p: &str| {
+        plan.manifest
+            .templates
+            .iter()
+            .find(|t| t.path == p)
+            .unwrap()
+    };
+    assert_eq!(t("/etc/app.env").consul, ["kiln/apps/web/version"]);
+    assert_eq!(t("/etc/app.env").vault, ["secret/data/db/app#password"]);
+    assert_eq!(t("/etc/ssl/web.key").vault, ["pki/issue/web#private_key"]);
+    assert_eq!(plan.manifest.dynamic.as_ref(), Some(d));
+    kiln_signing::dynamic::check(&plan.manifest).unwrap();
+}
+
+#[test]
+fn dynamic_problems_are_reported_where_they_are() {
+    let out = problems(&[
+        ("hostgroups/default.yaml", ""),
+        (
+            "hostgroups/web.yaml",
+            concat!(
+                "dynamic:\n",
+                "  consul: {prefixes: [kiln/apps/web, \"a/../b/\"]}\n",
+                "  vault:\n",
+                "    kv: [secret/db/app]\n",
+                "    generate: [{path: secret/data/x, field: pw, length: 4, charset: emoji}]\n",
+                "    pki: {role: web, common_name: \"{{ vars.x }}\", ttl: 1d}\n",
+                "    rolle: web\n",
+                "files:\n",
+                "  /etc/a: {content: \"{{ consul('other/k') }}{{ vault('secret/data/y', 'f') }}\", template: dynamic}\n",
+            ),
+        ),
+    ]);
+    assert!(!out.contains("prefixes is missing"), "{out}");
+    for want in [
+        "hostgroups/web.yaml:2:23: prefixes: \"kiln/apps/web\" is not a Consul prefix ending in /",
+        "hostgroups/web.yaml:2:38: prefixes: \"a/../b/\" is not a Consul prefix",
+        "hostgroups/web.yaml:3:3: dynamic.vault: role is missing",
+        "hostgroups/web.yaml:4:10: kv: \"secret/db/app\" is not a KV v2 path",
+        "hostgroups/web.yaml:5:57: generate: length must be an integer from 8 to 1024, found 4",
+        "hostgroups/web.yaml:5:69: generate: charset \"emoji\" is not one of: alnum, hex, base64url",
+        "hostgroups/web.yaml:6:35: common_name: undefined value",
+        "hostgroups/web.yaml:6:56: ttl: \"1d\" is not a duration",
+        "hostgroups/web.yaml:7:5: unknown key \"rolle\" in dynamic.vault",
+        "hostgroups/web.yaml:9:21: dynamic template content reads Consul \"other/k\", which is under no prefix",
+        "hostgroups/web.yaml:9:21: dynamic template content reads Vault secret/data/y#f, but secret/data/y is not in dynamic.vault.kv",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_literal_secret_in_a_static_file_is_a_warning_not_an_error() {
+    let dir = tree(&[
+        ("hostgroups/default.yaml", ""),
+        (
+            "hostgroups/web.yaml",
+            "files:\n  /etc/app.ini: {content: \"[db]\\npassword = Zx81-secret-Value\\n\"}\n",
+        ),
+    ]);
+    let cfg = load(dir.path()).unwrap();
+    assert!(cfg.validate_all().is_empty());
+    let r = cfg.resolve("web").unwrap();
+    assert_eq!(r.warnings.len(), 1);
+    let w = r.warnings[0].to_string();
+    assert!(
+        w.starts_with("hostgroups/web.yaml:2:27: /etc/app.ini: line 2 assigns a literal value to \"password\""),
+        "{w}"
+    );
+    assert!(!w.contains("Zx81"), "{w}");
+    assert_eq!(cfg.warnings_all().0, r.warnings);
 }
