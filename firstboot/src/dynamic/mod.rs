@@ -399,15 +399,8 @@ fn run_inner(
     drop(values);
 
     finish_sources(ctx, live, summary, deadline);
-    let took = started.elapsed().as_secs_f64();
-    log.info(&format!(
-        "dynamic: {} template(s) rendered for {hostname}, {changed} changed; {} Consul and {} Vault request(s) ({took:.3}s)",
-        m.templates.len(),
-        summary.consul_requests,
-        summary.vault_requests
-    ));
     Ok(format!(
-        "{} template(s), {changed} changed, {} unchanged; requests: consul {}, vault {}",
+        "{} template(s) for {hostname}, {changed} changed, {} unchanged; requests: consul {}, vault {}",
         m.templates.len(),
         m.templates.len() - changed,
         summary.consul_requests,
