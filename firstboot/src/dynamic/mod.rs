@@ -342,7 +342,6 @@ fn run_inner(
 ) -> Result<String, ApplyError> {
     let m = ctx.manifest;
     let deadline = started + cfg.deadline;
-    let log = ctx.log;
     let templates = load_templates(ctx)?;
     let hostname = hostname(cfg, ctx.root)?;
     // Every value read without a default, to fail on a missing Consul key before Vault.

@@ -1,0 +1,264 @@
+//! Consul faults during the dynamic step, against the project's Consul test server: down at
+//! start then up before the deadline (succeeds), down past it (exit 20), slow answers, a 403,
+//! garbage JSON, a missing key. After each failure: no rendered file, half-written or whole;
+//! state.json (and the Consul report, when Consul answers) says failed; a rerun once the fault
+//! is gone succeeds.
+
+mod common;
+mod dynamic_support;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use consul_test_server::{AclConfig, Config, DefaultPolicy, Fault, Policy, TestServer};
+use dynamic_support::*;
+
+struct Case {
+    consul: TestServer,
+    trust: tempfile::TempDir,
+    _work: tempfile::TempDir,
+    bundle: std::path::PathBuf,
+    spec: common::Spec,
+    host: Host,
+}
+
+fn case(consul: TestServer, deadline: &str) -> Option<Case> {
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("web-1.kiln");
+    let mut spec = consul_only_spec();
+    spec.write(&key, &bundle);
+    let mut host = Host::new("web-1")?;
+    host.flag("consul-addr", &consul.url())
+        .flag("dynamic-deadline", deadline);
+    Some(Case {
+        consul,
+        trust,
+        _work: work,
+        bundle,
+        spec,
+        host,
+    })
+}
+
+impl Case {
+    fn apply(&self) -> std::process::Output {
+        self.host.apply(self.trust.path(), &self.bundle, &[])
+    }
+
+    /// The failure left nothing of the templates, and said so in state.json.
+    fn failed(&self, out: &std::process::Output, says: &str) {
+        assert_eq!(out.status.code(), Some(20), "{}", out_text(out));
+        assert!(
+            stderr(out).contains(says),
+            "{says:?} not in:\n{}",
+            stderr(out)
+        );
+        assert_no_rendered_file(self.host.root.path(), &self.spec);
+        // The static part is in place: the journal lets the rerun continue.
+        assert_eq!(
+            std::fs::read(self.host.path("/etc/app/static.conf")).unwrap(),
+            b"static\n"
+        );
+        let state = self.host.state();
+        assert_eq!(state["result"], "failure");
+        assert_eq!(state["exit_code"], 20);
+        assert!(
+            state["error"].as_str().unwrap().contains(says),
+            "{}",
+            state["error"]
+        );
+    }
+
+    fn succeeds(&self) {
+        let out = self.apply();
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        assert_eq!(
+            std::fs::read_to_string(self.host.path("/etc/app/version")).unwrap(),
+            "7.1\n"
+        );
+        assert_eq!(self.host.state()["result"], "success");
+        let report = self.consul.get("kiln/nodes/web/web-1").expect("a report");
+        let report: serde_json::Value = serde_json::from_slice(&report.value).unwrap();
+        assert_eq!(report["result"], "success");
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        self.consul
+            .get("kiln/nodes/web/web-1")
+            .map(|e| serde_json::from_slice(&e.value).unwrap())
+    }
+}
+
+fn seeded() -> TestServer {
+    let consul = TestServer::start();
+    consul.put("kiln/apps/web/version", b"7.1");
+    consul.put("kiln/apps/web/env/A", b"1");
+    consul
+}
+
+#[test]
+fn consul_down_at_start_and_up_before_the_deadline_succeeds() {
+    let Some(c) = case(seeded(), "30s") else {
+        return;
+    };
+    c.consul.down_for(Duration::from_secs(2));
+    let t = Instant::now();
+    let out = c.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    assert!(stderr(&out).contains("retrying in"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(c.host.path("/etc/app/tree.conf")).unwrap(),
+        "A=1\n"
+    );
+}
+
+#[test]
+fn consul_down_past_the_deadline_fails_with_20_and_a_rerun_succeeds() {
+    let Some(c) = case(seeded(), "2s") else {
+        return;
+    };
+    c.consul.stop_listening();
+    let t = Instant::now();
+    let out = c.apply();
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    c.failed(&out, "consul unreachable until the deadline");
+    // Consul was down for the report too: state.json says so.
+    let state = c.host.state();
+    assert!(
+        state["dynamic"]["report"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{state}"
+    );
+    c.consul.resume_listening().unwrap();
+    c.succeeds();
+}
+
+#[test]
+fn slow_consul_answers_are_waited_for_within_the_deadline_and_not_past_it() {
+    let Some(c) = case(seeded(), "30s") else {
+        return;
+    };
+    c.consul.add_fault(
+        Fault::delay_ms(1500)
+            .path_prefix("/v1/kv/kiln/apps/")
+            .times(1),
+    );
+    let out = c.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+
+    let Some(c) = case(seeded(), "2s") else {
+        return;
+    };
+    c.consul
+        .add_fault(Fault::delay_ms(20_000).path_prefix("/v1/kv/kiln/apps/"));
+    let t = Instant::now();
+    let out = c.apply();
+    // Nothing waits for ever: the request is cut at the deadline.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    c.failed(&out, "consul unreachable until the deadline");
+    c.consul.clear_faults();
+    c.succeeds();
+}
+
+#[test]
+fn a_403_is_a_hard_error_that_names_the_prefix() {
+    let consul = TestServer::start_with(Config::default().with_acl(
+        AclConfig::new("root", DefaultPolicy::Deny).with_token(
+            "boot-token-9a8b7c",
+            &[("kiln/apps/", Policy::Read), ("kiln/nodes/", Policy::Write)],
+        ),
+    ))
+    .unwrap();
+    consul.put("kiln/apps/web/version", b"7.1");
+    let Some(mut c) = case(consul, "30s") else {
+        return;
+    };
+    let token = c.host.cred("consul-token", "not-the-token\n");
+    c.host.flag("consul-token-file", &token);
+    let t = Instant::now();
+    let out = c.apply();
+    // Not retried: a refusal does not wait for the deadline.
+    assert!(t.elapsed() < Duration::from_secs(10));
+    c.failed(&out, "reading prefix kiln/apps/web/: HTTP 403");
+    assert!(!out_text(&out).contains("not-the-token"));
+    assert_eq!(
+        c.consul
+            .count_requests(Some("GET"), "/v1/kv/kiln/apps/web/"),
+        1
+    );
+    // The token is only ever sent in a header, never in the URL.
+    assert!(c
+        .consul
+        .requests()
+        .iter()
+        .all(|r| !r.query.contains("token")));
+    std::fs::write(&token, "boot-token-9a8b7c\n").unwrap();
+    c.succeeds();
+}
+
+#[test]
+fn garbage_json_is_retried_and_fails_only_past_the_deadline() {
+    let Some(c) = case(seeded(), "30s") else {
+        return;
+    };
+    c.consul.add_fault(Fault::garbage().method("GET").times(2));
+    let out = c.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(
+        stderr(&out).contains("not Consul's KV JSON"),
+        "{}",
+        stderr(&out)
+    );
+
+    let Some(c) = case(seeded(), "2s") else {
+        return;
+    };
+    c.consul.add_fault(
+        Fault::garbage()
+            .method("GET")
+            .path_prefix("/v1/kv/kiln/apps/"),
+    );
+    let out = c.apply();
+    c.failed(&out, "not Consul's KV JSON");
+    // Consul itself answers: the report says the apply failed, and why.
+    let report = c.report().expect("a report");
+    assert_eq!(report["result"], "failure");
+    assert_eq!(report["exit_code"], 20);
+    assert!(report["error"]
+        .as_str()
+        .unwrap()
+        .contains("not Consul's KV JSON"));
+    c.consul.clear_faults();
+    c.succeeds();
+}
+
+#[test]
+fn a_missing_key_without_default_fails_with_its_name() {
+    let consul = TestServer::start();
+    let Some(c) = case(consul, "30s") else {
+        return;
+    };
+    let out = c.apply();
+    c.failed(&out, "kiln/apps/web/version does not exist");
+    let report = c.report().expect("a report");
+    assert_eq!(report["result"], "failure");
+    assert!(report["error"]
+        .as_str()
+        .unwrap()
+        .contains("kiln/apps/web/version"));
+    // A 404 on the prefix is "nothing there", not an error, and it was asked once.
+    assert_eq!(
+        c.consul
+            .count_requests(Some("GET"), "/v1/kv/kiln/apps/web/"),
+        1
+    );
+    c.consul.put("kiln/apps/web/version", b"7.1");
+    c.succeeds();
+    // The report replaced the failed one (check-and-set on its index).
+    assert_eq!(c.report().unwrap()["result"], "success");
+}
