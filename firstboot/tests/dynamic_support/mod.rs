@@ -68,7 +68,6 @@ pub struct Bao {
     child: Child,
     pub addr: String,
     pub dir: tempfile::TempDir,
-    unseal_key: String,
     http: reqwest::blocking::Client,
 }
 
@@ -158,18 +157,10 @@ impl Bao {
                 );
                 continue;
             }
-            let log = std::fs::read_to_string(dir.path().join("bao.log")).unwrap_or_default();
-            let unseal_key = log
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("Unseal Key: "))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
             return Some(Bao {
                 child,
                 addr,
                 dir,
-                unseal_key,
                 http,
             });
         }
@@ -298,11 +289,21 @@ impl Bao {
         self.root("PUT", "sys/seal", Value::Null);
     }
 
+    /// The dev server's unseal key, from what it printed at start.
+    fn unseal_key(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key: "))
+            .expect("the dev server prints its unseal key")
+            .trim()
+            .to_string()
+    }
+
     pub fn unseal(&self) {
         let (s, v) = self.call(
             "PUT",
             "sys/unseal",
-            Some(json!({"key": self.unseal_key})),
+            Some(json!({ "key": self.unseal_key() })),
             None,
         );
         assert_eq!(s, 200, "{v}");
