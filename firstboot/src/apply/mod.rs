@@ -127,8 +127,15 @@ pub enum ApplyError {
     #[error("writing the state file: {0}")]
     State(io::Error),
     /// The dynamic step: a source unreachable or refusing, a missing value, a template.
+    // Not a `#[source]`: the message already holds it, and a chain would print it twice.
     #[error("dynamic: {0}")]
-    Dynamic(#[from] crate::dynamic::DynamicError),
+    Dynamic(crate::dynamic::DynamicError),
+}
+
+impl From<crate::dynamic::DynamicError> for ApplyError {
+    fn from(e: crate::dynamic::DynamicError) -> Self {
+        ApplyError::Dynamic(e)
+    }
 }
 
 impl ApplyError {

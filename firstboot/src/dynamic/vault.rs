@@ -127,12 +127,17 @@ impl<'a> Vault<'a> {
         }
     }
 
-    /// The AppRole path of the declared role's secret_id: what the wrapping token must wrap.
-    fn expected_creation_path(&self) -> String {
-        format!(
-            "auth/{}/role/{}/secret-id",
+    /// The AppRole paths that make a secret_id for the declared role (generated or given):
+    /// what the wrapping token must have been created by.
+    fn expected_creation_paths(&self) -> [String; 2] {
+        let base = format!(
+            "auth/{}/role/{}",
             self.sources.auth_mount, self.sources.role
-        )
+        );
+        [
+            format!("{base}/secret-id"),
+            format!("{base}/custom-secret-id"),
+        ]
     }
 
     /// Lookup, unwrap (once), login.
@@ -152,7 +157,7 @@ impl<'a> Vault<'a> {
             }
         };
         let wt = wrapped.expose_str().trim().to_string();
-        let want = self.expected_creation_path();
+        let want = self.expected_creation_paths();
 
         // 1. Lookup: what does the token wrap? (Does not consume it.)
         let url = self.http.url("sys/wrapping/lookup");
@@ -179,9 +184,10 @@ impl<'a> Vault<'a> {
                 s => Verdict::Fail(refused(format!("sys/wrapping/lookup: HTTP {s}{}", errors_of(body)))),
             },
         )?;
-        if creation_path != want {
+        if !want.contains(&creation_path) {
             return Err(refused(format!(
-                "the wrapping token was created by {creation_path:?}, not {want:?}: refusing to unwrap it"
+                "the wrapping token was created by {creation_path:?}, not {:?}: refusing to unwrap it",
+                want[0]
             )));
         }
 
