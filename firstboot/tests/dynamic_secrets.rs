@@ -50,10 +50,10 @@ fn no_secret_value_appears_in_logs_state_report_or_bundle() {
         .flag("dynamic-deadline", "30s");
 
     let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut keep = |what: &str,
-                    host: &Host,
-                    out: &std::process::Output,
-                    outputs: &mut Vec<(String, Vec<u8>)>| {
+    let keep = |what: &str,
+                host: &Host,
+                out: &std::process::Output,
+                outputs: &mut Vec<(String, Vec<u8>)>| {
         outputs.push((format!("{what}: stdout"), out.stdout.clone()));
         outputs.push((format!("{what}: stderr"), out.stderr.clone()));
         for (p, b) in all_bytes(host.root.path()) {
