@@ -141,12 +141,38 @@ fn shadow(root: &Path, tool: &str, args: Vec<String>) -> Program {
     Program::new(&argv, TOOL_TIMEOUT)
 }
 
+/// Attempts of a shadow tool that found the account files locked.
+const LOCK_ATTEMPTS: u32 = 5;
+
+/// Lock files the shadow tools create next to the account files.
+const SHADOW_LOCKS: &[&str] = &[
+    "/etc/passwd.lock",
+    "/etc/shadow.lock",
+    "/etc/group.lock",
+    "/etc/gshadow.lock",
+    "/etc/subuid.lock",
+    "/etc/subgid.lock",
+];
+
 fn run_tool(ctx: &Ctx, step: &'static str, what: &str, program: Program) -> Result<(), ApplyError> {
     ctx.log.info(&format!("  {}", program.display()));
-    let done = program
-        .run()
-        .map_err(|e| ApplyError::step(step, what, format!("running {}: {e}", program.argv[0])))?;
-    if !done.success() {
+    let mut attempt = 1;
+    loop {
+        let done = program.run().map_err(|e| {
+            ApplyError::step(step, what, format!("running {}: {e}", program.argv[0]))
+        })?;
+        if done.success() {
+            return Ok(());
+        }
+        // Locked: a tool killed with us in a crash may still be dying (not yet reaped), or
+        // left its lock file behind. Clear locks whose owner is gone, then try again. (The
+        // exit status for it differs between tools: groupadd 10, usermod 1.)
+        if done.output.contains("cannot lock") && attempt < LOCK_ATTEMPTS {
+            recover_locks(ctx, step)?;
+            std::thread::sleep(std::time::Duration::from_millis(500 * u64::from(attempt)));
+            attempt += 1;
+            continue;
+        }
         return Err(ApplyError::step(
             step,
             what,
@@ -158,7 +184,93 @@ fn run_tool(ctx: &Ctx, step: &'static str, what: &str, program: Program) -> Resu
             ),
         ));
     }
+}
+
+/// Removes shadow lock files whose owner is gone: the PID they name is not running (or is a
+/// zombie), or the file is older than this boot (a power loss; its PID may have been reused).
+/// The tools run by the engine die with it, so after a crash their locks are stale.
+pub fn clear_stale_locks(ctx: &Ctx) -> usize {
+    let boot = boot_time();
+    let mut removed = 0;
+    for path in SHADOW_LOCKS {
+        let Ok(Some(parent)) = ctx.root.parent(path, false) else {
+            continue;
+        };
+        let Ok(Some(meta)) = parent.lstat() else {
+            continue;
+        };
+        let pid = ctx
+            .root
+            .read_text(path, 64)
+            .ok()
+            .flatten()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        let before_boot = boot.is_some_and(|b| meta.mtime < b);
+        let owner_alive = pid.is_some_and(process_alive);
+        if meta.kind == Kind::File && (before_boot || !owner_alive) {
+            ctx.warn(&format!(
+                "removing stale lock {path} (pid {}{})",
+                pid.map(|p| p.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                if before_boot {
+                    ", from before this boot"
+                } else {
+                    ", not running"
+                }
+            ));
+            if parent.remove(Kind::File).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// A shadow tool killed while it held its locks (a crash of ours takes it down) may have
+/// written some account files and not others: after removing its stale locks, `pwconv` and
+/// `grpconv` add the shadow/gshadow entries it did not get to (they keep existing ones).
+fn recover_locks(ctx: &Ctx, step: &'static str) -> Result<(), ApplyError> {
+    if clear_stale_locks(ctx) == 0 {
+        return Ok(());
+    }
+    for tool in ["pwconv", "grpconv"] {
+        let program = shadow(ctx.root.path(), tool, Vec::new());
+        ctx.log.info(&format!("  {}", program.display()));
+        let done = program
+            .run()
+            .map_err(|e| ApplyError::step(step, tool, format!("running {tool}: {e}")))?;
+        if !done.success() {
+            return Err(ApplyError::step(
+                step,
+                tool,
+                format!(
+                    "failed ({}): {}",
+                    done.describe(program.timeout),
+                    done.last_line()
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Whether a process runs (and is not a zombie), per /proc of this host.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesized command name.
+        Ok(stat) => match stat.rfind(')').and_then(|i| stat.get(i + 1..)) {
+            Some(rest) => !matches!(rest.split_whitespace().next(), Some("Z") | Some("X") | None),
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// This boot's start, seconds since the epoch (`btime` of /proc/stat).
+fn boot_time() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
 }
 
 /// What would change for the groups of a manifest.
@@ -184,6 +296,7 @@ pub fn plan_groups(have: &Accounts, groups: &[Group]) -> Result<Vec<String>, Str
 
 /// Creates the missing groups. Returns how many were created.
 pub fn apply_groups(ctx: &Ctx) -> Result<usize, ApplyError> {
+    recover_locks(ctx, "groups")?;
     let mut created = 0;
     for g in &ctx.manifest.groups {
         let have =
@@ -290,6 +403,7 @@ pub fn plan_users(have: &Accounts, users: &[User]) -> Result<Vec<String>, String
 /// Creates or adjusts users, then writes their authorized_keys. Returns how many accounts
 /// were created or changed.
 pub fn apply_users(ctx: &Ctx) -> Result<usize, ApplyError> {
+    recover_locks(ctx, "users")?;
     let mut changed = 0;
     for u in &ctx.manifest.users {
         let have =
@@ -320,11 +434,42 @@ pub fn apply_users(ctx: &Ctx) -> Result<usize, ApplyError> {
                 changed += 1;
             }
         }
+        if u.create_home {
+            ensure_home(ctx, u)?;
+        }
         if !u.authorized_keys.is_empty() {
             write_authorized_keys(ctx, u)?;
         }
     }
     Ok(changed)
+}
+
+/// A home that should exist but does not (useradd killed after writing /etc/passwd): made as
+/// useradd would, with `mkhomedir_helper` (skel, the login.defs umask) when the root has it,
+/// else as an empty 0700 directory of the user.
+fn ensure_home(ctx: &Ctx, u: &User) -> Result<(), ApplyError> {
+    let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("users", "/etc/passwd", e))?;
+    let Some(e) = have.user(&u.name) else {
+        return Ok(());
+    };
+    if !e.home.starts_with('/') || e.home == "/" {
+        return Ok(());
+    }
+    let err = |x: io::Error| ApplyError::step("users", &format!("home of {}", u.name), x);
+    if ctx.root.exists(&e.home).map_err(err)? {
+        return Ok(());
+    }
+    ctx.warn(&format!(
+        "home {} of {} is missing (interrupted useradd): making it",
+        e.home, u.name
+    ));
+    if ctx.root.exists("/usr/sbin/mkhomedir_helper").map_err(err)? {
+        let program = Program::new(&["mkhomedir_helper", u.name.as_str()], TOOL_TIMEOUT)
+            .in_root(ctx.root.path());
+        return run_tool(ctx, "users", &u.name, program);
+    }
+    super::entries::ensure_dir(ctx.root, &e.home, 0o700, e.uid, e.gid).map_err(err)?;
+    Ok(())
 }
 
 fn useradd_args(have: &Accounts, u: &User) -> Vec<String> {
@@ -413,6 +558,18 @@ fn write_authorized_keys(ctx: &Ctx, u: &User) -> Result<(), ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_of_lock_owners() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+        let boot = boot_time().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(boot > 0 && boot <= now);
+    }
 
     #[test]
     fn parses_passwd_and_group() {

@@ -48,6 +48,8 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
 }
 
 /// The directory holding a path (resolved inside the root) and the path's last component.
@@ -538,6 +540,7 @@ fn meta_of(st: &stat::FileStat) -> Meta {
         uid: st.st_uid,
         gid: st.st_gid,
         size: u64::try_from(st.st_size).unwrap_or(0),
+        mtime: st.st_mtime,
     }
 }
 

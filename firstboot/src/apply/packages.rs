@@ -111,6 +111,8 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
     let todo = todo(&have, &ctx.manifest.packages);
     let resolved = ctx.manifest.packages.len() - unresolved.len();
     if todo.is_empty() {
+        // A crash after dpkg finished but before our policy-rc.d went: put things back.
+        restore_policy_rc_d(ctx)?;
         return Ok(format!(
             "{resolved} already installed, {} unresolved",
             unresolved.len()
@@ -252,10 +254,23 @@ fn restore_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {
         )
         .map_err(|e| err(e.into()))?;
         nix::unistd::fsync(&parent.dir).map_err(|e| err(e.into()))?;
-    } else if parent.lstat().map_err(err)?.is_some() {
+    } else if is_ours(ctx, &parent).map_err(err)? {
         parent.remove(Kind::File).map_err(err)?;
     }
     Ok(())
+}
+
+/// Whether the policy-rc.d in place is the one this engine writes.
+fn is_ours(ctx: &Ctx, parent: &super::fsroot::Parent) -> std::io::Result<bool> {
+    Ok(match parent.lstat()? {
+        Some(m) if m.kind == Kind::File => ctx
+            .root
+            .read_text(POLICY_RC_D, 4096)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.as_bytes() == POLICY_SCRIPT),
+        _ => false,
+    })
 }
 
 #[cfg(test)]

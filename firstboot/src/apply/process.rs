@@ -152,10 +152,15 @@ impl Program {
         // If kiln-firstboot dies (kill -9, power loss aside), the program dies with it rather
         // than running on beside the rerun that recovers from the journal.
         // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+        let parent = nix::unistd::getpid().as_raw();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                // Killed between fork and prctl: the signal was missed, so do not run at all.
+                if nix::libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
                 }
                 Ok(())
             });
