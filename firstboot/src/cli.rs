@@ -34,11 +34,12 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The bundle: a file path or an http(s) URL.
-    #[arg(long, value_name = "PATH|URL")]
+    /// The bundle: a file path or an http(s) URL. kiln-firstboot.service passes it in the
+    /// environment (/etc/kiln/firstboot.env).
+    #[arg(long, env = "KILN_BUNDLE", value_name = "PATH|URL")]
     pub bundle: String,
     /// Refuse (exit 19) unless the bundle file's sha256 is HEX; checked before anything else.
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, env = "KILN_BUNDLE_SHA256", value_name = "HEX")]
     pub sha256: Option<String>,
     /// The root filesystem to apply to.
     #[arg(long, default_value = "/", value_name = "DIR")]
@@ -58,7 +59,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Refuse a bundle for another hostgroup (default: <root>/etc/kiln/hostgroup if it exists).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "KILN_HOSTGROUP", value_name = "NAME")]
     pub hostgroup: Option<String>,
     /// Apply even though another bundle was applied, or left half-applied, on this root.
     #[arg(long)]
@@ -66,6 +67,10 @@ pub struct ApplyArgs {
     /// Print a JSON report on stdout at the end (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
+    /// Queue service starts and restarts without waiting for them (systemctl --no-block):
+    /// kiln-firstboot.service passes it, as it runs during boot before those services.
+    #[arg(long)]
+    pub no_block: bool,
     #[command(flatten)]
     pub dynamic: DynamicArgs,
 }

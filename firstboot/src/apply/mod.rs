@@ -40,6 +40,9 @@ use entries::Action;
 use fsroot::Root;
 use journal::{secs, Journal, Record};
 
+/// How the state file marks a phase finished by an earlier run (a crash, or `kiln bake`).
+pub const EARLIER_RUN: &str = "earlier run: ";
+
 /// Where blobs are staged, one directory per bundle digest.
 pub const STAGING_DIR: &str = "/var/lib/kiln/staging";
 
@@ -72,6 +75,18 @@ pub struct ApplyOptions<'a> {
     pub dry_run: bool,
     /// Apply even though another bundle was applied (or half-applied) to this root.
     pub force: bool,
+    /// Stop before the dynamic phase (`kiln bake`): every phase up to the commands is applied
+    /// and journaled, the staged blobs are removed, and no state file is written, so that
+    /// `kiln-firstboot apply` of the same bundle at the first boot resumes there: it renders
+    /// the dynamic templates, starts the services, writes the state and reports to Consul.
+    pub stop_before_dynamic: bool,
+    /// Steps the caller took before the engine (fetch, verify), recorded first in the state
+    /// file and the Consul report.
+    pub steps_before: Vec<Step>,
+    /// Start, stop and restart services with `systemctl --no-block` (queue the jobs, do not
+    /// wait): for kiln-firstboot.service, which runs during boot ordered before the services
+    /// the bundle starts, where waiting on their start jobs would deadlock.
+    pub no_block: bool,
     pub log: &'a dyn Log,
 }
 
@@ -84,6 +99,9 @@ pub struct ApplyReport {
     pub already_applied: bool,
     /// Dry run: one line per change it would make.
     pub plan: Vec<String>,
+    /// Stopped before the dynamic phase ([`ApplyOptions::stop_before_dynamic`]): the journal
+    /// waits for the first boot; no state file was written.
+    pub deferred: bool,
 }
 
 /// Why an apply stopped. [`exit_code`](Self::exit_code) maps each kind to the process exit code.
@@ -207,6 +225,8 @@ pub(crate) struct Ctx<'a> {
     pub dynamic: Option<&'a crate::dynamic::DynamicConfig>,
     /// Filled by the dynamic step, for the state file.
     pub dynamic_summary: RefCell<Option<crate::dynamic::DynamicSummary>>,
+    /// `systemctl --no-block` for start/stop/restart ([`ApplyOptions::no_block`]).
+    pub no_block: bool,
 }
 
 impl Ctx<'_> {
@@ -276,6 +296,7 @@ pub fn apply_with<R: Read>(
         warnings: RefCell::new(Vec::new()),
         dynamic,
         dynamic_summary: RefCell::new(None),
+        no_block: opts.no_block,
     };
     let started_at = now_rfc3339();
     let mut state = State {
@@ -308,6 +329,7 @@ pub fn apply_with<R: Read>(
                 state: prev.clone(),
                 already_applied: true,
                 plan: Vec::new(),
+                deferred: false,
             });
         }
         if !opts.force {
@@ -333,7 +355,7 @@ pub fn apply_with<R: Read>(
         _ => Vec::new(),
     };
 
-    if !m.templates.is_empty() && dynamic.is_none() {
+    if !m.templates.is_empty() && dynamic.is_none() && !opts.stop_before_dynamic {
         opts.log.info(&format!(
             "{} dynamic template(s): no dynamic sources given (an offline apply), they will be skipped",
             m.templates.len()
@@ -355,6 +377,7 @@ pub fn apply_with<R: Read>(
             state,
             already_applied: false,
             plan,
+            deferred: false,
         });
     }
 
@@ -415,6 +438,7 @@ pub fn apply_with<R: Read>(
             state.started_at = started_at.clone();
         }
     }
+    state.steps.extend(opts.steps_before.iter().cloned());
     state.steps.push(Step {
         name: "stage".into(),
         seconds: stage_secs,
@@ -422,8 +446,31 @@ pub fn apply_with<R: Read>(
     });
 
     let mut commands = Vec::new();
-    let result = run_phases(&ctx, &mut journal, &mut state.steps, &mut commands);
+    let stop = opts.stop_before_dynamic.then_some("dynamic");
+    let result = run_phases(&ctx, &mut journal, &mut state.steps, &mut commands, stop);
     state.commands = commands;
+    if stop.is_some() && result.is_ok() {
+        // The first boot finishes: keep the journal, drop the blobs (it stages them again
+        // from the bundle it is given, checking every byte).
+        if let Err(e) = root_fs.remove_tree(&ctx.staging) {
+            opts.log.warn(&format!(
+                "could not remove {}: {e}",
+                root_fs.display(&ctx.staging).display()
+            ));
+        }
+        state.applied_at = now_rfc3339();
+        state.warnings = ctx.warnings.borrow().clone();
+        opts.log.info(&format!(
+            "applied {} up to the dynamic phase; the first boot finishes it (dynamic, runtime, state, report)",
+            state.describe()
+        ));
+        return Ok(ApplyReport {
+            state,
+            already_applied: false,
+            plan: Vec::new(),
+            deferred: true,
+        });
+    }
     state.applied_at = now_rfc3339();
     state.dynamic = ctx.dynamic_summary.borrow().clone();
     if let Some(cfg) = dynamic {
@@ -461,6 +508,7 @@ pub fn apply_with<R: Read>(
                 state,
                 already_applied: false,
                 plan: Vec::new(),
+                deferred: false,
             })
         }
         Err(error) => {
@@ -493,15 +541,19 @@ fn run_phases(
     journal: &mut Journal,
     steps: &mut Vec<Step>,
     commands: &mut Vec<CommandResult>,
+    stop_before: Option<&str>,
 ) -> Result<(), ApplyError> {
     for &phase in PHASES {
+        if Some(phase) == stop_before {
+            break;
+        }
         if let Some((seconds, summary)) = journal.done(phase) {
             ctx.log
                 .info(&format!("{phase}: done in an earlier run ({summary})"));
             steps.push(Step {
                 name: phase.into(),
                 seconds,
-                summary,
+                summary: format!("{EARLIER_RUN}{summary}"),
             });
             if phase == "commands" {
                 for c in &ctx.manifest.commands {

@@ -29,6 +29,12 @@ fn systemctl(ctx: &Ctx, args: &[&str]) -> Program {
 }
 
 fn run(ctx: &Ctx, step: &'static str, args: &[&str]) -> Result<(), ApplyError> {
+    let mut owned: Vec<&str> = Vec::with_capacity(args.len() + 1);
+    if ctx.no_block && step == "runtime" && args.first() != Some(&"daemon-reload") {
+        owned.push("--no-block");
+    }
+    owned.extend_from_slice(args);
+    let args = &owned[..];
     let program = systemctl(ctx, args);
     ctx.log.info(&format!("  {}", program.display()));
     let done = program.run().map_err(|e| {

@@ -21,7 +21,7 @@ use crate::cli::ApplyArgs;
 use crate::fetch::{self, Source};
 use crate::host;
 use crate::log::Log;
-use crate::state::{Outcome, State};
+use crate::state::{now_rfc3339, Outcome, State, Step};
 
 pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
     let source = Source::parse(&args.bundle);
@@ -43,15 +43,53 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
     }
     let root = Root::open(&args.root)
         .with_context(|| format!("opening the root {}", args.root.display()))?;
+    // Where Consul and Vault are: read first, so that a refusal is reported too.
+    let conf = crate::conf::load(&root, args.dynamic.config.as_ref()).map_err(|message| Exit {
+        code: exit::USAGE,
+        message,
+    })?;
+    let dynamic = crate::conf::dynamic_config(&args.dynamic, &conf).map_err(|message| Exit {
+        code: exit::USAGE,
+        message,
+    })?;
     let mut tidy = Tidy {
         root: &root,
         created: 0,
     };
-    let outcome = apply_bundle(&args, &source, &shown, &root, &mut tidy, log);
+    let started = Instant::now();
+    let mut seen = Seen {
+        started_at: now_rfc3339(),
+        ..Seen::default()
+    };
+    let outcome = apply_bundle(
+        &args, &source, &shown, &root, &mut tidy, &dynamic, &mut seen, log,
+    );
     tidy.run();
+    if let Ok(code) = &outcome {
+        log.info(&format!(
+            "timings: {}; total {:.2}s (exit {code})",
+            seen.timings(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
     match outcome {
         Ok(code) => Ok(code),
         Err(err) => {
+            let failure_state = err
+                .downcast_ref::<apply::ApplyFailure>()
+                .and_then(|f| f.state.as_deref());
+            // The engine reports the failures it writes a state for; a refusal (bad pin,
+            // signature, expiry, wrong hostgroup or base, a fetch that failed, a corrupt
+            // bundle) is reported here, so a rollout sees it at once.
+            if failure_state.is_none() && !args.dry_run {
+                report_refusal(&args, &root, &dynamic, &seen, &err, log);
+            }
+            log.info(&format!(
+                "timings: {}; total {:.2}s (exit {})",
+                seen.timings(),
+                started.elapsed().as_secs_f64(),
+                super::exit_code_of(&err)
+            ));
             if args.json {
                 let state = err
                     .downcast_ref::<apply::ApplyFailure>()
@@ -76,15 +114,100 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
     }
 }
 
+/// What is known of the bundle so far, and how long each step took: for the timings line and
+/// the report of a refusal.
+#[derive(Default)]
+struct Seen {
+    started_at: String,
+    sha256: Option<String>,
+    hostgroup: Option<String>,
+    version: Option<u64>,
+    steps: Vec<Step>,
+}
+
+impl Seen {
+    fn step(&mut self, name: &str, t: Instant, summary: String) {
+        self.steps.push(Step {
+            name: name.into(),
+            seconds: (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            summary,
+        });
+    }
+
+    /// `fetch 0.21s, verify 0.05s, ...`
+    fn timings(&self) -> String {
+        if self.steps.is_empty() {
+            return "none".into();
+        }
+        self.steps
+            .iter()
+            .map(|s| format!("{} {:.2}s", s.name, s.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reports a refusal to Consul (`kiln/nodes/<hostgroup>/<hostname>`, result `failure`), when
+/// Consul is configured and the hostgroup is known (flag, `/etc/kiln/hostgroup` or the
+/// verified manifest). Never changes the exit code.
+fn report_refusal(
+    args: &ApplyArgs,
+    root: &Root,
+    dynamic: &crate::DynamicConfig,
+    seen: &Seen,
+    err: &anyhow::Error,
+    log: &dyn Log,
+) {
+    if dynamic.consul_addr.is_none() {
+        return;
+    }
+    let hostgroup = seen
+        .hostgroup
+        .clone()
+        .or_else(|| args.hostgroup.clone())
+        .or_else(|| host::hostgroup(root).ok().flatten());
+    let Some(hostgroup) = hostgroup else {
+        log.warn("could not report the refusal to Consul: the hostgroup is unknown (pass --hostgroup)");
+        return;
+    };
+    let state = State {
+        result: Outcome::Failure,
+        hostgroup,
+        version: seen.version.unwrap_or(0),
+        sha256: seen.sha256.clone().unwrap_or_default(),
+        source: args.bundle.clone(),
+        signer: String::new(),
+        started_at: seen.started_at.clone(),
+        applied_at: now_rfc3339(),
+        error: Some(format!("{err:#}")),
+        exit_code: super::exit_code_of(err),
+        steps: seen.steps.clone(),
+        commands: Vec::new(),
+        warnings: Vec::new(),
+        hostname: None,
+        dynamic: None,
+    };
+    if let Some(r) = crate::dynamic::report(dynamic, root, &state, log) {
+        match r.result {
+            Ok(at) => log.info(&format!("reported the refusal to {at}")),
+            Err(e) => log.warn(&format!("could not report the refusal: {e}")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn apply_bundle(
     args: &ApplyArgs,
     source: &Source,
     shown: &str,
     root: &Root,
     tidy: &mut Tidy,
+    dynamic: &crate::DynamicConfig,
+    seen: &mut Seen,
     log: &dyn Log,
 ) -> Result<i32> {
     // 1. Fetch and pin.
+    let t_fetch = Instant::now();
     let (mut file, sha256, size) = match source {
         Source::Path(p) => {
             let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -112,6 +235,15 @@ fn apply_bundle(
             (f, sha, size)
         }
     };
+    seen.sha256 = Some(sha256.clone());
+    seen.step(
+        "fetch",
+        t_fetch,
+        match source {
+            Source::Path(_) => format!("{size} bytes read"),
+            Source::Url(_) => format!("{size} bytes downloaded"),
+        },
+    );
     fetch::check_pin(args.sha256.as_deref(), &sha256)?;
     if args.sha256.is_some() {
         log.info(&format!("sha256 {sha256} matches the pin"));
@@ -151,6 +283,8 @@ fn apply_bundle(
         &Limits::default(),
     )?;
     let m = &bundle.manifest;
+    seen.hostgroup = Some(m.hostgroup.clone());
+    seen.version = Some(m.version);
     let comment = &bundle.signer.comment;
     log.info(&format!(
         "signature good: {} version {}, signed by {}{}",
@@ -205,24 +339,39 @@ fn apply_bundle(
         t.elapsed().as_secs_f64()
     ));
 
+    seen.step(
+        "verify",
+        t,
+        "signature, expiry, hostgroup, version, base".into(),
+    );
+
     // 4. The engine, with the host's dynamic sources.
-    let conf = crate::conf::load(root, args.dynamic.config.as_ref()).map_err(|message| Exit {
-        code: exit::USAGE,
-        message,
-    })?;
-    let dynamic = crate::conf::dynamic_config(&args.dynamic, &conf).map_err(|message| Exit {
-        code: exit::USAGE,
-        message,
-    })?;
     let opts = ApplyOptions {
         bundle_sha256: sha256.clone(),
         source: args.bundle.clone(),
         live: None,
         dry_run: args.dry_run,
         force: args.force,
+        stop_before_dynamic: false,
+        steps_before: seen.steps.clone(),
+        no_block: args.no_block,
         log,
     };
-    let report = apply::apply_with(bundle, &args.root, &opts, Some(&dynamic))?;
+    let report = apply::apply_with(bundle, &args.root, &opts, Some(dynamic))?;
+    // The engine's own steps (stage, each phase; those done in an earlier run, e.g. by
+    // `kiln bake`, are marked so), for the timings line.
+    if !report.already_applied {
+        let earlier = |s: &Step| s.summary.starts_with(apply::EARLIER_RUN);
+        let mine: Vec<Step> = report
+            .state
+            .steps
+            .iter()
+            .skip(seen.steps.len())
+            .filter(|s| !earlier(s))
+            .cloned()
+            .collect();
+        seen.steps.extend(mine);
+    }
     if args.dry_run {
         if report.plan.is_empty() {
             log.info("dry run: nothing would change");

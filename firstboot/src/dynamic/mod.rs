@@ -179,6 +179,24 @@ impl FileRef {
         }
     }
 
+    /// Removes the file (gone already: fine).
+    fn remove(&self, root: &Root) -> std::io::Result<()> {
+        let r = match self {
+            FileRef::Host(p) => std::fs::remove_file(p),
+            FileRef::InRoot(p) => match root.parent(p, false)? {
+                Some(parent) => match parent.lstat()? {
+                    Some(_) => parent.remove(Kind::File),
+                    None => Ok(()),
+                },
+                None => Ok(()),
+            },
+        };
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
     fn display(&self, root: &Root) -> String {
         match self {
             FileRef::Host(p) => p.display().to_string(),
@@ -509,9 +527,20 @@ fn fetch_all<'a>(
             Some(root),
             cfg.request_timeout,
         )?;
-        let r = vault
-            .connect(deadline, log)
-            .and_then(|()| vault.fetch(values, redactor, deadline, log));
+        let r = vault.connect(deadline, log);
+        if r.is_ok() {
+            // Logged in: the wrapping token is spent (unwrapped now, or in the run that kept
+            // the client token). Its file goes, so nothing is left to read or to retry with.
+            if let Some(f) = &cfg.wrapped_secret_id {
+                if let Err(e) = f.remove(root) {
+                    ctx.warn(&format!(
+                        "could not remove the wrapped secret_id file {}: {e}",
+                        f.display(root)
+                    ));
+                }
+            }
+        }
+        let r = r.and_then(|()| vault.fetch(values, redactor, deadline, log));
         summary.vault_requests += vault.requests();
         r?;
         live.vault = Some(vault);
