@@ -2,8 +2,10 @@
 //! filesystem tar, a raw ext4 image (`mkfs.ext4 -d`, no mounting) or a qcow2 (`qemu-img
 //! convert`). The bundle is applied by the same engine kiln-firstboot runs at first boot
 //! (`kiln_firstboot::apply`, on an offline root: no service is started), and the image gets
-//! kiln-firstboot itself and the trusted keys, so the first boot verifies and finishes what only
-//! the host can do (dynamic templates, starting services).
+//! kiln-firstboot itself, the trusted keys and kiln-firstboot.service. The engine stops before its
+//! dynamic phase and leaves its journal: the first boot's kiln-firstboot, given the same bundle,
+//! verifies it and finishes what only the host can do (dynamic templates, starting services, the
+//! state file and the Consul report).
 
 use std::fs::{self, File};
 use std::io::BufReader;
@@ -202,19 +204,6 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     )
     .with_context(|| format!("verifying {}", o.bundle.display()))?;
     let m = bundle.manifest.clone();
-    if !m.templates.is_empty() {
-        // The engine applies everything at once and records the bundle as applied, so the first
-        // boot would find it done and never render these. Refuse rather than bake an image
-        // whose dynamic files never appear.
-        bail!(
-            "{} has {} dynamic template(s) ({}): baking needs kiln-firstboot's engine to stop before \
-             its dynamic phase and leave the rest to the first boot, which it cannot do yet; \
-             apply this bundle at first boot instead",
-            o.bundle.display(),
-            m.templates.len(),
-            m.templates.iter().map(|t| t.path.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
     let base = BaseInfo::open(o.base, o.config, o.cache)?;
     let policy = Policy {
         now: SystemTime::now(),
@@ -273,12 +262,17 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     let t = Instant::now();
     let fwd = |msg: &str| (o.progress)(&format!("  {msg}"));
     let log = Forward(&fwd);
+    // Everything up to the dynamic phase: the first boot's kiln-firstboot, given the same
+    // bundle, resumes from the journal (dynamic templates, services, state, Consul report).
     let opts = kiln_firstboot::ApplyOptions {
         bundle_sha256: sha256.clone(),
         source: o.bundle.display().to_string(),
         live: Some(false),
         dry_run: false,
         force: false,
+        stop_before_dynamic: true,
+        steps_before: Vec::new(),
+        no_block: false,
         log: &log,
     };
     let report = kiln_firstboot::apply(bundle, &root, &opts).map_err(|f| {
@@ -344,8 +338,63 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     })
 }
 
-/// kiln-firstboot (0755), the trusted keys (kiln-firstboot's default --trust), and the image's
-/// hostgroup (kiln-firstboot refuses a bundle for another one).
+/// `kiln-firstboot.service`, the alternative to cloud-init's runcmd (`kiln cloud-init --via
+/// systemd` writes `/etc/kiln/firstboot.env`, which it needs): once, during boot, after the
+/// network and cloud-init's write_files and before the services the bundle runs; skipped once
+/// an apply succeeded (`kiln-firstboot status` exits 0); its output in the journal and on the
+/// console.
+pub fn firstboot_unit(m: &Manifest) -> String {
+    let mut before: Vec<&str> = m
+        .services
+        .iter()
+        .filter(|s| s.state == kiln_signing::ServiceState::Running)
+        .map(|s| s.name.as_str())
+        .collect();
+    before.sort_unstable();
+    before.dedup();
+    let before = if before.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "# The services the bundle runs start after it.\nBefore={}\n",
+            before.join(" ")
+        )
+    };
+    format!(
+        "# Installed by kiln bake ({hostgroup} version {version}). Runs kiln-firstboot once at first boot,\n\
+         # when /etc/kiln/firstboot.env names the bundle (kiln cloud-init --via systemd writes it).\n\
+         [Unit]\n\
+         Description=Kiln first boot: verify the {hostgroup} bundle and finish applying it\n\
+         ConditionPathExists=/etc/kiln/firstboot.env\n\
+         Wants=network-online.target\n\
+         After=network-online.target cloud-init.service\n\
+         Before=multi-user.target\n\
+         {before}\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         EnvironmentFile=/etc/kiln/firstboot.env\n\
+         # Once: skipped after an apply succeeded; a failed or interrupted one is retried at the next boot.\n\
+         ExecCondition=/bin/sh -c '! /{FIRSTBOOT_PATH} status >/dev/null 2>&1'\n\
+         ExecStart=/{FIRSTBOOT_PATH} apply --no-block\n\
+         StandardOutput=journal+console\n\
+         StandardError=journal+console\n\
+         TimeoutStartSec=30min\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        hostgroup = m.hostgroup,
+        version = m.version,
+    )
+}
+
+/// Where bake installs kiln-firstboot.service, and the symlink that enables it.
+pub const UNIT_PATH: &str = "etc/systemd/system/kiln-firstboot.service";
+const UNIT_WANTS: &str = "etc/systemd/system/multi-user.target.wants/kiln-firstboot.service";
+
+/// kiln-firstboot (0755), the trusted keys (kiln-firstboot's default --trust), the image's
+/// hostgroup (kiln-firstboot refuses a bundle for another one) and kiln-firstboot.service.
 fn install_firstboot(root: &Path, firstboot: &Path, trust: &Path, m: &Manifest) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let bin = root.join(FIRSTBOOT_PATH);
@@ -376,6 +425,18 @@ fn install_firstboot(root: &Path, firstboot: &Path, trust: &Path, m: &Manifest) 
     let hg = root.join("etc/kiln/hostgroup");
     reject_symlink(root, &hg)?;
     fs::write(&hg, format!("{}\n", m.hostgroup))?;
+    let unit = root.join(UNIT_PATH);
+    reject_symlink(root, &unit)?;
+    fs::create_dir_all(unit.parent().expect("has a parent"))?;
+    fs::write(&unit, firstboot_unit(m))?;
+    fs::set_permissions(&unit, fs::Permissions::from_mode(0o644))?;
+    let wants = root.join(UNIT_WANTS);
+    reject_symlink(root, wants.parent().expect("has a parent"))?;
+    fs::create_dir_all(wants.parent().expect("has a parent"))?;
+    if fs::symlink_metadata(&wants).is_ok() {
+        fs::remove_file(&wants)?;
+    }
+    std::os::unix::fs::symlink(format!("/{UNIT_PATH}"), &wants)?;
     Ok(())
 }
 

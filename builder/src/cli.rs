@@ -36,6 +36,11 @@ pub enum Command {
     Base(BaseCommand),
     /// Apply a bundle to a copy of its base and write an image: tar, raw ext4 or qcow2 (as root).
     Bake(BakeArgs),
+    /// Write the cloud-init user-data that runs kiln-firstboot at a VM's first boot.
+    CloudInit(CloudInitArgs),
+    /// Follow a rolling replacement: the nodes' reports in Consul.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Verify a bundle: signature, trust, expiry and every payload byte.
     Verify(VerifyArgs),
     /// Show what a bundle contains.
@@ -52,7 +57,13 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArg {
     /// Configuration directory holding hostgroups/ and layers/.
-    #[arg(long, short = 'c', default_value = ".", env = "KILN_CONFIG", value_name = "DIR")]
+    #[arg(
+        long,
+        short = 'c',
+        default_value = ".",
+        env = "KILN_CONFIG",
+        value_name = "DIR"
+    )]
     pub config: PathBuf,
 }
 
@@ -233,6 +244,132 @@ pub struct BakeArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct CloudInitArgs {
+    /// The hostgroup the VM belongs to (kiln-firstboot refuses a bundle for another one).
+    pub hostgroup: String,
+    /// Where the VM downloads the bundle (http:// or https://, e.g. an object store).
+    #[arg(long, value_name = "URL")]
+    pub bundle_url: Option<String>,
+    /// The bundle file here: its sha256 is pinned (--sha256 auto) and its hostgroup checked.
+    /// Without --bundle-url, the VM reads it from the NoCloud seed disk (ship it there, at the
+    /// top level, beside user-data).
+    #[arg(long, value_name = "PATH")]
+    pub bundle_file: Option<std::path::PathBuf>,
+    /// The bundle's sha256, pinned in the user-data (kiln-firstboot refuses any other file,
+    /// exit 19); `auto` computes it from --bundle-file.
+    #[arg(long, default_value = "auto", value_name = "HEX|auto")]
+    pub sha256: String,
+    /// Who starts kiln-firstboot: cloud-init's runcmd, or kiln-firstboot.service (installed
+    /// by `kiln bake`; runs before the bundle's services; needs --bundle-url).
+    #[arg(long, value_enum, default_value = "runcmd")]
+    pub via: crate::cloudinit::Via,
+    /// Consul address as the VM reaches it (the dynamic values, and where the VM reports).
+    #[arg(long, value_name = "URL")]
+    pub consul_addr: Option<String>,
+    /// PEM CA certificates for Consul's https (written to /etc/kiln/consul-ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub consul_ca: Option<std::path::PathBuf>,
+    /// File holding the VM's Consul ACL token (handed over 0600 in /run/kiln, tmpfs).
+    #[arg(long, value_name = "FILE")]
+    pub consul_token_file: Option<std::path::PathBuf>,
+    /// Vault (or OpenBao) address as the VM reaches it.
+    #[arg(long, value_name = "URL")]
+    pub vault_addr: Option<String>,
+    /// PEM CA certificates for Vault's https (written to /etc/kiln/vault-ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub vault_ca: Option<std::path::PathBuf>,
+    /// File holding the AppRole role_id, if the bundle does not carry it.
+    #[arg(long, value_name = "FILE")]
+    pub vault_role_id_file: Option<std::path::PathBuf>,
+    /// File holding the response-wrapping token of the VM's AppRole secret_id (`vault write
+    /// -wrap-ttl=30m -f auth/approle/role/ROLE/secret-id`): handed over 0600 root in /run/kiln
+    /// (tmpfs), deleted by kiln-firstboot once unwrapped.
+    #[arg(long, value_name = "FILE")]
+    pub wrapped_secret_id_file: Option<std::path::PathBuf>,
+    /// Refuse bundles below this version on the VM (rollback protection).
+    #[arg(long, value_name = "N")]
+    pub min_version: Option<u64>,
+    /// kiln-firstboot's fetch deadline (default 10m).
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+    /// kiln-firstboot's deadline for Consul and Vault (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub dynamic_deadline: Option<String>,
+    /// kiln-firstboot's path in the image (`kiln bake` installs it there).
+    #[arg(
+        long,
+        default_value = "/usr/local/sbin/kiln-firstboot",
+        value_name = "PATH"
+    )]
+    pub firstboot_path: String,
+    /// Where to write the user-data (0600; `-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// The nodes of a hostgroup by version and result, from their reports in Consul.
+    Status(RolloutStatusArgs),
+    /// Wait until N nodes of version V report success (exit 0); exit 3 at once when a node
+    /// reports failure, 4 when the timeout passes first.
+    Wait(RolloutWaitArgs),
+}
+
+/// Where Consul is, for `kiln rollout`.
+#[derive(Debug, Args, Clone)]
+pub struct ConsulArgs {
+    /// Consul address.
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500",
+        value_name = "URL"
+    )]
+    pub consul_addr: String,
+    /// File holding a Consul ACL token that may read kiln/nodes/ (else $CONSUL_HTTP_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub consul_token_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates for Consul's https (else the system's).
+    #[arg(long, env = "CONSUL_CACERT", value_name = "FILE")]
+    pub consul_ca: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    /// The hostgroup (reports under kiln/nodes/HOSTGROUP/).
+    pub hostgroup: String,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+    /// Print the nodes and the counts as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutWaitArgs {
+    /// The hostgroup (reports under kiln/nodes/HOSTGROUP/).
+    pub hostgroup: String,
+    /// The bundle version being rolled out.
+    #[arg(long, value_name = "V")]
+    pub version: u64,
+    /// How many nodes of that version must report success.
+    #[arg(long, value_name = "N")]
+    pub count: usize,
+    /// Give up after this long (exit 4), e.g. 15m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Longest a single blocking query waits (Consul caps it at 10m).
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+    /// Print the final state as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `--shard K/N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -244,8 +381,14 @@ impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 2/4")?;
-        let index: u32 = k.trim().parse().map_err(|_| format!("shard index {k:?} is not a number"))?;
-        let count: u32 = n.trim().parse().map_err(|_| format!("shard count {n:?} is not a number"))?;
+        let index: u32 = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard index {k:?} is not a number"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard count {n:?} is not a number"))?;
         if count == 0 || index == 0 || index > count {
             return Err(format!("shard {index}/{count}: need 1 <= K <= N"));
         }

@@ -3,10 +3,12 @@
 pub mod bake;
 pub mod base;
 pub mod cli;
+pub mod cloudinit;
 pub mod cmd;
 pub mod config;
 pub mod packages;
 pub mod plan;
+pub mod rollout;
 pub mod sbom;
 
 use clap::Parser;
@@ -30,7 +32,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     init_logging(cli.verbose);

@@ -190,7 +190,22 @@ fn bake_writes_tar_raw_and_qcow2_images_of_the_applied_root() {
         std::fs::read_to_string(s.trust.join("key.pub")).unwrap()
     );
     assert_eq!(debugfs(&raw, "cat /etc/kiln/hostgroup"), "app\n");
-    assert!(debugfs(&raw, "cat /var/lib/kiln/state.json").contains("\"result\": \"success\""));
+    // The engine stopped before the dynamic phase: no state yet, the journal waits for the first
+    // boot (which verifies the same bundle again and finishes), the staged blobs are gone.
+    assert_eq!(debugfs(&raw, "cat /var/lib/kiln/state.json"), "");
+    assert!(debugfs(&raw, "cat /var/lib/kiln/journal").contains("\"commands\""));
+    assert!(!debugfs(&raw, "ls -l /var/lib/kiln/staging").contains("blobs"));
+    let unit = debugfs(&raw, "cat /etc/systemd/system/kiln-firstboot.service");
+    assert!(
+        unit.contains("Before=kiln-hello.service nginx.service")
+            && unit.contains("ExecStart=/usr/local/sbin/kiln-firstboot apply --no-block"),
+        "{unit}"
+    );
+    assert!(debugfs(
+        &raw,
+        "stat /etc/systemd/system/multi-user.target.wants/kiln-firstboot.service"
+    )
+    .contains("Fast link dest: \"/etc/systemd/system/kiln-firstboot.service\""));
     assert!(!debugfs(&raw, "ls /usr/sbin").contains("policy-rc.d"));
 
     // qcow2: what qemu-img reads back is the same kind of image.

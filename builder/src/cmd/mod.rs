@@ -3,11 +3,13 @@
 mod bake;
 mod base;
 mod build;
+mod cloud_init;
 mod diff;
 mod inspect;
 mod keygen;
 mod man;
 mod render;
+mod rollout;
 mod validate;
 mod verify;
 
@@ -25,6 +27,8 @@ pub fn run(command: Command) -> Result<()> {
         Command::Build(a) => build::run(a),
         Command::Base(c) => base::run(c),
         Command::Bake(a) => bake::run(a),
+        Command::CloudInit(a) => cloud_init::run(a),
+        Command::Rollout(c) => rollout::run(c),
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
@@ -47,6 +51,9 @@ pub(crate) fn diagnostics_error(d: &crate::config::Diagnostics) -> anyhow::Error
     let n = d.0.len();
     anyhow::Error::new(crate::Exit {
         code: kiln_signing::exit::FAILURE,
-        message: format!("{n} configuration problem{} found", if n == 1 { "" } else { "s" }),
+        message: format!(
+            "{n} configuration problem{} found",
+            if n == 1 { "" } else { "s" }
+        ),
     })
 }

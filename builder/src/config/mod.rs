@@ -6,7 +6,7 @@
 //! `file:line:column: reason`, all of them at once.
 
 mod accounts;
-mod check;
+pub(crate) mod check;
 mod diag;
 mod dynamic;
 mod items;
