@@ -13,6 +13,8 @@ use super::process::Program;
 use super::{ApplyError, Ctx};
 
 const DPKG_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Passes of `dpkg -i` over what is still missing (each must make progress).
+const MAX_PASSES: usize = 8;
 const STATUS_LIMIT: u64 = 256 << 20;
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// Where an existing policy-rc.d waits while ours is in place.
@@ -148,59 +150,109 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
         }
         done.map_err(|e| ApplyError::step("packages", "dpkg --configure -a", e))?;
     }
-    let paths: Vec<String> = todo
-        .iter()
-        .filter_map(|p| p.digest.as_deref())
-        .map(|d| ctx.staged_blob(d))
-        .collect();
-    let mut argv = vec![
-        "dpkg".to_string(),
-        "--force-confdef".into(),
-        "--force-confold".into(),
-        "-i".into(),
-    ];
-    argv.extend(paths);
-    let program = Program::new(&argv, DPKG_TIMEOUT).in_root(ctx.root.path());
-    ctx.log.info(&format!(
-        "  dpkg -i {} packages ({})",
-        todo.len(),
-        todo.iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
-    let done = program.run();
-    let restored = restore_policy_rc_d(ctx);
-    let done =
-        done.map_err(|e| ApplyError::step("packages", "dpkg -i", format!("running dpkg: {e}")))?;
-    if !done.success() {
-        return Err(ApplyError::Tool {
-            step: "packages",
-            what: "dpkg -i".into(),
-            status: done.describe(DPKG_TIMEOUT),
-            output: done.output,
-        });
+    // One `dpkg -i` cannot install a package whose Pre-Depends is in the same set: the
+    // dependency is only unpacked when dpkg gets to it (seen: cron pre-depends on
+    // cron-daemon-common). So install in passes, each over what is still missing, while a pass
+    // makes progress, then let dpkg configure whatever it left unpacked.
+    let mut remaining = todo.clone();
+    let mut last_failure = None;
+    for pass in 1..=MAX_PASSES {
+        let done = dpkg_install(ctx, &remaining, pass);
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = restore_policy_rc_d(ctx);
+                return Err(e);
+            }
+        };
+        let after = installed(ctx)?;
+        let still = self::todo(&after, &ctx.manifest.packages);
+        if done.success() && still.is_empty() {
+            last_failure = None;
+            break;
+        }
+        if !done.success() {
+            last_failure = Some(done);
+        }
+        if still.is_empty() || still.len() >= remaining.len() {
+            break;
+        }
+        remaining = still;
     }
-    restored?;
+    if interrupted(ctx)? {
+        let done = Program::new(
+            &["dpkg", "--force-confdef", "--force-confold", "--configure", "-a"],
+            DPKG_TIMEOUT,
+        )
+        .in_root(ctx.root.path())
+        .run();
+        if let Ok(d) = done {
+            if !d.success() {
+                last_failure = Some(d);
+            }
+        }
+    }
+    let restored = restore_policy_rc_d(ctx);
     let after = installed(ctx)?;
-    let missing: Vec<&str> = todo
+    let missing: Vec<&str> = self::todo(&after, &ctx.manifest.packages)
         .iter()
-        .filter(|p| !after.contains_key(&p.name))
         .map(|p| p.name.as_str())
         .collect();
     if !missing.is_empty() {
-        return Err(ApplyError::step(
-            "packages",
-            "dpkg -i",
-            format!("not installed afterwards: {}", missing.join(" ")),
-        ));
+        return Err(match last_failure {
+            Some(done) => ApplyError::Tool {
+                step: "packages",
+                what: format!("dpkg -i (not installed: {})", missing.join(" ")),
+                status: done.describe(DPKG_TIMEOUT),
+                output: done.output,
+            },
+            None => ApplyError::step(
+                "packages",
+                "dpkg -i",
+                format!("not installed afterwards: {}", missing.join(" ")),
+            ),
+        });
     }
+    restored?;
     Ok(format!(
         "{} installed, {} already there, {} unresolved",
         todo.len(),
         resolved - todo.len(),
         unresolved.len()
     ))
+}
+
+/// One `dpkg -i` over `packages` in the root.
+fn dpkg_install(
+    ctx: &Ctx,
+    packages: &[&Package],
+    pass: usize,
+) -> Result<super::process::Finished, ApplyError> {
+    let mut argv = vec![
+        "dpkg".to_string(),
+        "--force-confdef".into(),
+        "--force-confold".into(),
+        "-i".into(),
+    ];
+    argv.extend(
+        packages
+            .iter()
+            .filter_map(|p| p.digest.as_deref())
+            .map(|d| ctx.staged_blob(d)),
+    );
+    ctx.log.info(&format!(
+        "  dpkg -i {} packages, pass {pass} ({})",
+        packages.len(),
+        packages
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    Program::new(&argv, DPKG_TIMEOUT)
+        .in_root(ctx.root.path())
+        .run()
+        .map_err(|e| ApplyError::step("packages", "dpkg -i", format!("running dpkg: {e}")))
 }
 
 fn install_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {
