@@ -319,6 +319,8 @@ fn applies_everything_to_a_debian_root_then_a_rerun_changes_nothing() {
     assert_eq!(
         steps,
         [
+            "fetch",
+            "verify",
             "stage",
             "groups",
             "users",
