@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmark: `kiln-firstboot apply --root` of a generated bundle against `zstd -dc | tar -x` of the
+# same files into the same kind of directory, side by side in the same run; then the same with a
+# bundle twice as large, to show memory stays flat. Prints the ratios and peak RSS.
+#
+# Workload (fixed, generated into $WORK, default /var/tmp/kiln-apply-bench): FILES files (default
+# 20,000) of about 10 KB (1-20 KB, half random, half text) in 100 directories, ~200 MB; then 2x.
+#
+# Usage: bench/apply-bench.sh [ROUNDS]     (default 3; the median of each side is reported)
+set -euo pipefail
+ROUNDS=${1:-3}
+FILES=${FILES:-20000}
+WORK=${WORK:-/var/tmp/kiln-apply-bench}
+here=$(cd "$(dirname "$0")/.." && pwd)
+command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
+cargo build --release -q --manifest-path "$here/Cargo.toml" -p kiln-builder -p kiln-firstboot
+T=${CARGO_TARGET_DIR:-$here/target}/release
+KILN=$T/kiln; FB=$T/kiln-firstboot
+mkdir -p "$WORK"
+"$KILN" keygen --out "$WORK/key" --force > /dev/null
+mkdir -p "$WORK/trust"; cp "$WORK/key.pub" "$WORK/trust/bench.pub"
+
+gen() { # N -> config dir with hostgroup "bench" of N files, plus the bundle and the tar.zst
+  local n=$1 cfg=$WORK/config-$1
+  if [ ! -f "$cfg/.complete" ]; then
+    echo "generating $n files in $cfg ..." >&2
+    rm -rf "$cfg"; mkdir -p "$cfg/hostgroups" "$cfg/files/bench"
+    python3 - "$cfg" "$n" <<'PY'
+import os, random, sys
+cfg, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+text = b"".join(b"%06d kiln apply benchmark line of text\n" % i for i in range(20000))
+open(f"{cfg}/hostgroups/default.yaml", "w").write("vars: {}\n")
+lines = ["directories:", "  /srv/bench: {}"] + [f"  /srv/bench/d{d:02d}: {{}}" for d in range(100)]
+lines.append("files:")
+for i in range(n):
+    d = i % 100
+    os.makedirs(f"{cfg}/files/bench/d{d:02d}", exist_ok=True)
+    size = rnd.randrange(1024, 20 * 1024)
+    half = size // 2
+    off = rnd.randrange(0, len(text) - half)
+    with open(f"{cfg}/files/bench/d{d:02d}/f{i:06d}", "wb") as f:
+        f.write(rnd.randbytes(half) + text[off:off + size - half])
+    lines.append(f"  /srv/bench/d{d:02d}/f{i:06d}: {{from: bench/d{d:02d}/f{i:06d}}}")
+open(f"{cfg}/hostgroups/bench.yaml", "w").write("\n".join(lines) + "\n")
+PY
+    touch "$cfg/.complete"
+  fi
+  SOURCE_DATE_EPOCH=$(date +%s) "$KILN" build bench --config "$cfg" --key "$WORK/key" --out "$WORK/b$n" --version 1 > /dev/null
+  tar -C "$cfg/files/bench" -cf - . | zstd -3 -T0 -q -f -o "$WORK/b$n/bench.tar.zst"
+}
+
+fake_root() { # a target root that passes the os-release/arch checks (no base image needed)
+  rm -rf "$1"; mkdir -p "$1/etc" "$1/var/lib/dpkg" "$1/srv"
+  printf 'ID=debian\nVERSION_ID="12"\n' > "$1/etc/os-release"
+  echo amd64 > "$1/var/lib/dpkg/arch"
+  printf 'root:x:0:0:root:/root:/bin/bash\n' > "$1/etc/passwd"
+  printf 'root:x:0:\n' > "$1/etc/group"
+}
+measure() { local out; out=$(mktemp); /usr/bin/time -f '%e %M' -o "$out" "$@" > /dev/null 2>&1 || { cat "$out" >&2; echo "FAILED: $*" >&2; exit 1; }; cat "$out"; rm -f "$out"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+run() { # N
+  local n=$1 kt=() tt=() km=() tm=()
+  gen "$n"
+  for r in $(seq "$ROUNDS"); do
+    fake_root "$WORK/root-k"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t m < <(measure "$FB" apply --bundle "$WORK/b$n/bench-1.kiln" --root "$WORK/root-k" --trust "$WORK/trust")
+    kt+=("$t"); km+=("$m")
+    fake_root "$WORK/root-t"; mkdir -p "$WORK/root-t/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t m < <(measure bash -c "zstd -dc '$WORK/b$n/bench.tar.zst' | tar -x -C '$WORK/root-t/srv/bench'")
+    tt+=("$t"); tm+=("$m")
+    echo "files=$n round $r: kiln-firstboot ${kt[-1]}s (peak RSS ${km[-1]} KiB), zstd|tar ${tt[-1]}s" >&2
+  done
+  # Same bytes on disk either way.
+  diff -r "$WORK/root-k/srv/bench" "$WORK/root-t/srv/bench" > /dev/null || { echo "trees differ" >&2; exit 1; }
+  local k t m; k=$(median "${kt[@]}"); t=$(median "${tt[@]}"); m=$(median "${km[@]}")
+  echo "files=$n bundle $(stat -c %s "$WORK/b$n/bench-1.kiln") bytes: kiln-firstboot apply median ${k}s, zstd -dc | tar -x median ${t}s, ratio $(python3 -c "print(f'{$k/$t:.2f}')")x, peak RSS ${m} KiB"
+}
+run "$FILES"
+run $((FILES * 2))
