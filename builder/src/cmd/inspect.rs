@@ -70,7 +70,23 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if !m.templates.is_empty() {
         println!("dynamic templates ({}):", m.templates.len());
         for t in &m.templates {
-            println!("  {} {}:{}  {}", t.mode, t.owner, t.group, t.path);
+            let reads: Vec<String> =
+                t.consul.iter().map(|k| format!("consul {k}")).chain(t.vault.iter().map(|v| format!("vault {v}"))).collect();
+            println!("  {} {}:{}  {}  reads {}", t.mode, t.owner, t.group, t.path, if reads.is_empty() { "nothing".into() } else { reads.join(", ") });
+        }
+    }
+    if let Some(d) = &m.dynamic {
+        if let Some(c) = &d.consul {
+            println!("dynamic consul prefixes: {}", c.prefixes.join(", "));
+        }
+        if let Some(v) = &d.vault {
+            let mut what = vec![format!("AppRole {} (auth/{})", v.role, v.auth_mount)];
+            what.extend(v.kv.iter().map(|p| format!("kv {p}")));
+            what.extend(v.generate.iter().map(|g| format!("generate {}#{} ({} {})", g.path, g.field, g.length, g.charset.as_str())));
+            if let Some(p) = &v.pki {
+                what.push(format!("pki {}/issue/{} for {:?}, ttl {}", p.mount, p.role, p.common_name, p.ttl));
+            }
+            println!("dynamic vault: {}", what.join("; "));
         }
     }
     if !m.groups.is_empty() {
