@@ -253,3 +253,33 @@ fn vault_over_https_with_a_custom_ca() {
         .unwrap()
         .contains("API_KEY=k-0123456789"));
 }
+
+#[test]
+fn a_generated_field_is_added_to_an_existing_secret_keeping_its_other_fields() {
+    let Some(v) = web_vault() else { return };
+    v.bao.kv_put("db/app", serde_json::json!({"user": "app"}));
+    let consul = TestServer::start();
+    consul.put("kiln/apps/web/version", b"1");
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("web-1.kiln");
+    web_spec(1).write(&key, &bundle);
+    let Some(host) = web_host("web-3", &v, &consul) else {
+        return;
+    };
+    let out = host.apply(trust.path(), &bundle, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let data = v.bao.kv_get("db/app").unwrap();
+    assert_eq!(data["user"], "app");
+    let password = data["password"].as_str().unwrap();
+    assert_eq!(password.len(), 32);
+    let (_, meta) = v.bao.call("GET", "secret/data/db/app", None, Some("root"));
+    assert_eq!(
+        meta["data"]["metadata"]["version"], 2,
+        "one write, with check-and-set 1"
+    );
+    assert!(std::fs::read_to_string(host.path("/etc/app/app.env"))
+        .unwrap()
+        .contains(&format!("DB_PASSWORD={password}\n")));
+}
