@@ -3,16 +3,18 @@
 //! symlink in the base or made by an earlier entry never carries a write out of the root.
 
 use nix::libc;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use kiln_signing::{Entry, EntryKind};
-use nix::fcntl::OFlag;
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag};
+use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 
 use super::accounts::Accounts;
-use super::fsroot::{self, Kind, Meta, Parent, Root};
+use super::fsroot::{self, Kind, Meta, Parent, ParentCache, Root};
 use super::journal::Journal;
 use super::validate::parse_mode;
 use super::{ApplyError, Ctx};
@@ -318,13 +320,38 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
     Ok(counts)
 }
 
-/// Files: content from the verified staging copy, checked again against its digest while it is
-/// copied. A file whose content changes and that names services to restart or reload is
-/// recorded in the journal before the rename, so a crash right after still restarts them.
+/// Files, in three passes so that a whole tree costs two `syncfs` rather than two fsyncs per file:
+///
+/// 1. what changes: a file with the right size and sha256 already is left alone (mode and owner
+///    fixed); the paths with restart/reload hooks among the others are journaled, in one record
+///    batch, before anything is renamed (so a crash after a rename still restarts them);
+/// 2. the new content beside its target, not yet visible: a blob only one changing path uses is
+///    taken from the staging area as it is (owner and mode set on it, then renamed in pass 3:
+///    staging is on the root's filesystem, the rename costs nothing); a blob several paths use is
+///    copied to the temporary name in each target's directory, its digest checked again;
+/// 3. `syncfs` (every byte and inode of pass 2 on disk), every rename, `syncfs` again.
+///
+/// A crash anywhere leaves each target either as it was or complete; the rerun stages the blobs
+/// again, finds the renamed files unchanged and redoes the others. Blobs that templates or
+/// packages read are always copied, never moved. A target on another filesystem than the
+/// staging area (EXDEV) gets a copy, written and synced the slow way.
 pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyError> {
+    struct Todo<'m> {
+        e: &'m Entry,
+        digest: &'m str,
+        size: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        hooks: bool,
+        /// Pass 2 renames the staged blob itself (else: a temporary copy).
+        staged: bool,
+    }
     let accounts =
         Accounts::load(ctx.root).map_err(|e| ApplyError::step("files", "/etc/passwd", e))?;
     let mut counts = Counts::default();
+    let mut parents = ParentCache::new(ctx.root);
+    let mut todo: Vec<Todo> = Vec::new();
     for e in &ctx.manifest.entries {
         let EntryKind::File {
             mode,
@@ -341,11 +368,7 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         let err = |m: String| ApplyError::step("files", &e.path, m);
         let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
         let mode = parse_mode(mode).map_err(err)?;
-        let parent = ctx
-            .root
-            .parent(&e.path, true)
-            .map_err(|x| err(x.to_string()))?
-            .ok_or_else(|| err("parent missing".into()))?;
+        let parent = parents.get(&e.path).map_err(|x| err(x.to_string()))?;
         match parent.lstat().map_err(|x| err(x.to_string()))? {
             Some(m) if m.kind == Kind::Dir => {
                 return Err(err(
@@ -363,30 +386,156 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
             }
             _ => {}
         }
-        let blob = ctx.staged_blob(digest);
-        let mut src = ctx
-            .root
-            .open_read(&blob)
-            .map_err(|x| err(format!("opening staged blob {blob}: {x}")))?;
-        let hooks = !restart.is_empty() || !reload.is_empty();
-        parent
-            .write_atomic(
-                mode,
-                uid,
-                gid,
-                |f| copy_verified(&mut src, f, digest, *size),
-                || {
-                    if hooks {
-                        journal.changed(&e.path)
-                    } else {
-                        Ok(())
-                    }
-                },
-            )
-            .map_err(|x| err(x.to_string()))?;
+        todo.push(Todo {
+            e,
+            digest,
+            size: *size,
+            mode,
+            uid,
+            gid,
+            hooks: !restart.is_empty() || !reload.is_empty(),
+            staged: false,
+        });
+    }
+    if todo.is_empty() {
+        return Ok(counts);
+    }
+    journal
+        .changed_all(todo.iter().filter(|t| t.hooks).map(|t| t.e.path.as_str()))
+        .map_err(ApplyError::journal)?;
+
+    // Pass 2. The last changing user of a blob takes the staged file itself.
+    let pinned: HashSet<&str> = ctx
+        .manifest
+        .templates
+        .iter()
+        .map(|t| t.digest.as_str())
+        .chain(
+            ctx.manifest
+                .packages
+                .iter()
+                .filter_map(|p| p.digest.as_deref()),
+        )
+        .collect();
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for t in &todo {
+        *uses.entry(t.digest).or_default() += 1;
+    }
+    for t in &mut todo {
+        let n = uses.get_mut(t.digest).expect("counted");
+        *n -= 1;
+        t.staged = *n == 0 && !pinned.contains(t.digest);
+    }
+    let blobs_dir = format!("{}/blobs", ctx.staging);
+    let staging = ctx
+        .root
+        .open_dir(&blobs_dir)
+        .map_err(|x| ApplyError::step("files", &blobs_dir, x))?;
+    parents
+        .note_filesystem(staging.as_fd())
+        .map_err(|x| ApplyError::step("files", &blobs_dir, x))?;
+    let mut written = 0;
+    let prepared = (|| {
+        for t in &todo {
+            let err = |m: String| ApplyError::step("files", &t.e.path, m);
+            let parent = parents.get(&t.e.path).map_err(|x| err(x.to_string()))?;
+            if t.staged {
+                if journal.resumed() {
+                    // A copy an interrupted run left here, when this path was not the last user.
+                    parent
+                        .remove_temp(&parent.temp_name())
+                        .map_err(|x| err(x.to_string()))?;
+                }
+                prepare_staged(&staging, t.digest, t.size, t.mode, t.uid, t.gid)
+                    .map_err(|x| err(format!("staged blob {}: {x}", t.digest)))?;
+            } else {
+                let mut src = open_staged(&staging, t.digest)
+                    .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
+                parent
+                    .write_temp(t.mode, t.uid, t.gid, |f| {
+                        copy_verified(&mut src, f, t.digest, t.size)
+                    })
+                    .map_err(|x| err(x.to_string()))?;
+            }
+            written += 1;
+        }
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        // Leave no temporary behind (the staged blobs are staging's, removed with it).
+        for t in todo[..written].iter().filter(|t| !t.staged) {
+            if let Ok(p) = parents.get(&t.e.path) {
+                let _ = p.remove_temp(&p.temp_name());
+            }
+        }
+        return Err(e);
+    }
+
+    // Pass 3.
+    parents
+        .sync()
+        .map_err(|x| ApplyError::step("files", "syncfs", x))?;
+    for t in &todo {
+        let err = |m: String| ApplyError::step("files", &t.e.path, m);
+        let parent = parents.get(&t.e.path).map_err(|x| err(x.to_string()))?;
+        if !t.staged {
+            parent.rename_temp().map_err(|x| err(x.to_string()))?;
+        } else {
+            match fcntl::renameat(&staging, t.digest, &parent.dir, parent.name.as_str()) {
+                Ok(()) => {}
+                Err(Errno::EXDEV) => {
+                    let mut src = open_staged(&staging, t.digest)
+                        .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
+                    parent
+                        .write_atomic(
+                            t.mode,
+                            t.uid,
+                            t.gid,
+                            |f| copy_verified(&mut src, f, t.digest, t.size),
+                            || Ok(()),
+                        )
+                        .map_err(|x| err(x.to_string()))?;
+                }
+                Err(x) => return Err(err(x.to_string())),
+            }
+        }
         counts.changed += 1;
     }
+    parents
+        .sync()
+        .map_err(|x| ApplyError::step("files", "syncfs", x))?;
     Ok(counts)
+}
+
+/// A staged blob, opened for reading without following a link.
+fn open_staged(staging: &OwnedFd, digest: &str) -> io::Result<std::fs::File> {
+    let fd = fcntl::openat(
+        staging,
+        digest,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Readies a staged blob to be renamed over its target: a regular file of the manifest's size
+/// (this run wrote it and checked its sha256 as it arrived), with the target's owner and mode.
+fn prepare_staged(
+    staging: &OwnedFd,
+    digest: &str,
+    size: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> io::Result<()> {
+    let f = open_staged(staging, digest)?;
+    let m = fsroot::fmeta(f.as_fd())?;
+    if m.kind != Kind::File || m.size != size {
+        return Err(io::Error::other(
+            "does not match the manifest (staging area corrupted?)",
+        ));
+    }
+    fsroot::set_owner_mode(f.as_fd(), uid, gid, mode)
 }
 
 /// Copies a staged blob, failing unless it has exactly `size` bytes and this sha256.

@@ -424,6 +424,52 @@ impl Parent {
         result
     }
 
+    /// Writes a new regular file at [`temp_name`](Self::temp_name) (created with
+    /// O_EXCL|O_NOFOLLOW; a leftover of a crash is removed first), owner then mode set on it,
+    /// not synced: the caller makes it durable (one `syncfs` for many) before renaming it over
+    /// the last component. Removed again if anything fails.
+    pub fn write_temp<T>(
+        &self,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        write: impl FnOnce(&mut File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let tmp = self.temp_name();
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mode0 = Mode::from_bits_truncate(0o600);
+        let fd = match fcntl::openat(&self.dir, tmp.as_str(), flags, mode0) {
+            Err(Errno::EEXIST) => {
+                self.remove_temp(&tmp)?;
+                fcntl::openat(&self.dir, tmp.as_str(), flags, mode0)?
+            }
+            other => other?,
+        };
+        let mut file = File::from(fd);
+        let result = (|| {
+            let out = write(&mut file)?;
+            file.flush()?;
+            set_owner_mode(file.as_fd(), uid, gid, mode)?;
+            Ok(out)
+        })();
+        if result.is_err() {
+            let _ = self.remove_temp(&tmp);
+        }
+        result
+    }
+
+    /// Renames the temporary of [`write_temp`](Self::write_temp) over the last component.
+    pub fn rename_temp(&self) -> io::Result<()> {
+        let tmp = self.temp_name();
+        Ok(fcntl::renameat(
+            &self.dir,
+            tmp.as_str(),
+            &self.dir,
+            self.name.as_str(),
+        )?)
+    }
+
     /// Replaces the last component by a symlink to `target`, atomically.
     pub fn symlink_atomic(&self, target: &str) -> io::Result<()> {
         let tmp = self.temp_name();
@@ -464,6 +510,68 @@ impl Parent {
         };
         unistd::unlinkat(&self.dir, self.name.as_str(), flag)?;
         unistd::fsync(&self.dir)?;
+        Ok(())
+    }
+}
+
+/// Parent directories for a run of paths in manifest (sorted) order: the directory of the last
+/// path is kept open, so the files of one directory resolve it once. Missing parents are made
+/// (as [`Root::parent`] with `create`). Remembers one directory of each filesystem it opened, so
+/// [`sync`](Self::sync) can flush every filesystem written through it with one `syncfs` each.
+///
+/// Only for a phase that creates no symlink or directory in the paths it resolves (the files
+/// phase): a cached directory is the one a fresh lookup would find.
+pub struct ParentCache<'r> {
+    root: &'r Root,
+    last: Option<(String, OwnedFd)>,
+    /// One open directory per filesystem (st_dev) seen.
+    filesystems: Vec<(u64, OwnedFd)>,
+}
+
+impl<'r> ParentCache<'r> {
+    pub fn new(root: &'r Root) -> ParentCache<'r> {
+        ParentCache {
+            root,
+            last: None,
+            filesystems: Vec::new(),
+        }
+    }
+
+    /// The parent of `path`, its directories created if missing.
+    pub fn get(&mut self, path: &str) -> io::Result<Parent> {
+        let (dir, name) = split(path)?;
+        if let Some((d, fd)) = &self.last {
+            if d == dir {
+                return Ok(Parent {
+                    dir: dup_cloexec(fd.as_fd())?,
+                    name: name.to_string(),
+                });
+            }
+        }
+        let fd = self.root.mkdir_p(dir)?;
+        self.note_filesystem(fd.as_fd())?;
+        let parent = Parent {
+            dir: dup_cloexec(fd.as_fd())?,
+            name: name.to_string(),
+        };
+        self.last = Some((dir.to_string(), fd));
+        Ok(parent)
+    }
+
+    /// Counts `fd`'s filesystem among those [`sync`](Self::sync) flushes.
+    pub fn note_filesystem(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let dev = stat::fstat(fd)?.st_dev;
+        if !self.filesystems.iter().any(|(d, _)| *d == dev) {
+            self.filesystems.push((dev, dup_cloexec(fd)?));
+        }
+        Ok(())
+    }
+
+    /// `syncfs(2)` of every filesystem seen: everything written to them so far is durable.
+    pub fn sync(&self) -> io::Result<()> {
+        for (_, fd) in &self.filesystems {
+            unistd::syncfs(fd)?;
+        }
         Ok(())
     }
 }

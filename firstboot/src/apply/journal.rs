@@ -56,6 +56,8 @@ pub enum Record {
 pub struct Journal {
     file: File,
     records: Vec<Record>,
+    /// Started from the records of an interrupted run of the same bundle.
+    resumed: bool,
 }
 
 /// What an existing journal is about.
@@ -104,6 +106,7 @@ impl Journal {
     /// Starts a journal (or resumes `records` of the same bundle), rewriting it compactly so a
     /// torn line never sits in the middle.
     pub fn start(root: &Root, begin: Record, resume: Vec<Record>) -> io::Result<Journal> {
+        let resumed = !resume.is_empty();
         let records = if resume.is_empty() {
             vec![begin]
         } else {
@@ -123,20 +126,37 @@ impl Journal {
         Ok(Journal {
             file: File::from(fd),
             records,
+            resumed,
         })
     }
 
     fn append(&mut self, r: Record) -> io::Result<()> {
-        let mut line = serde_json::to_vec(&r).map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)?;
+        self.append_all(vec![r])
+    }
+
+    /// Appends records with one write and one fsync.
+    fn append_all(&mut self, rs: Vec<Record>) -> io::Result<()> {
+        if rs.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for r in &rs {
+            serde_json::to_writer(&mut text, r).map_err(io::Error::other)?;
+            text.push(b'\n');
+        }
+        self.file.write_all(&text)?;
         self.file.sync_data()?;
-        self.records.push(r);
+        self.records.extend(rs);
         Ok(())
     }
 
     pub fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    /// Whether this run resumes an interrupted one (which may have left temporaries behind).
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// The `Done` record of a phase, if it finished in this or an earlier run.
@@ -165,6 +185,19 @@ impl Journal {
             return Ok(());
         }
         self.append(Record::Changed { path: path.into() })
+    }
+
+    /// [`changed`](Self::changed) for many paths at once: one write, one fsync.
+    pub fn changed_all<'p>(&mut self, paths: impl IntoIterator<Item = &'p str>) -> io::Result<()> {
+        let known: std::collections::HashSet<&str> = self.changed_paths().collect();
+        let mut new: Vec<&str> = paths.into_iter().filter(|p| !known.contains(p)).collect();
+        new.sort_unstable();
+        new.dedup();
+        let rs = new
+            .into_iter()
+            .map(|p| Record::Changed { path: p.into() })
+            .collect();
+        self.append_all(rs)
     }
 
     pub fn changed_paths(&self) -> impl Iterator<Item = &str> {

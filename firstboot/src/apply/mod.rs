@@ -694,6 +694,10 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
         .root
         .mkdir_p_counted(&blobs_dir)
         .map_err(|e| (staging_err(e), 0))?;
+    // Root's alone: the files phase sets each blob's final owner and mode on it before renaming
+    // it into place, and no one else may reach it here meanwhile.
+    nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(0o700))
+        .map_err(|e| (staging_err(e.into()), created))?;
     let mut buf = vec![0u8; 256 * 1024];
     let result = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
         let fd = nix::fcntl::openat(
