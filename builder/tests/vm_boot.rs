@@ -254,8 +254,7 @@ impl Vm<'_> {
         // connection for the VM's life (a server that closes an idle connection, as OpenBao
         // does after 10 s, leaves the guest nothing). `-cmd:` runs a command per guest
         // connection: a relay to the service on 127.0.0.1.
-        let relay = self.dir.join("relay.py");
-        std::fs::write(&relay, RELAY).unwrap();
+        let relay = repo_root().join("tests/support/guestfwd-relay.py");
         let fwd: String = self
             .fwd
             .iter()
@@ -381,27 +380,6 @@ impl Vm<'_> {
     }
 }
 
-/// One guest connection relayed to 127.0.0.1:PORT (qemu gives it the connection as stdin and
-/// stdout).
-const RELAY: &str = r#"import os, socket, sys, threading
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-def up():
-    while True:
-        d = os.read(0, 65536)
-        if not d:
-            break
-        s.sendall(d)
-    try:
-        s.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-threading.Thread(target=up, daemon=True).start()
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    os.write(1, d)
-"#;
 
 /// A NoCloud seed (cloud-localds) for `user_data` plus the test's power-off.
 fn seed(dir: &Path, name: &str, user_data: &Path, hostname: &str) -> PathBuf {
