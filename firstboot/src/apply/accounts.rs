@@ -3,13 +3,16 @@
 //! and `/etc/group` decide what exists: an existing account with the same spec is left alone,
 //! so a rerun after a crash is a no-op.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
 use kiln_signing::{Group, User};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
-use super::fsroot::{Kind, Root};
+use super::fsroot::{Kind, Meta, Root};
 use super::process::Program;
 use super::{ApplyError, Ctx};
 
@@ -254,6 +257,181 @@ fn recover_locks(ctx: &Ctx, step: &'static str) -> Result<(), ApplyError> {
     Ok(())
 }
 
+/// The account files the shadow tools write, each with its backup (`passwd-`, ...).
+const ACCOUNT_FILES: &[&str] = &["passwd", "shadow", "group", "gshadow", "subuid", "subgid"];
+
+/// Marks a complete snapshot of the account files (written last).
+const SNAPSHOT_DONE: &str = "complete";
+/// Lists, one a line, the homes the phase's users should get that did not exist before it.
+const SNAPSHOT_HOMES: &str = "new-homes";
+
+/// Before a phase that runs shadow tools (groups, users), its starting point: the account files
+/// and their backups as they are, kept in `<staging>/accounts/<phase>/` (complete once its
+/// marker is written, fsynced before any tool runs). A rerun after a crash inside the phase puts
+/// them back first: a tool killed half-way may have written /etc/group and not /etc/gshadow, or
+/// left its lock and temporary files, and patching that up (pwconv, grpconv) gives files that
+/// differ from a clean run's. Restored, the tools start over from the same state and end with
+/// the same bytes, backups included. Homes the killed run made for new users are removed too
+/// (a skel copy may have been cut short) and made again.
+fn begin_accounts_phase(ctx: &Ctx, phase: &'static str) -> Result<(), ApplyError> {
+    let dir = format!("{}/accounts/{phase}", ctx.staging);
+    let err = |what: &str, e: io::Error| ApplyError::step(phase, what, e);
+    if ctx
+        .root
+        .exists(&format!("{dir}/{SNAPSHOT_DONE}"))
+        .map_err(|e| err(&dir, e))?
+    {
+        ctx.warn(&format!(
+            "{phase}: an earlier run was interrupted in this phase: restoring the account files as they were before it"
+        ));
+        clear_stale_locks(ctx);
+        clear_tool_leftovers(ctx).map_err(|e| err("/etc", e))?;
+        for name in ACCOUNT_FILES
+            .iter()
+            .flat_map(|f| [f.to_string(), format!("{f}-")])
+        {
+            let target = format!("/etc/{name}");
+            let parent = ctx
+                .root
+                .parent(&target, false)
+                .map_err(|e| err(&target, e))?
+                .ok_or_else(|| ApplyError::step(phase, &target, "/etc is missing"))?;
+            match read_file(ctx.root, &format!("{dir}/{name}")).map_err(|e| err(&target, e))? {
+                Some((bytes, m)) => {
+                    super::entries::write_bytes(&parent, &bytes, m.mode, m.uid, m.gid)
+                        .map_err(|e| err(&target, e))?;
+                }
+                None => {
+                    if let Some(m) = parent.lstat().map_err(|e| err(&target, e))? {
+                        parent.remove(m.kind).map_err(|e| err(&target, e))?;
+                    }
+                }
+            }
+        }
+        if let Some(homes) = ctx
+            .root
+            .read_text(&format!("{dir}/{SNAPSHOT_HOMES}"), DB_LIMIT)
+            .map_err(|e| err(&dir, e))?
+        {
+            for home in homes.lines().filter(|h| h.starts_with('/') && *h != "/") {
+                ctx.root.remove_tree(home).map_err(|e| err(home, e))?;
+            }
+        }
+        return Ok(());
+    }
+    // A snapshot without its marker was cut short before any tool ran: take it again.
+    ctx.root.remove_tree(&dir).map_err(|e| err(&dir, e))?;
+    let fd = ctx.root.mkdir_p(&dir).map_err(|e| err(&dir, e))?;
+    let save = |name: &str, bytes: &[u8], m: Meta| -> io::Result<()> {
+        let f = nix::fcntl::openat(
+            &fd,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut f = std::fs::File::from(f);
+        f.write_all(bytes)?;
+        super::fsroot::set_owner_mode(f.as_fd(), m.uid, m.gid, m.mode)?;
+        f.sync_all()
+    };
+    for name in ACCOUNT_FILES
+        .iter()
+        .flat_map(|f| [f.to_string(), format!("{f}-")])
+    {
+        if let Some((bytes, m)) = read_file(ctx.root, &format!("/etc/{name}"))
+            .map_err(|e| err(&format!("/etc/{name}"), e))?
+        {
+            save(&name, &bytes, m).map_err(|e| err(&format!("{dir}/{name}"), e))?;
+        }
+    }
+    let mut homes = String::new();
+    if phase == "users" {
+        for u in ctx.manifest.users.iter().filter(|u| u.create_home) {
+            let home = u
+                .home
+                .clone()
+                .unwrap_or_else(|| format!("/home/{}", u.name));
+            if !ctx.root.exists(&home).map_err(|e| err(&home, e))? {
+                homes += &format!("{home}\n");
+            }
+        }
+    }
+    let root_meta = Meta {
+        kind: Kind::File,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: 0,
+    };
+    save(SNAPSHOT_HOMES, homes.as_bytes(), root_meta)
+        .map_err(|e| err(&format!("{dir}/{SNAPSHOT_HOMES}"), e))?;
+    nix::unistd::fsync(&fd).map_err(|e| err(&dir, e.into()))?;
+    save(SNAPSHOT_DONE, b"", root_meta).map_err(|e| err(&dir, e))?;
+    nix::unistd::fsync(&fd).map_err(|e| err(&dir, e.into()))?;
+    Ok(())
+}
+
+/// A regular file of the root with its metadata; `None` if missing.
+fn read_file(root: &Root, path: &str) -> io::Result<Option<(Vec<u8>, Meta)>> {
+    let f = match root.open_read(path) {
+        Ok(f) => f,
+        Err(e) if super::fsroot::is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m = super::fsroot::fmeta(f.as_fd())?;
+    let mut bytes = Vec::new();
+    f.take(DB_LIMIT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > DB_LIMIT {
+        return Err(io::Error::other(format!(
+            "{path} is larger than {DB_LIMIT} bytes"
+        )));
+    }
+    Ok(Some((bytes, m)))
+}
+
+/// What a shadow tool killed while it held the account files leaves besides its lock: the file
+/// it links to the lock (`/etc/group.<pid>`, its pid gone) and a new version not yet renamed
+/// into place (`/etc/group+`). Only called when no tool of ours runs (a rerun after a crash).
+fn clear_tool_leftovers(ctx: &Ctx) -> io::Result<()> {
+    let etc = ctx.root.open_dir("/etc")?;
+    let mut dir = nix::dir::Dir::from_fd(etc)?;
+    let mut stale = Vec::new();
+    for ent in dir.iter() {
+        let ent = ent?;
+        let Ok(name) = ent.file_name().to_str() else {
+            continue;
+        };
+        let Some((base, suffix)) = name.rsplit_once(['.', '+']) else {
+            continue;
+        };
+        if !ACCOUNT_FILES.contains(&base) {
+            continue;
+        }
+        let plus = name.len() == base.len() + 1 && name.ends_with('+');
+        let dead_pid = name.as_bytes()[base.len()] == b'.'
+            && !suffix.is_empty()
+            && suffix.bytes().all(|b| b.is_ascii_digit())
+            && suffix.parse().is_ok_and(|pid: u32| !process_alive(pid));
+        if plus || dead_pid {
+            stale.push(format!("/etc/{name}"));
+        }
+    }
+    for path in stale {
+        if let Some(parent) = ctx.root.parent(&path, false)? {
+            if let Some(m) = parent.lstat()? {
+                if m.kind != Kind::Dir {
+                    ctx.warn(&format!(
+                        "removing {path}, left by an interrupted shadow tool"
+                    ));
+                    parent.remove(m.kind)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether a process runs (and is not a zombie), per /proc of this host.
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -296,6 +474,7 @@ pub fn plan_groups(have: &Accounts, groups: &[Group]) -> Result<Vec<String>, Str
 
 /// Creates the missing groups. Returns how many were created.
 pub fn apply_groups(ctx: &Ctx) -> Result<usize, ApplyError> {
+    begin_accounts_phase(ctx, "groups")?;
     recover_locks(ctx, "groups")?;
     let mut created = 0;
     for g in &ctx.manifest.groups {
@@ -403,6 +582,7 @@ pub fn plan_users(have: &Accounts, users: &[User]) -> Result<Vec<String>, String
 /// Creates or adjusts users, then writes their authorized_keys. Returns how many accounts
 /// were created or changed.
 pub fn apply_users(ctx: &Ctx) -> Result<usize, ApplyError> {
+    begin_accounts_phase(ctx, "users")?;
     recover_locks(ctx, "users")?;
     let mut changed = 0;
     for u in &ctx.manifest.users {

@@ -673,12 +673,21 @@ fn lock(root: &Root) -> Result<Lock, ApplyError> {
     // Close-on-exec: a command that leaves a daemon behind must not take the lock with it.
     let fd = fsroot::dup_cloexec(root.fd())
         .map_err(|e| ApplyError::step("lock", &root.path().display().to_string(), e))?;
-    // SAFETY: flock on a valid, owned descriptor.
-    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(ApplyError::Busy(root.path().display().to_string()));
+    // A run killed right after forking a program leaves the child holding a copy of the
+    // locked descriptor until it execs (close-on-exec) or dies with its parent, a few
+    // milliseconds later: a rerun that comes at once waits that long before calling it busy.
+    let deadline = Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        // SAFETY: flock on a valid, owned descriptor.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Lock { _fd: fd });
+        }
+        if Instant::now() >= deadline {
+            return Err(ApplyError::Busy(root.path().display().to_string()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(Lock { _fd: fd })
 }
 
 /// Streams every blob into the staging directory; the signing reader checks each digest and
