@@ -377,7 +377,9 @@ pub fn firstboot_unit(m: &Manifest) -> String {
          EnvironmentFile=/etc/kiln/firstboot.env\n\
          # Once: skipped after an apply succeeded; a failed or interrupted one is retried at the next boot.\n\
          ExecCondition=/bin/sh -c '! /{FIRSTBOOT_PATH} status >/dev/null 2>&1'\n\
-         ExecStart=/{FIRSTBOOT_PATH} apply --no-block\n\
+         # One loud line on the console either way, as kiln cloud-init's runcmd writes (systemd's\n\
+         # own [FAILED] line is not printed once a getty owns the console).\n\
+         ExecStart=/bin/sh -c '/{FIRSTBOOT_PATH} apply --no-block; rc=$$?; if [ $$rc -eq 0 ]; then m=OK; else m=\"FAILED exit=$$rc\"; fi; echo \"KILN-FIRSTBOOT: $$m hostgroup={hostgroup} uptime=$$(cut -d\" \" -f1 /proc/uptime)\" >/dev/console; exit $$rc'\n\
          StandardOutput=journal+console\n\
          StandardError=journal+console\n\
          TimeoutStartSec=30min\n\

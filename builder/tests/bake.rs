@@ -198,7 +198,9 @@ fn bake_writes_tar_raw_and_qcow2_images_of_the_applied_root() {
     let unit = debugfs(&raw, "cat /etc/systemd/system/kiln-firstboot.service");
     assert!(
         unit.contains("Before=kiln-hello.service nginx.service")
-            && unit.contains("ExecStart=/usr/local/sbin/kiln-firstboot apply --no-block"),
+            && unit.contains(
+                "ExecStart=/bin/sh -c '/usr/local/sbin/kiln-firstboot apply --no-block; rc=$$?;"
+            ),
         "{unit}"
     );
     assert!(debugfs(

@@ -380,7 +380,6 @@ impl Vm<'_> {
     }
 }
 
-
 /// A NoCloud seed (cloud-localds) for `user_data` plus the test's power-off.
 fn seed(dir: &Path, name: &str, user_data: &Path, hostname: &str) -> PathBuf {
     let mut ud = std::fs::read_to_string(user_data).unwrap();
@@ -901,8 +900,7 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
         // line once the boot has reached its target (a race under emulation), so the refusal
         // kiln-firstboot itself writes to the console counts just as well.
         b3.has("[FAILED] Failed to start kiln-first")
-            || (b3.has("kiln-firstboot: error: refusing")
-                && b3.has("signature invalid")),
+            || (b3.has("kiln-firstboot: error: refusing") && b3.has("signature invalid")),
         "the unit's failure is not on the console:\n{}",
         b3.tail(80)
     );
@@ -912,6 +910,12 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
         b3.tail(80)
     );
     assert!(b3.has("caused by: signature invalid"), "{}", b3.tail(80));
+    // The unit's own line, whatever systemd prints.
+    assert!(
+        b3.has("KILN-FIRSTBOOT: FAILED exit=10 hostgroup=vmtest"),
+        "{}",
+        b3.tail(80)
+    );
     assert!(!b3.has("VMTEST-APP: started"), "{}", b3.tail(80));
     let r3: Value = serde_json::from_slice(
         &consul
