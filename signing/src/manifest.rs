@@ -309,11 +309,132 @@ pub struct Blob {
 impl Manifest {
     /// Canonical JSON: keys sorted, compact. Signed and written as `kiln/manifest.json`.
     pub fn to_canonical_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_canonical_json(&mut out)
+            .expect("writing to a Vec does not fail");
+        out
+    }
+
+    /// Whether `bytes` are exactly [`to_canonical_json`](Self::to_canonical_json), compared as
+    /// they are produced (a large manifest's canonical bytes are never all in memory).
+    pub fn is_canonical_json(&self, bytes: &[u8]) -> bool {
+        /// Fails on the first byte that differs from `expected`.
+        struct Compare<'a> {
+            expected: &'a [u8],
+        }
+        impl std::io::Write for Compare<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                match self.expected.strip_prefix(buf) {
+                    Some(rest) => {
+                        self.expected = rest;
+                        Ok(buf.len())
+                    }
+                    None => Err(std::io::Error::other("differs")),
+                }
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut cmp = Compare { expected: bytes };
+        self.write_canonical_json(&mut cmp).is_ok() && cmp.expected.is_empty()
+    }
+
+    /// Writes the canonical JSON (keys sorted, compact, a final newline).
+    pub fn write_canonical_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         // serde_json::Value keeps object keys in a BTreeMap (no preserve_order feature in this
-        // workspace), so going through Value sorts every object's keys.
-        let value = serde_json::to_value(self).expect("manifest serializes");
-        let mut out = serde_json::to_vec(&value).expect("value serializes");
+        // workspace), so going through Value sorts every object's keys. The two long arrays go
+        // through it one element at a time: a Value of the whole manifest takes ~2.5 KB per
+        // entry, which made it the largest allocation of an apply (80 MB for 20,000 files).
+        let shell = self.clone_without_lists();
+        let serde_json::Value::Object(top) =
+            serde_json::to_value(&shell).expect("manifest serializes")
+        else {
+            unreachable!("a manifest serializes to an object")
+        };
+        fn each<T: Serialize>(out: &mut impl std::io::Write, items: &[T]) -> std::io::Result<()> {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                let v = serde_json::to_value(item).expect("manifest serializes");
+                serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
+            }
+            out.write_all(b"]")
+        }
+        out.write_all(b"{")?;
+        for (i, (key, value)) in top.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, key).map_err(std::io::Error::other)?;
+            out.write_all(b":")?;
+            match key.as_str() {
+                "entries" => each(out, &self.entries)?,
+                "blobs" => each(out, &self.blobs)?,
+                _ => serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?,
+            }
+        }
+        out.write_all(b"}\n")
+    }
+
+    /// A copy of everything but `entries` and `blobs` (left empty).
+    fn clone_without_lists(&self) -> Manifest {
+        Manifest {
+            format: self.format,
+            hostgroup: self.hostgroup.clone(),
+            version: self.version,
+            created: self.created.clone(),
+            expires: self.expires.clone(),
+            source_commit: self.source_commit.clone(),
+            builder: self.builder.clone(),
+            base: self.base.clone(),
+            entries: Vec::new(),
+            groups: self.groups.clone(),
+            users: self.users.clone(),
+            packages: self.packages.clone(),
+            services: self.services.clone(),
+            commands: self.commands.clone(),
+            templates: self.templates.clone(),
+            dynamic: self.dynamic.clone(),
+            blobs: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{noise, sample_manifest};
+
+    /// The whole manifest through serde_json::Value: the canonical form by definition.
+    fn reference(m: &super::Manifest) -> Vec<u8> {
+        let mut out = serde_json::to_vec(&serde_json::to_value(m).unwrap()).unwrap();
         out.push(b'\n');
         out
+    }
+
+    #[test]
+    fn canonical_json_streamed_by_element_is_the_value_form() {
+        let mut m = sample_manifest();
+        assert_eq!(m.to_canonical_json(), reference(&m));
+        m.dynamic = None;
+        m.source_commit = None;
+        assert_eq!(m.to_canonical_json(), reference(&m));
+        m.entries.clear();
+        m.blobs.clear();
+        assert_eq!(m.to_canonical_json(), reference(&m));
+        let many =
+            crate::testutil::manifest_for(&(0..50).map(|i| noise(i, 10)).collect::<Vec<_>>());
+        assert_eq!(many.to_canonical_json(), reference(&many));
+        let bytes = reference(&many);
+        assert!(many.is_canonical_json(&bytes));
+        assert!(!many.is_canonical_json(&bytes[..bytes.len() - 1]));
+        let mut longer = bytes.clone();
+        longer.push(b'\n');
+        assert!(!many.is_canonical_json(&longer));
+        let mut flipped = bytes;
+        flipped[40] ^= 1;
+        assert!(!many.is_canonical_json(&flipped));
     }
 }

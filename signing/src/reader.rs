@@ -439,7 +439,7 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, BundleError
     }
     let m: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
-    if m.to_canonical_json() != bytes {
+    if !m.is_canonical_json(bytes) {
         return Err(corrupt("manifest is not in canonical form"));
     }
     validate_manifest(&m, limits)?;

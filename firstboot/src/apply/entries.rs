@@ -405,18 +405,7 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         .map_err(ApplyError::journal)?;
 
     // Pass 2. The last changing user of a blob takes the staged file itself.
-    let pinned: HashSet<&str> = ctx
-        .manifest
-        .templates
-        .iter()
-        .map(|t| t.digest.as_str())
-        .chain(
-            ctx.manifest
-                .packages
-                .iter()
-                .filter_map(|p| p.digest.as_deref()),
-        )
-        .collect();
+    let pinned = pinned_blobs(ctx);
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for t in &todo {
         *uses.entry(t.digest).or_default() += 1;
@@ -481,7 +470,8 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         if !t.staged {
             parent.rename_temp().map_err(|x| err(x.to_string()))?;
         } else {
-            match fcntl::renameat(&staging, t.digest, &parent.dir, parent.name.as_str()) {
+            let staged = staged_name(t.digest);
+            match fcntl::renameat(&staging, staged.as_str(), &parent.dir, parent.name.as_str()) {
                 Ok(()) => {}
                 Err(Errno::EXDEV) => {
                     let mut src = open_staged(&staging, t.digest)
@@ -507,11 +497,74 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
     Ok(counts)
 }
 
+/// A blob's file in the staging area, relative to its `blobs` directory: fanned out by the
+/// digest's first two hex digits, so no directory holds more than a few hundred of a large
+/// bundle's files (creating, finding and renaming them away stays cheap).
+pub fn staged_name(digest: &str) -> String {
+    match digest.get(..2) {
+        Some(fan) => format!("{fan}/{digest}"),
+        None => digest.to_string(),
+    }
+}
+
+/// Owner and mode (uid, gid, mode) to give staged blobs as they are written: those of the one
+/// file that uses each blob, for blobs no other file, template or package uses and whose owner
+/// and group exist in the root now. The files phase checks them again before the rename.
+pub fn staged_metas<'m>(ctx: &Ctx<'m>) -> HashMap<&'m str, (u32, u32, u32)> {
+    let Ok(accounts) = Accounts::load(ctx.root) else {
+        return HashMap::new();
+    };
+    let pinned = pinned_blobs(ctx);
+    let mut users: HashMap<&'m str, Option<(u32, u32, u32)>> = HashMap::new();
+    for e in &ctx.manifest.entries {
+        let EntryKind::File {
+            mode,
+            owner,
+            group,
+            digest,
+            ..
+        } = &e.kind
+        else {
+            continue;
+        };
+        let meta = match (ids(&accounts, owner, group), parse_mode(mode)) {
+            (Ok((uid, gid)), Ok(mode)) if !pinned.contains(digest.as_str()) => {
+                Some((uid, gid, mode))
+            }
+            _ => None,
+        };
+        users
+            .entry(digest.as_str())
+            .and_modify(|m| *m = None)
+            .or_insert(meta);
+    }
+    users
+        .into_iter()
+        .filter_map(|(d, m)| m.map(|m| (d, m)))
+        .collect()
+}
+
+/// Blobs that templates and packages read from the staging area after the files phase (or
+/// again on a rerun): never moved out of it.
+fn pinned_blobs<'m>(ctx: &Ctx<'m>) -> HashSet<&'m str> {
+    ctx.manifest
+        .templates
+        .iter()
+        .map(|t| t.digest.as_str())
+        .chain(
+            ctx.manifest
+                .packages
+                .iter()
+                .filter_map(|p| p.digest.as_deref()),
+        )
+        .collect()
+}
+
 /// A staged blob, opened for reading without following a link.
 fn open_staged(staging: &OwnedFd, digest: &str) -> io::Result<std::fs::File> {
     let fd = fcntl::openat(
         staging,
-        digest,
+        staged_name(digest).as_str(),
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
@@ -519,7 +572,8 @@ fn open_staged(staging: &OwnedFd, digest: &str) -> io::Result<std::fs::File> {
 }
 
 /// Readies a staged blob to be renamed over its target: a regular file of the manifest's size
-/// (this run wrote it and checked its sha256 as it arrived), with the target's owner and mode.
+/// (this run wrote it and checked its sha256 as it arrived), with the target's owner and mode
+/// (usually given while staging already).
 fn prepare_staged(
     staging: &OwnedFd,
     digest: &str,
@@ -528,13 +582,17 @@ fn prepare_staged(
     uid: u32,
     gid: u32,
 ) -> io::Result<()> {
-    let f = open_staged(staging, digest)?;
-    let m = fsroot::fmeta(f.as_fd())?;
+    let m = fsroot::lstat_at(staging.as_fd(), &staged_name(digest))?
+        .ok_or_else(|| io::Error::other("missing from the staging area"))?;
     if m.kind != Kind::File || m.size != size {
         return Err(io::Error::other(
             "does not match the manifest (staging area corrupted?)",
         ));
     }
+    if same_meta(&m, mode, uid, gid) {
+        return Ok(());
+    }
+    let f = open_staged(staging, digest)?;
     fsroot::set_owner_mode(f.as_fd(), uid, gid, mode)
 }
 

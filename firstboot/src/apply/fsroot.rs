@@ -523,7 +523,9 @@ impl Parent {
 /// phase): a cached directory is the one a fresh lookup would find.
 pub struct ParentCache<'r> {
     root: &'r Root,
-    last: Option<(String, OwnedFd)>,
+    /// In-root path of `last`'s directory.
+    dir: String,
+    last: Option<Parent>,
     /// One open directory per filesystem (st_dev) seen.
     filesystems: Vec<(u64, OwnedFd)>,
 }
@@ -532,29 +534,27 @@ impl<'r> ParentCache<'r> {
     pub fn new(root: &'r Root) -> ParentCache<'r> {
         ParentCache {
             root,
+            dir: String::new(),
             last: None,
             filesystems: Vec::new(),
         }
     }
 
     /// The parent of `path`, its directories created if missing.
-    pub fn get(&mut self, path: &str) -> io::Result<Parent> {
+    pub fn get(&mut self, path: &str) -> io::Result<&Parent> {
         let (dir, name) = split(path)?;
-        if let Some((d, fd)) = &self.last {
-            if d == dir {
-                return Ok(Parent {
-                    dir: dup_cloexec(fd.as_fd())?,
-                    name: name.to_string(),
-                });
-            }
+        if self.last.is_none() || self.dir != dir {
+            let fd = self.root.mkdir_p(dir)?;
+            self.note_filesystem(fd.as_fd())?;
+            self.dir = dir.to_string();
+            self.last = Some(Parent {
+                dir: fd,
+                name: String::new(),
+            });
         }
-        let fd = self.root.mkdir_p(dir)?;
-        self.note_filesystem(fd.as_fd())?;
-        let parent = Parent {
-            dir: dup_cloexec(fd.as_fd())?,
-            name: name.to_string(),
-        };
-        self.last = Some((dir.to_string(), fd));
+        let parent = self.last.as_mut().expect("set above");
+        parent.name.clear();
+        parent.name.push_str(name);
         Ok(parent)
     }
 

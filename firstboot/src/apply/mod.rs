@@ -215,6 +215,8 @@ impl From<ApplyError> for ApplyFailure {
 /// What the phases share.
 pub(crate) struct Ctx<'a> {
     pub root: &'a Root,
+    /// The manifest, its `blobs` list left empty (the bundle's reader has it; staging is done
+    /// with it). Entries, packages and templates name their blobs by digest.
     pub manifest: &'a Manifest,
     pub log: &'a dyn Log,
     pub live: bool,
@@ -232,7 +234,7 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// In-root path of a staged blob.
     pub fn staged_blob(&self, digest: &str) -> String {
-        format!("{}/blobs/{digest}", self.staging)
+        format!("{}/blobs/{}", self.staging, entries::staged_name(digest))
     }
 
     pub fn warn(&self, msg: &str) {
@@ -269,11 +271,21 @@ pub fn apply_with<R: Read>(
     opts: &ApplyOptions,
     dynamic: Option<&crate::dynamic::DynamicConfig>,
 ) -> Result<ApplyReport, ApplyFailure> {
-    let m = bundle.manifest.clone();
+    validate::check_manifest(&bundle.manifest).map_err(ApplyError::Invalid)?;
+    // The engine keeps the manifest but its blob list, which stays with the bundle's reader
+    // (the one user of it); the entries are moved, not copied. Memory per entry is what
+    // bounds an apply's, and this halves it.
+    let mut bundle = bundle;
+    bundle.manifest_bytes = Vec::new();
+    let blob_count = bundle.manifest.blobs.len();
+    let entries = std::mem::take(&mut bundle.manifest.entries);
+    let blobs = std::mem::take(&mut bundle.manifest.blobs);
+    let mut m = bundle.manifest.clone();
+    bundle.manifest.blobs = blobs;
+    m.entries = entries;
     let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment)
         .trim()
         .to_string();
-    validate::check_manifest(&m).map_err(ApplyError::Invalid)?;
     if !is_sha256(&opts.bundle_sha256) {
         return Err(ApplyError::Invalid(format!(
             "bundle sha256 {:?} is not 64 lowercase hex digits",
@@ -367,7 +379,7 @@ pub fn apply_with<R: Read>(
         bundle.verify_blobs().map_err(ApplyError::Bundle)?;
         opts.log.info(&format!(
             "verified {} blobs ({:.2}s)",
-            m.blobs.len(),
+            blob_count,
             t.elapsed().as_secs_f64()
         ));
         let plan = plan(&ctx, true)?;
@@ -392,7 +404,7 @@ pub fn apply_with<R: Read>(
     };
     opts.log.info(&format!(
         "staged and verified {} blobs ({:.2}s)",
-        m.blobs.len(),
+        blob_count,
         t.elapsed().as_secs_f64()
     ));
     let stage_secs = secs(t.elapsed());
@@ -442,7 +454,7 @@ pub fn apply_with<R: Read>(
     state.steps.push(Step {
         name: "stage".into(),
         seconds: stage_secs,
-        summary: format!("{} blobs", m.blobs.len()),
+        summary: format!("{} blobs", blob_count),
     });
 
     let mut commands = Vec::new();
@@ -690,9 +702,28 @@ fn lock(root: &Root) -> Result<Lock, ApplyError> {
     }
 }
 
+/// Bytes handed to the staging writer at a time, and how many such pieces may wait for it.
+const PIECE: usize = 128 * 1024;
+const PIECES_QUEUED: usize = 16;
+
+/// A piece of a blob for the staging writer.
+struct Piece {
+    /// On a blob's first piece: the file to create, relative to the blobs directory.
+    name: Option<String>,
+    data: Vec<u8>,
+    /// On a blob's last piece: `Some`, with the owner and mode the file is to get (uid, gid,
+    /// mode) when known now.
+    last: Option<Option<(u32, u32, u32)>>,
+}
+
 /// Streams every blob into the staging directory; the signing reader checks each digest and
 /// size as it arrives and the archive's end. Returns how many directories it created (for
 /// cleanup), or the error and that count.
+///
+/// Two threads: this one decompresses and hashes, a writer creates and writes the files (the
+/// kernel's half of the work, as large as the other), with at most [`PIECES_QUEUED`] pieces
+/// of [`PIECE`] bytes between them. A blob only one file uses gets that file's owner and mode
+/// already (when its owner exists now; the files phase checks, and sets what is missing).
 fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyError, usize)> {
     let blobs_dir = format!("{}/blobs", ctx.staging);
     let staging_err = |e: io::Error| ApplyError::Staging {
@@ -703,15 +734,70 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
         .root
         .mkdir_p_counted(&blobs_dir)
         .map_err(|e| (staging_err(e), 0))?;
-    // Root's alone: the files phase sets each blob's final owner and mode on it before renaming
-    // it into place, and no one else may reach it here meanwhile.
+    // Root's alone: blobs get their final owner and mode here before they are renamed into
+    // place, and no one else may reach them meanwhile.
     nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(0o700))
         .map_err(|e| (staging_err(e.into()), created))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let result = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
-        let fd = nix::fcntl::openat(
-            &dir,
-            blob.digest.as_str(),
+    let metas = entries::staged_metas(ctx);
+    let (read, wrote) = std::thread::scope(|s| {
+        let (pieces, queue) = std::sync::mpsc::sync_channel::<Piece>(PIECES_QUEUED);
+        let (spare, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+        let dir = &dir;
+        let writer = s.spawn(move || write_staged(dir, queue, spare));
+
+        let read = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
+            let meta = metas.get(blob.digest.as_str()).copied();
+            let mut name = Some(entries::staged_name(&blob.digest));
+            loop {
+                let mut data = spares.try_recv().unwrap_or_default();
+                data.clear();
+                // The reader's own failure (digest, truncation) is reported by for_each_blob.
+                let n = (&mut *reader)
+                    .take(PIECE as u64)
+                    .read_to_end(&mut data)
+                    .map_err(staging_err)?;
+                let last = n < PIECE;
+                let piece = Piece {
+                    name: name.take(),
+                    data,
+                    last: last.then_some(meta),
+                };
+                if pieces.send(piece).is_err() {
+                    // The writer stopped on an error, which it returns.
+                    return Err(staging_err(io::Error::other("the staging writer stopped")));
+                }
+                if last {
+                    return Ok(());
+                }
+            }
+        });
+        drop(pieces);
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the staging writer panicked")));
+        (read, wrote)
+    });
+    match (read, wrote) {
+        (Ok(()), Ok(())) => Ok(created),
+        // A bad bundle is the error, whatever the writer made of it.
+        (Err(e @ ApplyError::Bundle(_)), _) => Err((e, created)),
+        (_, Err(e)) => Err((staging_err(e), created)),
+        (Err(e), Ok(())) => Err((e, created)),
+    }
+}
+
+/// The staging writer: creates each blob's file (its fan-out directory too), writes its
+/// pieces, sets owner and mode. Stops at the first error.
+fn write_staged(
+    dir: &std::os::fd::OwnedFd,
+    queue: std::sync::mpsc::Receiver<Piece>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
+) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let create = |name: &str| {
+        nix::fcntl::openat(
+            dir,
+            name,
             OFlag::O_WRONLY
                 | OFlag::O_CREAT
                 | OFlag::O_TRUNC
@@ -719,24 +805,37 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
                 | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
-        .map_err(|e| staging_err(e.into()))?;
-        let mut out = std::fs::File::from(fd);
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The reader's own failure (digest, truncation) is reported by for_each_blob.
-                Err(e) => return Err(staging_err(e)),
+    };
+    let mut file: Option<std::fs::File> = None;
+    for p in queue {
+        if let Some(name) = &p.name {
+            let fd = match create(name) {
+                Err(nix::errno::Errno::ENOENT) => {
+                    if let Some((sub, _)) = name.split_once('/') {
+                        match nix::sys::stat::mkdirat(dir, sub, Mode::from_bits_truncate(0o700)) {
+                            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    create(name)?
+                }
+                other => other?,
             };
-            out.write_all(&buf[..n]).map_err(staging_err)?;
+            file = Some(std::fs::File::from(fd));
         }
-        Ok(())
-    });
-    match result {
-        Ok(()) => Ok(created),
-        Err(e) => Err((e, created)),
+        let f = file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("a blob's piece came before its name"))?;
+        f.write_all(&p.data)?;
+        if let Some(meta) = p.last {
+            if let Some((uid, gid, mode)) = meta {
+                fsroot::set_owner_mode(f.as_fd(), uid, gid, mode)?;
+            }
+            file = None;
+        }
+        let _ = spare.send(p.data);
     }
+    Ok(())
 }
 
 /// Removes this bundle's staging directory, then the parents that staging created, if empty.
