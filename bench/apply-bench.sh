@@ -6,6 +6,14 @@
 # Workload (fixed, generated into $WORK, default /var/tmp/kiln-apply-bench): FILES files (default
 # 20,000) of about 10 KB (1-20 KB, half random, half text) in 100 directories, ~200 MB; then 2x.
 #
+# Each side of each round writes into a freshly made ext4 filesystem (mkfs.ext4 defaults, so with
+# a journal, like a VM's root) on a loop device: no side inherits the other's dirty pages or
+# freshly deleted inodes (on an ext4 without a journal, inodes deleted in the last 30 s are
+# skipped one by one when allocating, which made whichever side ran after an `rm -rf` slower).
+# The baseline is timed twice: `zstd -dc | tar -x` alone, and followed by `sync -f` (kiln-firstboot
+# syncs the filesystem before it renames files into place and again at the end, so the second
+# is the like-for-like durability).
+#
 # Usage: bench/apply-bench.sh [ROUNDS]     (default 3; the median of each side is reported)
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -50,8 +58,15 @@ PY
   tar -C "$cfg/files/bench" -cf - . | zstd -3 -T0 -q -f -o "$WORK/b$n/bench.tar.zst"
 }
 
+MNT=$WORK/mnt
+cleanup() { mountpoint -q "$MNT" && umount "$MNT"; rm -f "$WORK/fs.img"; }
+trap cleanup EXIT
+fresh_fs() { # N -> a new, empty ext4 for N files mounted at $MNT
+  cleanup; truncate -s $(($1 / 10000 + 1))G "$WORK/fs.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/fs.img"; mkdir -p "$MNT"; mount -o loop "$WORK/fs.img" "$MNT"
+}
 fake_root() { # a target root that passes the os-release/arch checks (no base image needed)
-  rm -rf "$1"; mkdir -p "$1/etc" "$1/var/lib/dpkg" "$1/srv"
+  mkdir -p "$1/etc" "$1/var/lib/dpkg" "$1/srv"
   printf 'ID=debian\nVERSION_ID="12"\n' > "$1/etc/os-release"
   echo amd64 > "$1/var/lib/dpkg/arch"
   printf 'root:x:0:0:root:/root:/bin/bash\n' > "$1/etc/passwd"
@@ -61,21 +76,25 @@ measure() { local out; out=$(mktemp); /usr/bin/time -f '%e %M' -o "$out" "$@" > 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 run() { # N
-  local n=$1 kt=() tt=() km=() tm=()
+  local n=$1 kt=() tt=() st=() km=()
   gen "$n"
   for r in $(seq "$ROUNDS"); do
-    fake_root "$WORK/root-k"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    read -r t m < <(measure "$FB" apply --bundle "$WORK/b$n/bench-1.kiln" --root "$WORK/root-k" --trust "$WORK/trust")
+    fresh_fs "$n"; fake_root "$MNT/root"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t m < <(measure "$FB" apply --bundle "$WORK/b$n/bench-1.kiln" --root "$MNT/root" --trust "$WORK/trust")
     kt+=("$t"); km+=("$m")
-    fake_root "$WORK/root-t"; mkdir -p "$WORK/root-t/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    read -r t m < <(measure bash -c "zstd -dc '$WORK/b$n/bench.tar.zst' | tar -x -C '$WORK/root-t/srv/bench'")
-    tt+=("$t"); tm+=("$m")
-    echo "files=$n round $r: kiln-firstboot ${kt[-1]}s (peak RSS ${km[-1]} KiB), zstd|tar ${tt[-1]}s" >&2
+    rm -rf "$WORK/applied"; cp -a "$MNT/root/srv/bench" "$WORK/applied"
+    fresh_fs "$n"; fake_root "$MNT/root"; mkdir -p "$MNT/root/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t _ < <(measure bash -c "zstd -dc '$WORK/b$n/bench.tar.zst' | tar -x -C '$MNT/root/srv/bench'")
+    tt+=("$t")
+    # Same bytes on disk either way.
+    diff -r "$WORK/applied" "$MNT/root/srv/bench" > /dev/null || { echo "trees differ" >&2; exit 1; }
+    fresh_fs "$n"; fake_root "$MNT/root"; mkdir -p "$MNT/root/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t _ < <(measure bash -c "zstd -dc '$WORK/b$n/bench.tar.zst' | tar -x -C '$MNT/root/srv/bench' && sync -f '$MNT/root/srv/bench'")
+    st+=("$t")
+    echo "files=$n round $r: kiln-firstboot ${kt[-1]}s (peak RSS ${km[-1]} KiB), zstd|tar ${tt[-1]}s, zstd|tar+sync ${st[-1]}s" >&2
   done
-  # Same bytes on disk either way.
-  diff -r "$WORK/root-k/srv/bench" "$WORK/root-t/srv/bench" > /dev/null || { echo "trees differ" >&2; exit 1; }
-  local k t m; k=$(median "${kt[@]}"); t=$(median "${tt[@]}"); m=$(median "${km[@]}")
-  echo "files=$n bundle $(stat -c %s "$WORK/b$n/bench-1.kiln") bytes: kiln-firstboot apply median ${k}s, zstd -dc | tar -x median ${t}s, ratio $(python3 -c "print(f'{$k/$t:.2f}')")x, peak RSS ${m} KiB"
+  local k t s m; k=$(median "${kt[@]}"); t=$(median "${tt[@]}"); s=$(median "${st[@]}"); m=$(median "${km[@]}")
+  echo "files=$n bundle $(stat -c %s "$WORK/b$n/bench-1.kiln") bytes: kiln-firstboot apply median ${k}s, zstd -dc | tar -x median ${t}s (ratio $(python3 -c "print(f'{$k/$t:.2f}')")x), with sync -f median ${s}s (ratio $(python3 -c "print(f'{$k/$s:.2f}')")x), peak RSS ${m} KiB"
 }
 run "$FILES"
 run $((FILES * 2))
