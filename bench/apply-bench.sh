@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark: `kiln-firstboot apply --root` of a generated bundle against `zstd -dc | tar -x` of the
-# same files into the same kind of directory, side by side in the same run; then the same with a
-# bundle twice as large, to show memory stays flat. Prints the ratios and peak RSS.
+# same files into the same kind of directory, side by side in the same run; then a bundle with
+# twice the files, and one with the same files each twice as large. Prints ratios and peak RSS.
 #
 # Workload (fixed, generated into $WORK, default /var/tmp/kiln-apply-bench): FILES files (default
-# 20,000) of about 10 KB (1-20 KB, half random, half text) in 100 directories, ~200 MB; then 2x.
+# 20,000) of about 10 KB (1-20 KB, half random, half text) in 100 directories, ~200 MB; then 2x
+# the files; then the FILES files at 2-40 KB. ONLY_ONE=1 runs the first workload alone.
 #
 # Each side of each round writes into a freshly made ext4 filesystem (mkfs.ext4 defaults, so with
 # a journal, like a VM's root) on a loop device: no side inherits the other's dirty pages or
@@ -28,14 +29,14 @@ mkdir -p "$WORK"
 "$KILN" keygen --out "$WORK/key" --force > /dev/null
 mkdir -p "$WORK/trust"; cp "$WORK/key.pub" "$WORK/trust/bench.pub"
 
-gen() { # N -> config dir with hostgroup "bench" of N files, plus the bundle and the tar.zst
-  local n=$1 cfg=$WORK/config-$1
+gen() { # N [SCALE] -> config dir with hostgroup "bench" of N files (sizes x SCALE), the bundle, the tar.zst
+  local n=$1 x=${2:-1} cfg=$WORK/config-$1; [ "$x" = 1 ] || cfg=$cfg-x$x
   if [ ! -f "$cfg/.complete" ]; then
     echo "generating $n files in $cfg ..." >&2
     rm -rf "$cfg"; mkdir -p "$cfg/hostgroups" "$cfg/files/bench"
-    python3 - "$cfg" "$n" <<'PY'
+    python3 - "$cfg" "$n" "$x" <<'PY'
 import os, random, sys
-cfg, n = sys.argv[1], int(sys.argv[2])
+cfg, n, x = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(7)
 text = b"".join(b"%06d kiln apply benchmark line of text\n" % i for i in range(20000))
 open(f"{cfg}/hostgroups/default.yaml", "w").write("vars: {}\n")
@@ -44,7 +45,7 @@ lines.append("files:")
 for i in range(n):
     d = i % 100
     os.makedirs(f"{cfg}/files/bench/d{d:02d}", exist_ok=True)
-    size = rnd.randrange(1024, 20 * 1024)
+    size = rnd.randrange(1024, 20 * 1024) * x
     half = size // 2
     off = rnd.randrange(0, len(text) - half)
     with open(f"{cfg}/files/bench/d{d:02d}/f{i:06d}", "wb") as f:
@@ -54,8 +55,8 @@ open(f"{cfg}/hostgroups/bench.yaml", "w").write("\n".join(lines) + "\n")
 PY
     touch "$cfg/.complete"
   fi
-  SOURCE_DATE_EPOCH=$(date +%s) "$KILN" build bench --config "$cfg" --key "$WORK/key" --out "$WORK/b$n" --version 1 > /dev/null
-  tar -C "$cfg/files/bench" -cf - . | zstd -3 -T0 -q -f -o "$WORK/b$n/bench.tar.zst"
+  SOURCE_DATE_EPOCH=$(date +%s) "$KILN" build bench --config "$cfg" --key "$WORK/key" --out "$WORK/b$n-x$x" --version 1 > /dev/null
+  tar -C "$cfg/files/bench" -cf - . | zstd -3 -T0 -q -f -o "$WORK/b$n-x$x/bench.tar.zst"
 }
 
 MNT=$WORK/mnt
@@ -76,25 +77,28 @@ measure() { local out; out=$(mktemp); /usr/bin/time -f '%e %M' -o "$out" "$@" > 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 run() { # N
-  local n=$1 kt=() tt=() st=() km=()
-  gen "$n"
+  local n=$1 x=${2:-1} kt=() tt=() st=() km=()
+  gen "$n" "$x"
+  local b=$WORK/b$n-x$x
   for r in $(seq "$ROUNDS"); do
-    fresh_fs "$n"; fake_root "$MNT/root"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    read -r t m < <(measure "$FB" apply --bundle "$WORK/b$n/bench-1.kiln" --root "$MNT/root" --trust "$WORK/trust")
+    fresh_fs $((n * x)); fake_root "$MNT/root"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t m < <(measure "$FB" apply --bundle "$b/bench-1.kiln" --root "$MNT/root" --trust "$WORK/trust")
     kt+=("$t"); km+=("$m")
     rm -rf "$WORK/applied"; cp -a "$MNT/root/srv/bench" "$WORK/applied"
-    fresh_fs "$n"; fake_root "$MNT/root"; mkdir -p "$MNT/root/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    read -r t _ < <(measure bash -c "zstd -dc '$WORK/b$n/bench.tar.zst' | tar -x -C '$MNT/root/srv/bench'")
+    fresh_fs $((n * x)); fake_root "$MNT/root"; mkdir -p "$MNT/root/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t _ < <(measure bash -c "zstd -dc '$b/bench.tar.zst' | tar -x -C '$MNT/root/srv/bench'")
     tt+=("$t")
     # Same bytes on disk either way.
     diff -r "$WORK/applied" "$MNT/root/srv/bench" > /dev/null || { echo "trees differ" >&2; exit 1; }
-    fresh_fs "$n"; fake_root "$MNT/root"; mkdir -p "$MNT/root/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    read -r t _ < <(measure bash -c "zstd -dc '$WORK/b$n/bench.tar.zst' | tar -x -C '$MNT/root/srv/bench' && sync -f '$MNT/root/srv/bench'")
+    fresh_fs $((n * x)); fake_root "$MNT/root"; mkdir -p "$MNT/root/srv/bench"; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    read -r t _ < <(measure bash -c "zstd -dc '$b/bench.tar.zst' | tar -x -C '$MNT/root/srv/bench' && sync -f '$MNT/root/srv/bench'")
     st+=("$t")
-    echo "files=$n round $r: kiln-firstboot ${kt[-1]}s (peak RSS ${km[-1]} KiB), zstd|tar ${tt[-1]}s, zstd|tar+sync ${st[-1]}s" >&2
+    echo "files=$n x$x round $r: kiln-firstboot ${kt[-1]}s (peak RSS ${km[-1]} KiB), zstd|tar ${tt[-1]}s, zstd|tar+sync ${st[-1]}s" >&2
   done
   local k t s m; k=$(median "${kt[@]}"); t=$(median "${tt[@]}"); s=$(median "${st[@]}"); m=$(median "${km[@]}")
-  echo "files=$n bundle $(stat -c %s "$WORK/b$n/bench-1.kiln") bytes: kiln-firstboot apply median ${k}s, zstd -dc | tar -x median ${t}s (ratio $(python3 -c "print(f'{$k/$t:.2f}')")x), with sync -f median ${s}s (ratio $(python3 -c "print(f'{$k/$s:.2f}')")x), peak RSS ${m} KiB"
+  echo "files=$n sizes x$x bundle $(stat -c %s "$b/bench-1.kiln") bytes: kiln-firstboot apply median ${k}s, zstd -dc | tar -x median ${t}s (ratio $(python3 -c "print(f'{$k/$t:.2f}')")x), with sync -f median ${s}s (ratio $(python3 -c "print(f'{$k/$s:.2f}')")x), peak RSS ${m} KiB"
 }
 run "$FILES"
-run $((FILES * 2))
+[ "${ONLY_ONE:-}" ] && exit 0
+run $((FILES * 2))        # twice the files (and bytes): memory grows with the manifest
+run "$FILES" 2            # the same files, each twice as large: memory stays flat
