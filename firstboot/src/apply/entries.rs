@@ -211,12 +211,32 @@ fn entry_ids(
 /// An existing directory (or a symlink that leads to one, inside the root) gets the metadata.
 /// Returns whether anything changed.
 pub fn ensure_dir(root: &Root, path: &str, mode: u32, uid: u32, gid: u32) -> io::Result<bool> {
+    ensure_dir_batched(root, path, mode, uid, gid, None)
+}
+
+/// [`ensure_dir`]; with `batch`, a new directory's filesystem is noted there, for the caller to
+/// `syncfs` once when it has made them all, instead of an fsync of its parent now (a hundred
+/// fsyncs would each wait for the staged blobs being written back).
+pub fn ensure_dir_batched(
+    root: &Root,
+    path: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    batch: Option<&mut ParentCache>,
+) -> io::Result<bool> {
     let parent = root
         .parent(path, true)?
         .ok_or_else(|| io::Error::other("parent missing"))?;
     let (fd, created) = match parent.lstat()? {
         None => {
             let created = parent.mkdir()?;
+            if created {
+                match batch {
+                    Some(b) => b.note_filesystem(parent.dir.as_fd())?,
+                    None => nix::unistd::fsync(&parent.dir)?,
+                }
+            }
             (
                 parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_DIRECTORY)?,
                 created,
@@ -303,13 +323,14 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
     let accounts =
         Accounts::load(ctx.root).map_err(|e| ApplyError::step("directories", "/etc/passwd", e))?;
     let mut counts = Counts::default();
+    let mut batch = ParentCache::new(ctx.root);
     for e in &ctx.manifest.entries {
         let EntryKind::Directory { mode, owner, group } = &e.kind else {
             continue;
         };
         let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
         let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
-        let changed = ensure_dir(ctx.root, &e.path, mode, uid, gid)
+        let changed = ensure_dir_batched(ctx.root, &e.path, mode, uid, gid, Some(&mut batch))
             .map_err(|err| ApplyError::step("directories", &e.path, err))?;
         if changed {
             counts.changed += 1;
@@ -317,6 +338,9 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
             counts.unchanged += 1;
         }
     }
+    batch
+        .sync()
+        .map_err(|x| ApplyError::step("directories", "syncfs", x))?;
     Ok(counts)
 }
 
@@ -378,9 +402,9 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
             Some(m)
                 if m.kind == Kind::File
                     && m.size == *size
-                    && same_content(&parent, digest).map_err(|x| err(x.to_string()))? =>
+                    && same_content(parent, digest).map_err(|x| err(x.to_string()))? =>
             {
-                fix_meta(&parent, mode, uid, gid).map_err(|x| err(x.to_string()))?;
+                fix_meta(parent, mode, uid, gid).map_err(|x| err(x.to_string()))?;
                 counts.unchanged += 1;
                 continue;
             }

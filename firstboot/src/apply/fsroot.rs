@@ -492,10 +492,7 @@ impl Parent {
             self.name.as_str(),
             Mode::from_bits_truncate(0o700),
         ) {
-            Ok(()) => {
-                unistd::fsync(&self.dir)?;
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
             Err(e) => Err(e.into()),
         }
