@@ -16,6 +16,8 @@
 # is the like-for-like durability).
 #
 # Usage: bench/apply-bench.sh [ROUNDS]     (default 3; the median of each side is reported)
+# FIRSTBOOT=PATH measures that kiln-firstboot binary (e.g. the static musl build that ships)
+# instead of the release build of this tree.
 set -euo pipefail
 ROUNDS=${1:-3}
 FILES=${FILES:-20000}
@@ -24,7 +26,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 cargo build --release -q --manifest-path "$here/Cargo.toml" -p kiln-builder -p kiln-firstboot
 T=${CARGO_TARGET_DIR:-$here/target}/release
-KILN=$T/kiln; FB=$T/kiln-firstboot
+KILN=$T/kiln; FB=${FIRSTBOOT:-$T/kiln-firstboot}
 mkdir -p "$WORK"
 "$KILN" keygen --out "$WORK/key" --force > /dev/null
 mkdir -p "$WORK/trust"; cp "$WORK/key.pub" "$WORK/trust/bench.pub"
@@ -98,6 +100,7 @@ run() { # N
   local k t s m; k=$(median "${kt[@]}"); t=$(median "${tt[@]}"); s=$(median "${st[@]}"); m=$(median "${km[@]}")
   echo "files=$n sizes x$x bundle $(stat -c %s "$b/bench-1.kiln") bytes: kiln-firstboot apply median ${k}s, zstd -dc | tar -x median ${t}s (ratio $(python3 -c "print(f'{$k/$t:.2f}')")x), with sync -f median ${s}s (ratio $(python3 -c "print(f'{$k/$s:.2f}')")x), peak RSS ${m} KiB"
 }
+echo "kiln-firstboot: $FB ($(stat -c %s "$FB") bytes)"
 run "$FILES"
 [ "${ONLY_ONE:-}" ] && exit 0
 run $((FILES * 2))        # twice the files (and bytes): memory grows with the manifest
