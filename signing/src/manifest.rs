@@ -340,6 +340,27 @@ impl Manifest {
         self.write_canonical_json(&mut cmp).is_ok() && cmp.expected.is_empty()
     }
 
+    /// SHA-512 of [`to_canonical_json`](Self::to_canonical_json), hashed as it is produced:
+    /// compared with the hash of signed bytes read in pieces, it says whether they were
+    /// exactly the canonical form without the bytes being whole in memory.
+    pub fn canonical_json_sha512(&self) -> [u8; 64] {
+        use sha2::Digest;
+        struct Hasher(sha2::Sha512);
+        impl std::io::Write for Hasher {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = Hasher(sha2::Sha512::new());
+        self.write_canonical_json(&mut h)
+            .expect("hashing does not fail");
+        h.0.finalize().into()
+    }
+
     /// Writes the canonical JSON (keys sorted, compact, a final newline).
     pub fn write_canonical_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         // serde_json::Value keeps object keys in a BTreeMap (no preserve_order feature in this
@@ -433,8 +454,13 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(b'\n');
         assert!(!many.is_canonical_json(&longer));
-        let mut flipped = bytes;
+        let mut flipped = bytes.clone();
         flipped[40] ^= 1;
         assert!(!many.is_canonical_json(&flipped));
+        use sha2::Digest;
+        let want: [u8; 64] = sha2::Sha512::digest(&bytes).into();
+        assert_eq!(many.canonical_json_sha512(), want);
+        let other: [u8; 64] = sha2::Sha512::digest(&flipped).into();
+        assert_ne!(many.canonical_json_sha512(), other);
     }
 }

@@ -323,7 +323,7 @@ impl<R: Read> Tar<R> {
         Ok(h)
     }
 
-    /// A whole small member (manifest, signature) of at most `max` bytes.
+    /// A whole small member (the signature) of at most `max` bytes.
     fn small_member(&mut self, name: &str, max: u64) -> Result<Vec<u8>, BundleError> {
         let h = self.expect(name)?;
         if h.size > max {
@@ -337,6 +337,34 @@ impl<R: Read> Tar<R> {
         self.read_full(&mut data, name)?;
         self.padding(h.size, name)?;
         Ok(data)
+    }
+
+    /// The manifest member (at most `max` bytes), in pieces and hashed as it is read.
+    fn manifest_member(&mut self, max: u64) -> Result<ManifestBytes, BundleError> {
+        use sha2::Sha512;
+        let h = self.expect(MANIFEST_NAME)?;
+        if h.size > max {
+            return Err(BundleError::Limit(format!(
+                "{MANIFEST_NAME} is {} bytes, more than the limit {max}",
+                h.size
+            )));
+        }
+        let len = usize::try_from(h.size).map_err(|_| BundleError::Limit(MANIFEST_NAME.into()))?;
+        let mut pieces = std::collections::VecDeque::new();
+        let mut hash = Sha512::new();
+        let mut left = len;
+        while left > 0 {
+            let mut piece = vec![0u8; left.min(MANIFEST_PIECE)];
+            self.read_full(&mut piece, MANIFEST_NAME)?;
+            hash.update(&piece);
+            left -= piece.len();
+            pieces.push_back(piece);
+        }
+        self.padding(h.size, MANIFEST_NAME)?;
+        Ok(ManifestBytes {
+            pieces,
+            sha512: hash.finalize().into(),
+        })
     }
 
     /// The zero padding after a member of `size` bytes.
@@ -386,8 +414,66 @@ impl<R: Read> Tar<R> {
 /// The start of a bundle: the stream positioned at the first blob, and the two small members.
 struct Head<R> {
     tar: Tar<R>,
-    manifest: Vec<u8>,
+    manifest: ManifestBytes,
     signature: Vec<u8>,
+}
+
+/// Bytes of the manifest read at a time: the pieces it is kept in until it is parsed.
+const MANIFEST_PIECE: usize = 64 * 1024;
+
+/// The manifest member as read: in pieces, so that parsing can free each as it goes (the
+/// parsed manifest and its bytes are never both whole in memory), with the SHA-512 that the
+/// signature covers.
+struct ManifestBytes {
+    pieces: std::collections::VecDeque<Vec<u8>>,
+    sha512: [u8; 64],
+}
+
+impl ManifestBytes {
+    fn to_vec(&self) -> Vec<u8> {
+        self.pieces.iter().flatten().copied().collect()
+    }
+
+    /// Reads the pieces without consuming them.
+    fn reader(&self) -> impl Read + '_ {
+        Pieces {
+            pieces: self.pieces.iter().map(|p| p.as_slice()).collect(),
+            pos: 0,
+        }
+    }
+
+    /// Reads the pieces, dropping each once it is read.
+    fn into_reader(self) -> impl Read {
+        Pieces {
+            pieces: self.pieces,
+            pos: 0,
+        }
+    }
+}
+
+/// A reader over a queue of pieces, taking them from the front.
+struct Pieces<P> {
+    pieces: std::collections::VecDeque<P>,
+    /// Bytes of the front piece already read.
+    pos: usize,
+}
+
+impl<P: AsRef<[u8]>> Read for Pieces<P> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(front) = self.pieces.front() {
+            let rest = &front.as_ref()[self.pos..];
+            if rest.is_empty() {
+                self.pieces.pop_front();
+                self.pos = 0;
+                continue;
+            }
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
 }
 
 /// Reads the zstd frame header, the manifest and the signature, checking nothing but form
@@ -412,7 +498,7 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleErro
         BundleError::Limit(format!("window_log_max {}: {e}", limits.window_log_max))
     })?;
     let mut tar = Tar { z };
-    let manifest = tar.small_member(MANIFEST_NAME, limits.max_manifest_bytes)?;
+    let manifest = tar.manifest_member(limits.max_manifest_bytes)?;
     let signature = tar.small_member(SIGNATURE_NAME, limits.max_signature_bytes)?;
     Ok(Head {
         tar,
@@ -421,15 +507,15 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleErro
     })
 }
 
-/// Parses and structurally validates signed manifest bytes.
-fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, BundleError> {
+/// Parses and structurally validates signed manifest bytes, freeing them as they are parsed.
+fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, BundleError> {
     // Look at the format first, so a newer manifest gets a clear message rather than a
     // complaint about a field this version does not know.
     #[derive(Deserialize)]
     struct FormatOnly {
         format: u32,
     }
-    let f: FormatOnly = serde_json::from_slice(bytes)
+    let f: FormatOnly = serde_json::from_reader(BufReader::new(bytes.reader()))
         .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
     if f.format != FORMAT_VERSION {
         return Err(corrupt(format!(
@@ -437,9 +523,13 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, BundleError
             f.format
         )));
     }
-    let m: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
-    if !m.is_canonical_json(bytes) {
+    let sha512 = bytes.sha512;
+    let m: Manifest = serde_json::from_reader(BufReader::with_capacity(
+        MANIFEST_PIECE,
+        bytes.into_reader(),
+    ))
+    .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
+    if m.canonical_json_sha512() != sha512 {
         return Err(corrupt("manifest is not in canonical form"));
     }
     validate_manifest(&m, limits)?;
@@ -454,17 +544,43 @@ pub fn open<R: Read>(
     trust: &TrustStore,
     limits: &Limits,
 ) -> Result<VerifiedBundle<R>, BundleError> {
+    open_with(src, trust, limits, true)
+}
+
+/// [`open`] for a small machine: the manifest's bytes are not kept
+/// ([`VerifiedBundle::manifest_bytes`] is empty) and are freed piece by piece as they are
+/// parsed, so the peak is the parsed manifest rather than it plus its bytes (about a third
+/// less for a bundle of many small files). What is checked, and in what order, is the same.
+pub fn open_lean<R: Read>(
+    src: R,
+    trust: &TrustStore,
+    limits: &Limits,
+) -> Result<VerifiedBundle<R>, BundleError> {
+    open_with(src, trust, limits, false)
+}
+
+fn open_with<R: Read>(
+    src: R,
+    trust: &TrustStore,
+    limits: &Limits,
+    keep_bytes: bool,
+) -> Result<VerifiedBundle<R>, BundleError> {
     let Head {
         tar,
-        manifest: manifest_bytes,
+        manifest,
         signature,
     } = read_head(src, limits)?;
-    let mut signer = sshsig::verify(&signature, NAMESPACE, &manifest_bytes)?;
+    let mut signer = sshsig::verify_sha512(&signature, NAMESPACE, &manifest.sha512)?;
     trust.check(&signer)?;
     if let Some(known) = trust.trusted().find(|k| **k == signer) {
         signer.comment = known.comment.clone();
     }
-    let manifest = parse_manifest(&manifest_bytes, limits)?;
+    let manifest_bytes = if keep_bytes {
+        manifest.to_vec()
+    } else {
+        Vec::new()
+    };
+    let manifest = parse_manifest(manifest, limits)?;
     Ok(VerifiedBundle {
         manifest,
         manifest_bytes,
@@ -485,8 +601,9 @@ pub fn read_manifest_unverified<R: Read>(
         signature,
         ..
     } = read_head(src, limits)?;
-    let manifest = parse_manifest(&bytes, limits)?;
-    Ok((manifest, bytes, signature))
+    let kept = bytes.to_vec();
+    let manifest = parse_manifest(bytes, limits)?;
+    Ok((manifest, kept, signature))
 }
 
 /// A bundle whose manifest is signed by a trusted key and structurally valid. Its blobs are
@@ -730,6 +847,63 @@ mod tests {
         let by_digest: BTreeMap<String, Vec<u8>> =
             blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
         by_digest.into_values().collect()
+    }
+
+    #[test]
+    fn lean_open_reads_a_manifest_of_many_pieces_like_open() {
+        let blobs: Vec<Vec<u8>> = (0..3000).map(|i| noise(i, 16 + (i as usize % 50))).collect();
+        let manifest = manifest_for(&blobs);
+        let by_digest: BTreeMap<String, Vec<u8>> =
+            blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
+        let bundle = bundle_of(&manifest, &by_digest, &signer());
+        let json = manifest.to_canonical_json();
+        assert!(json.len() > 4 * MANIFEST_PIECE, "{} bytes", json.len());
+        let full = open(&bundle[..], &trust(), &Limits::default()).unwrap();
+        assert_eq!(full.manifest_bytes, json);
+        let lean = open_lean(&bundle[..], &trust(), &Limits::default()).unwrap();
+        assert!(lean.manifest_bytes.is_empty());
+        assert_eq!(lean.manifest, manifest);
+        assert_eq!(lean.signer, full.signer);
+        lean.verify_blobs().unwrap();
+
+        // The same refusal: a signature over other bytes than the manifest's.
+        let mut other = manifest.clone();
+        other.version += 1;
+        let sig = sshsig::sign(&signer(), NAMESPACE, &json);
+        let forged = RawTar::default()
+            .file(MANIFEST_NAME, &other.to_canonical_json())
+            .file(SIGNATURE_NAME, sig.as_bytes())
+            .finish();
+        assert!(matches!(
+            open_lean(&forged[..], &trust(), &Limits::default()),
+            Err(BundleError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn pieces_read_in_any_buffer_size() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let pieces = ManifestBytes {
+            pieces: data.chunks(97).map(<[u8]>::to_vec).chain([vec![]]).collect(),
+            sha512: [0; 64],
+        };
+        for size in [1, 7, 97, 98, 4096] {
+            let mut out = Vec::new();
+            let mut r = pieces.reader();
+            let mut buf = vec![0u8; size];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(out, data, "buffer of {size}");
+        }
+        assert_eq!(pieces.to_vec(), data);
+        let mut all = Vec::new();
+        pieces.into_reader().read_to_end(&mut all).unwrap();
+        assert_eq!(all, data);
     }
 
     #[test]

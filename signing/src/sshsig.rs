@@ -19,18 +19,28 @@ const HASH: &str = "sha512";
 const LABEL: &str = "SSH SIGNATURE";
 
 /// What the ed25519 signature covers (PROTOCOL.sshsig §3).
-fn signed_data(namespace: &[u8], reserved: &[u8], hash_alg: &[u8], message: &[u8]) -> Vec<u8> {
+fn signed_data(
+    namespace: &[u8],
+    reserved: &[u8],
+    hash_alg: &[u8],
+    message_sha512: &[u8],
+) -> Vec<u8> {
     let mut data = MAGIC.to_vec();
     put_string(&mut data, namespace);
     put_string(&mut data, reserved);
     put_string(&mut data, hash_alg);
-    put_string(&mut data, &Sha512::digest(message));
+    put_string(&mut data, message_sha512);
     data
 }
 
 /// Signs `message` in `namespace`; returns the armored signature, as `ssh-keygen -Y sign` writes.
 pub fn sign(key: &SigningKey, namespace: &str, message: &[u8]) -> String {
-    let data = signed_data(namespace.as_bytes(), b"", HASH.as_bytes(), message);
+    let data = signed_data(
+        namespace.as_bytes(),
+        b"",
+        HASH.as_bytes(),
+        &Sha512::digest(message),
+    );
     let sig: Signature = key.dalek().sign(&data);
 
     let mut sig_blob = Vec::with_capacity(83);
@@ -50,10 +60,25 @@ pub fn sign(key: &SigningKey, namespace: &str, message: &[u8]) -> String {
 /// Checks an armored signature over `message` made in `namespace`, and returns the key that
 /// made it. Whether that key is trusted is the trust store's question, not this one's.
 pub fn verify(armored: &[u8], namespace: &str, message: &[u8]) -> Result<PublicKey, BundleError> {
-    parse_and_verify(armored, namespace, message).map_err(BundleError::BadSignature)
+    verify_sha512(armored, namespace, &Sha512::digest(message))
 }
 
-fn parse_and_verify(armored: &[u8], namespace: &str, message: &[u8]) -> Result<PublicKey, String> {
+/// [`verify`] given the message's SHA-512 (the only hash a signature is accepted with) rather
+/// than the message: the signed data covers the hash alone, so a message read in pieces need
+/// never be whole in memory.
+pub fn verify_sha512(
+    armored: &[u8],
+    namespace: &str,
+    message_sha512: &[u8],
+) -> Result<PublicKey, BundleError> {
+    parse_and_verify(armored, namespace, message_sha512).map_err(BundleError::BadSignature)
+}
+
+fn parse_and_verify(
+    armored: &[u8],
+    namespace: &str,
+    message_sha512: &[u8],
+) -> Result<PublicKey, String> {
     let text = std::str::from_utf8(armored).map_err(|_| "signature is not text".to_string())?;
     let blob = wire::dearmor(text, LABEL)?;
     let mut r = wire::Reader::new(&blob);
@@ -93,7 +118,7 @@ fn parse_and_verify(armored: &[u8], namespace: &str, message: &[u8]) -> Result<P
     let sig_bytes = s.string()?;
     s.finish("ed25519 signature")?;
     let sig = Signature::from_slice(sig_bytes).map_err(|_| "ed25519 signature is not 64 bytes")?;
-    let data = signed_data(ns, reserved, hash_alg, message);
+    let data = signed_data(ns, reserved, hash_alg, message_sha512);
     public
         .verify_strict(&data, &sig)
         .map_err(|_| "signature does not match the signed data".to_string())?;
@@ -125,7 +150,12 @@ mod tests {
     /// check that a parse-level change is refused before or by the signature check.
     fn rebuild(version: u32, ns: &str, hash: &str, reserved: &[u8], sign_it: bool) -> String {
         let k = key();
-        let data = signed_data(ns.as_bytes(), reserved, hash.as_bytes(), MSG);
+        let data = signed_data(
+            ns.as_bytes(),
+            reserved,
+            hash.as_bytes(),
+            &Sha512::digest(MSG),
+        );
         let sig: Signature = if sign_it {
             k.dalek().sign(&data)
         } else {

@@ -167,7 +167,9 @@ fn report_refusal(
         .or_else(|| args.hostgroup.clone())
         .or_else(|| host::hostgroup(root).ok().flatten());
     let Some(hostgroup) = hostgroup else {
-        log.warn("could not report the refusal to Consul: the hostgroup is unknown (pass --hostgroup)");
+        log.warn(
+            "could not report the refusal to Consul: the hostgroup is unknown (pass --hostgroup)",
+        );
         return;
     };
     let state = State {
@@ -277,7 +279,7 @@ fn apply_bundle(
     use std::io::Seek;
     file.seek(std::io::SeekFrom::Start(0))
         .context("rewinding the bundle")?;
-    let bundle = kiln_signing::open(
+    let bundle = kiln_signing::open_lean(
         BufReader::with_capacity(1 << 20, file),
         &trust,
         &Limits::default(),
