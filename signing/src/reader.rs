@@ -6,7 +6,6 @@
 use std::fmt;
 use std::io::{self, BufReader, Chain, Cursor, Read};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::BundleError;
@@ -434,7 +433,41 @@ impl ManifestBytes {
         self.pieces.iter().flatten().copied().collect()
     }
 
+    /// The number after the `"format":` key, found without parsing the JSON: in valid JSON
+    /// that byte sequence is a key (a `"` inside a string is escaped), and the manifest has
+    /// one such key, at the top level. `None` when it is missing or not a number.
+    fn declared_format(&self) -> Option<u64> {
+        const KEY: &[u8] = b"\"format\":";
+        let mut bytes = self.pieces.iter().flatten().copied();
+        let mut matched = 0;
+        for b in bytes.by_ref() {
+            if b == KEY[matched] {
+                matched += 1;
+                if matched == KEY.len() {
+                    break;
+                }
+            } else {
+                // KEY's only `"` besides its first byte is the one before `:`.
+                matched = usize::from(b == b'"');
+            }
+        }
+        if matched != KEY.len() {
+            return None;
+        }
+        let mut n: u64 = 0;
+        let mut digits = 0;
+        for b in bytes {
+            if !b.is_ascii_digit() {
+                break;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            digits += 1;
+        }
+        (digits > 0).then_some(n)
+    }
+
     /// Reads the pieces without consuming them.
+    #[cfg(test)]
     fn reader(&self) -> impl Read + '_ {
         Pieces {
             pieces: self.pieces.iter().map(|p| p.as_slice()).collect(),
@@ -511,17 +544,15 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleErro
 fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, BundleError> {
     // Look at the format first, so a newer manifest gets a clear message rather than a
     // complaint about a field this version does not know.
-    #[derive(Deserialize)]
-    struct FormatOnly {
-        format: u32,
-    }
-    let f: FormatOnly = serde_json::from_reader(BufReader::new(bytes.reader()))
-        .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
-    if f.format != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "manifest format {} is not supported (this kiln reads format {FORMAT_VERSION})",
-            f.format
-        )));
+    let unsupported = |format: u64| {
+        corrupt(format!(
+            "manifest format {format} is not supported (this kiln reads format {FORMAT_VERSION})"
+        ))
+    };
+    if let Some(format) = bytes.declared_format() {
+        if format != u64::from(FORMAT_VERSION) {
+            return Err(unsupported(format));
+        }
     }
     let sha512 = bytes.sha512;
     let m: Manifest = serde_json::from_reader(BufReader::with_capacity(
@@ -529,6 +560,9 @@ fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, Bun
         bytes.into_reader(),
     ))
     .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
+    if m.format != FORMAT_VERSION {
+        return Err(unsupported(m.format.into()));
+    }
     if m.canonical_json_sha512() != sha512 {
         return Err(corrupt("manifest is not in canonical form"));
     }
@@ -851,7 +885,9 @@ mod tests {
 
     #[test]
     fn lean_open_reads_a_manifest_of_many_pieces_like_open() {
-        let blobs: Vec<Vec<u8>> = (0..3000).map(|i| noise(i, 16 + (i as usize % 50))).collect();
+        let blobs: Vec<Vec<u8>> = (0..3000)
+            .map(|i| noise(i, 16 + (i as usize % 50)))
+            .collect();
         let manifest = manifest_for(&blobs);
         let by_digest: BTreeMap<String, Vec<u8>> =
             blobs.iter().map(|b| (sha256_hex(b), b.clone())).collect();
@@ -881,10 +917,34 @@ mod tests {
     }
 
     #[test]
+    fn declared_format_is_found_across_pieces() {
+        let of = |text: &str, at: usize| {
+            let b = text.as_bytes();
+            ManifestBytes {
+                pieces: [b[..at].to_vec(), b[at..].to_vec()].into(),
+                sha512: [0; 64],
+            }
+            .declared_format()
+        };
+        let text = r#"{"a":"x\"format\":9","b":"\"\"format","format":12,"z":1}"#;
+        for at in 0..text.len() {
+            assert_eq!(of(text, at), Some(12), "split at {at}");
+        }
+        assert_eq!(of(r#"{"formats":1}"#, 3), None);
+        assert_eq!(of(r#"{""format":7}"#, 3), Some(7));
+        assert_eq!(of(r#"{"format":"1"}"#, 3), None);
+        assert_eq!(of(r#"{"format":99999999999999999999999}"#, 3), None);
+    }
+
+    #[test]
     fn pieces_read_in_any_buffer_size() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         let pieces = ManifestBytes {
-            pieces: data.chunks(97).map(<[u8]>::to_vec).chain([vec![]]).collect(),
+            pieces: data
+                .chunks(97)
+                .map(<[u8]>::to_vec)
+                .chain([vec![]])
+                .collect(),
             sha512: [0; 64],
         };
         for size in [1, 7, 97, 98, 4096] {
@@ -1413,6 +1473,27 @@ mod tests {
         );
         expect_corrupt(with(&|m| m.expires = "2030-01-01".into()), "RFC 3339");
         expect_corrupt(with(&|m| m.format = 2), "format 2 is not supported");
+    }
+
+    #[test]
+    fn a_newer_format_with_fields_this_version_does_not_know_says_so() {
+        let blobs = four_blobs();
+        let json = String::from_utf8(manifest_for(&blobs).to_canonical_json()).unwrap();
+        let newer = json
+            .replace("\"format\":1", "\"format\":2")
+            .replacen('{', "{\"aaa_new\":{\"x\":1},", 1);
+        assert_ne!(newer, json);
+        let mut t = RawTar::default();
+        t.head_bytes(newer.as_bytes(), &signer());
+        for b in in_order(&blobs) {
+            t.blob(&b);
+        }
+        for res in [
+            verify_all(&t.finish()),
+            open_lean(&t.finish()[..], &trust(), &Limits::default()).map(|_| ()),
+        ] {
+            expect_corrupt(res, "manifest format 2 is not supported");
+        }
     }
 
     #[test]
