@@ -12,26 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_signing::{exit, Group, Package, ServiceState, User};
+use kiln_signing::{exit, Group, Package, ServiceState};
 
 const UNIT: &[u8] = b"[Unit]\nDescription=kiln test service\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
 const KEY_LINE: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl web@example";
-
-fn user(name: &str) -> User {
-    User {
-        name: name.into(),
-        uid: None,
-        group: None,
-        groups: vec![],
-        home: None,
-        shell: None,
-        comment: None,
-        system: false,
-        create_home: false,
-        authorized_keys: vec![],
-    }
-}
 
 /// A tiny .deb made with dpkg-deb; its postinst records what policy-rc.d answered.
 fn hello_deb(work: &Path) -> Vec<u8> {

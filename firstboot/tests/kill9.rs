@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_signing::{Group, ServiceState, User};
+use kiln_signing::{Group, ServiceState};
 
 /// One test at a time: copying the base dirties 175 MB that the other test's syncfs would wait
 /// for, which makes its timing, and so its kill points, meaningless.
@@ -56,21 +56,6 @@ impl Rng {
     fn below(&mut self, d: Duration) -> Duration {
         let ns = d.as_nanos().max(1) as u64;
         Duration::from_nanos(self.next() % ns)
-    }
-}
-
-fn user(name: &str) -> User {
-    User {
-        name: name.into(),
-        uid: None,
-        group: None,
-        groups: vec![],
-        home: None,
-        shell: None,
-        comment: None,
-        system: false,
-        create_home: false,
-        authorized_keys: vec![],
     }
 }
 

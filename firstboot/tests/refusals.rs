@@ -367,18 +367,7 @@ fn malicious_manifests_signed_by_a_trusted_key_are_refused() {
     s.write_raw(&key, &p, Raw::default());
     refused(r, t, &p, &[], exit::CORRUPT, outside.path());
     let mut s = sample(7);
-    s.m.users.push(kiln_signing::User {
-        name: "--root".into(),
-        uid: None,
-        group: None,
-        groups: vec![],
-        home: None,
-        shell: None,
-        comment: None,
-        system: false,
-        create_home: false,
-        authorized_keys: vec![],
-    });
+    s.m.users.push(user("--root"));
     s.finish();
     let p = work.path().join("option-user.kiln");
     s.write_raw(&key, &p, Raw::default());

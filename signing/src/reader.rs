@@ -544,14 +544,11 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleErro
 fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, BundleError> {
     // Look at the format first, so a newer manifest gets a clear message rather than a
     // complaint about a field this version does not know.
-    let unsupported = |format: u64| {
-        corrupt(format!(
-            "manifest format {format} is not supported (this kiln reads format {FORMAT_VERSION})"
-        ))
-    };
     if let Some(format) = bytes.declared_format() {
         if format != u64::from(FORMAT_VERSION) {
-            return Err(unsupported(format));
+            return Err(corrupt(format!(
+                "manifest format {format} is not supported (this kiln reads format {FORMAT_VERSION})"
+            )));
         }
     }
     let sha512 = bytes.sha512;
@@ -560,9 +557,6 @@ fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, Bun
         bytes.into_reader(),
     ))
     .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
-    if m.format != FORMAT_VERSION {
-        return Err(unsupported(m.format.into()));
-    }
     if m.canonical_json_sha512() != sha512 {
         return Err(corrupt("manifest is not in canonical form"));
     }
@@ -1479,9 +1473,11 @@ mod tests {
     fn a_newer_format_with_fields_this_version_does_not_know_says_so() {
         let blobs = four_blobs();
         let json = String::from_utf8(manifest_for(&blobs).to_canonical_json()).unwrap();
-        let newer = json
-            .replace("\"format\":1", "\"format\":2")
-            .replacen('{', "{\"aaa_new\":{\"x\":1},", 1);
+        let newer = json.replace("\"format\":1", "\"format\":2").replacen(
+            '{',
+            "{\"aaa_new\":{\"x\":1},",
+            1,
+        );
         assert_ne!(newer, json);
         let mut t = RawTar::default();
         t.head_bytes(newer.as_bytes(), &signer());

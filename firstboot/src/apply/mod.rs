@@ -408,7 +408,6 @@ pub fn apply_with<R: Read>(
         t.elapsed().as_secs_f64()
     ));
     let stage_secs = secs(t.elapsed());
-    start_writeback(&ctx);
 
     // Conflicts with the root, before any change.
     if resume.is_empty() {
@@ -838,6 +837,7 @@ fn write_staged(
         }
         let _ = spare.send(p.data);
     }
+    writeback.finish();
     Ok(())
 }
 
@@ -871,6 +871,13 @@ impl Writeback {
         }
     }
 
+    /// The last writeback, when every blob is staged: started even if one is running, which
+    /// may have begun before the last bytes were written.
+    fn finish(mut self) {
+        self.running = Default::default();
+        self.kick();
+    }
+
     /// Starts a background `syncfs` unless one is running.
     fn kick(&mut self) {
         use std::sync::atomic::Ordering;
@@ -889,14 +896,6 @@ impl Writeback {
         if spawned.is_err() {
             self.running.store(false, Ordering::Release);
         }
-    }
-}
-
-/// The last background writeback of the staging area, when staging is done.
-fn start_writeback(ctx: &Ctx) {
-    use std::os::fd::AsFd;
-    if let Ok(fd) = ctx.root.open_dir(&format!("{}/blobs", ctx.staging)) {
-        Writeback::new(fd.as_fd()).kick();
     }
 }
 

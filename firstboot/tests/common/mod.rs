@@ -332,6 +332,22 @@ fn member(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, data: &[u8], lin
 }
 
 /// Deterministic noise, so blobs do not compress away.
+/// A user with this name and every other field at its default (no home created).
+pub fn user(name: &str) -> User {
+    User {
+        name: name.into(),
+        uid: None,
+        group: None,
+        groups: vec![],
+        home: None,
+        shell: None,
+        comment: None,
+        system: false,
+        create_home: false,
+        authorized_keys: vec![],
+    }
+}
+
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
