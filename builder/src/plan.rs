@@ -292,6 +292,7 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
         groups,
         users,
         packages,
+        system_accounts: resolved.system_accounts.iter().cloned().collect(),
         services,
         commands,
         templates,

@@ -35,6 +35,12 @@ pub struct Manifest {
     pub users: Vec<User>,
     /// Packages to install, sorted by name.
     pub packages: Vec<Package>,
+    /// Accounts the packages create (`system_accounts` in the configuration), sorted: entries
+    /// and templates may be owned by them although the base lacks them. The applier checks
+    /// that they exist once the packages phase is done; users and groups, created before
+    /// packages, may not name them. Absent when empty (older manifests keep their bytes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_accounts: Vec<String>,
     /// Services and the state they must reach, sorted by name.
     pub services: Vec<Service>,
     /// Commands run once at first boot, in this order, after packages, files and units.
@@ -390,6 +396,7 @@ impl Manifest {
             groups: self.groups.clone(),
             users: self.users.clone(),
             packages: self.packages.clone(),
+            system_accounts: self.system_accounts.clone(),
             services: self.services.clone(),
             commands: self.commands.clone(),
             templates: self.templates.clone(),

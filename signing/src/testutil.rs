@@ -132,6 +132,7 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
             digest: Some(sha256_hex(&blobs[3])),
             size: Some(blobs[3].len() as u64),
         }],
+        system_accounts: vec![],
         services: vec![Service {
             name: "nginx.service".into(),
             state: ServiceState::Running,

@@ -788,6 +788,8 @@ impl Run<'_> {
         }
         let mut ids: Vec<(&'static str, u32, String, Span)> = Vec::new();
         let mut private_groups = Vec::new();
+        // Groups users are put in: created before packages, so not a package's own.
+        let mut user_group_refs: Vec<(String, Span)> = Vec::new();
         for item in &m.items[Kind::Users.index()] {
             let spec = items::user(&item.key, &item.value, &mut self.d);
             if spec.absent {
@@ -798,10 +800,10 @@ impl Run<'_> {
                 ids.push(("uid", *uid, name.clone(), span.clone()));
             }
             match &spec.group {
-                Some(g) => group_refs.push(g.clone()),
+                Some(g) => user_group_refs.push(g.clone()),
                 None => private_groups.push(name.clone()),
             }
-            group_refs.extend(spec.groups.iter().cloned());
+            user_group_refs.extend(spec.groups.iter().cloned());
             let user = ResolvedUser {
                 uid: spec.uid.map(|u| u.0),
                 group: spec.group.map(|g| g.0),
@@ -899,7 +901,20 @@ impl Run<'_> {
                 self.d.err(span, format!("owner {name:?} is not a user of the base image, nor declared in users or system_accounts"));
             }
         }
-        for (name, span) in &group_refs {
+        for (name, span) in &user_group_refs {
+            let declared = BASE_GROUPS.contains(&name.as_str())
+                || r.groups.contains_key(name)
+                || private_groups.contains(name);
+            if !declared && r.system_accounts.contains(name) {
+                self.d.err(
+                    span,
+                    format!(
+                        "group {name:?} is created by a package (system_accounts), but users are created before packages are installed; add the user to it in a command (usermod -a -G), which runs after packages"
+                    ),
+                );
+            }
+        }
+        for (name, span) in group_refs.iter().chain(&user_group_refs) {
             if !groups.contains(name.as_str()) {
                 self.d.err(span, format!("group {name:?} is not a group of the base image, nor declared in groups or system_accounts"));
             }

@@ -293,6 +293,13 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
         }
     }
     let mut names = BTreeSet::new();
+    for a in &m.system_accounts {
+        check_account_name("system account", a)?;
+        if !names.insert(a.as_str()) {
+            return Err(format!("system account {a} listed twice"));
+        }
+    }
+    let mut names = BTreeSet::new();
     for s in &m.services {
         check_unit_name(&s.name)?;
         if !names.insert(s.name.as_str()) {

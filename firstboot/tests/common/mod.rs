@@ -98,6 +98,7 @@ impl Spec {
                 groups: vec![],
                 users: vec![],
                 packages: vec![],
+                system_accounts: vec![],
                 services: vec![],
                 commands: vec![],
                 templates: vec![],
