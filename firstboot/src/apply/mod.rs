@@ -592,74 +592,20 @@ fn run_phases(
             continue;
         }
         let t = Instant::now();
-        let summary = match phase {
-            "groups" => {
-                if ctx.manifest.groups.is_empty() {
-                    "none".to_string()
-                } else {
-                    let n = accounts::apply_groups(ctx)?;
-                    format!("{n} created, {} present", ctx.manifest.groups.len() - n)
-                }
+        let summary = match run_phase(ctx, journal, commands, phase) {
+            Ok(summary) => summary,
+            Err(e) => {
+                // The failed phase is listed too (state file, report, timings line), with
+                // the first line of its error.
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default();
+                steps.push(Step {
+                    name: phase.into(),
+                    seconds: secs(t.elapsed()),
+                    summary: format!("failed: {first}"),
+                });
+                return Err(e);
             }
-            "users" => {
-                if ctx.manifest.users.is_empty() {
-                    "none".to_string()
-                } else {
-                    let n = accounts::apply_users(ctx)?;
-                    format!(
-                        "{n} created or changed, {} unchanged",
-                        ctx.manifest.users.len() - n
-                    )
-                }
-            }
-            "packages" => {
-                if ctx.manifest.packages.is_empty() {
-                    "none".to_string()
-                } else {
-                    packages::apply_packages(ctx)?
-                }
-            }
-            "directories" => entries::apply_directories(ctx)?.to_string(),
-            "files" => entries::apply_files(ctx, journal)?.to_string(),
-            "symlinks" => entries::apply_symlinks(ctx)?.to_string(),
-            "absent" => entries::apply_absent(ctx)?.to_string(),
-            "services" => {
-                if ctx.manifest.services.is_empty() {
-                    "none".to_string()
-                } else {
-                    services::apply_enablement(ctx)?
-                }
-            }
-            "commands" => {
-                let r = commands::apply_commands(ctx, journal, commands);
-                r?
-            }
-            "dynamic" => match ctx.dynamic {
-                _ if ctx.manifest.templates.is_empty() && ctx.manifest.dynamic.is_none() => {
-                    "none".to_string()
-                }
-                Some(cfg) => crate::dynamic::run_phase(ctx, cfg, journal)?,
-                None => {
-                    ctx.warn(&format!(
-                        "{} dynamic template(s) not rendered: no dynamic sources given (an offline apply)",
-                        ctx.manifest.templates.len()
-                    ));
-                    format!(
-                        "{} template(s) skipped (offline)",
-                        ctx.manifest.templates.len()
-                    )
-                }
-            },
-            "runtime" => {
-                if ctx.live {
-                    let changed: BTreeSet<String> =
-                        journal.changed_paths().map(str::to_string).collect();
-                    services::apply_runtime(ctx, &changed)?
-                } else {
-                    "offline root: services not started".to_string()
-                }
-            }
-            _ => continue,
         };
         let took = t.elapsed();
         ctx.log
@@ -674,6 +620,86 @@ fn run_phases(
         });
     }
     Ok(())
+}
+
+/// One phase; returns its summary line.
+fn run_phase(
+    ctx: &Ctx,
+    journal: &mut Journal,
+    commands: &mut Vec<CommandResult>,
+    phase: &str,
+) -> Result<String, ApplyError> {
+    Ok(match phase {
+        "groups" => {
+            if ctx.manifest.groups.is_empty() {
+                "none".to_string()
+            } else {
+                let n = accounts::apply_groups(ctx)?;
+                format!("{n} created, {} present", ctx.manifest.groups.len() - n)
+            }
+        }
+        "users" => {
+            if ctx.manifest.users.is_empty() {
+                "none".to_string()
+            } else {
+                let n = accounts::apply_users(ctx)?;
+                format!(
+                    "{n} created or changed, {} unchanged",
+                    ctx.manifest.users.len() - n
+                )
+            }
+        }
+        "packages" => {
+            let summary = if ctx.manifest.packages.is_empty() {
+                "none".to_string()
+            } else {
+                packages::apply_packages(ctx)?
+            };
+            check_system_accounts(ctx)?;
+            summary
+        }
+        "directories" => entries::apply_directories(ctx)?.to_string(),
+        "files" => entries::apply_files(ctx, journal)?.to_string(),
+        "symlinks" => entries::apply_symlinks(ctx)?.to_string(),
+        "absent" => entries::apply_absent(ctx)?.to_string(),
+        "services" => {
+            if ctx.manifest.services.is_empty() {
+                "none".to_string()
+            } else {
+                services::apply_enablement(ctx)?
+            }
+        }
+        "commands" => {
+            let r = commands::apply_commands(ctx, journal, commands);
+            r?
+        }
+        "dynamic" => match ctx.dynamic {
+            _ if ctx.manifest.templates.is_empty() && ctx.manifest.dynamic.is_none() => {
+                "none".to_string()
+            }
+            Some(cfg) => crate::dynamic::run_phase(ctx, cfg, journal)?,
+            None => {
+                ctx.warn(&format!(
+                        "{} dynamic template(s) not rendered: no dynamic sources given (an offline apply)",
+                        ctx.manifest.templates.len()
+                    ));
+                format!(
+                    "{} template(s) skipped (offline)",
+                    ctx.manifest.templates.len()
+                )
+            }
+        },
+        "runtime" => {
+            if ctx.live {
+                let changed: BTreeSet<String> =
+                    journal.changed_paths().map(str::to_string).collect();
+                services::apply_runtime(ctx, &changed)?
+            } else {
+                "offline root: services not started".to_string()
+            }
+        }
+        other => unreachable!("phase {other} is not in PHASES"),
+    })
 }
 
 /// Holds an exclusive flock on the root directory for the whole apply (released on drop).
@@ -970,47 +996,61 @@ pub fn tidy_applied(root: &Path, sha256: &str, log: &dyn Log) {
     tidy(&root, sha256, log);
 }
 
-/// Every owner and group an entry names must exist in the root or be created by the bundle.
+/// Every owner and group an entry or a dynamic template names must exist in the root, be
+/// created by the bundle, or be one of its `system_accounts` (made by its packages; checked
+/// once they are installed, see [`check_system_accounts`]). Users and groups are created before
+/// packages, so a user's groups may not be system accounts.
 fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
-    let users: HashSet<&str> = ctx.manifest.users.iter().map(|u| u.name.as_str()).collect();
-    let groups: HashSet<&str> = ctx
-        .manifest
+    let m = ctx.manifest;
+    let system: HashSet<&str> = m.system_accounts.iter().map(String::as_str).collect();
+    let users: HashSet<&str> = m.users.iter().map(|u| u.name.as_str()).collect();
+    let groups: HashSet<&str> = m
         .groups
         .iter()
         .map(|g| g.name.as_str())
         // useradd makes a group of the user's name when none is given.
         .chain(
-            ctx.manifest
-                .users
+            m.users
                 .iter()
                 .filter(|u| u.group.is_none())
                 .map(|u| u.name.as_str()),
         )
         .collect();
+    let owned =
+        m.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { owner, group, .. }
+                | EntryKind::Directory { owner, group, .. } => Some((&e.path, owner, group)),
+                _ => None,
+            })
+            .chain(m.templates.iter().map(|t| (&t.path, &t.owner, &t.group)));
     let mut out = Vec::new();
-    for e in &ctx.manifest.entries {
-        let (owner, group) = match &e.kind {
-            EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => {
-                (owner, group)
-            }
-            _ => continue,
-        };
-        if have.uid(owner).is_none() && !users.contains(owner.as_str()) {
+    for (path, owner, group) in owned {
+        let owner = owner.as_str();
+        let group = group.as_str();
+        if have.uid(owner).is_none() && !users.contains(owner) && !system.contains(owner) {
             out.push(format!(
-                "{}: owner {owner:?} exists neither in the root nor in the bundle",
-                e.path
+                "{path}: owner {owner:?} exists neither in the root nor in the bundle"
             ));
         }
-        if have.gid(group).is_none() && !groups.contains(group.as_str()) {
+        if have.gid(group).is_none() && !groups.contains(group) && !system.contains(group) {
             out.push(format!(
-                "{}: group {group:?} exists neither in the root nor in the bundle",
-                e.path
+                "{path}: group {group:?} exists neither in the root nor in the bundle"
             ));
         }
     }
-    for u in &ctx.manifest.users {
+    for u in &m.users {
         for g in u.group.iter().chain(&u.groups) {
-            if have.gid(g).is_none() && !groups.contains(g.as_str()) {
+            if have.gid(g).is_some() || groups.contains(g.as_str()) {
+                continue;
+            }
+            if system.contains(g.as_str()) {
+                out.push(format!(
+                    "user {}: group {g:?} is made by a package (system_accounts), but users are created before packages",
+                    u.name
+                ));
+            } else {
                 out.push(format!(
                     "user {}: group {g:?} exists neither in the root nor in the bundle",
                     u.name
@@ -1019,6 +1059,65 @@ fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
         }
     }
     out
+}
+
+/// After the packages phase: every system account the bundle's files are owned by exists now,
+/// as the user or group it is used as (the packages' maintainer scripts made it).
+fn check_system_accounts(ctx: &Ctx) -> Result<(), ApplyError> {
+    let m = ctx.manifest;
+    if m.system_accounts.is_empty() {
+        return Ok(());
+    }
+    let have =
+        Accounts::load(ctx.root).map_err(|e| ApplyError::step("packages", "/etc/passwd", e))?;
+    let mut missing: Vec<String> = Vec::new();
+    for a in &m.system_accounts {
+        let used_as_user = m.entries.iter().any(|e| {
+            matches!(&e.kind, EntryKind::File { owner, .. } | EntryKind::Directory { owner, .. } if owner == a)
+        }) || m.templates.iter().any(|t| &t.owner == a);
+        let used_as_group = m.entries.iter().any(|e| {
+            matches!(&e.kind, EntryKind::File { group, .. } | EntryKind::Directory { group, .. } if group == a)
+        }) || m.templates.iter().any(|t| &t.group == a);
+        let user_ok = !used_as_user || have.uid(a).is_some();
+        let group_ok = !used_as_group || have.gid(a).is_some();
+        // Named but owning nothing: it must still exist in some form.
+        let named_ok =
+            used_as_user || used_as_group || have.uid(a).is_some() || have.gid(a).is_some();
+        if !user_ok {
+            missing.push(format!("user {a:?}"));
+        } else if !group_ok {
+            missing.push(format!("group {a:?}"));
+        } else if !named_ok {
+            missing.push(format!("account {a:?}"));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let installed: Vec<&str> = m
+        .packages
+        .iter()
+        .filter(|p| p.digest.is_some())
+        .map(|p| p.name.as_str())
+        .collect();
+    let set = if installed.is_empty() {
+        "the bundle carries no packages (was it built without --base?)".to_string()
+    } else {
+        const SHOWN: usize = 12;
+        let mut s = installed[..installed.len().min(SHOWN)].join(", ");
+        if installed.len() > SHOWN {
+            s.push_str(&format!(", and {} more", installed.len() - SHOWN));
+        }
+        format!("its packages ({s}) did not create it")
+    };
+    Err(ApplyError::step(
+        "packages",
+        "system_accounts",
+        format!(
+            "{} named in system_accounts does not exist after the packages phase: {set}",
+            missing.join(", ")
+        ),
+    ))
 }
 
 /// Conflicts between the bundle and the root, found read-only before anything changes.
@@ -1079,6 +1178,13 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
             "skip package {} (not resolved at build time)",
             p.name
         ));
+    }
+    for a in &ctx.manifest.system_accounts {
+        if have.uid(a).is_none() && have.gid(a).is_none() {
+            out.push(format!(
+                "expect system account {a} from the packages (checked once they are installed)"
+            ));
+        }
     }
     let absent = absent_paths(ctx.manifest);
     // In the order the phases apply them: directories, files, symlinks, absent (deepest first).
