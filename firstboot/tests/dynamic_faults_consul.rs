@@ -69,6 +69,50 @@ impl Case {
             "{}",
             state["error"]
         );
+        // Every step that ran is listed, the failed one last, in the state file, the timings
+        // line and (when Consul took it) the report.
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let ran = [
+            "fetch",
+            "verify",
+            "stage",
+            "groups",
+            "users",
+            "packages",
+            "directories",
+            "files",
+            "symlinks",
+            "absent",
+            "services",
+            "commands",
+            "dynamic",
+        ];
+        assert_eq!(names(&state), ran, "{state}");
+        let last = state["steps"].as_array().unwrap().last().unwrap();
+        assert!(
+            last["summary"].as_str().unwrap().starts_with("failed: "),
+            "{last}"
+        );
+        let timings = stderr(out)
+            .lines()
+            .find(|l| l.contains("timings: "))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            timings.contains(", dynamic ") && timings.contains("(exit 20)"),
+            "{timings}"
+        );
+        if let Some(report) = self.report() {
+            assert_eq!(report["result"], "failure", "{report}");
+            assert_eq!(names(&report), ran, "{report}");
+        }
     }
 
     fn succeeds(&self) {

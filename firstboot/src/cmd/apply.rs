@@ -84,6 +84,15 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
             if failure_state.is_none() && !args.dry_run {
                 report_refusal(&args, &root, &dynamic, &seen, &err, log);
             }
+            // Every step that ran, the failed one last (the engine's state lists them).
+            if let Some(state) = failure_state {
+                seen.steps = state
+                    .steps
+                    .iter()
+                    .filter(|s| !s.summary.starts_with(apply::EARLIER_RUN))
+                    .cloned()
+                    .collect();
+            }
             log.info(&format!(
                 "timings: {}; total {:.2}s (exit {})",
                 seen.timings(),
