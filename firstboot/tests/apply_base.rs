@@ -445,6 +445,12 @@ fn a_failing_command_fails_the_apply_with_21_and_its_output_is_kept() {
         err.contains("commands: command boom failed (exit status 3)"),
         "{err}"
     );
+    // The root was changed: a failure, not a refusal.
+    assert!(
+        err.contains("error: failed applying web-7.kiln (the root was changed: rerun to continue)"),
+        "{err}"
+    );
+    assert!(!err.contains("refusing"), "{err}");
     let state = read_state(r);
     assert_eq!(state["result"], "failure");
     assert_eq!(state["exit_code"], 21);
