@@ -120,7 +120,7 @@ pub enum ApplyError {
     /// Another kiln-firstboot is applying to this root right now.
     #[error("another kiln-firstboot is applying to {0}")]
     Busy(String),
-    /// The root conflicts with the bundle (found before any change).
+    /// The root conflicts with the bundle: found before any change, so none was made.
     #[error("the root conflicts with the bundle (nothing was changed):\n  {}", .0.join("\n  "))]
     Conflicts(Vec<String>),
     /// A step failed.
@@ -162,6 +162,7 @@ impl ApplyError {
             ApplyError::Invalid(_) => exit::CORRUPT,
             ApplyError::Bundle(e) => e.exit_code(),
             ApplyError::OtherBundle(_) | ApplyError::Busy(_) => exit::FAILURE,
+            ApplyError::Conflicts(_) => exit::CONFLICT,
             ApplyError::Dynamic(e) => e.exit_code(),
             _ => exit::APPLY,
         }
