@@ -11,6 +11,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod commands;
+pub(crate) mod conflicts;
 pub(crate) mod entries;
 pub mod fsroot;
 pub(crate) mod journal;
@@ -377,13 +378,19 @@ pub fn apply_with<R: Read>(
 
     if opts.dry_run {
         let t = Instant::now();
-        bundle.verify_blobs().map_err(ApplyError::Bundle)?;
+        // Every blob is checked; the packages' are kept (outside the root) for their checks.
+        let mut debs = conflicts::DebCopies::new(&ctx);
+        bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
+            debs.take(&blob.digest, reader)
+                .map_err(|e| ApplyError::step("dry run", &blob.digest, e))?;
+            Ok(())
+        })?;
         opts.log.info(&format!(
             "verified {} blobs ({:.2}s)",
             blob_count,
             t.elapsed().as_secs_f64()
         ));
-        let plan = plan(&ctx, true)?;
+        let plan = plan(&ctx, true, &debs.into_debs())?;
         state.applied_at = now_rfc3339();
         state.warnings = ctx.warnings.borrow().clone();
         return Ok(ApplyReport {
@@ -1039,6 +1046,7 @@ fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
             out.push(format!("{}: {why}", e.path));
         }
     }
+    out.extend(conflicts::find(ctx, &have, &conflicts::Debs::Staged)?);
     Ok(out)
 }
 
@@ -1051,7 +1059,7 @@ fn absent_paths(m: &Manifest) -> BTreeSet<&str> {
 }
 
 /// Dry run: what applying would change, one line each; conflicts are errors.
-fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
+fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, ApplyError> {
     let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("plan", "/etc/passwd", e))?;
     let mut conflicts = check_owners(ctx, &have);
     let mut out = Vec::new();
@@ -1121,6 +1129,7 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
             Err(why) => conflicts.push(format!("{}: {why}", e.path)),
         }
     }
+    conflicts.extend(conflicts::find(ctx, &have, debs)?);
     for s in &ctx.manifest.services {
         match services::enablement(ctx, &s.name) {
             Ok(now) => {
