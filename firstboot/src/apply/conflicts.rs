@@ -358,7 +358,7 @@ fn lstat(root: &Root, path: &str) -> Option<(Kind, String)> {
 
 /// (e) Dynamic templates (often secrets) are never written through a symlink: none may be on
 /// the way to one, from the root down, nor at the target itself.
-fn templates(ctx: &Ctx) -> Vec<String> {
+pub(crate) fn templates(ctx: &Ctx) -> Vec<String> {
     let mut out = Vec::new();
     for t in &ctx.manifest.templates {
         if let Some(why) = template_path(ctx.root, &t.path) {
