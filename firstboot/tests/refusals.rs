@@ -552,7 +552,9 @@ fn a_file_or_a_broken_symlink_where_the_bundle_needs_a_directory_is_refused() {
     symlink("target.conf", r.join("etc/tofile")).unwrap();
     symlink("loop", r.join("etc/loop")).unwrap();
 
-    let cases: [(&str, fn(&mut Spec, &str), &[&str]); 5] = [
+    // The path, how the bundle makes it, the conflicts named.
+    type Case<'a> = (&'a str, fn(&mut Spec, &str), &'a [&'a str]);
+    let cases: [Case; 5] = [
         (
             "/etc/app/x.conf",
             |s, p| {
@@ -694,10 +696,22 @@ fn a_symlinked_home_or_ssh_directory_is_refused() {
     std::fs::create_dir_all(r.join("srv/ops")).unwrap();
     symlink("/root/.ssh", r.join("srv/ops/.ssh")).unwrap();
 
+    // An account of the root whose home is `/`.
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        format!("{passwd}slash:x:1500:1:slash:/:/bin/sh\n"),
+    )
+    .unwrap();
+
     let mut s = sample(7);
-    for (name, home) in [("web", "/srv/web"), ("ops", "/srv/ops")] {
+    for (name, home) in [
+        ("web", Some("/srv/web")),
+        ("ops", Some("/srv/ops")),
+        ("slash", None),
+    ] {
         let mut u = user(name);
-        u.home = Some(home.into());
+        u.home = home.map(Into::into);
         u.authorized_keys = vec![format!("ssh-ed25519 AAAA {name}")];
         s.m.users.push(u);
     }
@@ -708,6 +722,7 @@ fn a_symlinked_home_or_ssh_directory_is_refused() {
         conflict_lines(&err),
         [
             "user ops: .ssh /srv/ops/.ssh is a symlink (-> /root/.ssh) in the root; authorized_keys would be written through it",
+            "user slash: home \"/\" in the root cannot hold authorized_keys",
             "user web: home /srv/web is a symlink (-> /root) in the root; authorized_keys would be written through it",
         ],
         "{err}"

@@ -299,10 +299,11 @@ fn homes(ctx: &Ctx, have: &Accounts) -> Vec<String> {
                 u.name
             ),
         };
-        let home = home.trim_end_matches('/');
-        if !home.starts_with('/') || home.is_empty() || home.split('/').any(|c| c == "..") {
+        let given = home.as_str();
+        let home = given.trim_end_matches('/');
+        if !home.starts_with('/') || home.split('/').any(|c| c == "..") {
             out.push(format!(
-                "user {}: home {home:?} in the root cannot hold authorized_keys",
+                "user {}: home {given:?} in the root cannot hold authorized_keys",
                 u.name
             ));
             continue;
