@@ -695,6 +695,9 @@ fn a_symlinked_home_or_ssh_directory_is_refused() {
     symlink("/root", r.join("srv/web")).unwrap();
     std::fs::create_dir_all(r.join("srv/ops")).unwrap();
     symlink("/root/.ssh", r.join("srv/ops/.ssh")).unwrap();
+    std::fs::write(r.join("srv/filer"), "a file\n").unwrap();
+    std::fs::create_dir_all(r.join("srv/dk/.ssh/authorized_keys")).unwrap();
+    std::fs::write(r.join("srv/flat"), "a file\n").unwrap();
 
     // An account of the root whose home is `/`.
     let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
@@ -709,6 +712,10 @@ fn a_symlinked_home_or_ssh_directory_is_refused() {
         ("web", Some("/srv/web")),
         ("ops", Some("/srv/ops")),
         ("slash", None),
+        ("filer", Some("/srv/filer")),
+        ("dirkeys", Some("/srv/dk")),
+        ("under", Some("/srv/flat/under")),
+        ("fine", Some("/srv/fine")),
     ] {
         let mut u = user(name);
         u.home = home.map(Into::into);
@@ -721,6 +728,9 @@ fn a_symlinked_home_or_ssh_directory_is_refused() {
     assert_eq!(
         conflict_lines(&err),
         [
+            "/srv/flat: is a regular file in the root, where the bundle needs a directory (for the home of user under)",
+            "user dirkeys: /srv/dk/.ssh/authorized_keys is a directory in the root",
+            "user filer: home /srv/filer is not a directory in the root",
             "user ops: .ssh /srv/ops/.ssh is a symlink (-> /root/.ssh) in the root; authorized_keys would be written through it",
             "user slash: home \"/\" in the root cannot hold authorized_keys",
             "user web: home /srv/web is a symlink (-> /root) in the root; authorized_keys would be written through it",

@@ -311,35 +311,39 @@ fn homes(ctx: &Ctx, have: &Accounts) -> Vec<String> {
         walk.above(home, &format!("the home of user {}", u.name));
         let ssh = format!("{home}/.ssh");
         let keys = format!("{ssh}/authorized_keys");
-        for (path, what) in [(home, "home"), (ssh.as_str(), ".ssh")] {
-            match lstat(ctx.root, path) {
-                None => break,
-                Some((Kind::Dir, _)) => {}
-                Some((Kind::Symlink, target)) => {
-                    out.push(format!(
-                        "user {}: {what} {path} is a symlink (-> {target}) in the root; authorized_keys would be written through it",
-                        u.name
-                    ));
-                    break;
-                }
-                Some(_) => {
-                    out.push(format!(
-                        "user {}: {what} {path} is not a directory in the root",
-                        u.name
-                    ));
-                    break;
-                }
-            }
-            if what == ".ssh" && lstat(ctx.root, &keys).is_some_and(|(k, _)| k == Kind::Dir) {
-                out.push(format!(
-                    "user {}: {keys} is a directory in the root",
-                    u.name
-                ));
-            }
+        if home_dir(ctx.root, &u.name, "home", home, &mut out)
+            && home_dir(ctx.root, &u.name, ".ssh", &ssh, &mut out)
+            && lstat(ctx.root, &keys).is_some_and(|(k, _)| k == Kind::Dir)
+        {
+            out.push(format!(
+                "user {}: {keys} is a directory in the root",
+                u.name
+            ));
         }
     }
     out.extend(walk.out);
     out
+}
+
+/// Whether the home (or `.ssh`) at `path` is a directory; a conflict in `out` if it is something
+/// else, a symlink included.
+fn home_dir(root: &Root, user: &str, what: &str, path: &str, out: &mut Vec<String>) -> bool {
+    match lstat(root, path) {
+        None => false,
+        Some((Kind::Dir, _)) => true,
+        Some((Kind::Symlink, target)) => {
+            out.push(format!(
+                "user {user}: {what} {path} is a symlink (-> {target}) in the root; authorized_keys would be written through it"
+            ));
+            false
+        }
+        Some(_) => {
+            out.push(format!(
+                "user {user}: {what} {path} is not a directory in the root"
+            ));
+            false
+        }
+    }
 }
 
 /// What is at `path` (not following its last component), with a symlink's target.
