@@ -846,6 +846,24 @@ fn a_symlink_on_the_way_to_a_dynamic_template_is_refused() {
     );
 }
 
+/// Regression: when the checks themselves failed (here: /etc/passwd is not UTF-8), the staged
+/// blobs were left in the root.
+#[test]
+fn checks_that_cannot_be_made_leave_no_staging_behind() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(r.join("etc/passwd"), b"root:x:0:0:\xff:/root:/bin/sh\n").unwrap();
+    let b = work.path().join("web-7.kiln");
+    sample(7).write(&key, &b);
+    let err = refused(r, trust.path(), &b, &[], exit::APPLY, outside.path());
+    assert!(err.contains("error: refusing web-7.kiln"), "{err}");
+    assert!(err.contains("/etc/passwd is not UTF-8"), "{err}");
+}
+
 /// Regression: a relative --root was handed as it was to the tools, which run from `/` (chroot,
 /// useradd --root): the apply failed half-way, or worked on another directory.
 #[test]

@@ -419,7 +419,13 @@ pub fn apply_with<R: Read>(
 
     // Conflicts with the root, before any change.
     if resume.is_empty() {
-        let conflicts = preflight(&ctx)?;
+        let conflicts = match preflight(&ctx) {
+            Ok(c) => c,
+            Err(e) => {
+                remove_staging(&ctx, created);
+                return Err(e.into());
+            }
+        };
         if !conflicts.is_empty() {
             remove_staging(&ctx, created);
             return Err(ApplyError::Conflicts(conflicts).into());
