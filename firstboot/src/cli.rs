@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 /// Exit codes: 0 applied (or already applied), 1 failure, 2 usage, 10 bad signature,
 /// 11 untrusted key, 12 revoked key, 13 expired, 14 wrong hostgroup, 15 wrong base,
 /// 16 rollback, 17 corrupt bundle, 18 fetch failed, 19 --sha256 mismatch, 20 a dynamic source
-/// (Consul, Vault) unreachable past the deadline, refusing, or missing a value, 21 apply failed.
+/// (Consul, Vault) unreachable past the deadline, refusing, or missing a value, 21 apply failed
+/// (the root was changed: rerun to continue), 22 the root conflicts with the bundle (refused,
+/// nothing changed).
 #[derive(Debug, Parser)]
 #[command(
     name = "kiln-firstboot",

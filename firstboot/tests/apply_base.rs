@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_signing::{exit, Group, Package, ServiceState};
+use kiln_signing::{exit, Group, Package, ServiceState, Template};
 
 const UNIT: &[u8] = b"[Unit]\nDescription=kiln test service\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
 const KEY_LINE: &str =
@@ -445,6 +445,12 @@ fn a_failing_command_fails_the_apply_with_21_and_its_output_is_kept() {
         err.contains("commands: command boom failed (exit status 3)"),
         "{err}"
     );
+    // The root was changed: a failure, not a refusal.
+    assert!(
+        err.contains("error: failed applying web-7.kiln (the root was changed: rerun to continue)"),
+        "{err}"
+    );
+    assert!(!err.contains("refusing"), "{err}");
     let state = read_state(r);
     assert_eq!(state["result"], "failure");
     assert_eq!(state["exit_code"], 21);
@@ -589,4 +595,55 @@ fn a_daemon_left_by_a_command_does_not_hold_the_lock() {
     s.write(&key, &b2);
     let out = apply(r, trust.path(), &b2, &["--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// A symlink made by the apply itself (here a command; a package's, on a baked image's first
+/// boot) on the way to a dynamic template: the dynamic step looks again before it reads a value
+/// and never writes through it.
+#[test]
+fn a_symlink_made_before_the_dynamic_step_stops_it_before_any_template_is_written() {
+    let Some(root) = base_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let mut s = Spec::new("web", 7);
+    s.command(
+        "link",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /srv/appconf && ln -s /srv/appconf /etc/app",
+        ],
+        30,
+        None,
+    );
+    let digest = s.blob(b"static text\n");
+    s.m.templates.push(Template {
+        path: "/etc/app/secret.conf".into(),
+        digest,
+        mode: "0600".into(),
+        owner: "root".into(),
+        group: "root".into(),
+        consul: vec![],
+        vault: vec![],
+        restart: vec![],
+        reload: vec![],
+    });
+    let bundle = work.path().join("web-7.kiln");
+    s.write(&key, &bundle);
+    let out = apply(r, trust.path(), &bundle, &[]);
+    assert_eq!(out.status.code(), Some(exit::APPLY));
+    let err = stderr(&out);
+    assert!(
+        err.contains("dynamic: templates: dynamic template /etc/app/secret.conf: /etc/app is a symlink (-> /srv/appconf) in the root"),
+        "{err}"
+    );
+    assert!(err.contains("error: failed applying web-7.kiln"), "{err}");
+    assert!(std::fs::symlink_metadata(r.join("etc/app"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!r.join("srv/appconf/secret.conf").exists());
+    assert_eq!(read_state(r)["result"], "failure");
 }

@@ -3,14 +3,18 @@
 //! pinned digest) and malicious manifests signed by a trusted key (duplicate paths, `..`, blob
 //! size lies, device nodes and hardlinks in the tar, a zstd window bomb, a symlink pivot).
 //! Each asserts the exit code, that the whole root is byte-for-byte as before (staging gone),
-//! and that nothing appeared outside it.
+//! and that nothing appeared outside it. Then roots that conflict with a good bundle (exit 22,
+//! by the apply and its dry run alike): a file or a broken symlink where a directory is needed,
+//! a second uid 0, a symlinked home or `.ssh`, a `.deb` that is not the manifest's, a symlink
+//! on the way to a dynamic template; and a relative `--root`.
 
 mod common;
 
+use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use common::*;
-use kiln_signing::{exit, EntryKind};
+use kiln_signing::{exit, EntryKind, Group, Package, Template};
 
 /// A bundle with a few files, one big enough that a flipped byte lands in blob data.
 fn sample(version: u64) -> Spec {
@@ -500,4 +504,398 @@ fn dry_run_verifies_and_lists_changes_without_making_them() {
     assert_eq!(report["outcome"], "refused");
     assert_eq!(report["exit_code"], exit::CORRUPT);
     assert_eq!(tree_hash(r), before);
+}
+
+/// The conflict lines of an error report (those under "the root conflicts with the bundle").
+fn conflict_lines(err: &str) -> Vec<String> {
+    let mut lines: Vec<String> = err
+        .lines()
+        .skip_while(|l| !l.contains("the root conflicts with the bundle (nothing was changed):"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  ") && !l.starts_with("  caused by:"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A bundle the root conflicts with: refused by a dry run and by the apply alike, exit 22,
+/// "refusing", the same conflicts named, the root unchanged. Returns the apply's stderr.
+fn conflicts(root: &Path, trust: &Path, bundle: &Path, outside: &Path) -> String {
+    let dry = refused(root, trust, bundle, &["--dry-run"], exit::CONFLICT, outside);
+    assert!(dry.contains("error: dry run of"), "{dry}");
+    let err = refused(root, trust, bundle, &[], exit::CONFLICT, outside);
+    assert!(err.contains("error: refusing "), "{err}");
+    assert!(!err.contains("failed applying"), "{err}");
+    let lines = conflict_lines(&err);
+    assert!(!lines.is_empty(), "{err}");
+    assert_eq!(
+        conflict_lines(&dry),
+        lines,
+        "the dry run names the same conflicts"
+    );
+    err
+}
+
+#[test]
+fn a_file_or_a_broken_symlink_where_the_bundle_needs_a_directory_is_refused() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let t = trust.path();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(r.join("etc/app"), "a file\n").unwrap();
+    symlink("/nowhere", r.join("etc/dangling")).unwrap();
+    std::fs::write(r.join("etc/target.conf"), "x\n").unwrap();
+    symlink("target.conf", r.join("etc/tofile")).unwrap();
+    symlink("loop", r.join("etc/loop")).unwrap();
+
+    // The path, how the bundle makes it, the conflicts named.
+    type Case<'a> = (&'a str, fn(&mut Spec, &str), &'a [&'a str]);
+    let cases: [Case; 5] = [
+        (
+            "/etc/app/x.conf",
+            |s, p| {
+                s.file(p, b"x\n", "0644", "root", "root");
+            },
+            &["/etc/app: is a regular file in the root, where the bundle needs a directory (for /etc/app/x.conf)"],
+        ),
+        (
+            "/etc/app/deep/er/y.conf",
+            |s, p| {
+                s.file(p, b"y\n", "0644", "root", "root");
+            },
+            &["/etc/app: is a regular file in the root, where the bundle needs a directory (for /etc/app/deep/er/y.conf)"],
+        ),
+        (
+            "/etc/dangling/sub",
+            |s, p| {
+                s.dir(p, "0755", "root", "root");
+            },
+            &["/etc/dangling: is a symlink (-> /nowhere) that does not lead to a directory in the root, where the bundle needs a directory (for /etc/dangling/sub)"],
+        ),
+        (
+            "/etc/tofile/link",
+            |s, p| {
+                s.symlink(p, "/srv");
+            },
+            &["/etc/tofile: is a symlink (-> target.conf) that does not lead to a directory in the root, where the bundle needs a directory (for /etc/tofile/link)"],
+        ),
+        (
+            "/etc/loop/z.conf",
+            |s, p| {
+                s.file(p, b"z\n", "0644", "root", "root");
+            },
+            &[
+                // The entry's own check says it too.
+                "/etc/loop/z.conf: Too many levels of symbolic links (os error 40)",
+                "/etc/loop: is a symlink (-> loop) in a loop in the root, where the bundle needs a directory (for /etc/loop/z.conf)",
+            ],
+        ),
+    ];
+    for (i, (path, add, want)) in cases.iter().enumerate() {
+        let mut s = sample(7);
+        add(&mut s, path);
+        let b = work.path().join(format!("dir-{i}.kiln"));
+        s.write(&key, &b);
+        let err = conflicts(r, t, &b, outside.path());
+        assert_eq!(conflict_lines(&err), *want, "{err}");
+    }
+
+    // The same bundle once the file is a directory: applied. A symlink that leads to a
+    // directory inside the root is followed, not refused.
+    std::fs::remove_file(r.join("etc/app")).unwrap();
+    symlink("/srv", r.join("etc/app")).unwrap();
+    let b = work.path().join("dir-0.kiln");
+    let out = apply(r, t, &b, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(r.join("srv/x.conf")).unwrap(), b"x\n");
+}
+
+#[test]
+fn a_second_uid_0_or_a_taken_id_is_refused() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let t = trust.path();
+    let work = tempfile::tempdir().unwrap();
+
+    // The bundle asks for uid 0 and gid 0 under other names, and for daemon's uid.
+    let mut s = sample(7);
+    let mut toor = user("toor");
+    toor.uid = Some(0);
+    let mut web = user("web");
+    web.uid = Some(1);
+    s.m.users.extend([toor, web]);
+    s.m.groups.push(Group {
+        name: "wheel".into(),
+        gid: Some(0),
+        system: false,
+    });
+    let b = work.path().join("ids.kiln");
+    s.write(&key, &b);
+    let err = conflicts(r, t, &b, outside.path());
+    assert_eq!(
+        conflict_lines(&err),
+        [
+            "group wheel: asks for gid 0, which is root's group alone",
+            "user toor: asks for uid 0, which is root's alone",
+            "user web: uid 1 is taken by user daemon in the root",
+        ],
+        "{err}"
+    );
+
+    // The root has a second uid 0 already: a bundle that adds an account is refused...
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        format!("{passwd}toor:x:0:0:toor:/root:/bin/sh\n"),
+    )
+    .unwrap();
+    let mut s = sample(7);
+    s.m.groups.push(Group {
+        name: "webadm".into(),
+        gid: None,
+        system: false,
+    });
+    let b = work.path().join("second-root.kiln");
+    s.write(&key, &b);
+    let err = conflicts(r, t, &b, outside.path());
+    assert_eq!(
+        conflict_lines(&err),
+        ["the root has 2 users with uid 0 (root, toor); only root may have it, and the bundle adds or changes accounts"],
+        "{err}"
+    );
+    // ... one that touches no account is not.
+    let b = work.path().join("no-accounts.kiln");
+    sample(7).write(&key, &b);
+    let out = apply(r, t, &b, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_symlinked_home_or_ssh_directory_is_refused() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let t = trust.path();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(r.join("root/.ssh")).unwrap();
+    std::fs::write(
+        r.join("root/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAA root\n",
+    )
+    .unwrap();
+    symlink("/root", r.join("srv/web")).unwrap();
+    std::fs::create_dir_all(r.join("srv/ops")).unwrap();
+    symlink("/root/.ssh", r.join("srv/ops/.ssh")).unwrap();
+    std::fs::write(r.join("srv/filer"), "a file\n").unwrap();
+    std::fs::create_dir_all(r.join("srv/dk/.ssh/authorized_keys")).unwrap();
+    std::fs::write(r.join("srv/flat"), "a file\n").unwrap();
+
+    // An account of the root whose home is `/`.
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        format!("{passwd}slash:x:1500:1:slash:/:/bin/sh\n"),
+    )
+    .unwrap();
+
+    let mut s = sample(7);
+    for (name, home) in [
+        ("web", Some("/srv/web")),
+        ("ops", Some("/srv/ops")),
+        ("slash", None),
+        ("filer", Some("/srv/filer")),
+        ("dirkeys", Some("/srv/dk")),
+        ("under", Some("/srv/flat/under")),
+        ("fine", Some("/srv/fine")),
+    ] {
+        let mut u = user(name);
+        u.home = home.map(Into::into);
+        u.authorized_keys = vec![format!("ssh-ed25519 AAAA {name}")];
+        s.m.users.push(u);
+    }
+    let b = work.path().join("homes.kiln");
+    s.write(&key, &b);
+    let err = conflicts(r, t, &b, outside.path());
+    assert_eq!(
+        conflict_lines(&err),
+        [
+            "/srv/flat: is a regular file in the root, where the bundle needs a directory (for the home of user under)",
+            "user dirkeys: /srv/dk/.ssh/authorized_keys is a directory in the root",
+            "user filer: home /srv/filer is not a directory in the root",
+            "user ops: .ssh /srv/ops/.ssh is a symlink (-> /root/.ssh) in the root; authorized_keys would be written through it",
+            "user slash: home \"/\" in the root cannot hold authorized_keys",
+            "user web: home /srv/web is a symlink (-> /root) in the root; authorized_keys would be written through it",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn a_deb_that_is_not_what_the_manifest_says_is_refused_before_dpkg_runs() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let t = trust.path();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    let mut s = sample(7);
+    let debs = [
+        // name and version in the manifest, the .deb's bytes
+        ("kiln-good", "1.0-1", deb(w, "kiln-good", "1.0-1", "all")),
+        ("kiln-ver", "1.0-1", deb(w, "kiln-ver", "2.0-1", "all")),
+        ("kiln-name", "1.0-1", deb(w, "kiln-other", "1.0-1", "all")),
+        ("kiln-junk", "1.0-1", noise(3, 5000)),
+    ];
+    for (name, version, bytes) in &debs {
+        let digest = s.blob(bytes);
+        s.m.packages.push(Package {
+            name: name.to_string(),
+            version: Some(version.to_string()),
+            arch: Some("all".into()),
+            digest: Some(digest),
+            size: Some(bytes.len() as u64),
+        });
+    }
+    let b = work.path().join("debs.kiln");
+    s.write(&key, &b);
+    let err = conflicts(r, t, &b, outside.path());
+    let lines = conflict_lines(&err);
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("package kiln-junk: its .deb is not a Debian package (dpkg-deb: "),
+        "{err}"
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "package kiln-name: its .deb says Package \"kiln-other\" where the manifest says \"kiln-name\"",
+            "package kiln-ver: its .deb says Version \"2.0-1\" where the manifest says \"1.0-1\"",
+        ],
+        "{err}"
+    );
+    assert!(!err.contains("dpkg -i"), "dpkg ran: {err}");
+}
+
+#[test]
+fn a_symlink_on_the_way_to_a_dynamic_template_is_refused() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let t = trust.path();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(r.join("srv/appconf")).unwrap();
+    symlink("/srv/appconf", r.join("etc/app")).unwrap();
+    symlink("/etc/hostname", r.join("etc/token")).unwrap();
+
+    let template = |s: &mut Spec, path: &str| {
+        let digest = s.blob(b"static text\n");
+        s.m.templates.push(Template {
+            path: path.into(),
+            digest,
+            mode: "0600".into(),
+            owner: "root".into(),
+            group: "root".into(),
+            consul: vec![],
+            vault: vec![],
+            restart: vec![],
+            reload: vec![],
+        });
+        s.m.templates.sort_by(|a, b| a.path.cmp(&b.path));
+    };
+    let mut s = sample(7);
+    template(&mut s, "/etc/app/secret.conf");
+    template(&mut s, "/etc/token");
+    template(&mut s, "/etc/fine.conf");
+    let b = work.path().join("templates.kiln");
+    s.write(&key, &b);
+    let err = conflicts(r, t, &b, outside.path());
+    assert_eq!(
+        conflict_lines(&err),
+        [
+            "dynamic template /etc/app/secret.conf: /etc/app is a symlink (-> /srv/appconf) in the root; the template would be written through it",
+            "dynamic template /etc/token: is a symlink (-> /etc/hostname) in the root; it would be written through it",
+        ],
+        "{err}"
+    );
+
+    // Below the bundle's own symlink: a manifest error.
+    let mut s = sample(7);
+    s.symlink("/etc/tpl", "/srv");
+    template(&mut s, "/etc/tpl/secret.conf");
+    s.finish();
+    let b = work.path().join("template-below-link.kiln");
+    s.write_raw(&key, &b, Raw::default());
+    let err = refused(r, t, &b, &[], exit::CORRUPT, outside.path());
+    assert!(
+        err.contains("/etc/tpl/secret.conf: its parent /etc/tpl is a symlink in the same bundle"),
+        "{err}"
+    );
+}
+
+/// Regression: when the checks themselves failed (here: /etc/passwd is not UTF-8), the staged
+/// blobs were left in the root.
+#[test]
+fn checks_that_cannot_be_made_leave_no_staging_behind() {
+    let Some(root) = mini_root() else { return };
+    let outside = outside_dir();
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(r.join("etc/passwd"), b"root:x:0:0:\xff:/root:/bin/sh\n").unwrap();
+    let b = work.path().join("web-7.kiln");
+    sample(7).write(&key, &b);
+    let err = refused(r, trust.path(), &b, &[], exit::APPLY, outside.path());
+    assert!(err.contains("error: refusing web-7.kiln"), "{err}");
+    assert!(err.contains("/etc/passwd is not UTF-8"), "{err}");
+}
+
+/// Regression: a relative --root was handed as it was to the tools, which run from `/` (chroot,
+/// useradd --root): the apply failed half-way, or worked on another directory.
+#[test]
+fn a_relative_root_is_made_absolute() {
+    let Some(root) = base_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let mut s = Spec::new("web", 7);
+    s.file("/etc/motd", b"relative\n", "0644", "root", "root")
+        .command("ran", &["touch", "/var/tmp/kiln-ran"], 30, None);
+    s.m.groups.push(Group {
+        name: "webadm".into(),
+        gid: None,
+        system: false,
+    });
+    let b = work.path().join("web-7.kiln");
+    s.write(&key, &b);
+    let name = r.file_name().unwrap().to_str().unwrap();
+    let out = std::process::Command::new(bin())
+        .current_dir(r.parent().unwrap())
+        .args(["apply", "--root", name, "--trust"])
+        .arg(trust.path())
+        .arg("--bundle")
+        .arg(&b)
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(r.join("etc/motd")).unwrap(), b"relative\n");
+    assert!(r.join("var/tmp/kiln-ran").exists());
+    assert!(gid_in(r, "webadm") >= 1000);
+    assert_eq!(read_state(r)["result"], "success");
 }

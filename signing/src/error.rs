@@ -35,6 +35,10 @@ pub mod exit {
     pub const DYNAMIC: i32 = 20;
     /// Verified, but applying it failed (the journal allows a rerun to finish or roll forward).
     pub const APPLY: i32 = 21;
+    /// Verified, but the target root conflicts with it (a file or a dangling symlink where the
+    /// bundle needs a directory, a second uid 0, a `.deb` that is not what the manifest says...):
+    /// refused before anything changed.
+    pub const CONFLICT: i32 = 22;
 }
 
 /// Why a bundle was refused.

@@ -73,8 +73,13 @@ impl Root {
             (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
             _ => false,
         };
+        // The path is given to tools that run from `/` (`useradd --root`, chroot, `systemctl
+        // --root`): a relative one would name another directory there, so it is made absolute
+        // before anything is done with it.
         let path = if is_slash {
             PathBuf::from("/")
+        } else if path.is_relative() {
+            std::fs::canonicalize(path)?
         } else {
             path.to_path_buf()
         };

@@ -11,6 +11,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod commands;
+pub(crate) mod conflicts;
 pub(crate) mod entries;
 pub mod fsroot;
 pub(crate) mod journal;
@@ -120,7 +121,7 @@ pub enum ApplyError {
     /// Another kiln-firstboot is applying to this root right now.
     #[error("another kiln-firstboot is applying to {0}")]
     Busy(String),
-    /// The root conflicts with the bundle (found before any change).
+    /// The root conflicts with the bundle: found before any change, so none was made.
     #[error("the root conflicts with the bundle (nothing was changed):\n  {}", .0.join("\n  "))]
     Conflicts(Vec<String>),
     /// A step failed.
@@ -162,6 +163,7 @@ impl ApplyError {
             ApplyError::Invalid(_) => exit::CORRUPT,
             ApplyError::Bundle(e) => e.exit_code(),
             ApplyError::OtherBundle(_) | ApplyError::Busy(_) => exit::FAILURE,
+            ApplyError::Conflicts(_) => exit::CONFLICT,
             ApplyError::Dynamic(e) => e.exit_code(),
             _ => exit::APPLY,
         }
@@ -376,13 +378,19 @@ pub fn apply_with<R: Read>(
 
     if opts.dry_run {
         let t = Instant::now();
-        bundle.verify_blobs().map_err(ApplyError::Bundle)?;
+        // Every blob is checked; the packages' are kept (outside the root) for their checks.
+        let mut debs = conflicts::DebCopies::new(&ctx);
+        bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
+            debs.take(&blob.digest, reader)
+                .map_err(|e| ApplyError::step("dry run", &blob.digest, e))?;
+            Ok(())
+        })?;
         opts.log.info(&format!(
             "verified {} blobs ({:.2}s)",
             blob_count,
             t.elapsed().as_secs_f64()
         ));
-        let plan = plan(&ctx, true)?;
+        let plan = plan(&ctx, true, &debs.into_debs())?;
         state.applied_at = now_rfc3339();
         state.warnings = ctx.warnings.borrow().clone();
         return Ok(ApplyReport {
@@ -411,7 +419,13 @@ pub fn apply_with<R: Read>(
 
     // Conflicts with the root, before any change.
     if resume.is_empty() {
-        let conflicts = preflight(&ctx)?;
+        let conflicts = match preflight(&ctx) {
+            Ok(c) => c,
+            Err(e) => {
+                remove_staging(&ctx, created);
+                return Err(e.into());
+            }
+        };
         if !conflicts.is_empty() {
             remove_staging(&ctx, created);
             return Err(ApplyError::Conflicts(conflicts).into());
@@ -1137,6 +1151,7 @@ fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
             out.push(format!("{}: {why}", e.path));
         }
     }
+    out.extend(conflicts::find(ctx, &have, &conflicts::Debs::Staged)?);
     Ok(out)
 }
 
@@ -1149,7 +1164,7 @@ fn absent_paths(m: &Manifest) -> BTreeSet<&str> {
 }
 
 /// Dry run: what applying would change, one line each; conflicts are errors.
-fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
+fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, ApplyError> {
     let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("plan", "/etc/passwd", e))?;
     let mut conflicts = check_owners(ctx, &have);
     let mut out = Vec::new();
@@ -1226,6 +1241,7 @@ fn plan(ctx: &Ctx, hash: bool) -> Result<Vec<String>, ApplyError> {
             Err(why) => conflicts.push(format!("{}: {why}", e.path)),
         }
     }
+    conflicts.extend(conflicts::find(ctx, &have, debs)?);
     for s in &ctx.manifest.services {
         match services::enablement(ctx, &s.name) {
             Ok(now) => {

@@ -181,7 +181,13 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
     }
     if interrupted(ctx)? {
         let done = Program::new(
-            &["dpkg", "--force-confdef", "--force-confold", "--configure", "-a"],
+            &[
+                "dpkg",
+                "--force-confdef",
+                "--force-confold",
+                "--configure",
+                "-a",
+            ],
             DPKG_TIMEOUT,
         )
         .in_root(ctx.root.path())

@@ -71,6 +71,8 @@ pub struct Program {
     pub chroot: Option<std::path::PathBuf>,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// What it reads on stdin (else /dev/null).
+    pub stdin: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Program {
@@ -80,7 +82,14 @@ impl Program {
             chroot: None,
             env: Vec::new(),
             timeout,
+            stdin: None,
         }
+    }
+
+    /// Gives it this open file as its stdin.
+    pub fn stdin(mut self, fd: std::os::fd::OwnedFd) -> Program {
+        self.stdin = Some(Arc::new(fd));
+        self
     }
 
     /// Runs it inside `root` with chroot(8) unless `root` is `/`.
@@ -143,7 +152,11 @@ impl Program {
         let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let reader = std::fs::File::from(reader);
         let writer = std::fs::File::from(writer);
-        cmd.stdin(Stdio::null())
+        let stdin = match &self.stdin {
+            Some(fd) => Stdio::from(fd.try_clone()?),
+            None => Stdio::null(),
+        };
+        cmd.stdin(stdin)
             .stdout(writer.try_clone()?)
             .stderr(writer)
             .current_dir("/")

@@ -132,6 +132,15 @@ fn check_passwd_field(what: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn kind_name(k: &EntryKind) -> &'static str {
+    match k {
+        EntryKind::File { .. } => "a file",
+        EntryKind::Symlink { .. } => "a symlink",
+        EntryKind::Directory { .. } => "a directory",
+        EntryKind::Absent => "absent",
+    }
+}
+
 /// Everything the engine relies on about a manifest. Errors name the offending item.
 pub fn check_manifest(m: &Manifest) -> Result<(), String> {
     let blobs: BTreeMap<&str, u64> = m
@@ -213,13 +222,9 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
                 Some(EntryKind::Directory { .. }) | None => {}
                 Some(EntryKind::Absent) if matches!(paths.get(p), Some(EntryKind::Absent)) => {}
                 Some(k) => {
-                    let what = match k {
-                        EntryKind::File { .. } => "a file",
-                        EntryKind::Symlink { .. } => "a symlink",
-                        _ => "absent",
-                    };
                     return Err(format!(
-                        "{p}: its parent {dir} is {what} in the same bundle"
+                        "{p}: its parent {dir} is {} in the same bundle",
+                        kind_name(k)
                     ));
                 }
             }
@@ -230,6 +235,21 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
         check_path(&t.path)?;
         if paths.contains_key(t.path.as_str()) {
             return Err(format!("{}: both an entry and a dynamic template", t.path));
+        }
+        // Likewise a template (often a secret) below the bundle's own symlink, file or absent.
+        let mut dir = t.path.as_str();
+        while let Some(i) = dir.rfind('/') {
+            dir = &dir[..i];
+            match paths.get(dir) {
+                Some(EntryKind::Directory { .. }) | None => {}
+                Some(k) => {
+                    return Err(format!(
+                        "{}: its parent {dir} is {} in the same bundle",
+                        t.path,
+                        kind_name(k)
+                    ))
+                }
+            }
         }
         if is_under(&t.path, STATE_DIR) {
             return Err(format!("{}: {STATE_DIR} is kiln's own state", t.path));

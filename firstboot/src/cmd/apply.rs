@@ -111,14 +111,16 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
                     "state": state,
                 }));
             }
-            Err(err.context(format!(
-                "{} {shown}",
-                if args.dry_run {
-                    "dry run of"
-                } else {
-                    "refusing"
-                }
-            )))
+            // "refusing" only when nothing was changed; a failure after changes (the engine
+            // wrote a state file for it) says so, and a rerun continues it.
+            let failed_after_changes = failure_state.is_some();
+            Err(err.context(if args.dry_run {
+                format!("dry run of {shown}")
+            } else if failed_after_changes {
+                format!("failed applying {shown} (the root was changed: rerun to continue)")
+            } else {
+                format!("refusing {shown}")
+            }))
         }
     }
 }

@@ -360,6 +360,13 @@ fn run_inner(
 ) -> Result<String, ApplyError> {
     let m = ctx.manifest;
     let deadline = started + cfg.deadline;
+    // Looked for before any change already; again here, before any value is read, for what the
+    // phases since made (a package's or command's symlink; a baked image's first boot resumes
+    // after them).
+    let through = crate::apply::conflicts::templates(ctx);
+    if !through.is_empty() {
+        return Err(ApplyError::step("dynamic", "templates", through.join("; ")));
+    }
     let templates = load_templates(ctx)?;
     let hostname = hostname(cfg, ctx.root)?;
     // Every value read without a default, to fail on a missing Consul key before Vault.

@@ -332,6 +332,36 @@ fn member(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, data: &[u8], lin
     }
 }
 
+/// A minimal `.deb` with these control fields, built by dpkg-deb in `work`.
+pub fn deb(work: &Path, package: &str, version: &str, arch: &str) -> Vec<u8> {
+    let d = work.join(format!("deb-{package}-{version}"));
+    std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(d.join("usr/share/doc").join(package)).unwrap();
+    std::fs::write(
+        d.join("usr/share/doc").join(package).join("README"),
+        package,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("DEBIAN/control"),
+        format!("Package: {package}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Kiln <kiln@example.org>\nDescription: kiln test package\n"),
+    )
+    .unwrap();
+    let out = d.with_extension("deb");
+    let st = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&d)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "dpkg-deb: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
 /// Deterministic noise, so blobs do not compress away.
 /// A user with this name and every other field at its default (no home created).
 pub fn user(name: &str) -> User {
