@@ -106,6 +106,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .collect();
         println!("packages: {}", pk.join(", "));
     }
+    if !m.system_accounts.is_empty() {
+        println!("system accounts (made by the packages): {}", m.system_accounts.join(", "));
+    }
     if !m.services.is_empty() {
         println!("services:");
         for s in &m.services {
