@@ -244,6 +244,8 @@ struct Vm<'a> {
     initrd: PathBuf,
     /// guestfwd: 10.0.2.100:<guest port> -> 127.0.0.1:<host port>
     fwd: Vec<(u16, u16)>,
+    /// Guest memory in MiB.
+    memory: u32,
 }
 
 impl Vm<'_> {
@@ -272,7 +274,7 @@ impl Vm<'_> {
             "-cpu",
             "max,svm=off",
             "-m",
-            "1024",
+            &self.memory.to_string(),
             "-smp",
             "2",
             "-nodefaults",
@@ -515,8 +517,46 @@ fn measure(boot: &Boot) {
     }
 }
 
+/// The newest kernel of a bootable root and its initrd (for QEMU's direct kernel boot).
+fn kernel_of(base: &str) -> (PathBuf, PathBuf) {
+    let kernel = std::fs::read_dir(Path::new(base).join("boot"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+        .max()
+        .expect("a kernel in the bootable base's /boot");
+    let initrd = kernel.with_file_name(
+        kernel
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("vmlinuz-", "initrd.img-"),
+    );
+    (kernel, initrd)
+}
+
+/// The work directory, removed at the end unless KILN_VM_KEEP is set.
+fn keep_if_asked(tmp: tempfile::TempDir) -> Option<tempfile::TempDir> {
+    if std::env::var_os("KILN_VM_KEEP").is_some() {
+        eprintln!("[vm] keeping {}", tmp.keep().display());
+        None
+    } else {
+        Some(tmp)
+    }
+}
+
+/// One VM at a time: two TCG guests on this machine's two cores would each take twice as long.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(base) = need("KILN_TEST_BOOTABLE_BASE") else {
         return;
     };
@@ -543,6 +583,8 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
         )
         .unwrap();
     let dir = tmp.path().to_path_buf();
+    // KILN_VM_KEEP=1: the work directory (consoles, disks, journals) stays, even on a failure.
+    let _tmp = keep_if_asked(tmp);
     eprintln!("[vm] work directory {}", dir.display());
 
     // 1. Build and bake.
@@ -588,25 +630,7 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
     // Baked up to the dynamic phase: the rendered files do not exist yet.
     assert_eq!(debugfs(&baked, "cat /etc/app/secret.conf"), "");
     assert_eq!(debugfs(&baked, "cat /var/lib/kiln/state.json"), "");
-    let kernel = std::fs::read_dir(Path::new(&base).join("boot"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz-")
-        })
-        .max()
-        .expect("a kernel in the bootable base's /boot");
-    let initrd = kernel.with_file_name(
-        kernel
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .replace("vmlinuz-", "initrd.img-"),
-    );
+    let (kernel, initrd) = kernel_of(&base);
 
     // 2. The services on 127.0.0.1: OpenBao, the Consul test server, the bundle's HTTP server.
     let consul = TestServer::start();
@@ -657,6 +681,7 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
             (8500, consul.addr().port()),
             (8200, bao_port),
         ],
+        memory: 1024,
     };
     let cloud_init = |name: &str, extra: &[&str], wrapped: &Path| -> PathBuf {
         let ud = dir.join(format!("kiln-user-data-{name}"));
@@ -936,10 +961,6 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
         "MEASURE vm_boot test total {:.1}s",
         t_all.elapsed().as_secs_f64()
     );
-    if std::env::var_os("KILN_VM_KEEP").is_some() {
-        let kept = tmp.keep();
-        eprintln!("[vm] kept {}", kept.display());
-    }
 }
 
 /// The bundle with one byte of its signed manifest changed (same length): the signature no
@@ -965,4 +986,322 @@ fn tamper(bundle: &Path, dir: &Path) -> PathBuf {
     ));
     assert!(o.status.success());
     out
+}
+
+/// A response-wrapped secret_id for `role`, as the deploy pipeline hands cloud-init (a wrapping
+/// TTL of 30m: boots under TCG take minutes), written to `dir/wrapped-<name>`.
+fn wrapped_secret_id(bao: &bao::Bao, role: &str, dir: &Path, name: &str) -> PathBuf {
+    let resp = bao::http()
+        .post(format!(
+            "{}/v1/auth/approle/role/{role}/secret-id",
+            bao.addr
+        ))
+        .header("X-Vault-Token", "root")
+        .header("X-Vault-Wrap-TTL", "30m")
+        .send()
+        .unwrap();
+    let v: Value = serde_json::from_str(&resp.text().unwrap()).unwrap();
+    let p = dir.join(format!("wrapped-{name}"));
+    std::fs::write(
+        &p,
+        format!("{}\n", v["wrap_info"]["token"].as_str().unwrap()),
+    )
+    .unwrap();
+    p
+}
+
+/// What the guest's journal says of `unit` (or, with `None`, everything), from a disk after
+/// its power-off: the journal directory dumped with debugfs and read with the host's journalctl.
+fn guest_journal(disk: &Path, dump: &Path, unit: Option<&str>) -> String {
+    if !dump.join("journal").exists() {
+        std::fs::create_dir_all(dump).unwrap();
+        debugfs(disk, &format!("rdump /var/log/journal {}", dump.display()));
+    }
+    let mut cmd = Command::new("journalctl");
+    cmd.arg("-D")
+        .arg(dump.join("journal"))
+        .args(["--no-pager", "-o", "cat"]);
+    if let Some(u) = unit {
+        cmd.args(["-u", u]);
+    }
+    let o = cmd.output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The shipped example as a fleet runs it: db and web built against the example's own base
+/// (`kiln base build debian-12`), baked onto it, and booted under QEMU with user-data from
+/// `kiln cloud-init`, against a real OpenBao and the Consul test server. db reaches a running
+/// PostgreSQL in which the app role logs in with the password generated in Vault (its
+/// app-db-role.service proves it over TCP); web then reads the same password, its version from
+/// Consul and a certificate from Vault's PKI, and nginx starts with them. Both report success
+/// and `kiln rollout wait` sees them.
+#[test]
+fn the_example_db_and_web_boot_from_baked_images_with_their_real_services() {
+    let Some(cache) = need("KILN_TEST_KILN_CACHE") else {
+        return;
+    };
+    if !need_root()
+        || ![
+            "qemu-system-x86_64",
+            "cloud-localds",
+            "debugfs",
+            "journalctl",
+        ]
+        .iter()
+        .all(|t| need_tool(t))
+    {
+        return;
+    }
+    let Some(firstboot) = firstboot_bin() else {
+        return;
+    };
+    let Some(bao) = bao::Bao::start() else {
+        return;
+    };
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t_all = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("kiln-vm-example-")
+        .tempdir_in(
+            std::env::var_os("KILN_VM_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        )
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    // KILN_VM_KEEP=1: the work directory (consoles, disks, journals) stays, even on a failure.
+    let _tmp = keep_if_asked(tmp);
+    eprintln!("[vm] work directory {}", dir.display());
+    let repo = repo_root();
+    let repo_s = repo.to_str().unwrap();
+
+    // 1. The README's commands: the base, the bundles against it, the images.
+    let o = Command::new(KILN)
+        .args([
+            "base",
+            "build",
+            "debian-12",
+            "--json",
+            "--cache",
+            &cache,
+            "--config",
+            repo_s,
+        ])
+        .output()
+        .unwrap();
+    let base_json: Value = serde_json::from_str(&ok(&o)).unwrap();
+    let base = base_json["rootfs"].as_str().unwrap().to_string();
+    let (key, trust) = key_and_trust(&dir);
+    let out = dir.join("out");
+    let o = Command::new(KILN)
+        .args([
+            "build",
+            "db",
+            "web",
+            "--base",
+            "debian-12",
+            "--cache",
+            &cache,
+        ])
+        .args(["--version", "7", "--config", repo_s])
+        .arg("--key")
+        .arg(&key)
+        .arg("--out")
+        .arg(&out)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    ok(&o);
+    let mut images = HashMap::new();
+    for hg in ["db", "web"] {
+        let t = Instant::now();
+        let img = dir.join(format!("{hg}.img"));
+        let o = Command::new(KILN)
+            .arg("bake")
+            .arg(out.join(format!("{hg}-7.kiln")))
+            .args(["--base", "debian-12", "--cache", &cache, "--config", repo_s])
+            .arg("--out")
+            .arg(&img)
+            .args(["--format", "raw", "--size", "4G"])
+            .arg("--trust")
+            .arg(&trust)
+            .arg("--firstboot")
+            .arg(&firstboot)
+            .output()
+            .unwrap();
+        ok(&o);
+        eprintln!(
+            "MEASURE kiln bake {hg} (raw) {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        images.insert(hg, img);
+    }
+    let (kernel, initrd) = kernel_of(&base);
+
+    // 2. The fleet's services on 127.0.0.1, set up as README.md's "Dynamic values" says.
+    let consul = TestServer::start();
+    consul.put("kiln/apps/web/version", b"1.4.2");
+    let mut role_ids = HashMap::new();
+    for (role, policy) in [
+        (
+            "db",
+            r#"path "secret/data/db/app" { capabilities = ["read", "create", "update"] }"#,
+        ),
+        (
+            "web",
+            r#"path "secret/data/db/app" { capabilities = ["read", "create", "update"] }
+path "pki/issue/web" { capabilities = ["update"] }"#,
+        ),
+    ] {
+        let id = bao.approle(role, policy);
+        // Boots under TCG take minutes: secret_ids live an hour, not the helper's 10 minutes.
+        bao.root(
+            "POST",
+            &format!("auth/approle/role/{role}"),
+            json!({"token_policies": [role], "token_ttl": "1h", "secret_id_num_uses": 1, "secret_id_ttl": "60m"}),
+        );
+        let p = dir.join(format!("{role}.role-id"));
+        std::fs::write(&p, format!("{id}\n")).unwrap();
+        role_ids.insert(role, p);
+    }
+    bao.pki("web", "example.invalid");
+    let files = Files::start();
+    let bao_port: u16 = bao.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let vm = |memory: u32| Vm {
+        dir: &dir,
+        kernel: kernel.clone(),
+        initrd: initrd.clone(),
+        fwd: vec![
+            (80, files.port),
+            (8500, consul.addr().port()),
+            (8200, bao_port),
+        ],
+        memory,
+    };
+
+    // 3. Boot each: db first (it generates the password web reads). db is sized for its
+    //    shared_buffers (2GB in hostgroups/db.yaml): 3 GiB.
+    let mut password = String::new();
+    for (hg, memory) in [("db", 3072), ("web", 1024)] {
+        let bundle = out.join(format!("{hg}-7.kiln"));
+        files.put(
+            &format!("/bundles/{hg}-7.kiln"),
+            std::fs::read(&bundle).unwrap(),
+        );
+        let wrapped = wrapped_secret_id(&bao, hg, &dir, hg);
+        let ud = dir.join(format!("kiln-user-data-{hg}"));
+        let o = Command::new(KILN)
+            .args(["cloud-init", hg])
+            .args(["--consul-addr", "http://10.0.2.100:8500"])
+            .args(["--vault-addr", "http://10.0.2.100:8200"])
+            .arg("--wrapped-secret-id-file")
+            .arg(&wrapped)
+            .arg("--vault-role-id-file")
+            .arg(&role_ids[hg])
+            .args([
+                "--bundle-url",
+                &format!("http://10.0.2.100/bundles/{hg}-7.kiln"),
+            ])
+            .arg("--bundle-file")
+            .arg(&bundle)
+            .arg("--out")
+            .arg(&ud)
+            .output()
+            .unwrap();
+        ok(&o);
+        let o = Command::new("cloud-init")
+            .args(["schema", "--config-file"])
+            .arg(&ud)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cloud-init schema: {}", stderr(&o));
+        let disk = dir.join(format!("disk-{hg}.img"));
+        let st = Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&images[hg])
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let host = format!("{hg}-1");
+        let b = vm(memory).boot(hg, &disk, &seed(&dir, &host, &ud, &host));
+        measure(&b);
+        let dump = dir.join(format!("journal-{hg}"));
+        assert!(
+            b.has(&format!("KILN-FIRSTBOOT: OK hostgroup={hg}")),
+            "{hg}: no success line on the console:\n{}\nkiln-firstboot's journal:\n{}",
+            b.tail(80),
+            guest_journal(&disk, &dump, Some("cloud-final.service"))
+        );
+        let entry = consul
+            .get(&format!("kiln/nodes/{hg}/{host}"))
+            .unwrap_or_else(|| panic!("{hg}: no report in Consul"));
+        let report: Value = serde_json::from_slice(&entry.value).unwrap();
+        assert_eq!(report["result"], "success", "{report}");
+        assert_eq!(report["version"], 7, "{report}");
+        let o = kiln(&[
+            "rollout",
+            "wait",
+            hg,
+            "--version",
+            "7",
+            "--count",
+            "1",
+            "--timeout",
+            "30s",
+            "--consul-addr",
+            &consul.url(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let state: Value =
+            serde_json::from_str(&debugfs(&disk, "cat /var/lib/kiln/state.json")).unwrap();
+        assert_eq!(state["result"], "success", "{state}");
+        if password.is_empty() {
+            password = bao.kv_get("db/app").unwrap()["password"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        assert!(
+            !b.text().contains(&password),
+            "{hg}: the password reached the console"
+        );
+        match hg {
+            "db" => {
+                assert_eq!(
+                    debugfs(&disk, "cat /etc/app-db/app.password"),
+                    format!("{password}\n")
+                );
+                assert_eq!(mode(&disk, "/etc/app-db/app.password"), "0600");
+                let role = guest_journal(&disk, &dump, Some("app-db-role.service"));
+                assert!(
+                    role.contains("app logs in over 127.0.0.1 with its password"),
+                    "app-db-role.service:\n{role}"
+                );
+                let pg = guest_journal(&disk, &dump, Some("postgresql@15-main.service"));
+                assert!(pg.contains("Started"), "postgresql@15-main.service:\n{pg}");
+            }
+            _ => {
+                let env = debugfs(&disk, "cat /etc/app/app.env");
+                assert!(env.contains("APP_VERSION=1.4.2\n"), "{hg}: app.env");
+                assert!(
+                    env.contains(&format!("DATABASE_PASSWORD={password}\n")),
+                    "{hg}: app.env has not db's password"
+                );
+                assert_eq!(mode(&disk, "/etc/ssl/kiln/web.key"), "0600");
+                let nginx = guest_journal(&disk, &dump, Some("nginx.service"));
+                assert!(nginx.contains("Started"), "nginx.service:\n{nginx}");
+                assert!(!nginx.contains("emerg"), "nginx.service:\n{nginx}");
+            }
+        }
+        let all = guest_journal(&disk, &dump, None);
+        assert!(
+            !all.contains(&password),
+            "{hg}: the password reached the journal"
+        );
+    }
+    eprintln!(
+        "MEASURE vm example test (db and web) total {:.1}s",
+        t_all.elapsed().as_secs_f64()
+    );
 }
