@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use super::http::{excerpt, sensitive, Http, Verdict};
+use super::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
 use super::{DynamicError, DynamicSource};
 use crate::log::Log;
 use crate::secret::Secret;
@@ -27,16 +27,17 @@ pub struct Consul {
 }
 
 impl Consul {
-    /// A client for `addr`. `ca_pem`: the only roots trusted for https.
+    /// A client for `addr`. `tls`: the only roots trusted for https, and the client
+    /// certificate for an agent with `verify_incoming`.
     pub fn new(
         addr: &str,
         token: Option<Secret>,
-        ca_pem: Option<&[u8]>,
+        tls: TlsFiles<'_>,
         prefixes: Vec<String>,
         request_timeout: Duration,
     ) -> Result<Consul, DynamicError> {
         Ok(Consul {
-            http: Http::new(NAME, addr, ca_pem, request_timeout)?,
+            http: Http::new(NAME, addr, tls, request_timeout)?,
             token,
             prefixes,
         })
@@ -258,7 +259,7 @@ mod tests {
         Consul::new(
             url,
             token.map(Secret::new),
-            None,
+            TlsFiles::default(),
             vec!["kiln/apps/web/".into()],
             Duration::from_secs(2),
         )
