@@ -217,31 +217,34 @@ impl Consul {
 /// dynamic/http.rs decides the same way).
 fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     use rustls::AlertDescription as A;
+    // io::Error's source() skips the error it wraps (and hyper-rustls wraps tokio-rustls's
+    // io::Error in another): look inside each, down to what it holds.
+    fn rustls_error<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+        loop {
+            if let Some(t) = e.downcast_ref::<rustls::Error>() {
+                return Some(t);
+            }
+            e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        // io::Error's source() skips the error it wraps: look inside it.
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return matches!(
-                    tls,
-                    rustls::Error::InvalidCertificate(_)
-                        | rustls::Error::NoCertificatesPresented
-                        | rustls::Error::AlertReceived(
-                            A::BadCertificate
-                                | A::UnsupportedCertificate
-                                | A::CertificateRevoked
-                                | A::CertificateExpired
-                                | A::CertificateUnknown
-                                | A::UnknownCA
-                                | A::CertificateRequired
-                                | A::AccessDenied
-                        )
-                );
-            }
+        if let Some(tls) = rustls_error(err) {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(
+                        A::BadCertificate
+                            | A::UnsupportedCertificate
+                            | A::CertificateRevoked
+                            | A::CertificateExpired
+                            | A::CertificateUnknown
+                            | A::UnknownCA
+                            | A::CertificateRequired
+                            | A::AccessDenied
+                    )
+            );
         }
         cur = err.source();
     }

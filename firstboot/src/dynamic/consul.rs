@@ -2,7 +2,8 @@
 //! token in `X-Consul-Token` (read from a file, never from the command line), and the status
 //! report written with check-and-set. A 404 on a prefix is "nothing there"; a 403 is a hard
 //! error naming the prefix (Consul filters what a token may not read instead of refusing,
-//! so a 403 means the token itself is unknown or the whole read is denied).
+//! so a 403 means the token itself is unknown, or the servers set
+//! `acl.enable_key_list_policy` and the token lacks `list` on the prefix).
 
 use std::time::{Duration, Instant};
 
