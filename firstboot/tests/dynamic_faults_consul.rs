@@ -265,15 +265,15 @@ fn a_missing_key_without_default_fails_with_its_name() {
     assert_eq!(c.report().unwrap()["result"], "success");
 }
 
-/// A boot token that may read kiln/apps/ and write the reports; `list` on kiln/apps/web/ too
-/// when `list`.
+/// The web hosts' token as README.md ("ACL policies") gives it: `read` (or, for
+/// `acl.enable_key_list_policy`, `list`) on kiln/apps/web/, `write` on kiln/nodes/web/.
 fn boot_acl(list: bool) -> AclConfig {
-    let mut rules = vec![("kiln/apps/", Policy::Read), ("kiln/nodes/", Policy::Write)];
-    if list {
-        rules.push(("kiln/apps/web/", Policy::List));
-    }
+    let read = if list { Policy::List } else { Policy::Read };
     AclConfig::new("root", DefaultPolicy::Deny)
-        .with_token("boot-token-9a8b7c", &rules)
+        .with_token(
+            "boot-token-9a8b7c",
+            &[("kiln/apps/web/", read), ("kiln/nodes/web/", Policy::Write)],
+        )
         .with_key_list_policy(true)
 }
 
