@@ -119,3 +119,49 @@ fn verify_incoming_without_a_ca_is_a_configuration_error() {
         .expect("refused");
     assert!(e.to_string().contains("verify_incoming needs a CA"), "{e}");
 }
+
+/// The process form: `--tls-cert --tls-key --tls-ca --verify-incoming`.
+#[test]
+fn the_binary_serves_https_with_verify_incoming() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (_dir, pki) = pki();
+    let bin = env!("CARGO_BIN_EXE_consul-test-server");
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&pki.server_cert)
+        .arg("--tls-key")
+        .arg(&pki.server_key)
+        .arg("--tls-ca")
+        .arg(&pki.ca)
+        .arg("--verify-incoming")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let url = format!("https://{addr}/v1/status/leader");
+    let with = client(&pki, Some((&pki.client_cert, &pki.client_key)))
+        .get(&url)
+        .send();
+    let without = client(&pki, None).get(&url).send();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(with.unwrap().status(), 200);
+    assert!(without.is_err());
+    // verify_incoming without certificates is a usage error.
+    let out = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--verify-incoming"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+}
