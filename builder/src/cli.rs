@@ -320,7 +320,8 @@ pub enum RolloutCommand {
 /// Where Consul is, for `kiln rollout`.
 #[derive(Debug, Args, Clone)]
 pub struct ConsulArgs {
-    /// Consul address.
+    /// Consul address: a URL, or host:port as in Consul's own tools (http, or https when
+    /// CONSUL_HTTP_SSL=true).
     #[arg(
         long,
         env = "CONSUL_HTTP_ADDR",
@@ -334,6 +335,13 @@ pub struct ConsulArgs {
     /// PEM CA certificates for Consul's https (else the system's).
     #[arg(long, env = "CONSUL_CACERT", value_name = "FILE")]
     pub consul_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) for an agent with verify_incoming; needs
+    /// --consul-client-key.
+    #[arg(long, env = "CONSUL_CLIENT_CERT", value_name = "FILE")]
+    pub consul_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --consul-client-cert.
+    #[arg(long, env = "CONSUL_CLIENT_KEY", value_name = "FILE")]
+    pub consul_client_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

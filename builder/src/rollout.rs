@@ -7,7 +7,8 @@
 //! never a busy poll. Written against Consul's HTTP API (shared/reference/consul-kv-api.md):
 //! a 404 on the prefix is "no reports yet" and still carries an index; an index that goes
 //! backwards (a restored snapshot) restarts from 0; errors are retried with backoff until the
-//! timeout.
+//! timeout, except those no retry can change ([`Final`]): a 4xx such as a 403, Consul's 500
+//! `invalid key name`, a TLS certificate refused either way.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -70,6 +71,27 @@ impl NodeReport {
     }
 }
 
+/// An error that will be the same however often the request is sent: `wait` stops at once.
+#[derive(Debug)]
+pub struct Final(pub String);
+
+impl std::fmt::Display for Final {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Final {}
+
+/// The TLS side of the client (`kiln rollout`'s files, read).
+#[derive(Default)]
+pub struct Tls<'a> {
+    /// PEM CA certificates: the only roots trusted (else the system's).
+    pub ca_pem: Option<&'a [u8]>,
+    /// PEM client certificate (chain) and key, for an agent with `verify_incoming`.
+    pub client: Option<(&'a [u8], &'a [u8])>,
+}
+
 /// A Consul KV client for the reports.
 pub struct Consul {
     client: reqwest::blocking::Client,
@@ -87,20 +109,40 @@ pub struct Reports {
 }
 
 impl Consul {
-    pub fn new(addr: &str, token: Option<String>, ca_pem: Option<&[u8]>) -> Result<Consul> {
-        let lower = addr.to_ascii_lowercase();
-        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-            bail!("Consul address {addr:?} is not an http:// or https:// URL");
-        }
+    /// A client for `addr`: an `http(s)://` URL, or `host:port` read as Consul's own tools
+    /// read it (`http_ssl`: `$CONSUL_HTTP_SSL`).
+    pub fn new(
+        addr: &str,
+        http_ssl: Option<&str>,
+        token: Option<String>,
+        tls: Tls<'_>,
+    ) -> Result<Consul> {
+        let addr = kiln_firstboot::dynamic::consul_url(addr, http_ssl).map_err(|e| anyhow!(e))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = ca_pem {
+        if let Some(pem) = tls.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .context("the Consul CA file is not PEM certificates")?;
             b = b.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = tls.client {
+            let mut pem = Vec::with_capacity(cert.len() + key.len() + 1);
+            pem.extend_from_slice(cert);
+            pem.push(b'\n');
+            pem.extend_from_slice(key);
+            let identity = reqwest::Identity::from_pem(&pem);
+            // The buffer held the private key.
+            pem.iter_mut().for_each(|b| *b = 0);
+            let identity = identity.map_err(|e| {
+                anyhow!(
+                    "the Consul client certificate and key: {} (expected PEM certificates and a PEM private key)",
+                    chain(&e)
+                )
+            })?;
+            b = b.identity(identity);
         }
         Ok(Consul {
             client: b.build().context("building the HTTP client")?,
@@ -129,9 +171,16 @@ impl Consul {
             req = req.header("X-Consul-Token", v);
         }
         self.requests += 1;
-        let resp = req
-            .send()
-            .map_err(|e| anyhow!("GET {prefix}: {}", chain(&e)))?;
+        let resp = req.send().map_err(|e| {
+            if tls_refusal(&e) {
+                anyhow!(Final(format!(
+                    "GET {prefix}: TLS: {} (a certificate refused is not retried: check the CA and client certificate files)",
+                    chain(&e)
+                )))
+            } else {
+                anyhow!("GET {prefix}: {}", chain(&e))
+            }
+        })?;
         let status = resp.status().as_u16();
         let index = resp
             .headers()
@@ -142,22 +191,64 @@ impl Consul {
         resp.take(64 << 20)
             .read_to_end(&mut body)
             .map_err(|e| anyhow!("GET {prefix}: reading the answer: {e}"))?;
+        let text = String::from_utf8_lossy(&body);
+        let text = text.trim();
         let nodes = match status {
             200 => parse(&prefix, &body)?,
             404 => Vec::new(),
-            403 => bail!(
-                "GET {prefix}: HTTP 403 (the ACL token may not read it): {}",
-                String::from_utf8_lossy(&body).trim()
-            ),
-            s => bail!(
-                "GET {prefix}: HTTP {s}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ),
+            403 => bail!(Final(format!(
+                "GET {prefix}: HTTP 403 (the ACL token may not read it; with acl.enable_key_list_policy it needs list on the prefix): {text}"
+            ))),
+            500 if text.starts_with("invalid key name") => bail!(Final(format!(
+                "GET {prefix}: HTTP 500: {text}: this Consul refuses the key name, which no retry can change"
+            ))),
+            s @ 400..=499 if s != 408 && s != 429 => {
+                bail!(Final(format!("GET {prefix}: HTTP {s}: {text}")))
+            }
+            s => bail!("GET {prefix}: HTTP {s}: {text}"),
         };
         let index = index
             .ok_or_else(|| anyhow!("GET {prefix}: no X-Consul-Index header (is this Consul?)"))?;
         Ok(Reports { nodes, index })
     }
+}
+
+/// A TLS handshake that failed on a certificate, ours or the server's (kiln-firstboot's
+/// dynamic/http.rs decides the same way).
+fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    // io::Error's source() skips the error it wraps (and hyper-rustls wraps tokio-rustls's
+    // io::Error in another): look inside each, down to what it holds.
+    fn rustls_error<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+        loop {
+            if let Some(t) = e.downcast_ref::<rustls::Error>() {
+                return Some(t);
+            }
+            e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = rustls_error(err) {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(
+                        A::BadCertificate
+                            | A::UnsupportedCertificate
+                            | A::CertificateRevoked
+                            | A::CertificateExpired
+                            | A::CertificateUnknown
+                            | A::UnknownCA
+                            | A::CertificateRequired
+                            | A::AccessDenied
+                    )
+            );
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -292,7 +383,8 @@ pub struct Waited {
 }
 
 /// Blocks until `count` nodes of `version` report success, one reports failure, or `timeout`
-/// passes. `progress` gets a line whenever the counts change.
+/// passes. `progress` gets a line whenever the counts change. A [`Final`] error (a 403, a
+/// certificate refused) ends it at once: waiting cannot change it.
 pub fn wait(
     consul: &mut Consul,
     hostgroup: &str,
@@ -301,7 +393,7 @@ pub fn wait(
     timeout: Duration,
     max_wait: Duration,
     progress: &dyn Fn(&str),
-) -> Waited {
+) -> Result<Waited> {
     let start = Instant::now();
     let end = start + timeout;
     let mut index: u64 = 0;
@@ -316,13 +408,13 @@ pub fn wait(
                 Verdict::Waiting(n) => n,
                 _ => 0,
             };
-            return Waited {
+            return Ok(Waited {
                 verdict: Verdict::Waiting(n),
                 nodes,
                 requests: consul.requests,
                 seconds: start.elapsed().as_secs_f64(),
                 last_error,
-            };
+            });
         }
         // The first read returns at once; the next ones block on the index it gave.
         let q = (index > 0).then(|| (index, max_wait.min(left).max(Duration::from_millis(1))));
@@ -340,15 +432,16 @@ pub fn wait(
                     last_line = line;
                 }
                 if !matches!(v, Verdict::Waiting(_)) {
-                    return Waited {
+                    return Ok(Waited {
                         verdict: v,
                         nodes,
                         requests: consul.requests,
                         seconds: start.elapsed().as_secs_f64(),
                         last_error: None,
-                    };
+                    });
                 }
             }
+            Err(e) if e.downcast_ref::<Final>().is_some() => return Err(e),
             Err(e) => {
                 let msg = format!("{e:#}");
                 if last_error.as_deref() != Some(&msg) {

@@ -1,14 +1,17 @@
 //! `kiln rollout status|wait` against the project's Consul test server: N successes -> 0, a
 //! failure -> 3 at once, the timeout -> 4, Consul down for a while -> retried, and blocking
 //! queries (the request log shows one request per change, each after the first carrying the
-//! index of the previous answer), never a busy poll.
+//! index of the previous answer), never a busy poll; an index that goes backwards restarts
+//! from 0. What no retry can change ends at once with 1: a 403 (a key-list policy without
+//! `list`), a 500 `invalid key name`, a TLS certificate refused. Client certificates, and
+//! `CONSUL_HTTP_ADDR` without a scheme as Consul's tools read it.
 
 mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use consul_test_server::TestServer;
+use consul_test_server::{AclConfig, Config, DefaultPolicy, Fault, Policy, TestPki, TestServer};
 use support::*;
 
 /// A report as kiln-firstboot writes it.
@@ -28,10 +31,29 @@ fn report(host: &str, version: u64, ok: bool) -> Vec<u8> {
 }
 
 fn wait_cmd(consul: &TestServer, args: &[&str]) -> Child {
-    Command::new(KILN)
-        .args(["rollout", "wait", "web", "--consul-addr", &consul.url()])
-        .args(args)
-        .env_remove("CONSUL_HTTP_TOKEN")
+    let mut all = vec!["wait", "web", "--consul-addr"];
+    let url = consul.url();
+    all.push(&url);
+    all.extend_from_slice(args);
+    rollout(&all, &[])
+}
+
+/// `kiln rollout ARGS` with these environment variables (and none of Consul's from the
+/// test's own environment).
+fn rollout(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(KILN);
+    c.arg("rollout").args(args);
+    for v in [
+        "CONSUL_HTTP_TOKEN",
+        "CONSUL_HTTP_ADDR",
+        "CONSUL_HTTP_SSL",
+        "CONSUL_CACERT",
+        "CONSUL_CLIENT_CERT",
+        "CONSUL_CLIENT_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -233,4 +255,192 @@ fn status_shows_nodes_by_version_and_result() {
     // A bad name is a usage error.
     let o = kiln(&["rollout", "status", "../x", "--consul-addr", &consul.url()]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// Consul's blocking-query rule: when X-Consul-Index goes backwards (here the servers are
+/// rebuilt from an older snapshot while the wait blocks), the client starts again from
+/// index 0. A client that kept the higher index would sleep through the reports written
+/// after the restore (their indexes are below it) until the timeout.
+#[test]
+fn an_index_that_goes_backwards_restarts_from_0() {
+    let consul = TestServer::start();
+    let before = consul.snapshot();
+    for _ in 0..5 {
+        consul.put("kiln/nodes/web/old-1", &report("old-1", 6, true));
+        consul.put("kiln/nodes/web/old-1", &report("old-1", 6, false));
+    }
+    let high = consul.index();
+    let t = Instant::now();
+    let child = wait_cmd(
+        &consul,
+        &[
+            "--version",
+            "7",
+            "--count",
+            "1",
+            "--timeout",
+            "40s",
+            "--wait",
+            "60s",
+            "--json",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    consul.restore(&before);
+    assert!(consul.index() < high);
+    std::thread::sleep(Duration::from_millis(1000));
+    consul.put("kiln/nodes/web/web-1", &report("web-1", 7, true));
+    assert!(consul.index() <= high);
+    let (code, out, err, _) = finish(child);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["succeeded"], 1);
+    // The read after the restore carried no index (a fresh start), the ones after it the
+    // restored, lower index.
+    let q = reads(&consul);
+    assert_eq!(q.iter().filter(|q| *q == "recurse").count(), 2, "{q:?}");
+    let last = q.last().unwrap();
+    assert!(last.contains("index="), "{q:?}");
+    let idx: u64 = last
+        .split('&')
+        .find_map(|p| p.strip_prefix("index="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(idx < high, "{q:?}");
+}
+
+/// A 403 will not change by waiting: with `acl.enable_key_list_policy`, a token that may read
+/// the reports but not list their prefix ends `rollout wait` at once, with 1 and Consul's
+/// reason naming the prefix. With `list` on kiln/nodes/ it works.
+#[test]
+fn a_403_under_a_key_list_policy_ends_the_wait_at_once() {
+    // CI's token as README.md ("ACL policies") gives it.
+    let acl = |list: bool| {
+        let policy = if list { Policy::List } else { Policy::Read };
+        AclConfig::new("root", DefaultPolicy::Deny)
+            .with_token("ci-token", &[("kiln/nodes/", policy)])
+            .with_key_list_policy(true)
+    };
+    let consul = TestServer::start_with(Config::default().with_acl(acl(false))).unwrap();
+    consul.put("kiln/nodes/web/web-1", &report("web-1", 7, true));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ci-token\n").unwrap();
+    let args = [
+        "--version",
+        "7",
+        "--count",
+        "1",
+        "--timeout",
+        "60s",
+        "--consul-token-file",
+        token.to_str().unwrap(),
+    ];
+    let (code, _, err, took) = finish(wait_cmd(&consul, &args));
+    assert_eq!(code, 1, "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        err.contains("GET kiln/nodes/web/: HTTP 403")
+            && err.contains("lacks permission 'key:list' on \"kiln/nodes/web/\""),
+        "{err}"
+    );
+    assert_eq!(reads(&consul).len(), 1);
+    consul.set_acl(Some(acl(true)));
+    let (code, _, err, _) = finish(wait_cmd(&consul, &args));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_500_invalid_key_name_ends_the_wait_at_once() {
+    let consul = TestServer::start();
+    consul.add_fault(
+        Fault::status(500).path_prefix("/v1/kv/kiln/nodes/").body(
+            "invalid key name, keys should respect the \"^[a-zA-Z0-9,_./\\\\-?&=]+$\" format",
+        ),
+    );
+    let (code, _, err, took) = finish(wait_cmd(
+        &consul,
+        &["--version", "7", "--count", "1", "--timeout", "60s"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        err.contains("HTTP 500: invalid key name") && err.contains("no retry can change"),
+        "{err}"
+    );
+    assert_eq!(reads(&consul).len(), 1);
+}
+
+/// An agent with `verify_incoming`: without a client certificate the handshake fails and the
+/// wait ends at once (1); with --consul-client-cert/--consul-client-key, or Consul's
+/// environment variables with CONSUL_HTTP_ADDR as host:port and CONSUL_HTTP_SSL=true, it works.
+#[test]
+fn client_certificates_and_consul_http_addr_without_a_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).expect("the test PKI (needs openssl)");
+    let consul = TestServer::start_with(Config::default().with_tls(pki.server_tls(true))).unwrap();
+    consul.put("kiln/nodes/web/web-1", &report("web-1", 7, true));
+    let (ca, cert, key) = (
+        pki.ca.to_str().unwrap(),
+        pki.client_cert.to_str().unwrap(),
+        pki.client_key.to_str().unwrap(),
+    );
+    let wait = ["--version", "7", "--count", "1", "--timeout", "60s"];
+
+    let mut args = wait.to_vec();
+    args.extend(["--consul-ca", ca]);
+    let (code, _, err, took) = finish(wait_cmd(&consul, &args));
+    assert_eq!(code, 1, "{err}");
+    assert!(took < Duration::from_secs(10), "retried? {took:?}");
+    assert!(
+        err.contains("TLS:") && err.contains("CertificateRequired"),
+        "{err}"
+    );
+    assert!(reads(&consul).is_empty());
+
+    args.extend(["--consul-client-cert", cert]);
+    let (code, _, err, _) = finish(wait_cmd(&consul, &args));
+    assert_eq!(code, 2, "a certificate without its key: {err}");
+    args.extend(["--consul-client-key", key]);
+    let (code, _, err, _) = finish(wait_cmd(&consul, &args));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reads(&consul).len(), 1);
+
+    // The same through Consul's own environment variables, the address without a scheme.
+    let addr = consul.addr().to_string();
+    let env = [
+        ("CONSUL_HTTP_ADDR", addr.as_str()),
+        ("CONSUL_CACERT", ca),
+        ("CONSUL_CLIENT_CERT", cert),
+        ("CONSUL_CLIENT_KEY", key),
+    ];
+    let (code, out, err, _) = finish(rollout(&["status", "web"], &env));
+    assert_eq!(
+        code, 1,
+        "host:port is http without CONSUL_HTTP_SSL: {out}{err}"
+    );
+    assert!(err.contains(&format!("http://{addr}/")), "{err}");
+    let mut ssl = env.to_vec();
+    ssl.push(("CONSUL_HTTP_SSL", "true"));
+    let (code, out, err, _) = finish(rollout(&["status", "web"], &ssl));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hostgroup web: 1 node(s)"), "{out}");
+
+    // A plain agent: host:port is http.
+    let plain = TestServer::start();
+    plain.put("kiln/nodes/web/web-1", &report("web-1", 7, true));
+    let addr = plain.addr().to_string();
+    let (code, out, err, _) = finish(rollout(
+        &["status", "web"],
+        &[("CONSUL_HTTP_ADDR", addr.as_str())],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hostgroup web: 1 node(s)"), "{out}");
+    assert_eq!(
+        plain.count_requests(Some("GET"), "/v1/kv/kiln/nodes/web/"),
+        1
+    );
 }

@@ -82,7 +82,9 @@ pub struct ApplyArgs {
 /// inside the root); a flag wins. Tokens are only ever read from files.
 #[derive(Debug, Args, Default, Clone)]
 pub struct DynamicArgs {
-    /// Consul agent address, e.g. http://127.0.0.1:8500 or https://127.0.0.1:8501.
+    /// Consul agent address, e.g. http://127.0.0.1:8500 or https://127.0.0.1:8501; host:port
+    /// alone is http (https when CONSUL_HTTP_SSL=true), as in Consul's own tools. Default:
+    /// consul-addr in the firstboot config, else $CONSUL_HTTP_ADDR.
     #[arg(long, value_name = "URL")]
     pub consul_addr: Option<String>,
     /// File holding the Consul ACL token (sent as X-Consul-Token).
@@ -92,12 +94,26 @@ pub struct DynamicArgs {
     /// are trusted then).
     #[arg(long, value_name = "FILE")]
     pub consul_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Consul's https, for an agent with
+    /// verify_incoming; needs --consul-client-key.
+    #[arg(long, value_name = "FILE")]
+    pub consul_client_cert: Option<PathBuf>,
+    /// PEM private key of --consul-client-cert.
+    #[arg(long, value_name = "FILE")]
+    pub consul_client_key: Option<PathBuf>,
     /// Vault (or OpenBao) address, e.g. https://vault.internal:8200.
     #[arg(long, value_name = "URL")]
     pub vault_addr: Option<String>,
     /// PEM file of the CA certificates Vault's https certificate must chain to.
     #[arg(long, value_name = "FILE")]
     pub vault_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Vault's https (a listener with
+    /// tls_require_and_verify_client_cert); needs --vault-client-key.
+    #[arg(long, value_name = "FILE")]
+    pub vault_client_cert: Option<PathBuf>,
+    /// PEM private key of --vault-client-cert.
+    #[arg(long, value_name = "FILE")]
+    pub vault_client_key: Option<PathBuf>,
     /// File holding the AppRole role_id (default: the one the bundle carries).
     #[arg(long, value_name = "FILE")]
     pub vault_role_id_file: Option<PathBuf>,

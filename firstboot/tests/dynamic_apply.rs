@@ -1,7 +1,8 @@
 //! The dynamic step against a real OpenBao (KILN_TEST_BAO) and the project's Consul test
 //! server: values in place with the right modes, the generated password shared by the hosts of
 //! a group, the certificate, the report in Consul and state.json, the requests each boot makes,
-//! TLS with a custom CA, and a rerun that changes nothing.
+//! TLS with a custom CA, a Vault listener that requires a client certificate, and a rerun that
+//! changes nothing.
 
 mod common;
 mod dynamic_support;
@@ -10,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use common::*;
-use consul_test_server::TestServer;
+use consul_test_server::{TestPki, TestServer};
 use dynamic_support::*;
 
 fn mode(p: &std::path::Path) -> u32 {
@@ -231,11 +232,14 @@ fn vault_over_https_with_a_custom_ca() {
         .flag("vault-role-id-file", &role)
         .flag("wrapped-secret-id-file", &wrapped)
         .flag("dynamic-deadline", "5s");
-    // Without the CA: the system's roots do not know it; nothing is written, exit 20.
+    // Without the CA: the system's roots do not know it; nothing is written, exit 20, and
+    // at once (a certificate refused is final, not retried until the deadline).
     let out = host.apply(trust.path(), &bundle, &[]);
     assert_eq!(out.status.code(), Some(20), "{}", out_text(&out));
     assert!(
-        stderr(&out).contains("vault unreachable"),
+        stderr(&out).contains("vault refused: sys/wrapping/lookup: TLS:")
+            && stderr(&out).contains("UnknownIssuer")
+            && !stderr(&out).contains("retrying"),
         "{}",
         stderr(&out)
     );
@@ -282,4 +286,68 @@ fn a_generated_field_is_added_to_an_existing_secret_keeping_its_other_fields() {
     assert!(std::fs::read_to_string(host.path("/etc/app/app.env"))
         .unwrap()
         .contains(&format!("DB_PASSWORD={password}\n")));
+}
+
+/// A Vault listener with `tls_require_and_verify_client_cert`: without --vault-client-cert the
+/// TLS handshake is refused, at once (exit 20, nothing written, the wrapped secret_id not
+/// spent); with the CA's client certificate the same boot succeeds.
+#[test]
+fn vault_requiring_a_client_certificate() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(pki_dir.path()).expect("the test PKI (needs openssl)");
+    let Some(bao) = Bao::start_with_client_tls(&pki.server_cert, &pki.server_key, &pki.ca) else {
+        return;
+    };
+    let mtls = bao.mtls_addr.clone().unwrap();
+    let role_id = bao.approle("web", WEB_POLICY);
+    bao.kv_put(
+        "web/app",
+        serde_json::json!({"api_key": "k-mtls-0123456789"}),
+    );
+    bao.pki("web", "example.internal");
+    let consul = TestServer::start();
+    consul.put("kiln/apps/web/version", b"2.0");
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("web-1.kiln");
+    web_spec(1).write(&key, &bundle);
+
+    let Some(mut host) = Host::new("web-8") else {
+        return;
+    };
+    let role = host.cred("role_id", &role_id);
+    let wrapped = host.cred("wrapped", &bao.wrapped_secret_id("web", None));
+    host.flag("consul-addr", &consul.url())
+        .flag("vault-addr", &mtls)
+        .flag("vault-ca", pki.ca.to_str().unwrap())
+        .flag("vault-role-id-file", &role)
+        .flag("wrapped-secret-id-file", &wrapped)
+        .flag("dynamic-deadline", "60s");
+    let t = Instant::now();
+    let out = host.apply(trust.path(), &bundle, &[]);
+    assert_eq!(out.status.code(), Some(20), "{}", out_text(&out));
+    assert!(t.elapsed().as_secs() < 15, "retried? {:?}", t.elapsed());
+    assert!(
+        stderr(&out).contains("vault refused: sys/wrapping/lookup: TLS:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!host.path("/etc/app/app.env").exists());
+    assert!(std::path::Path::new(&wrapped).exists());
+
+    let out = host.apply(
+        trust.path(),
+        &bundle,
+        &[
+            "--vault-client-cert",
+            pki.client_cert.to_str().unwrap(),
+            "--vault-client-key",
+            pki.client_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(std::fs::read_to_string(host.path("/etc/app/app.env"))
+        .unwrap()
+        .contains("API_KEY=k-mtls-0123456789"));
 }

@@ -1,8 +1,10 @@
 //! Consul faults during the dynamic step, against the project's Consul test server: down at
 //! start then up before the deadline (succeeds), down past it (exit 20), slow answers, a 403,
-//! garbage JSON, a missing key. After each failure: no rendered file, half-written or whole;
-//! state.json (and the Consul report, when Consul answers) says failed; a rerun once the fault
-//! is gone succeeds.
+//! garbage JSON, a missing key, a key-list policy without `list`, an agent that verifies
+//! client certificates, a 500 `invalid key name` (final, not retried), and an address from
+//! `CONSUL_HTTP_ADDR` without a scheme. After each failure: no rendered file, half-written or
+//! whole; state.json (and the Consul report, when Consul answers) says failed; a rerun once
+//! the fault is gone succeeds.
 
 mod common;
 mod dynamic_support;
@@ -10,7 +12,7 @@ mod dynamic_support;
 use std::time::{Duration, Instant};
 
 use common::*;
-use consul_test_server::{AclConfig, Config, DefaultPolicy, Fault, Policy, TestServer};
+use consul_test_server::{AclConfig, Config, DefaultPolicy, Fault, Policy, TestPki, TestServer};
 use dynamic_support::*;
 
 struct Case {
@@ -305,4 +307,212 @@ fn a_missing_key_without_default_fails_with_its_name() {
     c.succeeds();
     // The report replaced the failed one (check-and-set on its index).
     assert_eq!(c.report().unwrap()["result"], "success");
+}
+
+/// The web hosts' token as README.md ("ACL policies") gives it: `read` (or, for
+/// `acl.enable_key_list_policy`, `list`) on kiln/apps/web/, `write` on kiln/nodes/web/.
+fn boot_acl(list: bool) -> AclConfig {
+    let read = if list { Policy::List } else { Policy::Read };
+    AclConfig::new("root", DefaultPolicy::Deny)
+        .with_token(
+            "boot-token-9a8b7c",
+            &[("kiln/apps/web/", read), ("kiln/nodes/web/", Policy::Write)],
+        )
+        .with_key_list_policy(true)
+}
+
+#[test]
+fn with_enable_key_list_policy_a_token_without_list_is_refused_naming_the_prefix() {
+    let consul = TestServer::start_with(Config::default().with_acl(boot_acl(false))).unwrap();
+    consul.put("kiln/apps/web/version", b"7.1");
+    consul.put("kiln/apps/web/env/A", b"1");
+    let Some(mut c) = case(consul, "60s") else {
+        return;
+    };
+    let token = c.host.cred("consul-token", "boot-token-9a8b7c\n");
+    c.host.flag("consul-token-file", &token);
+    let t = Instant::now();
+    let out = c.apply();
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    c.failed(&out, "reading prefix kiln/apps/web/: HTTP 403");
+    assert!(
+        stderr(&out).contains("lacks permission 'key:list' on \"kiln/apps/web/\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        c.consul
+            .count_requests(Some("GET"), "/v1/kv/kiln/apps/web/"),
+        1
+    );
+    // The report could still be written (write on kiln/nodes/), saying why.
+    let report = c.report().expect("a report");
+    assert!(report["error"].as_str().unwrap().contains("key:list"));
+    // With `list` on the prefix, the same boot succeeds.
+    c.consul.set_acl(Some(boot_acl(true)));
+    c.succeeds();
+}
+
+/// A Consul agent with `verify_incoming`: without a client certificate of its CA the TLS
+/// handshake fails, which no retry changes (exit 20 at once, no request reached the API);
+/// with --consul-client-cert/--consul-client-key (or the same keys in firstboot.conf) the
+/// boot succeeds.
+#[test]
+fn an_agent_with_verify_incoming_needs_the_client_certificate() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(pki_dir.path()).expect("the test PKI (needs openssl)");
+    let consul = TestServer::start_with(Config::default().with_tls(pki.server_tls(true))).unwrap();
+    consul.put("kiln/apps/web/version", b"7.1");
+    consul.put("kiln/apps/web/env/A", b"1");
+    let Some(mut c) = case(consul, "60s") else {
+        return;
+    };
+    assert!(c.consul.url().starts_with("https://"));
+    c.host.flag("consul-ca", pki.ca.to_str().unwrap());
+    let t = Instant::now();
+    let out = c.apply();
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "retried? {:?}",
+        t.elapsed()
+    );
+    c.failed(&out, "consul refused: reading prefix kiln/apps/web/: TLS:");
+    assert!(
+        stderr(&out).contains("CertificateRequired"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("retrying"), "{}", stderr(&out));
+    assert_eq!(c.consul.count_requests(None, "/"), 0);
+    assert!(!c.consul.tls_handshake_errors().is_empty());
+
+    // A certificate of another CA: refused the same way.
+    let mut other = c.host.args.clone();
+    other.extend(
+        [
+            "--consul-client-cert",
+            pki.foreign_client_cert.to_str().unwrap(),
+            "--consul-client-key",
+            pki.foreign_client_key.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = other.iter().map(String::as_str).collect();
+    let out = common::apply(c.host.root.path(), c.trust.path(), &c.bundle, &args);
+    c.failed(&out, "TLS:");
+    assert_eq!(c.consul.count_requests(None, "/"), 0);
+
+    // A certificate without its key is a usage error, before anything is read.
+    let out = c.host.apply(
+        c.trust.path(),
+        &c.bundle,
+        &["--consul-client-cert", pki.client_cert.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert!(
+        stderr(&out).contains("consul-client-key"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The CA's client certificate, from firstboot.conf (paths inside the root).
+    let kiln_etc = c.host.path("/etc/kiln");
+    std::fs::create_dir_all(&kiln_etc).unwrap();
+    std::fs::copy(&pki.client_cert, kiln_etc.join("consul-client.pem")).unwrap();
+    std::fs::copy(&pki.client_key, kiln_etc.join("consul-client.key")).unwrap();
+    std::fs::write(
+        kiln_etc.join("firstboot.conf"),
+        "consul-client-cert = /etc/kiln/consul-client.pem\nconsul-client-key = /etc/kiln/consul-client.key\n",
+    )
+    .unwrap();
+    c.succeeds();
+    assert_eq!(
+        c.consul
+            .count_requests(Some("GET"), "/v1/kv/kiln/apps/web/"),
+        1
+    );
+}
+
+/// Consul 1.21.5 answers 500 `invalid key name` for key names it will never accept: that is
+/// final (exit 20 at once, one request), not a 5xx to retry until the deadline.
+#[test]
+fn a_500_invalid_key_name_fails_at_once() {
+    let Some(c) = case(seeded(), "60s") else {
+        return;
+    };
+    c.consul.add_fault(
+        Fault::status(500).path_prefix("/v1/kv/kiln/apps/").body(
+            "invalid key name, keys should respect the \"^[a-zA-Z0-9,_./\\\\-?&=]+$\" format",
+        ),
+    );
+    let t = Instant::now();
+    let out = c.apply();
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "retried until the deadline? {took:?}"
+    );
+    c.failed(
+        &out,
+        "reading prefix kiln/apps/web/: HTTP 500 (invalid key name",
+    );
+    assert!(
+        stderr(&out).contains("no retry can change"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        c.consul
+            .count_requests(Some("GET"), "/v1/kv/kiln/apps/web/"),
+        1
+    );
+    // Any other 500 is still retried.
+    c.consul.clear_faults();
+    c.consul
+        .add_fault(Fault::status(500).path_prefix("/v1/kv/kiln/apps/").times(1));
+    c.succeeds();
+}
+
+/// No --consul-addr and no consul-addr in the file: `CONSUL_HTTP_ADDR=127.0.0.1:PORT`, without
+/// a scheme, is http as in Consul's own tools, and https with `CONSUL_HTTP_SSL=true`.
+#[test]
+fn consul_http_addr_without_a_scheme() {
+    let consul = seeded();
+    let addr = consul.addr().to_string();
+    let Some(mut c) = case(consul, "30s") else {
+        return;
+    };
+    c.host.args.clear();
+    c.host.flag("dynamic-deadline", "30s");
+    c.host.env.push(("CONSUL_HTTP_ADDR".into(), addr));
+    c.succeeds();
+    assert_eq!(
+        c.consul
+            .count_requests(Some("GET"), "/v1/kv/kiln/apps/web/"),
+        1
+    );
+
+    // An https agent: CONSUL_HTTP_SSL=true makes host:port https.
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(pki_dir.path()).expect("the test PKI (needs openssl)");
+    let tls = TestServer::start_with(Config::default().with_tls(pki.server_tls(false))).unwrap();
+    tls.put("kiln/apps/web/version", b"7.1");
+    tls.put("kiln/apps/web/env/A", b"1");
+    let Some(mut c) = case(tls, "30s") else {
+        return;
+    };
+    let ca = pki.ca.to_str().unwrap();
+    c.host
+        .env
+        .push(("CONSUL_HTTP_ADDR".into(), c.consul.addr().to_string()));
+    // Without CONSUL_HTTP_SSL it speaks http to the https port: that never works.
+    c.host.args.clear();
+    c.host.flag("dynamic-deadline", "2s").flag("consul-ca", ca);
+    let out = c.apply();
+    c.failed(&out, "consul unreachable until the deadline");
+    assert_eq!(c.consul.count_requests(None, "/"), 0);
+    c.host.args.clear();
+    c.host.flag("dynamic-deadline", "30s").flag("consul-ca", ca);
+    c.host.env.push(("CONSUL_HTTP_SSL".into(), "true".into()));
+    c.succeeds();
 }

@@ -11,6 +11,9 @@ pub const MAX_GENERATE: u32 = 1024;
 /// Shortest generated value (less is no secret).
 pub const MIN_GENERATE: u32 = 8;
 
+/// No empty segment (`//`, a leading `/`), no `..` anywhere and no `.` segment: URL parsers
+/// resolve `.` and `..` segments away (`kiln/./web/` would be requested as `kiln/web/`, whose
+/// keys then match no declared prefix), and Consul refuses `..`.
 fn segments_ok(s: &str, allowed: impl Fn(u8) -> bool) -> bool {
     !s.is_empty()
         && s.len() <= MAX_KEY
@@ -18,10 +21,11 @@ fn segments_ok(s: &str, allowed: impl Fn(u8) -> bool) -> bool {
         && !s.starts_with('/')
         && !s.contains("//")
         && !s.contains("..")
+        && !s.split('/').any(|seg| seg == ".")
 }
 
 /// A Consul key as the reference allows it: `[A-Za-z0-9,_./-]`, never `..`, not starting with
-/// `/`, no empty segment, not ending in `/`.
+/// `/`, no empty or `.` segment, not ending in `/`.
 pub fn is_consul_key(s: &str) -> bool {
     segments_ok(s, |b| b.is_ascii_alphanumeric() || b",_./-".contains(&b)) && !s.ends_with('/')
 }
@@ -215,11 +219,24 @@ mod tests {
     fn names() {
         assert!(is_consul_key("kiln/apps/web/version"));
         assert!(is_consul_prefix("kiln/apps/web/"));
-        for bad in ["", "/a", "a//b", "a/../b", "a/", "a b", "a?b", "a%2f"] {
+        for bad in [
+            "", "/a", "a//b", "a/../b", "a/", "a b", "a?b", "a%2f", "a/./b", "./a", "a/.",
+        ] {
             assert!(!is_consul_key(bad), "{bad:?}");
         }
+        assert!(is_consul_key("a/.b/c.") && is_consul_key("v1.2"));
         assert!(!is_consul_prefix("kiln/apps/web"));
         assert!(!is_consul_prefix("/"));
+        for bad in [
+            "kiln/./web/",
+            "./kiln/",
+            "kiln/./",
+            "/kiln/",
+            "kiln//web/",
+            "kiln/x/../y/",
+        ] {
+            assert!(!is_consul_prefix(bad), "{bad:?}");
+        }
         assert!(is_kv2_path("secret/data/db/app"));
         for bad in [
             "secret/db/app",

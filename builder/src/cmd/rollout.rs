@@ -5,7 +5,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 
 use crate::cli::{ConsulArgs, RolloutCommand};
-use crate::rollout::{self, Consul, Verdict, EXIT_NODE_FAILED, EXIT_TIMEOUT};
+use crate::rollout::{self, Consul, Tls, Verdict, EXIT_NODE_FAILED, EXIT_TIMEOUT};
 
 fn client(a: &ConsulArgs) -> Result<Consul> {
     let token = match &a.consul_token_file {
@@ -19,12 +19,32 @@ fn client(a: &ConsulArgs) -> Result<Consul> {
             .ok()
             .filter(|t| !t.is_empty()),
     };
-    let ca = a
-        .consul_ca
-        .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-        .transpose()?;
-    Consul::new(&a.consul_addr, token, ca.as_deref())
+    let read = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+            .transpose()
+    };
+    let ca = read(&a.consul_ca)?;
+    let client = match (read(&a.consul_client_cert)?, read(&a.consul_client_key)?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(anyhow!(crate::Exit {
+                code: kiln_signing::exit::USAGE,
+                message: "a Consul client certificate needs both --consul-client-cert and --consul-client-key (or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)".into(),
+            }))
+        }
+    };
+    let tls = Tls {
+        ca_pem: ca.as_deref(),
+        client: client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    };
+    let ssl = std::env::var("CONSUL_HTTP_SSL").ok();
+    let consul = Consul::new(&a.consul_addr, ssl.as_deref(), token, tls);
+    if let Some((_, mut key)) = client {
+        key.iter_mut().for_each(|b| *b = 0);
+    }
+    consul
 }
 
 fn check_hostgroup(h: &str) -> Result<()> {
@@ -77,7 +97,7 @@ pub fn run(c: RolloutCommand) -> Result<()> {
                 a.timeout,
                 a.wait.min(std::time::Duration::from_secs(600)),
                 &progress,
-            );
+            )?;
             let (outcome, code) = match &w.verdict {
                 Verdict::Done(_) => ("done", 0),
                 Verdict::Failed(_) => ("failed", EXIT_NODE_FAILED),

@@ -113,7 +113,8 @@ fn strings_with(
     out
 }
 
-const PREFIX: &str = "a Consul prefix ending in / ([A-Za-z0-9,_./-], no ..)";
+const PREFIX: &str =
+    "a Consul prefix ending in / ([A-Za-z0-9,_./-]; no leading /, no //, no . or .. segment)";
 const KV2: &str = "a KV v2 path in API form, <mount>/data/<path> (e.g. secret/data/db/app)";
 
 fn read(node: &Node, s: &mut Sinks) -> Option<Dynamic> {

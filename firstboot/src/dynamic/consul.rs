@@ -2,13 +2,14 @@
 //! token in `X-Consul-Token` (read from a file, never from the command line), and the status
 //! report written with check-and-set. A 404 on a prefix is "nothing there"; a 403 is a hard
 //! error naming the prefix (Consul filters what a token may not read instead of refusing,
-//! so a 403 means the token itself is unknown or the whole read is denied).
+//! so a 403 means the token itself is unknown, or the servers set
+//! `acl.enable_key_list_policy` and the token lacks `list` on the prefix).
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use super::http::{excerpt, sensitive, Http, Verdict};
+use super::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
 use super::{DynamicError, DynamicSource};
 use crate::log::Log;
 use crate::secret::Secret;
@@ -27,16 +28,17 @@ pub struct Consul {
 }
 
 impl Consul {
-    /// A client for `addr`. `ca_pem`: the only roots trusted for https.
+    /// A client for `addr`. `tls`: the only roots trusted for https, and the client
+    /// certificate for an agent with `verify_incoming`.
     pub fn new(
         addr: &str,
         token: Option<Secret>,
-        ca_pem: Option<&[u8]>,
+        tls: TlsFiles<'_>,
         prefixes: Vec<String>,
         request_timeout: Duration,
     ) -> Result<Consul, DynamicError> {
         Ok(Consul {
-            http: Http::new(NAME, addr, ca_pem, request_timeout)?,
+            http: Http::new(NAME, addr, tls, request_timeout)?,
             token,
             prefixes,
         })
@@ -258,7 +260,7 @@ mod tests {
         Consul::new(
             url,
             token.map(Secret::new),
-            None,
+            TlsFiles::default(),
             vec!["kiln/apps/web/".into()],
             Duration::from_secs(2),
         )

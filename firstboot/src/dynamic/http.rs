@@ -1,7 +1,9 @@
 //! The HTTP side shared by the Consul and Vault sources: one blocking client per source (rustls
-//! with ring; the system's roots, or only a given CA), and a call that retries connection
-//! errors, timeouts, 408, 429, 5xx and unreadable answers with exponential backoff and jitter,
-//! never past the step's deadline. Each attempt is counted (the "requests per boot" figure).
+//! with ring; the system's roots, or only a given CA; a client certificate for servers that
+//! verify clients), and a call that retries connection errors, timeouts, 408, 429, 5xx and
+//! unreadable answers with exponential backoff and jitter, never past the step's deadline.
+//! What can never succeed is not retried: a TLS certificate refused either way, and Consul's
+//! 500 `invalid key name`. Each attempt is counted (the "requests per boot" figure).
 
 use std::cell::Cell;
 use std::io::Read;
@@ -11,12 +13,23 @@ use reqwest::blocking::{Client, RequestBuilder};
 
 use super::DynamicError;
 use crate::log::Log;
+use crate::secret::Secret;
 
 /// First pause between attempts; doubles each time up to [`MAX_BACKOFF`], with jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Largest answer read (a whole Consul prefix, a certificate).
 const MAX_BODY: u64 = 32 << 20;
+
+/// The TLS side of one source's client, as PEM.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    /// CA certificates: the only roots trusted for https (else the system's).
+    pub ca: Option<&'a [u8]>,
+    /// A client certificate (chain) and its private key, presented to servers that verify
+    /// clients (Consul's `verify_incoming`, Vault's `tls_require_and_verify_client_cert`).
+    pub client: Option<(&'a [u8], &'a [u8])>,
+}
 
 /// What a caller makes of an answer.
 pub enum Verdict<T> {
@@ -36,11 +49,12 @@ pub struct Http {
 }
 
 impl Http {
-    /// A client for `addr` (`http(s)://host:port`). With `ca_pem`, only those roots are trusted.
+    /// A client for `addr` (`http(s)://host:port`). With `tls.ca`, only those roots are
+    /// trusted; with `tls.client`, that certificate is presented when the server asks.
     pub fn new(
         source: &'static str,
         addr: &str,
-        ca_pem: Option<&[u8]>,
+        tls: TlsFiles<'_>,
         request_timeout: Duration,
     ) -> Result<Http, DynamicError> {
         let lower = addr.to_ascii_lowercase();
@@ -56,7 +70,7 @@ impl Http {
             .connect_timeout(request_timeout)
             .user_agent(concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = ca_pem {
+        if let Some(pem) = tls.ca {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                 DynamicError::Config(format!("{source} CA: not PEM certificates: {e}"))
             })?;
@@ -66,6 +80,23 @@ impl Http {
                 )));
             }
             b = b.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = tls.client {
+            let bad = |e: &dyn std::error::Error| {
+                DynamicError::Config(format!(
+                    "{source} client certificate: {} (expected PEM certificates and a PEM private key)",
+                    chain(e)
+                ))
+            };
+            // One buffer holding both, as reqwest reads an identity; it holds the key, so it
+            // is a Secret (zeroed when dropped).
+            let mut pem = Vec::with_capacity(cert.len() + key.len() + 1);
+            pem.extend_from_slice(cert);
+            pem.push(b'\n');
+            pem.extend_from_slice(key);
+            let pem = Secret::new(pem);
+            let identity = reqwest::Identity::from_pem(pem.expose()).map_err(|e| bad(&e))?;
+            b = b.identity(identity);
         }
         let client = b
             .build()
@@ -121,6 +152,15 @@ impl Http {
             self.requests.set(self.requests.get() + 1);
             let timeout = left.min(self.request_timeout);
             last = match build(&self.client).timeout(timeout).send() {
+                Err(e) if tls_refusal(&e) => {
+                    return Err(DynamicError::Refused {
+                        source_name: self.source.into(),
+                        detail: format!(
+                            "{what}: TLS: {} (a certificate refused is not retried: check the CA and client certificate files)",
+                            chain(&e)
+                        ),
+                    })
+                }
                 Err(e) => chain(&e),
                 Ok(resp) => {
                     let status = resp.status().as_u16();
@@ -131,6 +171,15 @@ impl Http {
                             return Err(DynamicError::Refused {
                                 source_name: self.source.into(),
                                 detail: format!("{what}: answer larger than {MAX_BODY} bytes"),
+                            })
+                        }
+                        Ok(_) if status == 500 && body.starts_with(INVALID_KEY_NAME) => {
+                            return Err(DynamicError::Refused {
+                                source_name: self.source.into(),
+                                detail: format!(
+                                    "{what}: HTTP 500{}: this Consul refuses the key name, which no retry can change",
+                                    excerpt(&body)
+                                ),
                             })
                         }
                         Ok(_) if status == 408 || status == 429 || status >= 500 => {
@@ -159,6 +208,49 @@ impl Http {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// How Consul (1.21.5 and later patch releases) answers a key name it will never accept:
+/// 500 `invalid key name, keys should respect the "..." format`. A 500, yet final.
+const INVALID_KEY_NAME: &[u8] = b"invalid key name";
+
+/// A TLS handshake that failed on a certificate, ours or the server's: the server does not
+/// trust our client certificate (or we sent none), or we do not trust its certificate.
+/// Trying again cannot change that.
+fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    // io::Error's source() skips the error it wraps (and hyper-rustls wraps tokio-rustls's
+    // io::Error in another): look inside each, down to what it holds.
+    fn rustls_error<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+        loop {
+            if let Some(t) = e.downcast_ref::<rustls::Error>() {
+                return Some(t);
+            }
+            e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = rustls_error(err) {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(
+                        A::BadCertificate
+                            | A::UnsupportedCertificate
+                            | A::CertificateRevoked
+                            | A::CertificateExpired
+                            | A::CertificateUnknown
+                            | A::UnknownCA
+                            | A::CertificateRequired
+                            | A::AccessDenied
+                    )
+            );
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// `d/2 + random(0..d/2)`: spreads the retries of a fleet booting at once.

@@ -214,8 +214,14 @@ pub struct DynamicConfig {
     pub consul_token: Option<FileRef>,
     /// PEM CA certificates: the only roots trusted for Consul's https.
     pub consul_ca: Option<FileRef>,
+    /// PEM client certificate and key presented to Consul (an agent with `verify_incoming`).
+    pub consul_client_cert: Option<FileRef>,
+    pub consul_client_key: Option<FileRef>,
     pub vault_addr: Option<String>,
     pub vault_ca: Option<FileRef>,
+    /// PEM client certificate and key presented to Vault.
+    pub vault_client_cert: Option<FileRef>,
+    pub vault_client_key: Option<FileRef>,
     /// The AppRole role_id (else the bundle's `dynamic.vault.role_id`).
     pub vault_role_id: Option<FileRef>,
     /// The response-wrapping token of the secret_id.
@@ -234,13 +240,91 @@ impl Default for DynamicConfig {
             consul_addr: None,
             consul_token: None,
             consul_ca: None,
+            consul_client_cert: None,
+            consul_client_key: None,
             vault_addr: None,
             vault_ca: None,
+            vault_client_cert: None,
+            vault_client_key: None,
             vault_role_id: None,
             wrapped_secret_id: None,
             hostname: None,
             deadline: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A Consul address as Consul's own tools take it (`api.NewClient`): `host:port` without a
+/// scheme is http, or https when `CONSUL_HTTP_SSL` (`http_ssl`) is true, which also turns an
+/// `http://` address into https ("never revert to http if TLS was explicitly requested");
+/// `https://` stays https. Any other scheme is refused. Returns an `http(s)://` URL.
+pub fn consul_url(addr: &str, http_ssl: Option<&str>) -> Result<String, String> {
+    // Go's strconv.ParseBool.
+    let ssl = match http_ssl.map(str::trim) {
+        None | Some("") => false,
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
+        Some(v) => return Err(format!("CONSUL_HTTP_SSL={v:?} is neither true nor false")),
+    };
+    let addr = addr.trim();
+    let plain = if ssl { "https" } else { "http" };
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s, rest)) if s.eq_ignore_ascii_case("http") => (plain, rest),
+        Some((s, rest)) if s.eq_ignore_ascii_case("https") => ("https", rest),
+        Some((s, _)) => {
+            return Err(format!(
+                "Consul address {addr:?}: unknown scheme {s:?} (http://, https://, or host:port)"
+            ))
+        }
+        None => (plain, addr),
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("Consul address {addr:?} names no host"));
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// One source's CA and client certificate files, read (the key is a [`Secret`]).
+#[cfg(feature = "http")]
+struct TlsRead {
+    ca: Option<Secret>,
+    client: Option<(Secret, Secret)>,
+}
+
+#[cfg(feature = "http")]
+impl TlsRead {
+    fn read(
+        root: &Root,
+        name: &str,
+        ca: &Option<FileRef>,
+        cert: &Option<FileRef>,
+        key: &Option<FileRef>,
+    ) -> Result<TlsRead, DynamicError> {
+        let ca = ca
+            .as_ref()
+            .map(|f| f.read(root, &format!("{name} CA file")))
+            .transpose()?;
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((
+                c.read(root, &format!("{name} client certificate file"))?,
+                k.read(root, &format!("{name} client key file"))?,
+            )),
+            (None, None) => None,
+            _ => {
+                let flag = name.to_ascii_lowercase();
+                return Err(DynamicError::Config(format!(
+                    "a {name} client certificate needs both --{flag}-client-cert and --{flag}-client-key"
+                )));
+            }
+        };
+        Ok(TlsRead { ca, client })
+    }
+
+    fn files(&self) -> http::TlsFiles<'_> {
+        http::TlsFiles {
+            ca: self.ca.as_ref().map(|c| c.expose()),
+            client: self.client.as_ref().map(|(c, k)| (c.expose(), k.expose())),
         }
     }
 }
@@ -473,15 +557,17 @@ fn fetch_all<'a>(
         if let Some(t) = &token {
             redactor.add(t);
         }
-        let ca = cfg
-            .consul_ca
-            .as_ref()
-            .map(|f| f.read(root, "Consul CA file"))
-            .transpose()?;
+        let tls = TlsRead::read(
+            root,
+            "Consul",
+            &cfg.consul_ca,
+            &cfg.consul_client_cert,
+            &cfg.consul_client_key,
+        )?;
         let mut consul = consul::Consul::new(
             addr,
             token,
-            ca.as_ref().map(|c| c.expose()),
+            tls.files(),
             c.prefixes.clone(),
             cfg.request_timeout,
         )?;
@@ -497,11 +583,13 @@ fn fetch_all<'a>(
                 "the bundle reads Vault, but no Vault address is configured (--vault-addr, or vault-addr in the firstboot config)".into(),
             )
         })?;
-        let ca = cfg
-            .vault_ca
-            .as_ref()
-            .map(|f| f.read(root, "Vault CA file"))
-            .transpose()?;
+        let tls = TlsRead::read(
+            root,
+            "Vault",
+            &cfg.vault_ca,
+            &cfg.vault_client_cert,
+            &cfg.vault_client_key,
+        )?;
         let role_id = cfg
             .vault_role_id
             .as_ref()
@@ -526,7 +614,7 @@ fn fetch_all<'a>(
         };
         let mut vault = vault::Vault::new(
             addr,
-            ca.as_ref().map(|c| c.expose()),
+            tls.files(),
             v.clone(),
             role_id,
             wrapped,
@@ -879,16 +967,18 @@ fn report_inner(
         .map(|f| f.read(root, "Consul token file"))
         .transpose()
         .map_err(|e| e.to_string())?;
-    let ca = cfg
-        .consul_ca
-        .as_ref()
-        .map(|f| f.read(root, "Consul CA file"))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let tls = TlsRead::read(
+        root,
+        "Consul",
+        &cfg.consul_ca,
+        &cfg.consul_client_cert,
+        &cfg.consul_client_key,
+    )
+    .map_err(|e| e.to_string())?;
     let mut c = consul::Consul::new(
         addr,
         token,
-        ca.as_ref().map(|c| c.expose()),
+        tls.files(),
         Vec::new(),
         cfg.request_timeout.min(Duration::from_secs(10)),
     )
@@ -913,4 +1003,33 @@ fn report_inner(
     _requests: &mut u32,
 ) -> Result<String, String> {
     Err("built without the `http` feature".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consul_addresses_as_consul_tools_read_them() {
+        let ok = |a: &str, ssl: Option<&str>| consul_url(a, ssl).unwrap();
+        assert_eq!(ok("127.0.0.1:8500", None), "http://127.0.0.1:8500");
+        assert_eq!(
+            ok("c.internal:8501", Some("true")),
+            "https://c.internal:8501"
+        );
+        assert_eq!(ok("c.internal:8501", Some("1")), "https://c.internal:8501");
+        assert_eq!(
+            ok("c.internal:8500", Some("false")),
+            "http://c.internal:8500"
+        );
+        assert_eq!(ok("https://c:8501", None), "https://c:8501");
+        assert_eq!(ok("https://c:8501", Some("false")), "https://c:8501");
+        // Consul never goes back to http once TLS is asked for.
+        assert_eq!(ok("http://c:8500", Some("true")), "https://c:8500");
+        assert_eq!(ok("http://c:8500", None), "http://c:8500");
+        let err = |a: &str, ssl: Option<&str>| consul_url(a, ssl).unwrap_err();
+        assert!(err("unix:///run/consul.sock", None).contains("unknown scheme"));
+        assert!(err("c:8500", Some("yes")).contains("CONSUL_HTTP_SSL"));
+        assert!(err("http://", None).contains("names no host"));
+    }
 }

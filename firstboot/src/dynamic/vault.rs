@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use kiln_signing::{Generate, VaultSources};
 use serde_json::{json, Map, Value};
 
-use super::http::{excerpt, sensitive, Http, Verdict};
+use super::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
 use super::{DynamicError, DynamicSource};
 use crate::apply::fsroot::{Kind, Root};
 use crate::log::Log;
@@ -57,7 +57,7 @@ impl<'a> Vault<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         addr: &str,
-        ca_pem: Option<&[u8]>,
+        tls: TlsFiles<'_>,
         sources: VaultSources,
         role_id: Option<Secret>,
         wrapped: Option<Secret>,
@@ -66,7 +66,7 @@ impl<'a> Vault<'a> {
         request_timeout: Duration,
     ) -> Result<Vault<'a>, DynamicError> {
         Ok(Vault {
-            http: Http::new(NAME, addr, ca_pem, request_timeout)?,
+            http: Http::new(NAME, addr, tls, request_timeout)?,
             sources,
             role_id,
             wrapped,
@@ -701,7 +701,7 @@ mod tests {
     fn vault(url: &str, s: VaultSources) -> Vault<'static> {
         Vault::new(
             url,
-            None,
+            TlsFiles::default(),
             s,
             None,
             Some(Secret::new("wrap-token-xyz")),

@@ -535,9 +535,17 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Runs the binary; returns its output.
 pub fn run(args: &[&str]) -> Output {
+    run_env(args, &[])
+}
+
+/// [`run`] with these environment variables (and none of Consul's from the test's own).
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(bin())
         .args(args)
         .env_remove("CI")
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_SSL")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     eprintln!(
@@ -552,6 +560,17 @@ pub fn run(args: &[&str]) -> Output {
 
 /// `kiln-firstboot apply --root R --trust T --bundle B` plus `extra`.
 pub fn apply(root: &Path, trust: &Path, bundle: &Path, extra: &[&str]) -> Output {
+    apply_env(root, trust, bundle, extra, &[])
+}
+
+/// [`apply`] with environment variables.
+pub fn apply_env(
+    root: &Path,
+    trust: &Path,
+    bundle: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let mut args = vec![
         "apply",
         "--root",
@@ -562,7 +581,7 @@ pub fn apply(root: &Path, trust: &Path, bundle: &Path, extra: &[&str]) -> Output
         bundle.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    run(&args)
+    run_env(&args, env)
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,9 @@ fn two_free_ports() -> u16 {
 pub struct Bao {
     child: Child,
     pub addr: String,
+    /// With [`Bao::start_with_client_tls`]: a second listener, https, that requires a client
+    /// certificate of the given CA (`tls_require_and_verify_client_cert`).
+    pub mtls_addr: Option<String>,
     pub dir: tempfile::TempDir,
     http: reqwest::blocking::Client,
 }
@@ -83,10 +86,26 @@ impl Bao {
 
     /// With `tls`, it serves https with a certificate of its own CA, `<dir>/vault-ca.pem`.
     pub fn start_with(tls: bool) -> Option<Bao> {
+        Self::start_opts(tls, None)
+    }
+
+    /// Also listens on `mtls_addr`: https with `cert`/`key`, refusing clients without a
+    /// certificate of `client_ca` (the dev listener stays plain http, for setting it up).
+    pub fn start_with_client_tls(cert: &Path, key: &Path, client_ca: &Path) -> Option<Bao> {
+        Self::start_opts(false, Some((cert, key, client_ca)))
+    }
+
+    fn start_opts(tls: bool, mtls: Option<(&Path, &Path, &Path)>) -> Option<Bao> {
         let bin = bao_bin()?;
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let port = two_free_ports();
+            let mtls_port = mtls.map(|_| loop {
+                let p = two_free_ports();
+                if p.abs_diff(port) > 1 {
+                    break p;
+                }
+            });
             let out = std::fs::File::create(dir.path().join("bao.log")).unwrap();
             // Every request to a file, one JSON line each (OpenBao allows audit devices only in
             // its configuration, not through the API).
@@ -99,6 +118,20 @@ impl Bao {
                 ),
             )
             .unwrap();
+            if let (Some((cert, key, ca)), Some(p)) = (mtls, mtls_port) {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&audit_hcl)
+                    .unwrap();
+                write!(
+                    f,
+                    "listener \"tcp\" {{\n  address = \"127.0.0.1:{p}\"\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n  tls_client_ca_file = \"{}\"\n  tls_require_and_verify_client_cert = true\n}}\n",
+                    cert.display(),
+                    key.display(),
+                    ca.display()
+                )
+                .unwrap();
+            }
             let mut extra = vec![format!("-config={}", audit_hcl.display())];
             if tls {
                 extra.push("-dev-tls".to_string());
@@ -157,6 +190,7 @@ impl Bao {
             return Some(Bao {
                 child,
                 addr,
+                mtls_addr: mtls_port.map(|p| format!("https://127.0.0.1:{p}")),
                 dir,
                 http,
             });

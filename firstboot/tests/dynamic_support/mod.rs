@@ -164,6 +164,8 @@ pub struct Host {
     pub root: tempfile::TempDir,
     pub creds: tempfile::TempDir,
     pub args: Vec<String>,
+    /// Environment variables of the run (Consul's are cleared otherwise).
+    pub env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -175,6 +177,7 @@ impl Host {
             root,
             creds: tempfile::tempdir().unwrap(),
             args: Vec::new(),
+            env: Vec::new(),
         })
     }
 
@@ -194,7 +197,12 @@ impl Host {
     pub fn apply(&self, trust: &Path, bundle: &Path, extra: &[&str]) -> std::process::Output {
         let mut all: Vec<&str> = self.args.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
-        common::apply(self.root.path(), trust, bundle, &all)
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        common::apply_env(self.root.path(), trust, bundle, &all, &env)
     }
 
     pub fn path(&self, p: &str) -> PathBuf {

@@ -4,7 +4,9 @@
 //! Rule evaluation follows Consul's `acl/policy_authorizer.go`: an exact `key` rule wins
 //! for that key, otherwise the longest matching `key_prefix` rule, otherwise the
 //! default policy. `list` grants read (Consul's `enforce`). Recursive deletes need
-//! write on the prefix and on every rule below it (`KeyWritePrefix`).
+//! write on the prefix and on every rule below it (`KeyWritePrefix`). With
+//! `enable_key_list_policy` (Consul's `acl.enable_key_list_policy`), `?recurse` and `?keys`
+//! reads also need `list` (or `write`) on the prefix they name (`KeyList`).
 
 use std::collections::BTreeMap;
 
@@ -94,6 +96,10 @@ pub struct AclConfig {
     pub anonymous: Rules,
     #[serde(default)]
     pub tokens: Vec<Token>,
+    /// Consul's `acl.enable_key_list_policy`: recursive reads and key listings need `list`
+    /// on their prefix (a `read` rule is not enough), else 403. Off by default, as in Consul.
+    #[serde(default)]
+    pub enable_key_list_policy: bool,
 }
 
 impl AclConfig {
@@ -104,7 +110,14 @@ impl AclConfig {
             management_token: management_token.to_string(),
             anonymous: Rules::default(),
             tokens: Vec::new(),
+            enable_key_list_policy: false,
         }
+    }
+
+    /// Turns `acl.enable_key_list_policy` on or off.
+    pub fn with_key_list_policy(mut self, on: bool) -> AclConfig {
+        self.enable_key_list_policy = on;
+        self
     }
 
     /// Adds a token with the given `key_prefix` rules.
@@ -316,6 +329,18 @@ impl Authz {
         }
     }
 
+    /// Consul's `KeyList`: may the token list the keys under `prefix`? The rule that applies
+    /// to the prefix itself decides: `list` and `write` allow it, `read` and `deny` do not.
+    pub fn key_list(&self, prefix: &str) -> bool {
+        match self {
+            Authz::Disabled | Authz::Management { .. } => true,
+            Authz::Rules { rules, default, .. } => match Self::key_rule(rules, prefix) {
+                Some(p) => matches!(p, Policy::List | Policy::Write),
+                None => *default == DefaultPolicy::Allow,
+            },
+        }
+    }
+
     /// Consul's `KeyWritePrefix`: write on the prefix and on every rule below it.
     pub fn key_write_prefix(&self, prefix: &str) -> bool {
         match self {
@@ -405,6 +430,25 @@ mod tests {
         assert!(anon.is_anonymous());
         assert!(!anon.key_read("x"));
         assert!(resolve(Some(&c), "root").unwrap().key_write_prefix(""));
+    }
+
+    #[test]
+    fn list_needs_a_list_or_write_rule_on_the_prefix() {
+        let c = AclConfig::from_json(
+            r#"{"management_token":"root","enable_key_list_policy":true,"tokens":[{"secret":"t",
+                "key_prefix":{"a/":"read","a/l/":"list","a/w/":"write","a/d/":"deny"}}]}"#,
+        )
+        .unwrap();
+        assert!(c.enable_key_list_policy);
+        let a = resolve(Some(&c), "t").unwrap();
+        assert!(!a.key_list("a/"));
+        assert!(a.key_list("a/l/") && a.key_list("a/l/x/"));
+        assert!(a.key_list("a/w/"));
+        assert!(!a.key_list("a/d/"));
+        assert!(!a.key_list("b/"), "default deny");
+        // `list` grants read too.
+        assert!(a.key_read("a/l/k") && !a.key_write("a/l/k"));
+        assert!(resolve(Some(&c), "root").unwrap().key_list(""));
     }
 
     #[test]

@@ -454,6 +454,22 @@ fn resolve(sh: &Shared, token: &str) -> Result<Authz, ApiErr> {
     acl::resolve(cfg.as_ref(), token).map_err(|_| ApiErr::Forbidden("ACL not found".into()))
 }
 
+/// `KVS.List` and `KVS.ListKeys` with `acl.enable_key_list_policy`: the token needs `list` on
+/// the prefix before anything is read (and before a blocking query waits); what it may not
+/// read below is still filtered out afterwards.
+fn key_list_check(sh: &Shared, authz: &Authz, prefix: &str) -> Result<(), ApiErr> {
+    let on = sh
+        .acl
+        .read()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|c| c.enable_key_list_policy);
+    if on && !authz.key_list(prefix) {
+        return Err(authz.deny_key("list", prefix).into());
+    }
+    Ok(())
+}
+
 /// `setMeta`: the read headers.
 fn set_meta(mut r: Resp, index: u64, o: &QueryOpts, filtered: bool, authz: &Authz) -> Resp {
     r.headers.push(("x-consul-index", index.max(1).to_string()));
@@ -514,6 +530,11 @@ async fn blocking<T>(
                         return Ok(result);
                     }
                     let st = sh.store.lock().unwrap();
+                    if st.raft_index < seen {
+                        // A restore: Consul abandons blocking queries, which answer at
+                        // once with what is there now (a lower index).
+                        return run(&st).map(fix);
+                    }
                     let touched = st.changed_since(seen, &relevant);
                     seen = st.raft_index;
                     if touched {
@@ -554,6 +575,7 @@ async fn kv_get(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, key: &str) -> ApiRes
     dc_check(sh, o)?;
     let authz = resolve(sh, &o.token)?;
     if recurse {
+        key_list_check(sh, &authz, key)?;
         let (index, (entries, filtered)) = blocking(
             sh,
             o,
@@ -624,6 +646,7 @@ async fn kv_keys(sh: &Arc<Shared>, req: &Req, o: &QueryOpts, prefix: &str) -> Ap
     }
     dc_check(sh, o)?;
     let authz = resolve(sh, &o.token)?;
+    key_list_check(sh, &authz, prefix)?;
     let (index, (keys, filtered)) = blocking(
         sh,
         o,

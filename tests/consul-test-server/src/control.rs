@@ -64,6 +64,16 @@ impl Fault {
             count: None,
         }
     }
+    /// The body a `status` or `garbage` fault answers with, e.g. Consul's own error text.
+    pub fn body(mut self, text: &str) -> Fault {
+        match &mut self.kind {
+            FaultKind::Status { body, .. } | FaultKind::Garbage { body } => {
+                *body = Some(text.to_string())
+            }
+            FaultKind::Delay { .. } | FaultKind::Drop => {}
+        }
+        self
+    }
     /// Only for paths starting with `prefix`.
     pub fn path_prefix(mut self, prefix: &str) -> Fault {
         self.path_prefix = Some(prefix.to_string());

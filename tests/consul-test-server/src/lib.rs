@@ -30,6 +30,7 @@ mod api;
 pub mod control;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod util;
 
 use std::net::SocketAddr;
@@ -37,8 +38,10 @@ use std::net::SocketAddr;
 pub use acl::{AclConfig, DefaultPolicy, Policy, Rules, Token};
 pub use api::Service;
 pub use control::{Fault, FaultKind, RequestRecord, TokenSource};
+pub use server::Snapshot;
 pub use server::{start, Controller, Handle, TestServer};
 pub use store::{Entry as KvEntry, Session};
+pub use tls::{TestPki, TlsConfig};
 
 /// Consul's default `kv_max_value_size` (512 KiB).
 pub const KV_MAX_VALUE_SIZE: u64 = 512 * 1024;
@@ -62,6 +65,8 @@ pub struct Config {
     pub initial_index: u64,
     /// Consul's `session_ttl_min` (default 10s): the shortest session TTL accepted.
     pub session_ttl_min: std::time::Duration,
+    /// HTTPS instead of HTTP (Consul's `tls` settings); `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             txn_max_req_len: KV_MAX_VALUE_SIZE,
             initial_index: 10,
             session_ttl_min: std::time::Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -89,6 +95,10 @@ impl Config {
     pub fn with_seed_json(mut self, json: &str) -> Result<Config, String> {
         self.seed.extend(parse_seed(json)?);
         Ok(self)
+    }
+    pub fn with_tls(mut self, tls: TlsConfig) -> Config {
+        self.tls = Some(tls);
+        self
     }
     pub fn with_seed(mut self, key: &str, value: &[u8]) -> Config {
         self.seed.push(SeedEntry {

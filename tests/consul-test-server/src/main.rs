@@ -1,4 +1,5 @@
-//! `consul-test-server --listen 127.0.0.1:0 [--seed FILE] [--acl FILE] [--port-file FILE]`
+//! `consul-test-server --listen 127.0.0.1:0 [--seed FILE] [--acl FILE] [--port-file FILE]
+//! [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--verify-incoming]]`
 //!
 //! Prints `listening on 127.0.0.1:PORT` as its first line on stdout, writes
 //! `127.0.0.1:PORT` to the port file if asked, and serves until SIGINT or SIGTERM.
@@ -7,16 +8,22 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use consul_test_server::{AclConfig, Config};
+use consul_test_server::{AclConfig, Config, TlsConfig};
 
 const USAGE: &str =
     "usage: consul-test-server [--listen ADDR] [--seed FILE] [--acl FILE] [--port-file FILE]
+                          [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--verify-incoming]]
 
   --listen ADDR     address to listen on, loopback only (default 127.0.0.1:0: a free port)
   --seed FILE       KV data to load at start: `consul kv export` JSON, or {\"key\": \"value\", ...}
   --acl FILE        enable ACLs: {\"management_token\": ..., \"default_policy\": \"deny\",
                     \"tokens\": [{\"secret\": ..., \"key_prefix\": {\"kiln/\": \"read\"}}]}
   --port-file FILE  write the bound address (127.0.0.1:PORT) to FILE once listening
+  --tls-cert FILE   serve HTTPS with this PEM certificate (chain) ...
+  --tls-key FILE    ... and this PEM private key
+  --tls-ca FILE     PEM CA certificates that client certificates must chain to
+  --verify-incoming refuse TLS clients without a certificate signed by --tls-ca
+                    (Consul's tls.defaults.verify_incoming)
 
 Test controls live under /_test/ (requests, faults, down, kv, seed, acl, status).";
 
@@ -39,6 +46,8 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 fn run() -> Result<(), String> {
     let mut config = Config::default();
     let mut port_file: Option<String> = None;
+    let (mut tls_cert, mut tls_key, mut tls_ca) = (None::<String>, None::<String>, None::<String>);
+    let mut verify_incoming = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -71,8 +80,27 @@ fn run() -> Result<(), String> {
                     Some(AclConfig::from_json(&text).map_err(|e| format!("--acl {f}: {e}"))?);
             }
             "--port-file" => port_file = Some(value("--port-file")?),
+            "--tls-cert" => tls_cert = Some(value("--tls-cert")?),
+            "--tls-key" => tls_key = Some(value("--tls-key")?),
+            "--tls-ca" => tls_ca = Some(value("--tls-ca")?),
+            "--verify-incoming" => verify_incoming = true,
             other => return Err(format!("unknown argument {other}\n\n{USAGE}")),
         }
+    }
+
+    match (&tls_cert, &tls_key) {
+        (Some(c), Some(k)) => {
+            let tls = TlsConfig::from_files(
+                c.as_ref(),
+                k.as_ref(),
+                tls_ca.as_deref().map(std::path::Path::new),
+                verify_incoming,
+            )
+            .map_err(|e| format!("TLS: {e}"))?;
+            config = config.with_tls(tls);
+        }
+        (None, None) if tls_ca.is_none() && !verify_incoming => {}
+        _ => return Err("HTTPS needs --tls-cert and --tls-key".into()),
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()

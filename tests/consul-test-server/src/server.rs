@@ -14,7 +14,9 @@
 //! | `GET /_test/kv` | every entry, Consul's JSON form with values |
 //! | `POST /_test/seed` | writes seed data (see [`crate::parse_seed`]) |
 //! | `PUT /_test/acl` | replaces the ACL config (JSON [`AclConfig`], or `null` to disable) |
-//! | `GET /_test/status` | `{"index", "connections", "requests", "listening"}` |
+//! | `GET /_test/status` | `{"index", "connections", "requests", "listening", "tls_handshake_errors"}` |
+//! | `POST /_test/snapshot` | keeps the state as it is now; answers `{"id": N, "index": I}` |
+//! | `POST /_test/restore?id=N` | puts snapshot N back: the data and the index go back to it |
 
 use std::collections::BTreeMap;
 use std::io;
@@ -30,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -64,6 +67,10 @@ pub(crate) struct Shared {
     cmd: mpsc::UnboundedSender<Cmd>,
     connections: AtomicU64,
     listening: AtomicBool,
+    /// HTTPS: the TLS acceptor, and why handshakes failed (a client without a certificate).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls_errors: Mutex<Vec<String>>,
+    snapshots: Mutex<Vec<Store>>,
 }
 
 impl Shared {
@@ -124,6 +131,7 @@ pub async fn start(config: Config) -> io::Result<Handle> {
         acl.normalize()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     }
+    let tls = config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
     let listener = bind(config.listen)?;
     let addr = listener.local_addr()?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -145,6 +153,9 @@ pub async fn start(config: Config) -> io::Result<Handle> {
         cmd: cmd_tx,
         connections: AtomicU64::new(0),
         listening: AtomicBool::new(true),
+        tls,
+        tls_errors: Mutex::new(Vec::new()),
+        snapshots: Mutex::new(Vec::new()),
     });
     sh.seed(&seed);
     let listener_task = tokio::spawn(listen_loop(sh.clone(), listener, cmd_rx));
@@ -222,18 +233,36 @@ fn spawn_connection(sh: &Arc<Shared>, stream: TcpStream) {
     let mut kill = sh.kill.subscribe();
     let sh = sh.clone();
     tokio::spawn(async move {
-        let svc = service_fn(move |req| {
-            let sh = sh.clone();
-            async move { serve(sh, req).await }
-        });
-        let conn = http1::Builder::new()
-            .title_case_headers(true)
-            .serve_connection(TokioIo::new(stream), svc);
-        tokio::select! {
-            _ = conn => {}
-            _ = kill.changed() => {}
+        let Some(acceptor) = sh.tls.clone() else {
+            return serve_http(sh, stream, kill).await;
+        };
+        let handshake = tokio::select! {
+            r = acceptor.accept(stream) => r,
+            _ = kill.changed() => return,
+        };
+        match handshake {
+            Ok(tls) => serve_http(sh, tls, kill).await,
+            // Go's server logs "http: TLS handshake error" and closes; so do we.
+            Err(e) => sh.tls_errors.lock().unwrap().push(e.to_string()),
         }
     });
+}
+
+async fn serve_http<I>(sh: Arc<Shared>, io: I, mut kill: watch::Receiver<u64>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let sh = sh.clone();
+        async move { serve(sh, req).await }
+    });
+    let conn = http1::Builder::new()
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = kill.changed() => {}
+    }
 }
 
 /// Invalidates TTL sessions whose time ran out (each its own write, as in Consul).
@@ -490,7 +519,31 @@ async fn test_control(
             "connections": c.connections(),
             "requests": c.requests().len(),
             "listening": sh.listening.load(Ordering::SeqCst),
+            "tls_handshake_errors": c.tls_handshake_errors().len(),
         })),
+        ("POST" | "PUT", "/_test/snapshot") => {
+            let snap = c.snapshot();
+            let mut all = sh.snapshots.lock().unwrap();
+            all.push(snap.store);
+            json_resp(&serde_json::json!({ "id": all.len(), "index": snap.index }))
+        }
+        ("POST" | "PUT", "/_test/restore") => {
+            let id = Req::parse_query(query).and_then(|q| {
+                q.into_iter()
+                    .find(|(k, _)| k == "id")
+                    .and_then(|(_, v)| v.parse::<usize>().ok())
+            });
+            let store = id.and_then(|i| {
+                let all = sh.snapshots.lock().unwrap();
+                i.checked_sub(1).and_then(|i| all.get(i).cloned())
+            });
+            let Some(store) = store else {
+                return bad("need ?id=N of a snapshot taken with POST /_test/snapshot".into());
+            };
+            let index = store.raft_index;
+            c.restore(&Snapshot { store, index });
+            json_resp(&serde_json::json!({ "index": index }))
+        }
         _ => Resp::text(404, format!("no test control {method} {path}")),
     }
 }
@@ -507,9 +560,20 @@ impl Controller {
     pub fn addr(&self) -> SocketAddr {
         self.sh.addr
     }
-    /// `http://127.0.0.1:PORT`, what a Consul client's address setting takes.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), what a Consul client's address setting
+    /// takes.
     pub fn url(&self) -> String {
-        format!("http://{}", self.sh.addr)
+        let scheme = if self.sh.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.sh.addr)
+    }
+    /// Why TLS handshakes failed so far (a client without a certificate the CA signed, with
+    /// `verify_incoming`), oldest first. Such clients never got to send a request.
+    pub fn tls_handshake_errors(&self) -> Vec<String> {
+        self.sh.tls_errors.lock().unwrap().clone()
     }
 
     // ---------------------------------------------------------------- faults
@@ -569,6 +633,26 @@ impl Controller {
     /// The current raft index.
     pub fn index(&self) -> u64 {
         self.sh.store.lock().unwrap().raft_index
+    }
+    /// The whole state as it is now (data, sessions, index), for [`Controller::restore`].
+    pub fn snapshot(&self) -> Snapshot {
+        let store = self.sh.store.lock().unwrap().clone();
+        Snapshot {
+            index: store.raft_index,
+            store,
+        }
+    }
+    /// Puts a snapshot back, as when the servers are rebuilt from an older snapshot: the data
+    /// and the raft index go back to the snapshot's (an `X-Consul-Index` lower than clients
+    /// saw), and later writes continue from there. Blocking queries in flight return at
+    /// once with the restored data, as Consul abandons them on a restore.
+    pub fn restore(&self, snapshot: &Snapshot) {
+        let index = {
+            let mut st = self.sh.store.lock().unwrap();
+            *st = snapshot.store.clone();
+            st.raft_index
+        };
+        self.sh.notify.send_replace(index);
     }
     /// Writes a key as a plain `PUT` would (no ACL check). Returns the index after.
     pub fn put(&self, key: &str, value: &[u8]) -> u64 {
@@ -703,6 +787,14 @@ impl Controller {
             let _ = c.resume_listening_blocking();
         });
     }
+}
+
+/// The state of a server at one point ([`Controller::snapshot`]).
+#[derive(Clone)]
+pub struct Snapshot {
+    store: Store,
+    /// The raft index when it was taken.
+    pub index: u64,
 }
 
 /// A server started with [`start`]; shuts it down when dropped.

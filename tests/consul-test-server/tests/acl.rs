@@ -337,3 +337,82 @@ fn acls_can_be_switched_on_through_the_library() {
     c.set_acl(None);
     assert_eq!(put_tok(a, "/v1/kv/kiln/a", "ro", b"x").status, 200);
 }
+
+/// `acl.enable_key_list_policy`: `?recurse` and `?keys` need `list` on the prefix (a `read`
+/// rule is not enough), and the 403 names the prefix; single-key reads still need `read` only.
+/// Off, the same token reads the prefix (filtered, as before).
+#[test]
+fn key_list_policy_needs_list_on_the_prefix() {
+    let acl = |on: bool| {
+        AclConfig::from_json(
+            r#"{"default_policy": "deny", "management_token": "root",
+                "tokens": [
+                  {"secret": "reader", "accessor": "11111111-2222-3333-4444-555555555555",
+                   "key_prefix": {"kiln/": "read"}},
+                  {"secret": "lister", "key_prefix": {"kiln/": "read", "kiln/apps/": "list",
+                                                      "kiln/apps/web/secret/": "deny"}},
+                  {"secret": "writer", "key_prefix": {"kiln/": "write"}}]}"#,
+        )
+        .unwrap()
+        .with_key_list_policy(on)
+    };
+    let c = TestServer::start_with(Config::default().with_acl(acl(true))).unwrap();
+    c.put("kiln/apps/web/version", b"1");
+    c.put("kiln/apps/web/secret/x", b"2");
+    let a = c.addr();
+
+    for target in [
+        "/v1/kv/kiln/apps/web/?recurse",
+        "/v1/kv/kiln/apps/web/?keys",
+    ] {
+        let r = get_tok(a, target, "reader");
+        assert_eq!(r.status, 403, "{target}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            "Permission denied: token with AccessorID '11111111-2222-3333-4444-555555555555' \
+             lacks permission 'key:list' on \"kiln/apps/web/\""
+        );
+        // A blocking query is refused at once too, not after its wait.
+        let t = std::time::Instant::now();
+        let r = get_tok(a, &format!("{target}&index=1000&wait=5s"), "reader");
+        assert_eq!(r.status, 403);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+    }
+    // `read` still reads single keys.
+    assert_eq!(
+        get_tok(a, "/v1/kv/kiln/apps/web/version", "reader").status,
+        200
+    );
+
+    // `list` on a parent prefix lists; what the token may not read is still filtered out.
+    let r = get_tok(a, "/v1/kv/kiln/apps/web/?recurse", "lister");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["kiln/apps/web/version"]);
+    let r = get_tok(a, "/v1/kv/kiln/apps/?keys&separator=/", "lister");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!(["kiln/apps/web/"]));
+    // But not above the `list` rule.
+    assert_eq!(get_tok(a, "/v1/kv/kiln/?recurse", "lister").status, 403);
+    // `write` implies `list`; the management token may do anything.
+    assert_eq!(get_tok(a, "/v1/kv/kiln/?recurse", "writer").status, 200);
+    assert_eq!(get_tok(a, "/v1/kv/?recurse", "root").status, 200);
+    // The anonymous token is held to the same rule.
+    let r = get(a, "/v1/kv/kiln/apps/web/?recurse");
+    assert_eq!(r.status, 403);
+    assert!(r
+        .text()
+        .starts_with("Permission denied: anonymous token lacks permission 'key:list'"));
+
+    // The policy off (Consul's default): `read` is enough for recursive reads.
+    c.set_acl(Some(acl(false)));
+    let r = get_tok(a, "/v1/kv/kiln/apps/web/?recurse", "reader");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+}

@@ -237,3 +237,52 @@ fn a_write_wakes_several_waiters() {
     }
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
+
+/// A restore puts the index back: a blocking query in flight answers at once with the lower
+/// index (Consul abandons blocking queries on a restore), and the writes after it take
+/// indexes at or below what clients saw before, which is why a client must start again
+/// from 0 when the index goes backwards.
+#[test]
+fn a_restore_lowers_the_index_and_answers_blocking_queries_at_once() {
+    let c = TestServer::start();
+    let a = c.addr();
+    c.put("rollout/web/h1", b"old");
+    let snap = c.snapshot();
+    for i in 0..5 {
+        c.put("rollout/web/h1", format!("v{i}").as_bytes());
+    }
+    let high = get(a, "/v1/kv/rollout/web/?recurse").index();
+    assert_eq!(high, snap.index + 5);
+    let c2 = c.controller();
+    let w = later(Duration::from_millis(300), move || c2.restore(&snap));
+    let t = Instant::now();
+    let r = get(
+        a,
+        &format!("/v1/kv/rollout/web/?recurse&index={high}&wait=10s"),
+    );
+    let took = t.elapsed();
+    w.join().unwrap();
+    assert!(took < Duration::from_secs(5), "not abandoned: {took:?}");
+    assert_eq!(r.status, 200);
+    assert!(r.index() < high, "{} >= {high}", r.index());
+    assert_eq!(unb64(r.json()[0]["Value"].as_str().unwrap()), b"old");
+    // The next write takes an index a client that kept `high` would wait past.
+    c.put("rollout/web/h2", b"new");
+    assert!(c.index() <= high);
+    let r = get(a, "/v1/kv/rollout/web/?recurse");
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    assert!(r.index() <= high);
+    // Through the HTTP controls too.
+    let s = request(a, "POST", "/_test/snapshot", &[], b"").json();
+    c.put("rollout/web/h3", b"x");
+    let back = request(
+        a,
+        "POST",
+        &format!("/_test/restore?id={}", s["id"]),
+        &[],
+        b"",
+    );
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(back.json()["index"], s["index"]);
+    assert!(c.get("rollout/web/h3").is_none());
+}
