@@ -338,17 +338,53 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     })
 }
 
+/// Whether unit `name`'s file in `root` (or its template's, for `name@instance.service`) turns
+/// the default dependencies off: a unit of early boot, ordered before sysinit.target.
+fn early_boot_unit(root: &Path, name: &str) -> bool {
+    let template = name.split_once('@').and_then(|(prefix, rest)| {
+        rest.rsplit_once('.')
+            .map(|(_, ty)| format!("{prefix}@.{ty}"))
+    });
+    let files = [Some(name.to_string()), template].into_iter().flatten();
+    for file in files {
+        for dir in [
+            "etc/systemd/system",
+            "usr/lib/systemd/system",
+            "lib/systemd/system",
+        ] {
+            let Ok(bytes) = crate::base::read_in_root(root, &format!("/{dir}/{file}"), 1 << 20)
+            else {
+                continue;
+            };
+            return String::from_utf8_lossy(&bytes).lines().any(|l| {
+                let l = l.trim();
+                l.strip_prefix("DefaultDependencies")
+                    .map(|r| r.trim_start())
+                    .and_then(|r| r.strip_prefix('='))
+                    .is_some_and(|v| matches!(v.trim(), "no" | "false" | "0" | "off"))
+            });
+        }
+    }
+    false
+}
+
 /// `kiln-firstboot.service`, the alternative to cloud-init's runcmd (`kiln cloud-init --via
 /// systemd` writes `/etc/kiln/firstboot.env`, which it needs): once, during boot, after the
 /// network and cloud-init's write_files and before the services the bundle runs; skipped once
 /// an apply succeeded (`kiln-firstboot status` exits 0); its output in the journal and on the
 /// console.
-pub fn firstboot_unit(m: &Manifest) -> String {
+///
+/// Early-boot units (`DefaultDependencies=no` in the root's unit file: systemd-journald,
+/// systemd-sysctl, ...) are not ordered after it: they run before sysinit.target, which the
+/// network and cloud-init come after, so `Before=` on them would be an ordering cycle (systemd
+/// then drops journald's start job at boot).
+pub fn firstboot_unit(m: &Manifest, root: &Path) -> String {
     let mut before: Vec<&str> = m
         .services
         .iter()
         .filter(|s| s.state == kiln_signing::ServiceState::Running)
         .map(|s| s.name.as_str())
+        .filter(|name| !early_boot_unit(root, name))
         .collect();
     before.sort_unstable();
     before.dedup();
@@ -430,7 +466,7 @@ fn install_firstboot(root: &Path, firstboot: &Path, trust: &Path, m: &Manifest) 
     let unit = root.join(UNIT_PATH);
     reject_symlink(root, &unit)?;
     fs::create_dir_all(unit.parent().expect("has a parent"))?;
-    fs::write(&unit, firstboot_unit(m))?;
+    fs::write(&unit, firstboot_unit(m, root))?;
     fs::set_permissions(&unit, fs::Permissions::from_mode(0o644))?;
     let wants = root.join(UNIT_WANTS);
     reject_symlink(root, wants.parent().expect("has a parent"))?;
@@ -526,5 +562,34 @@ mod tests {
         assert!(
             parse_size("2X").is_err() && parse_size("G").is_err() && parse_size("-1G").is_err()
         );
+    }
+
+    /// Regression: the example's default.yaml runs systemd-journald and systemd-sysctl, and
+    /// kiln-firstboot.service (after the network) was ordered before them: an ordering cycle
+    /// through sysinit.target, and systemd dropped journald's start job at boot.
+    #[test]
+    fn early_boot_units_are_recognised_in_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("usr/lib/systemd/system");
+        fs::create_dir_all(&lib).unwrap();
+        fs::create_dir_all(root.path().join("etc/systemd/system")).unwrap();
+        fs::create_dir_all(root.path().join("lib")).unwrap();
+        fs::write(
+            lib.join("systemd-journald.service"),
+            "[Unit]\nDescription=Journal\nDefaultDependencies=no\n",
+        )
+        .unwrap();
+        fs::write(lib.join("nginx.service"), "[Unit]\nAfter=network.target\n").unwrap();
+        fs::write(
+            lib.join("getty@.service"),
+            "[Unit]\nDefaultDependencies = false\n",
+        )
+        .unwrap();
+        // A merged-/usr base: /lib is a symlink into /usr, resolved inside the root.
+        std::os::unix::fs::symlink("../usr/lib/systemd", root.path().join("lib/systemd")).unwrap();
+        assert!(early_boot_unit(root.path(), "systemd-journald.service"));
+        assert!(early_boot_unit(root.path(), "getty@tty1.service"));
+        assert!(!early_boot_unit(root.path(), "nginx.service"));
+        assert!(!early_boot_unit(root.path(), "missing.service"));
     }
 }
