@@ -1299,6 +1299,20 @@ path "pki/issue/web" { capabilities = ["update"] }"#,
             !all.contains(&password),
             "{hg}: the password reached the journal"
         );
+        // A clean boot: no unit failed, no ordering cycle (kiln-firstboot.service is ordered
+        // before the bundle's services but not before early-boot ones such as journald).
+        let bad: Vec<&str> = all
+            .lines()
+            .filter(|l| {
+                l.contains("Failed to start") || l.to_lowercase().contains("ordering cycle")
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{hg}: the boot was not clean:\n{}",
+            bad.join("\n")
+        );
+        assert!(!b.has("Ordering cycle"), "{hg}:\n{}", b.tail(80));
     }
     eprintln!(
         "MEASURE vm example test (db and web) total {:.1}s",
