@@ -647,3 +647,129 @@ fn a_symlink_made_before_the_dynamic_step_stops_it_before_any_template_is_writte
     assert!(!r.join("srv/appconf/secret.conf").exists());
     assert_eq!(read_state(r)["result"], "failure");
 }
+
+/// A .deb whose postinst counts its runs and, the first time, hangs (so a test can kill the
+/// apply while dpkg is inside the packages phase).
+fn slow_deb(work: &Path) -> Vec<u8> {
+    let d = work.join("slow-deb");
+    std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(d.join("usr/share/kiln-slow")).unwrap();
+    std::fs::write(d.join("usr/share/kiln-slow/README"), "slow\n").unwrap();
+    std::fs::write(
+        d.join("DEBIAN/control"),
+        "Package: kiln-slow\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Kiln <kiln@example.org>\nDescription: kiln test package\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("DEBIAN/postinst"),
+        "#!/bin/sh\nset -e\necho run >> /var/tmp/kiln-slow-runs\n[ -e /var/tmp/kiln-slow-hung ] && exit 0\ntouch /var/tmp/kiln-slow-hung\nsleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        d.join("DEBIAN/postinst"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let out = work.join("kiln-slow.deb");
+    let st = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&d)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "dpkg-deb: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// dpkg runs with --force-unsafe-io and the phase syncs once at its end; a crash in between
+/// (here a kill -9 while a postinst runs) leaves the journal saying so, and the rerun reinstalls
+/// every package of the bundle instead of trusting dpkg's database about files that a power
+/// loss could have emptied.
+#[test]
+fn a_crash_inside_the_unsynced_packages_phase_reinstalls_the_bundles_packages() {
+    let Some(root) = base_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("web-7.kiln");
+    let mut s = Spec::new("web", 7);
+    for (name, deb) in [
+        ("kiln-hello", hello_deb(work.path())),
+        ("kiln-slow", slow_deb(work.path())),
+    ] {
+        let digest = s.blob(&deb);
+        s.m.packages.push(Package {
+            name: name.into(),
+            version: Some("1.0-1".into()),
+            arch: Some("all".into()),
+            digest: Some(digest),
+            size: Some(deb.len() as u64),
+        });
+    }
+    s.file("/etc/motd", b"after the packages\n", "0644", "root", "root");
+    s.write(&key, &bundle);
+
+    let mut child = Command::new(bin())
+        .args([
+            "apply",
+            "--root",
+            r.to_str().unwrap(),
+            "--trust",
+            trust.path().to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !r.join("var/tmp/kiln-slow-hung").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the apply never reached the postinst"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: dpkg and its postinst die with it (PR_SET_PDEATHSIG)
+    let mut first = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut first).unwrap();
+    child.wait().unwrap();
+    assert!(!first.contains("reinstalling"), "{first}");
+    let journal = std::fs::read_to_string(r.join("var/lib/kiln/journal")).unwrap();
+    assert!(journal.contains("unsynced"), "{journal}");
+
+    let out = apply(r, trust.path(), &bundle, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "interrupted before the packages it installed were synced: reinstalling all of them"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("packages: 2 installed"), "{err}");
+    let runs = std::fs::read_to_string(r.join("var/tmp/kiln-slow-runs")).unwrap();
+    assert!(runs.lines().count() >= 2, "postinst runs: {runs:?}");
+    let status = std::fs::read_to_string(r.join("var/lib/dpkg/status")).unwrap();
+    for p in ["kiln-hello", "kiln-slow"] {
+        let stanza = status
+            .split("\n\n")
+            .find(|st| st.lines().any(|l| l == format!("Package: {p}")))
+            .unwrap_or_else(|| panic!("{p} not in dpkg's status"));
+        assert!(stanza.contains("Status: install ok installed"), "{stanza}");
+    }
+    assert_eq!(
+        std::fs::read(r.join("etc/motd")).unwrap(),
+        b"after the packages\n"
+    );
+    assert_eq!(read_state(r)["result"], "success");
+    // A rerun after success: nothing again.
+    let out = apply(r, trust.path(), &bundle, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("already applied"));
+}

@@ -40,6 +40,13 @@ pub enum Record {
     Changed { path: String },
     /// A command is about to run (a crash before its `Command` record reruns it).
     Started { command: String },
+    /// A phase is about to write without syncing each file (dpkg `--force-unsafe-io`); a
+    /// `Synced` record follows once one `syncfs` made it all durable. A rerun that finds the
+    /// first without the second cannot trust what the phase wrote (after a power loss, files
+    /// dpkg recorded as installed may be empty) and redoes it whole.
+    Unsynced { phase: String },
+    /// What the phase wrote since its `Unsynced` record is on disk.
+    Synced { phase: String },
     /// A command finished (successfully, or it was skipped).
     Command {
         name: String,
@@ -205,6 +212,34 @@ impl Journal {
             Record::Changed { path } => Some(path.as_str()),
             _ => None,
         })
+    }
+
+    /// Records that `phase` starts writing without per-file syncs (see [`Record::Unsynced`]).
+    pub fn unsynced(&mut self, phase: &str) -> io::Result<()> {
+        self.append(Record::Unsynced {
+            phase: phase.into(),
+        })
+    }
+
+    /// Records that what `phase` wrote is durable now.
+    pub fn synced(&mut self, phase: &str) -> io::Result<()> {
+        self.append(Record::Synced {
+            phase: phase.into(),
+        })
+    }
+
+    /// Whether an earlier run of `phase` wrote without syncing and was interrupted before
+    /// it synced.
+    pub fn left_unsynced(&self, phase: &str) -> bool {
+        let mut open = false;
+        for r in &self.records {
+            match r {
+                Record::Unsynced { phase: p } if p == phase => open = true,
+                Record::Synced { phase: p } if p == phase => open = false,
+                _ => {}
+            }
+        }
+        open
     }
 
     pub fn command_started(&mut self, name: &str) -> io::Result<()> {

@@ -667,7 +667,7 @@ fn run_phase(
             let summary = if ctx.manifest.packages.is_empty() {
                 "none".to_string()
             } else {
-                packages::apply_packages(ctx)?
+                packages::apply_packages(ctx, journal)?
             };
             check_system_accounts(ctx)?;
             summary

@@ -2,6 +2,14 @@
 //! (dpkg orders them itself), with a policy-rc.d that exits 101 so no maintainer script starts a
 //! service (the services phase decides that). Packages already installed at the bundle's version
 //! are skipped, so a rerun after a crash installs only what is left.
+//!
+//! dpkg runs with `--force-unsafe-io`: it does not fsync each unpacked file before its rename
+//! (most of its time on a fresh root); one `syncfs` per filesystem at the end of the phase makes
+//! everything durable instead. The journal marks the window in between ([`Record::Unsynced`]):
+//! a rerun after a crash inside it reinstalls every package of the bundle, since dpkg's own
+//! database (which it still syncs) may call installed a package whose files a power loss emptied.
+//!
+//! [`Record::Unsynced`]: super::journal::Record::Unsynced
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,8 +17,13 @@ use std::time::Duration;
 use kiln_signing::Package;
 
 use super::fsroot::Kind;
+use super::journal::Journal;
 use super::process::Program;
 use super::{ApplyError, Ctx};
+
+/// Where packages write: each of these that exists in the root gets a `syncfs` (once per
+/// filesystem) at the end of the phase.
+const PACKAGE_TREES: &[&str] = &["/", "/usr", "/etc", "/var", "/opt", "/boot", "/srv"];
 
 const DPKG_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Passes of `dpkg -i` over what is still missing (each must make progress).
@@ -96,7 +109,7 @@ pub fn todo<'m>(
         .collect()
 }
 
-pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
+pub fn apply_packages(ctx: &Ctx, journal: &mut Journal) -> Result<String, ApplyError> {
     let unresolved: Vec<&str> = ctx
         .manifest
         .packages
@@ -110,8 +123,19 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
         ));
     }
     let have = installed(ctx)?;
-    let todo = todo(&have, &ctx.manifest.packages);
     let resolved = ctx.manifest.packages.len() - unresolved.len();
+    let todo = if journal.left_unsynced("packages") {
+        ctx.warn(
+            "an earlier run was interrupted before the packages it installed were synced: reinstalling all of them",
+        );
+        ctx.manifest
+            .packages
+            .iter()
+            .filter(|p| p.digest.is_some())
+            .collect()
+    } else {
+        todo(&have, &ctx.manifest.packages)
+    };
     if todo.is_empty() {
         // A crash after dpkg finished but before our policy-rc.d went: put things back.
         restore_policy_rc_d(ctx)?;
@@ -121,84 +145,14 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
         ));
     }
     install_policy_rc_d(ctx)?;
-    if interrupted(ctx)? {
-        // dpkg itself was killed mid-way (a crash of ours takes it down too): let it finish
-        // what it had unpacked before installing again.
-        ctx.warn("dpkg was interrupted in an earlier run: dpkg --configure -a");
-        let program = Program::new(
-            &[
-                "dpkg",
-                "--force-confdef",
-                "--force-confold",
-                "--configure",
-                "-a",
-            ],
-            DPKG_TIMEOUT,
-        )
-        .in_root(ctx.root.path());
-        let done = program.run();
-        if let Ok(done) = &done {
-            if !done.success() {
-                let _ = restore_policy_rc_d(ctx);
-                return Err(ApplyError::Tool {
-                    step: "packages",
-                    what: "dpkg --configure -a".into(),
-                    status: done.describe(DPKG_TIMEOUT),
-                    output: done.output.clone(),
-                });
-            }
-        }
-        done.map_err(|e| ApplyError::step("packages", "dpkg --configure -a", e))?;
-    }
-    // One `dpkg -i` cannot install a package whose Pre-Depends is in the same set: the
-    // dependency is only unpacked when dpkg gets to it (seen: cron pre-depends on
-    // cron-daemon-common). So install in passes, each over what is still missing, while a pass
-    // makes progress, then let dpkg configure whatever it left unpacked.
-    let mut remaining = todo.clone();
-    let mut last_failure = None;
-    for pass in 1..=MAX_PASSES {
-        let done = dpkg_install(ctx, &remaining, pass);
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = restore_policy_rc_d(ctx);
-                return Err(e);
-            }
-        };
-        let after = installed(ctx)?;
-        let still = self::todo(&after, &ctx.manifest.packages);
-        if done.success() && still.is_empty() {
-            last_failure = None;
-            break;
-        }
-        if !done.success() {
-            last_failure = Some(done);
-        }
-        if still.is_empty() || still.len() >= remaining.len() {
-            break;
-        }
-        remaining = still;
-    }
-    if interrupted(ctx)? {
-        let done = Program::new(
-            &[
-                "dpkg",
-                "--force-confdef",
-                "--force-confold",
-                "--configure",
-                "-a",
-            ],
-            DPKG_TIMEOUT,
-        )
-        .in_root(ctx.root.path())
-        .run();
-        if let Ok(d) = done {
-            if !d.success() {
-                last_failure = Some(d);
-            }
-        }
-    }
+    journal.unsynced("packages").map_err(ApplyError::journal)?;
+    let result = install(ctx, &todo);
+    // Durable before the journal says so (also after a failure: what dpkg did stays done).
+    let synced = sync_package_trees(ctx);
     let restored = restore_policy_rc_d(ctx);
+    let last_failure = result?;
+    synced?;
+    journal.synced("packages").map_err(ApplyError::journal)?;
     let after = installed(ctx)?;
     let missing: Vec<&str> = self::todo(&after, &ctx.manifest.packages)
         .iter()
@@ -228,6 +182,104 @@ pub fn apply_packages(ctx: &Ctx) -> Result<String, ApplyError> {
     ))
 }
 
+/// `syncfs` of every filesystem packages wrote to, each once.
+fn sync_package_trees(ctx: &Ctx) -> Result<(), ApplyError> {
+    let mut seen: Vec<u64> = Vec::new();
+    for dir in PACKAGE_TREES {
+        let fd = match ctx.root.open_dir(dir) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ApplyError::step("packages", dir, e)),
+        };
+        let dev = nix::sys::stat::fstat(&fd)
+            .map_err(|e| ApplyError::step("packages", dir, e))?
+            .st_dev;
+        if seen.contains(&dev) {
+            continue;
+        }
+        seen.push(dev);
+        nix::unistd::syncfs(&fd).map_err(|e| ApplyError::step("packages", dir, e))?;
+    }
+    Ok(())
+}
+
+/// dpkg over `todo`, in passes; the last failure of dpkg, if any (the caller checks what got
+/// installed).
+fn install(ctx: &Ctx, todo: &[&Package]) -> Result<Option<super::process::Finished>, ApplyError> {
+    if interrupted(ctx)? {
+        // dpkg itself was killed mid-way (a crash of ours takes it down too): let it finish
+        // what it had unpacked before installing again.
+        ctx.warn("dpkg was interrupted in an earlier run: dpkg --configure -a");
+        let program = Program::new(
+            &[
+                "dpkg",
+                "--force-unsafe-io",
+                "--force-confdef",
+                "--force-confold",
+                "--configure",
+                "-a",
+            ],
+            DPKG_TIMEOUT,
+        )
+        .in_root(ctx.root.path());
+        let done = program.run();
+        if let Ok(done) = &done {
+            if !done.success() {
+                return Err(ApplyError::Tool {
+                    step: "packages",
+                    what: "dpkg --configure -a".into(),
+                    status: done.describe(DPKG_TIMEOUT),
+                    output: done.output.clone(),
+                });
+            }
+        }
+        done.map_err(|e| ApplyError::step("packages", "dpkg --configure -a", e))?;
+    }
+    // One `dpkg -i` cannot install a package whose Pre-Depends is in the same set: the
+    // dependency is only unpacked when dpkg gets to it (seen: cron pre-depends on
+    // cron-daemon-common). So install in passes, each over what is still missing, while a pass
+    // makes progress, then let dpkg configure whatever it left unpacked.
+    let mut remaining = todo.to_vec();
+    let mut last_failure = None;
+    for pass in 1..=MAX_PASSES {
+        let done = dpkg_install(ctx, &remaining, pass)?;
+        let after = installed(ctx)?;
+        let still = self::todo(&after, &ctx.manifest.packages);
+        if done.success() && still.is_empty() {
+            last_failure = None;
+            break;
+        }
+        if !done.success() {
+            last_failure = Some(done);
+        }
+        if still.is_empty() || still.len() >= remaining.len() {
+            break;
+        }
+        remaining = still;
+    }
+    if interrupted(ctx)? {
+        let done = Program::new(
+            &[
+                "dpkg",
+                "--force-unsafe-io",
+                "--force-confdef",
+                "--force-confold",
+                "--configure",
+                "-a",
+            ],
+            DPKG_TIMEOUT,
+        )
+        .in_root(ctx.root.path())
+        .run();
+        if let Ok(d) = done {
+            if !d.success() {
+                last_failure = Some(d);
+            }
+        }
+    }
+    Ok(last_failure)
+}
+
 /// One `dpkg -i` over `packages` in the root.
 fn dpkg_install(
     ctx: &Ctx,
@@ -236,6 +288,7 @@ fn dpkg_install(
 ) -> Result<super::process::Finished, ApplyError> {
     let mut argv = vec![
         "dpkg".to_string(),
+        "--force-unsafe-io".into(),
         "--force-confdef".into(),
         "--force-confold".into(),
         "-i".into(),
