@@ -69,6 +69,9 @@ pub struct State {
     /// What the dynamic step did: templates, requests per source, where the report went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<crate::dynamic::DynamicSummary>,
+    /// The health checks, when the bundle has any and they ran (live hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::apply::health::Health>,
 }
 
 impl State {

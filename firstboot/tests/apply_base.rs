@@ -317,7 +317,8 @@ fn applies_everything_to_a_debian_root_then_a_rerun_changes_nothing() {
             "services",
             "commands",
             "dynamic",
-            "runtime"
+            "runtime",
+            "health"
         ]
     );
     assert_eq!(mode(&r.join("var/lib/kiln/state.json")), 0o600);

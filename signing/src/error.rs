@@ -39,6 +39,9 @@ pub mod exit {
     /// bundle needs a directory, a second uid 0, a `.deb` that is not what the manifest says...):
     /// refused before anything changed.
     pub const CONFLICT: i32 = 22;
+    /// Applied, but a health check of the bundle did not pass within its deadline (the node
+    /// reports unhealthy; a rerun checks again).
+    pub const UNHEALTHY: i32 = 23;
 }
 
 /// Why a bundle was refused.

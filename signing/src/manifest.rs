@@ -47,6 +47,10 @@ pub struct Manifest {
     pub commands: Vec<Command>,
     /// Templates rendered on the host from dynamic sources (Consul, Vault).
     pub templates: Vec<Template>,
+    /// Health checks run on a live host once its services have started, sorted by name: the
+    /// node reports healthy only when every one passed within its deadline. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
     /// The dynamic sources the host reads for [`templates`](Self::templates): Consul prefixes,
     /// the Vault AppRole, KV v2 paths, secrets to generate if absent, a PKI certificate.
     /// Absent from bundles without any (and from bundles built before it existed, which keep
@@ -303,6 +307,34 @@ pub struct Pki {
     pub ttl: String,
 }
 
+/// A health check: one probe, retried until it passes or its deadline passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Identifier from the configuration, used in logs, the state file and the report.
+    pub name: String,
+    pub probe: Probe,
+    /// Seconds from the start of the health step after which a check that has not passed fails.
+    pub deadline_secs: u64,
+}
+
+/// What a health check looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Probe {
+    /// The systemd unit is active (`systemctl is-active`).
+    Unit { unit: String },
+    /// `host:port` accepts a TCP connection.
+    Tcp { address: String },
+    /// An `http://` URL answers a GET with this status.
+    Http { url: String, status: u16 },
+    /// The program exits 0 (argv; a string in the configuration runs with /bin/sh -c).
+    Command {
+        argv: Vec<String>,
+        timeout_secs: u64,
+    },
+}
+
 /// A payload blob: content addressed, stored once.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -400,6 +432,7 @@ impl Manifest {
             services: self.services.clone(),
             commands: self.commands.clone(),
             templates: self.templates.clone(),
+            checks: self.checks.clone(),
             dynamic: self.dynamic.clone(),
             blobs: Vec::new(),
         }

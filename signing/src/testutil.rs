@@ -139,6 +139,7 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
             enabled: true,
         }],
         commands: vec![],
+        checks: vec![],
         templates: vec![Template {
             path: "/etc/app.conf".into(),
             digest: sha256_hex(&blobs[2]),

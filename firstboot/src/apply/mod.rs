@@ -14,6 +14,7 @@ pub(crate) mod commands;
 pub(crate) mod conflicts;
 pub(crate) mod entries;
 pub mod fsroot;
+pub mod health;
 pub(crate) mod journal;
 pub(crate) mod packages;
 pub(crate) mod process;
@@ -60,6 +61,7 @@ pub const PHASES: &[&str] = &[
     "commands",
     "dynamic",
     "runtime",
+    "health",
 ];
 
 /// How to apply.
@@ -145,6 +147,9 @@ pub enum ApplyError {
     Journal(io::Error),
     #[error("writing the state file: {0}")]
     State(io::Error),
+    /// A health check did not pass within its deadline (the bundle is applied).
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
     /// The dynamic step: a source unreachable or refusing, a missing value, a template.
     // Not a `#[source]`: the message already holds it, and a chain would print it twice.
     #[error("dynamic: {0}")]
@@ -165,6 +170,7 @@ impl ApplyError {
             ApplyError::OtherBundle(_) | ApplyError::Busy(_) => exit::FAILURE,
             ApplyError::Conflicts(_) => exit::CONFLICT,
             ApplyError::Dynamic(e) => e.exit_code(),
+            ApplyError::Unhealthy(_) => exit::UNHEALTHY,
             _ => exit::APPLY,
         }
     }
@@ -231,6 +237,8 @@ pub(crate) struct Ctx<'a> {
     pub dynamic_summary: RefCell<Option<crate::dynamic::DynamicSummary>>,
     /// `systemctl --no-block` for start/stop/restart ([`ApplyOptions::no_block`]).
     pub no_block: bool,
+    /// Filled by the health step, for the state file and the report.
+    pub health: RefCell<Option<health::Health>>,
 }
 
 impl Ctx<'_> {
@@ -311,6 +319,7 @@ pub fn apply_with<R: Read>(
         dynamic,
         dynamic_summary: RefCell::new(None),
         no_block: opts.no_block,
+        health: RefCell::new(None),
     };
     let started_at = now_rfc3339();
     let mut state = State {
@@ -329,6 +338,7 @@ pub fn apply_with<R: Read>(
         warnings: Vec::new(),
         hostname: None,
         dynamic: None,
+        health: None,
     };
 
     // Already applied (this bundle: nothing to do; another: refused unless forced).
@@ -499,6 +509,7 @@ pub fn apply_with<R: Read>(
     }
     state.applied_at = now_rfc3339();
     state.dynamic = ctx.dynamic_summary.borrow().clone();
+    state.health = ctx.health.borrow().clone();
     if let Some(cfg) = dynamic {
         state.hostname = crate::dynamic::hostname(cfg, &root_fs).ok();
     }
@@ -712,6 +723,7 @@ fn run_phase(
                 "offline root: services not started".to_string()
             }
         }
+        "health" => health::run_checks(ctx)?,
         other => unreachable!("phase {other} is not in PHASES"),
     })
 }
@@ -1295,6 +1307,18 @@ fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, Ap
                 s.name
             ));
         }
+    }
+    if ctx.live && !ctx.manifest.checks.is_empty() {
+        out.push(format!(
+            "run {} health check(s): {}",
+            ctx.manifest.checks.len(),
+            ctx.manifest
+                .checks
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if !conflicts.is_empty() {
         return Err(ApplyError::Conflicts(conflicts));

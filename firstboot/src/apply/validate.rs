@@ -141,6 +141,69 @@ fn kind_name(k: &EntryKind) -> &'static str {
     }
 }
 
+/// A health check: a usable name, a probe whose target cannot be taken for an option, a
+/// deadline of at most an hour.
+fn check_health_check(c: &kiln_signing::Check) -> Result<(), String> {
+    use kiln_signing::Probe;
+    let name_ok = !c.name.is_empty()
+        && c.name.len() <= 64
+        && c.name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && c.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !name_ok {
+        return Err(format!(
+            "check name {:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}",
+            c.name
+        ));
+    }
+    if c.deadline_secs == 0 || c.deadline_secs > 3600 {
+        return Err(format!(
+            "check {}: deadline_secs must be between 1 and 3600",
+            c.name
+        ));
+    }
+    let bad = |what: &str| Err(format!("check {}: {what}", c.name));
+    match &c.probe {
+        Probe::Unit { unit } => check_unit_name(unit).map_err(|x| format!("check {}: {x}", c.name)),
+        Probe::Tcp { address } => match address.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && !host.starts_with('-')
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
+                    && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+            {
+                Ok(())
+            }
+            _ => bad(&format!("tcp address {address:?} is not host:port")),
+        },
+        Probe::Http { url, status } => {
+            if !url.starts_with("http://") || url.len() > 2048 || url.contains(char::is_whitespace)
+            {
+                return bad(&format!("http URL {url:?} is not an http:// URL"));
+            }
+            if !(100..=599).contains(status) {
+                return bad(&format!("http status {status} is not between 100 and 599"));
+            }
+            Ok(())
+        }
+        Probe::Command { argv, timeout_secs } => {
+            if argv.first().is_none_or(|a| a.is_empty()) || argv.iter().any(|a| a.contains('\0')) {
+                return bad("empty argv or NUL in it");
+            }
+            if *timeout_secs == 0 || *timeout_secs > 3600 {
+                return bad("timeout_secs must be between 1 and 3600");
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Everything the engine relies on about a manifest. Errors name the offending item.
 pub fn check_manifest(m: &Manifest) -> Result<(), String> {
     let blobs: BTreeMap<&str, u64> = m
@@ -324,6 +387,13 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
         check_unit_name(&s.name)?;
         if !names.insert(s.name.as_str()) {
             return Err(format!("service {} listed twice", s.name));
+        }
+    }
+    let mut names = BTreeSet::new();
+    for c in &m.checks {
+        check_health_check(c)?;
+        if !names.insert(c.name.as_str()) {
+            return Err(format!("check {} listed twice", c.name));
         }
     }
     let mut names = BTreeSet::new();

@@ -199,6 +199,7 @@ fn report_refusal(
         warnings: Vec::new(),
         hostname: None,
         dynamic: None,
+        health: None,
     };
     if let Some(r) = crate::dynamic::report(dynamic, root, &state, log) {
         match r.result {

@@ -891,6 +891,9 @@ struct Report<'a> {
     finished_at: &'a str,
     steps: Vec<ReportStep<'a>>,
     error: Option<&'a str>,
+    /// `healthy` or `unhealthy` with each check, when the bundle has checks and they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'a crate::apply::health::Health>,
     firstboot: &'static str,
 }
 
@@ -958,6 +961,7 @@ fn report_inner(
             })
             .collect(),
         error: state.error.as_deref(),
+        health: state.health.as_ref(),
         firstboot: env!("CARGO_PKG_VERSION"),
     };
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;

@@ -101,6 +101,7 @@ impl Spec {
                 system_accounts: vec![],
                 services: vec![],
                 commands: vec![],
+                checks: vec![],
                 templates: vec![],
                 dynamic: None,
                 blobs: vec![],
