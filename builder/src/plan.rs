@@ -296,6 +296,15 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
         services,
         commands,
         templates,
+        checks: resolved
+            .checks
+            .values()
+            .map(|c| m::Check {
+                name: c.value.name.clone(),
+                probe: c.value.probe.clone(),
+                deadline_secs: c.value.deadline.as_secs(),
+            })
+            .collect(),
         dynamic: resolved.dynamic.clone(),
         blobs: blobs.map.iter().map(|(d, (_, size))| m::Blob { digest: d.clone(), size: *size }).collect(),
     };

@@ -782,7 +782,7 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
         .collect();
     assert!(
         steps.starts_with(&["fetch", "verify", "stage"])
-            && steps.ends_with(&["dynamic", "runtime"]),
+            && steps.ends_with(&["dynamic", "runtime", "health"]),
         "{steps:?}"
     );
     let report_index = entry.modify_index;

@@ -21,10 +21,11 @@ pub enum Kind {
     Units,
     Services,
     Commands,
+    Checks,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Files,
         Kind::Directories,
         Kind::Users,
@@ -33,6 +34,7 @@ impl Kind {
         Kind::Units,
         Kind::Services,
         Kind::Commands,
+        Kind::Checks,
     ];
 
     pub fn key(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Units => "units",
             Kind::Services => "services",
             Kind::Commands => "commands",
+            Kind::Checks => "checks",
         }
     }
 
@@ -62,6 +65,7 @@ impl Kind {
             Kind::Units => "unit",
             Kind::Services => "service",
             Kind::Commands => "command",
+            Kind::Checks => "check",
         }
     }
 
@@ -93,6 +97,9 @@ impl Kind {
             Kind::Units => &["content", "from", "template", "state"],
             Kind::Services => &["state", "enabled"],
             Kind::Commands => &["run", "timeout", "creates", "state"],
+            Kind::Checks => &[
+                "unit", "tcp", "http", "status", "run", "timeout", "deadline", "state",
+            ],
         }
     }
 
@@ -128,9 +135,10 @@ pub fn check_name(kind: Kind, key: &Node, d: &mut Sink) -> bool {
             "service name {name:?} needs a unit suffix ({})",
             check::SERVICE_SUFFIXES.iter().map(|s| format!(".{s}")).collect::<Vec<_>>().join(", ")
         )),
-        Kind::Commands if !check::is_command_name(name) => {
-            Some(format!("command name {name:?} does not match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}"))
-        }
+        Kind::Commands | Kind::Checks if !check::is_command_name(name) => Some(format!(
+            "{} name {name:?} does not match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}",
+            kind.singular()
+        )),
         _ => None,
     };
     match problem {
@@ -589,40 +597,205 @@ pub fn command(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> Command
                     ),
                 ),
             },
-            "timeout" => {
-                let text = match &v.kind {
-                    NodeKind::Str(s) => Some(s.as_str()),
-                    _ => None,
-                };
-                match text.map(humantime::parse_duration) {
-                    None => d.err(
-                        &v.span,
-                        format!(
-                            "timeout must be a duration such as \"5m\" or \"90s\", found {}",
-                            v.describe()
-                        ),
-                    ),
-                    Some(Err(e)) => d.err(
-                        &v.span,
-                        format!(
-                            "timeout {:?} is not a duration such as \"5m\": {e}",
-                            v.text()
-                        ),
-                    ),
-                    Some(Ok(t)) if t > MAX_TIMEOUT => d.err(
-                        &v.span,
-                        format!("timeout {:?} is longer than the maximum of 1h", v.text()),
-                    ),
-                    Some(Ok(t)) if t.is_zero() => d.err(&v.span, "timeout must be longer than 0s"),
-                    Some(Ok(t)) => spec.timeout = Some(t),
-                }
-            }
+            "timeout" => spec.timeout = duration_value("timeout", v, d),
             "creates" => spec.creates = abs_path_value("creates", v, d),
             _ => {}
         }
     }
     if complete && !absent && item.get("run").is_none() {
         d.err(&key.span, format!("command {} has no run", key.key_str()));
+    }
+    spec
+}
+
+/// A duration such as "90s" or "5m", above 0s and at most [`MAX_TIMEOUT`].
+fn duration_value(key: &str, v: &Node, d: &mut Sink) -> Option<Duration> {
+    let text = match &v.kind {
+        NodeKind::Str(s) => Some(s.as_str()),
+        _ => None,
+    };
+    match text.map(humantime::parse_duration) {
+        None => d.err(
+            &v.span,
+            format!(
+                "{key} must be a duration such as \"5m\" or \"90s\", found {}",
+                v.describe()
+            ),
+        ),
+        Some(Err(e)) => d.err(
+            &v.span,
+            format!("{key} {:?} is not a duration such as \"5m\": {e}", v.text()),
+        ),
+        Some(Ok(t)) if t > MAX_TIMEOUT => d.err(
+            &v.span,
+            format!("{key} {:?} is longer than the maximum of 1h", v.text()),
+        ),
+        Some(Ok(t)) if t.is_zero() => d.err(&v.span, format!("{key} must be longer than 0s")),
+        Some(Ok(t)) => return Some(t),
+    }
+    None
+}
+
+/// A health check as written (or merged): exactly one probe.
+#[derive(Clone, Debug, Default)]
+pub struct CheckSpec {
+    pub absent: bool,
+    pub probe: Option<kiln_signing::Probe>,
+    pub deadline: Option<Duration>,
+}
+
+/// How long a check is retried by default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+/// A check's command runs at most this long per try by default.
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn health_check(key: &Node, item: &Node, complete: bool, d: &mut Sink) -> CheckSpec {
+    use kiln_signing::Probe;
+    let mut spec = CheckSpec::default();
+    let Some((entries, absent)) = begin(Kind::Checks, key, item, d) else {
+        return spec;
+    };
+    spec.absent = absent;
+    let probes: Vec<&Node> = ["unit", "tcp", "http", "run"]
+        .iter()
+        .filter_map(|k| {
+            entries
+                .iter()
+                .find(|(n, _)| n.key_str() == *k)
+                .map(|(n, _)| n)
+        })
+        .collect();
+    if probes.len() > 1 {
+        d.err(
+            &probes[1].span,
+            format!(
+                "check {}: one probe per check (unit, tcp, http or run), found {}",
+                key.key_str(),
+                probes
+                    .iter()
+                    .map(|n| n.key_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        );
+        return spec;
+    }
+    let mut timeout = None;
+    let mut status = None;
+    for (k, v) in entries {
+        match k.key_str() {
+            "unit" => {
+                if let Some(u) = check::string("unit", v, d) {
+                    if check::is_service_name(u) {
+                        spec.probe = Some(Probe::Unit { unit: u.into() });
+                    } else {
+                        d.err(
+                            &v.span,
+                            format!(
+                                "unit {u:?} is not a unit name (name.service, .socket, .timer...)"
+                            ),
+                        );
+                    }
+                }
+            }
+            "tcp" => {
+                if let Some(a) = check::string("tcp", v, d) {
+                    let ok = a.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty()
+                            && !h.starts_with('-')
+                            && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if ok {
+                        spec.probe = Some(Probe::Tcp { address: a.into() });
+                    } else {
+                        d.err(
+                            &v.span,
+                            format!("tcp {a:?} is not host:port (e.g. \"127.0.0.1:5432\")"),
+                        );
+                    }
+                }
+            }
+            "http" => {
+                if let Some(u) = check::string("http", v, d) {
+                    if u.starts_with("http://") && !u.contains(char::is_whitespace) && u.len() > 7 {
+                        spec.probe = Some(Probe::Http {
+                            url: u.into(),
+                            status: 200,
+                        });
+                    } else {
+                        d.err(&v.span, format!("http {u:?} is not an http:// URL (checks talk plain HTTP to the host itself)"));
+                    }
+                }
+            }
+            "status" => match &v.kind {
+                NodeKind::Int(n) if (100..=599).contains(n) => status = Some(*n as u16),
+                _ => d.err(
+                    &v.span,
+                    format!(
+                        "status must be an HTTP status code (100-599), found {}",
+                        v.describe()
+                    ),
+                ),
+            },
+            "run" => match &v.kind {
+                NodeKind::Str(s) if !s.trim().is_empty() => {
+                    spec.probe = Some(Probe::Command {
+                        argv: vec!["/bin/sh".into(), "-c".into(), s.clone()],
+                        timeout_secs: 0,
+                    });
+                }
+                NodeKind::Seq(items) if !items.is_empty() => {
+                    let argv: Vec<String> = check::strings("run", v, d)
+                        .into_iter()
+                        .map(|n| n.as_str().unwrap_or_default().to_string())
+                        .collect();
+                    if argv.len() == items.len() && !argv.iter().any(|a| a.contains('\0')) {
+                        spec.probe = Some(Probe::Command {
+                            argv,
+                            timeout_secs: 0,
+                        });
+                    }
+                }
+                _ => d.err(
+                    &v.span,
+                    format!(
+                        "run: expected a non-empty command string or argv list, found {}",
+                        v.describe()
+                    ),
+                ),
+            },
+            "timeout" => timeout = duration_value("timeout", v, d),
+            "deadline" => spec.deadline = duration_value("deadline", v, d),
+            _ => {}
+        }
+    }
+    match (&mut spec.probe, item.get("status")) {
+        (Some(Probe::Http { status: s, .. }), _) => {
+            if let Some(st) = status {
+                *s = st;
+            }
+        }
+        (_, Some(n)) => d.err(&n.span, "status is for http checks only"),
+        _ => {}
+    }
+    match (&mut spec.probe, item.get("timeout")) {
+        (Some(Probe::Command { timeout_secs, .. }), _) => {
+            *timeout_secs = timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT).as_secs().max(1);
+        }
+        (_, Some(n)) => d.err(
+            &n.span,
+            "timeout is for run checks only (use deadline for how long a check is retried)",
+        ),
+        _ => {}
+    }
+    if complete && !absent && probes.is_empty() {
+        d.err(
+            &key.span,
+            format!(
+                "check {} has no probe: give one of unit, tcp, http or run",
+                key.key_str()
+            ),
+        );
     }
     spec
 }
@@ -650,6 +823,9 @@ pub fn check_definition(kind: Kind, key: &Node, item: &Node, d: &mut Sink) {
         }
         Kind::Commands => {
             command(key, item, false, d);
+        }
+        Kind::Checks => {
+            health_check(key, item, false, d);
         }
     }
 }

@@ -25,6 +25,7 @@ pub const TOP_KEYS: &[&str] = &[
     "units",
     "services",
     "commands",
+    "checks",
     "dynamic",
 ];
 /// Top-level keys of a layer file.
@@ -41,6 +42,7 @@ pub const RESOURCE_KEYS: &[&str] = &[
     "units",
     "services",
     "commands",
+    "checks",
 ];
 /// Keys of `base`.
 pub const BASE_KEYS: &[&str] = &[

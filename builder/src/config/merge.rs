@@ -30,8 +30,8 @@ pub struct Merged {
     pub dynamic: Option<Node>,
     pub system_accounts: Vec<Node>,
     /// Per [`Kind`], items in order of first definition.
-    pub items: [Vec<Item>; 8],
-    index: [HashMap<String, usize>; 8],
+    pub items: [Vec<Item>; Kind::ALL.len()],
+    index: [HashMap<String, usize>; Kind::ALL.len()],
 }
 
 const SOURCE_KEYS: [&str; 3] = ["content", "from", "symlink"];

@@ -177,6 +177,14 @@ pub struct ResolvedCommand {
     pub creates: Option<String>,
 }
 
+/// A health check run once the services have started (see the manifest's `Check`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedCheck {
+    pub name: String,
+    pub probe: kiln_signing::Probe,
+    pub deadline: Duration,
+}
+
 /// One hostgroup, fully merged and checked: the input of a bundle.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resolved {
@@ -199,6 +207,8 @@ pub struct Resolved {
     pub services: BTreeMap<String, Sourced<ResolvedService>>,
     /// In merged order.
     pub commands: Vec<Sourced<ResolvedCommand>>,
+    /// Sorted by name.
+    pub checks: BTreeMap<String, Sourced<ResolvedCheck>>,
     pub system_accounts: BTreeSet<String>,
     /// Where each applied layer was first asked for (a hostgroup key, a `layers:` entry).
     pub layer_uses: BTreeMap<String, Span>,

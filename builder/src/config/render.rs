@@ -393,6 +393,29 @@ impl Resolved {
             vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(s))]
         });
 
+        if !self.checks.is_empty() {
+            section(&mut o, "checks", self.checks.iter(), |name, c| {
+                let v = &c.value;
+                let probe = match &v.probe {
+                    kiln_signing::Probe::Unit { unit } => vec![("unit", scalar(unit))],
+                    kiln_signing::Probe::Tcp { address } => vec![("tcp", scalar(address))],
+                    kiln_signing::Probe::Http { url, status } => {
+                        vec![("http", scalar(url)), ("status", status.to_string())]
+                    }
+                    kiln_signing::Probe::Command { argv, timeout_secs } => vec![
+                        ("run", flow_list(argv)),
+                        ("timeout", format!("{timeout_secs}s")),
+                    ],
+                };
+                let mut e = probe;
+                e.push((
+                    "deadline",
+                    humantime::format_duration(v.deadline).to_string(),
+                ));
+                vec![format!("{}: {}{}", scalar(name), flow_map(&e), ex.item(c))]
+            });
+        }
+
         section(
             &mut o,
             "commands",

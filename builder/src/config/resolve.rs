@@ -632,6 +632,7 @@ impl Run<'_> {
             units: Vec::new(),
             services: BTreeMap::new(),
             commands: Vec::new(),
+            checks: BTreeMap::new(),
             system_accounts: BTreeSet::new(),
             layer_uses: BTreeMap::new(),
             dynamic: None,
@@ -879,6 +880,20 @@ impl Run<'_> {
                 creates: spec.creates,
             };
             r.commands.push(sourced(cmd, item));
+        }
+        for item in &m.items[Kind::Checks.index()] {
+            let spec = items::health_check(&item.key, &item.value, true, &mut self.d);
+            if spec.absent {
+                continue;
+            }
+            let Some(probe) = spec.probe else { continue };
+            let name = item.key.key_str().to_string();
+            let check = ResolvedCheck {
+                name: name.clone(),
+                probe,
+                deadline: spec.deadline.unwrap_or(items::DEFAULT_DEADLINE),
+            };
+            r.checks.insert(name, sourced(check, item));
         }
 
         // Checks across the hostgroup.
