@@ -399,7 +399,8 @@ impl std::str::FromStr for Shard {
 /// Trust flags shared by commands that check signatures.
 #[derive(Debug, Args, Clone)]
 pub struct TrustArgs {
-    /// Trusted keys: a directory of *.pub files (and optional revoked_keys), or an allowed_signers file.
+    /// Trusted keys: a directory of *.pub files (and optional revoked_keys), a .pub file, or an
+    /// allowed_signers file.
     #[arg(long, env = "KILN_TRUST", value_name = "DIR|FILE")]
     pub trust: PathBuf,
     /// A file of revoked public keys (one OpenSSH public key per line); revocation always wins.

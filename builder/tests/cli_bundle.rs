@@ -270,6 +270,53 @@ fn tampered_bundles_are_refused_each_with_its_own_exit_code() {
     assert_eq!(verify_code(bundle, &trust, &["--min-version", "7", "--hostgroup", "web"]).0, 0);
 }
 
+/// `--trust signing/keys/dev.pub` failed with `unsupported key type "kiln-signing"`: a single
+/// file was always read as allowed_signers. A `.pub` file is now a list of trusted keys.
+#[test]
+fn trust_accepts_a_pub_file_an_allowed_signers_file_and_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "kiln-signing");
+    let other = keygen(tmp.path(), "other");
+    let out = tmp.path().join("out");
+    ok(&kiln(&[
+        "build", "web", "--config", repo_root().to_str().unwrap(), "--key", key.to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--version", "7", "--expires", "36500d",
+    ]));
+    let bundle = out.join("web-7.kiln");
+    let pubkey = PathBuf::from(format!("{}.pub", key.display()));
+    let allowed = tmp.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("ci {}", std::fs::read_to_string(&pubkey).unwrap())).unwrap();
+    let dir = trust_dir(tmp.path(), &[&key]);
+    for trust in [&pubkey, &allowed, &dir] {
+        let (code, stderr) = verify_code(&bundle, trust, &[]);
+        assert_eq!(code, 0, "--trust {}: {stderr}", trust.display());
+    }
+    // Another key's .pub trusts that key only: untrusted (11), not a parse error (1).
+    let other_pub = PathBuf::from(format!("{}.pub", other.display()));
+    let (code, stderr) = verify_code(&bundle, &other_pub, &[]);
+    assert_eq!(code, 11, "{stderr}");
+
+    // kiln-firstboot reads --trust with the same code: past the trust check, an empty root is
+    // refused for its base (15); another key's .pub is untrusted (11).
+    let firstboot = Path::new(KILN).with_file_name("kiln-firstboot");
+    if !firstboot.is_file() {
+        eprintln!("kiln-firstboot not built beside kiln: its half of this test skipped");
+        return;
+    }
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (trust, want) in [(&pubkey, 15), (&other_pub, 11)] {
+        let o = Command::new(&firstboot)
+            .args(["apply", "--dry-run", "--bundle", bundle.to_str().unwrap(), "--root"])
+            .arg(&root)
+            .arg("--trust")
+            .arg(trust)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(want), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
 #[test]
 fn an_expired_bundle_is_refused_with_exit_13() {
     let tmp = tempfile::tempdir().unwrap();
