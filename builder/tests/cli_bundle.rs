@@ -10,11 +10,19 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 const EPOCH: &str = "1767225600"; // 2026-01-01T00:00:00Z
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(KILN).args(args).env("SOURCE_DATE_EPOCH", EPOCH).env_remove("KILN_CONFIG").output().unwrap()
+    Command::new(KILN)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap()
 }
 
 fn kiln_in(dir: &Path, args: &[&str]) -> Output {
@@ -40,15 +48,30 @@ fn ok(o: &Output) -> String {
 
 fn keygen(dir: &Path, name: &str) -> PathBuf {
     let key = dir.join(name);
-    ok(&kiln(&["keygen", "--out", key.to_str().unwrap(), "--comment", name]));
+    ok(&kiln(&[
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--comment",
+        name,
+    ]));
     key
 }
 
 /// Build every example hostgroup with `key` into `out`; returns hostgroup -> bundle path.
 fn build_all(config: &Path, key: &Path, out: &Path, extra: &[&str]) -> BTreeMap<String, PathBuf> {
     let mut args = vec![
-        "build", "--all", "--config", config.to_str().unwrap(), "--key", key.to_str().unwrap(),
-        "--out", out.to_str().unwrap(), "--version", "7", "--json",
+        "build",
+        "--all",
+        "--config",
+        config.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "7",
+        "--json",
     ];
     args.extend_from_slice(extra);
     let stdout = ok(&kiln(&args));
@@ -57,7 +80,12 @@ fn build_all(config: &Path, key: &Path, out: &Path, extra: &[&str]) -> BTreeMap<
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["hostgroup"].as_str().unwrap().to_string(), PathBuf::from(b["path"].as_str().unwrap())))
+        .map(|b| {
+            (
+                b["hostgroup"].as_str().unwrap().to_string(),
+                PathBuf::from(b["path"].as_str().unwrap()),
+            )
+        })
         .collect()
 }
 
@@ -71,10 +99,18 @@ fn trust_dir(dir: &Path, keys: &[&Path]) -> PathBuf {
 }
 
 fn verify_code(bundle: &Path, trust: &Path, extra: &[&str]) -> (i32, String) {
-    let mut args = vec!["verify", bundle.to_str().unwrap(), "--trust", trust.to_str().unwrap()];
+    let mut args = vec![
+        "verify",
+        bundle.to_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let o = kiln(&args);
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -83,14 +119,25 @@ fn shipped_example_builds_and_verifies_with_kiln_and_ssh_keygen() {
     let key = keygen(tmp.path(), "ci");
     let out = tmp.path().join("out");
     let bundles = build_all(&repo_root(), &key, &out, &["--expires", "36500d"]);
-    assert!(bundles.len() >= 3, "expected at least three example hostgroups, got {bundles:?}");
+    assert!(
+        bundles.len() >= 3,
+        "expected at least three example hostgroups, got {bundles:?}"
+    );
     for name in ["web", "db", "bastion"] {
         assert!(bundles.contains_key(name), "no bundle for {name}");
     }
     let trust = trust_dir(tmp.path(), &[&key]);
     for (name, path) in &bundles {
-        assert_eq!(path.file_name().unwrap().to_str().unwrap(), format!("{name}-7.kiln"));
-        let stdout = ok(&kiln(&["verify", path.to_str().unwrap(), "--trust", trust.to_str().unwrap()]));
+        assert_eq!(
+            path.file_name().unwrap().to_str().unwrap(),
+            format!("{name}-7.kiln")
+        );
+        let stdout = ok(&kiln(&[
+            "verify",
+            path.to_str().unwrap(),
+            "--trust",
+            trust.to_str().unwrap(),
+        ]));
         assert!(stdout.starts_with("OK "), "{stdout}");
 
         // The manifest and its signature come out with standard tools, and OpenSSH accepts it.
@@ -101,7 +148,12 @@ fn shipped_example_builds_and_verifies_with_kiln_and_ssh_keygen() {
             b = path.display(),
             x = x.display()
         );
-        assert!(Command::new("sh").arg("-c").arg(&sh).status().unwrap().success());
+        assert!(Command::new("sh")
+            .arg("-c")
+            .arg(&sh)
+            .status()
+            .unwrap()
+            .success());
         let pubkey = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
         std::fs::write(x.join("allowed_signers"), format!("ci {pubkey}")).unwrap();
         let o = Command::new("sh")
@@ -112,7 +164,11 @@ fn shipped_example_builds_and_verifies_with_kiln_and_ssh_keygen() {
             ))
             .output()
             .unwrap();
-        assert!(o.status.success(), "ssh-keygen refused {name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ssh-keygen refused {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(x.join("kiln/manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["hostgroup"], name.as_str());
@@ -154,7 +210,13 @@ fn zstd_dc(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
 }
 
 #[test]
@@ -178,8 +240,14 @@ fn changing_one_byte_of_a_layer_file_changes_only_the_hostgroups_using_that_laye
             users.push(name.clone());
         }
     }
-    assert!(!users.is_empty(), "no example hostgroup uses the nginx layer");
-    assert!(users.len() < before.len(), "every hostgroup uses nginx; the test would prove nothing");
+    assert!(
+        !users.is_empty(),
+        "no example hostgroup uses the nginx layer"
+    );
+    assert!(
+        users.len() < before.len(),
+        "every hostgroup uses nginx; the test would prove nothing"
+    );
 
     // Flip one byte in a file of the layer (a comment character, so the config stays valid).
     let layer_dir = cfg.join("layers/nginx");
@@ -234,10 +302,17 @@ fn tampered_bundles_are_refused_each_with_its_own_exit_code() {
             // zstd's encoding is not canonical: a flip can turn a match offset into another
             // offset that points at identical bytes. Accepted only if what it decodes to is
             // byte-for-byte the original stream (same manifest, same blobs).
-            assert_eq!(zstd_dc(&bad), zstd_dc(&good), "flip at {pos}/{n} accepted with different content");
+            assert_eq!(
+                zstd_dc(&bad),
+                zstd_dc(&good),
+                "flip at {pos}/{n} accepted with different content"
+            );
             continue;
         }
-        assert!(code == 10 || code == 17, "flip at {pos}/{n}: exit {code}: {stderr}");
+        assert!(
+            code == 10 || code == 17,
+            "flip at {pos}/{n}: exit {code}: {stderr}"
+        );
         seen.insert(code);
     }
     assert!(seen.contains(&17), "no flip was reported as corrupt");
@@ -245,14 +320,22 @@ fn tampered_bundles_are_refused_each_with_its_own_exit_code() {
     for len in (0..n).step_by(n / 50 + 1).chain([n - 1]) {
         std::fs::write(&t, &good[..len]).unwrap();
         let (code, stderr) = verify_code(&t, &trust, &[]);
-        assert!(code == 17 || code == 10, "truncated to {len}: exit {code}: {stderr}");
+        assert!(
+            code == 17 || code == 10,
+            "truncated to {len}: exit {code}: {stderr}"
+        );
     }
     // Appended data: corrupt.
     for extra in [&b"\0"[..], b"x", &[0u8; 1024], &good[..64]] {
         let mut bad = good.clone();
         bad.extend_from_slice(extra);
         std::fs::write(&t, &bad).unwrap();
-        assert_eq!(verify_code(&t, &trust, &[]).0, 17, "appended {} bytes", extra.len());
+        assert_eq!(
+            verify_code(&t, &trust, &[]).0,
+            17,
+            "appended {} bytes",
+            extra.len()
+        );
     }
     // Wrong key: untrusted (11).
     let other_trust = trust_dir(&tmp.path().join("o"), &[&other]);
@@ -267,7 +350,15 @@ fn tampered_bundles_are_refused_each_with_its_own_exit_code() {
     // Wrong hostgroup (14), rollback below a minimum version (16).
     assert_eq!(verify_code(bundle, &trust, &["--hostgroup", "db"]).0, 14);
     assert_eq!(verify_code(bundle, &trust, &["--min-version", "8"]).0, 16);
-    assert_eq!(verify_code(bundle, &trust, &["--min-version", "7", "--hostgroup", "web"]).0, 0);
+    assert_eq!(
+        verify_code(
+            bundle,
+            &trust,
+            &["--min-version", "7", "--hostgroup", "web"]
+        )
+        .0,
+        0
+    );
 }
 
 /// `--trust signing/keys/dev.pub` failed with `unsupported key type "kiln-signing"`: a single
@@ -279,13 +370,27 @@ fn trust_accepts_a_pub_file_an_allowed_signers_file_and_a_directory() {
     let other = keygen(tmp.path(), "other");
     let out = tmp.path().join("out");
     ok(&kiln(&[
-        "build", "web", "--config", repo_root().to_str().unwrap(), "--key", key.to_str().unwrap(),
-        "--out", out.to_str().unwrap(), "--version", "7", "--expires", "36500d",
+        "build",
+        "web",
+        "--config",
+        repo_root().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "7",
+        "--expires",
+        "36500d",
     ]));
     let bundle = out.join("web-7.kiln");
     let pubkey = PathBuf::from(format!("{}.pub", key.display()));
     let allowed = tmp.path().join("allowed_signers");
-    std::fs::write(&allowed, format!("ci {}", std::fs::read_to_string(&pubkey).unwrap())).unwrap();
+    std::fs::write(
+        &allowed,
+        format!("ci {}", std::fs::read_to_string(&pubkey).unwrap()),
+    )
+    .unwrap();
     let dir = trust_dir(tmp.path(), &[&key]);
     for trust in [&pubkey, &allowed, &dir] {
         let (code, stderr) = verify_code(&bundle, trust, &[]);
@@ -307,13 +412,24 @@ fn trust_accepts_a_pub_file_an_allowed_signers_file_and_a_directory() {
     std::fs::create_dir_all(&root).unwrap();
     for (trust, want) in [(&pubkey, 15), (&other_pub, 11)] {
         let o = Command::new(&firstboot)
-            .args(["apply", "--dry-run", "--bundle", bundle.to_str().unwrap(), "--root"])
+            .args([
+                "apply",
+                "--dry-run",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--root",
+            ])
             .arg(&root)
             .arg("--trust")
             .arg(trust)
             .output()
             .unwrap();
-        assert_eq!(o.status.code(), Some(want), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(want),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
@@ -322,11 +438,19 @@ fn an_expired_bundle_is_refused_with_exit_13() {
     let tmp = tempfile::tempdir().unwrap();
     let key = keygen(tmp.path(), "ci");
     // Built on 2026-01-01 and valid for one day: long expired.
-    let bundles = build_all(&repo_root(), &key, &tmp.path().join("out"), &["--expires", "1d"]);
+    let bundles = build_all(
+        &repo_root(),
+        &key,
+        &tmp.path().join("out"),
+        &["--expires", "1d"],
+    );
     let trust = trust_dir(tmp.path(), &[&key]);
     let (code, stderr) = verify_code(&bundles["web"], &trust, &[]);
     assert_eq!(code, 13, "{stderr}");
-    assert!(stderr.contains("expired at 2026-01-02T00:00:00Z"), "{stderr}");
+    assert!(
+        stderr.contains("expired at 2026-01-02T00:00:00Z"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -341,8 +465,12 @@ fn inspect_and_diff_report_what_a_replacement_changes() {
         }
     }
     let old = build_all(&cfg, &key, &tmp.path().join("old"), &[]);
-    let inspect: serde_json::Value =
-        serde_json::from_str(&ok(&kiln(&["inspect", old["web"].to_str().unwrap(), "--json"]))).unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&kiln(&[
+        "inspect",
+        old["web"].to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
     assert_eq!(inspect["hostgroup"], "web");
     assert_eq!(inspect["version"], 7);
     assert!(inspect["signer"].as_str().unwrap().starts_with("SHA256:"));
@@ -358,22 +486,50 @@ fn inspect_and_diff_report_what_a_replacement_changes() {
     };
     std::fs::write(&web, text).unwrap();
     let o = kiln(&[
-        "build", "web", "--config", cfg.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out",
-        tmp.path().join("new").to_str().unwrap(), "--version", "8",
+        "build",
+        "web",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        tmp.path().join("new").to_str().unwrap(),
+        "--version",
+        "8",
     ]);
     ok(&o);
     let new = tmp.path().join("new/web-8.kiln");
     let d: serde_json::Value = serde_json::from_str(&ok(&kiln(&[
-        "diff", old["web"].to_str().unwrap(), new.to_str().unwrap(), "--json",
+        "diff",
+        old["web"].to_str().unwrap(),
+        new.to_str().unwrap(),
+        "--json",
     ])))
     .unwrap();
     assert_eq!(d["version"], serde_json::json!([7, 8]));
-    assert_eq!(d["sections"]["entries"]["added"], serde_json::json!(["/etc/kiln-diff-test"]));
-    let text = ok(&kiln(&["diff", old["web"].to_str().unwrap(), new.to_str().unwrap()]));
+    assert_eq!(
+        d["sections"]["entries"]["added"],
+        serde_json::json!(["/etc/kiln-diff-test"])
+    );
+    let text = ok(&kiln(&[
+        "diff",
+        old["web"].to_str().unwrap(),
+        new.to_str().unwrap(),
+    ]));
     assert!(text.contains("+ /etc/kiln-diff-test"), "{text}");
-    let same = kiln(&["diff", old["web"].to_str().unwrap(), old["web"].to_str().unwrap(), "--exit-code"]);
+    let same = kiln(&[
+        "diff",
+        old["web"].to_str().unwrap(),
+        old["web"].to_str().unwrap(),
+        "--exit-code",
+    ]);
     assert_eq!(same.status.code(), Some(0));
-    let differ = kiln(&["diff", old["web"].to_str().unwrap(), new.to_str().unwrap(), "--exit-code"]);
+    let differ = kiln(&[
+        "diff",
+        old["web"].to_str().unwrap(),
+        new.to_str().unwrap(),
+        "--exit-code",
+    ]);
     assert_eq!(differ.status.code(), Some(1));
 }
 
@@ -382,12 +538,19 @@ fn validate_accepts_the_shipped_example_and_reports_locations_otherwise() {
     ok(&kiln_in(&repo_root(), &["validate"]));
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("hostgroups")).unwrap();
-    std::fs::write(tmp.path().join("hostgroups/default.yaml"), "files:\n  etc/motd:\n    content: hi\n").unwrap();
+    std::fs::write(
+        tmp.path().join("hostgroups/default.yaml"),
+        "files:\n  etc/motd:\n    content: hi\n",
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("hostgroups/web.yaml"), "{}\n").unwrap();
     let o = kiln_in(tmp.path(), &["validate"]);
     assert_eq!(o.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.starts_with("hostgroups/default.yaml:2:3: "), "{stderr}");
+    assert!(
+        stderr.starts_with("hostgroups/default.yaml:2:3: "),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -395,11 +558,22 @@ fn keygen_writes_an_openssh_pair_with_a_private_secret() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let key = keygen(tmp.path(), "ci");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-    let o = Command::new("ssh-keygen").arg("-y").arg("-f").arg(&key).output().unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let o = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&key)
+        .output()
+        .unwrap();
     let derived = String::from_utf8_lossy(&o.stdout);
     let written = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
-    assert_eq!(derived.split_whitespace().nth(1), written.split_whitespace().nth(1));
+    assert_eq!(
+        derived.split_whitespace().nth(1),
+        written.split_whitespace().nth(1)
+    );
     // Refuses to overwrite without --force.
     let o = kiln(&["keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
@@ -415,7 +589,10 @@ fn man_pages_and_completions_are_generated_from_the_cli() {
         assert!(text.contains(".TH"), "{page} is not a man page");
     }
     let build = std::fs::read_to_string(tmp.path().join("kiln-build.1")).unwrap();
-    assert!(build.contains("shard"), "kiln-build.1 does not document --shard");
+    assert!(
+        build.contains("shard"),
+        "kiln-build.1 does not document --shard"
+    );
     let bash = ok(&kiln(&["completions", "bash"]));
     assert!(bash.contains("--min-version"));
 }
@@ -427,7 +604,12 @@ fn shards_split_all_hostgroups_without_overlap() {
     let all = build_all(&repo_root(), &key, &tmp.path().join("all"), &[]);
     let mut union = Vec::new();
     for k in 1..=3 {
-        let part = build_all(&repo_root(), &key, &tmp.path().join(format!("s{k}")), &["--shard", &format!("{k}/3")]);
+        let part = build_all(
+            &repo_root(),
+            &key,
+            &tmp.path().join(format!("s{k}")),
+            &["--shard", &format!("{k}/3")],
+        );
         union.extend(part.into_keys());
     }
     union.sort();
