@@ -39,6 +39,60 @@ pub mod exit {
     /// bundle needs a directory, a second uid 0, a `.deb` that is not what the manifest says...):
     /// refused before anything changed.
     pub const CONFLICT: i32 = 22;
+
+    /// Makes a write to a closed pipe end the program quietly with [`OK`]: `kiln inspect --json
+    /// b.kiln | head -1` stops when `head` has read its line, as a program killed by SIGPIPE
+    /// would, instead of panicking in `println!`. Both binaries call it first thing in `main`.
+    ///
+    /// Rust ignores SIGPIPE, so such a write fails with EPIPE and `print!` panics; the panic
+    /// hook recognises that panic (on stdout or stderr) and exits. Any other panic goes to the
+    /// previous hook. Works with `panic = "abort"` too: the hook runs before the abort.
+    pub fn quiet_on_broken_pipe() {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied());
+            if message.is_some_and(is_print_to_broken_pipe) {
+                std::process::exit(OK);
+            }
+            previous(info);
+        }));
+    }
+
+    /// Whether a panic message is std's `print!` failing on a closed pipe.
+    fn is_print_to_broken_pipe(message: &str) -> bool {
+        // EPIPE is 32 on Linux: "Broken pipe (os error 32)".
+        let epipe = std::io::Error::from_raw_os_error(32).to_string();
+        (message.starts_with("failed printing to stdout: ")
+            || message.starts_with("failed printing to stderr: "))
+            && message.ends_with(&epipe)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn only_print_panics_on_a_closed_pipe_are_quiet() {
+            let epipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+            let raw = std::io::Error::from_raw_os_error(32);
+            assert_eq!(raw.kind(), epipe.kind());
+            assert!(super::is_print_to_broken_pipe(&format!(
+                "failed printing to stdout: {raw}"
+            )));
+            assert!(super::is_print_to_broken_pipe(&format!(
+                "failed printing to stderr: {raw}"
+            )));
+            let enospc = std::io::Error::from_raw_os_error(28);
+            assert!(!super::is_print_to_broken_pipe(&format!(
+                "failed printing to stdout: {enospc}"
+            )));
+            assert!(!super::is_print_to_broken_pipe(&format!(
+                "writing x: {raw}"
+            )));
+        }
+    }
 }
 
 /// Why a bundle was refused.

@@ -124,7 +124,8 @@ pub fn run(a: CloudInitArgs) -> Result<()> {
         );
     }
     if a.out.as_os_str() == "-" {
-        std::io::stdout().write_all(text.as_bytes())?;
+        // print!, so that a closed pipe ends quietly (main's broken-pipe hook).
+        print!("{text}");
         return Ok(());
     }
     // It may hold a wrapped secret_id and a Consul token: 0600, written beside and renamed.

@@ -6,7 +6,8 @@ use clap::CommandFactory;
 use crate::cli::{Cli, CompletionsArgs, ManArgs};
 
 pub fn run(args: ManArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let root = Cli::command();
     let mut written = Vec::new();
     write_page(&root, "kiln", &args.out, &mut written)?;
@@ -21,10 +22,17 @@ pub fn run(args: ManArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_page(cmd: &clap::Command, name: &str, dir: &std::path::Path, written: &mut Vec<std::path::PathBuf>) -> Result<()> {
+fn write_page(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    written: &mut Vec<std::path::PathBuf>,
+) -> Result<()> {
     let path = dir.join(format!("{name}.1"));
     let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut buf).context("rendering man page")?;
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut buf)
+        .context("rendering man page")?;
     std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
     written.push(path);
     Ok(())
@@ -32,6 +40,10 @@ fn write_page(cmd: &clap::Command, name: &str, dir: &std::path::Path, written: &
 
 pub fn completions(args: CompletionsArgs) -> Result<()> {
     let mut cmd = Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "kiln", &mut std::io::stdout());
+    // Into a buffer, then print!: clap_complete panics on a write error, print! on a closed
+    // pipe ends quietly (main's broken-pipe hook).
+    let mut buf = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "kiln", &mut buf);
+    print!("{}", String::from_utf8_lossy(&buf));
     Ok(())
 }
