@@ -707,3 +707,44 @@ fn a_closed_stdout_pipe_ends_every_command_quietly_with_exit_0() {
     );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
 }
+
+#[test]
+fn an_unknown_hostgroup_gets_a_suggestion_when_it_looks_like_a_typo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let root = repo_root();
+    let o = kiln_in(&root, &["render", "wbe"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.starts_with(
+            "hostgroups/wbe.yaml:1:1: unknown hostgroup \"wbe\": did you mean \"web\"? (known: "
+        ),
+        "{stderr}"
+    );
+    let o = kiln_in(
+        &root,
+        &[
+            "build",
+            "wbe",
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("unknown hostgroup \"wbe\""), "{stderr}");
+    assert!(
+        stderr.contains(": did you mean \"web\"? (known: "),
+        "{stderr}"
+    );
+    // Nothing near enough: no suggestion.
+    let stderr =
+        String::from_utf8_lossy(&kiln_in(&root, &["render", "frontend"]).stderr).into_owned();
+    assert!(
+        stderr.contains("unknown hostgroup \"frontend\" (known: "),
+        "{stderr}"
+    );
+}

@@ -149,8 +149,9 @@ fn select(config: &Config, args: &BuildArgs) -> Result<Vec<String>> {
     for n in &args.hostgroups {
         if !known.contains(n) {
             bail!(
-                "unknown hostgroup {n:?}: no hostgroups/{n}.yaml in {} (known: {})",
+                "unknown hostgroup {n:?}: no hostgroups/{n}.yaml in {}{} (known: {})",
                 config.root().display(),
+                crate::config::check::did_you_mean(n, known.iter().map(String::as_str)),
                 known.join(", ")
             );
         }

@@ -345,12 +345,69 @@ pub fn known_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, d: &mu
             d.err(
                 &k.span,
                 format!(
-                    "unknown key {name:?} in {what} (expected one of: {})",
+                    "unknown key {name:?} in {what}{} (expected one of: {})",
+                    did_you_mean(name, allowed.iter().copied()),
                     allowed.join(", ")
                 ),
             );
         }
     }
+}
+
+/// `: did you mean "mode"?` when one of `known` is a likely typo of `name` (a letter or two
+/// wrong, missing, extra or swapped, or another case); else nothing.
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    match closest(name, known) {
+        Some(k) => format!(": did you mean {k:?}?"),
+        None => String::new(),
+    }
+}
+
+/// The candidate nearest to `name` (the first of the nearest), if near enough to be a typo:
+/// one edit for names of up to five characters, two up to eight, three for longer ones
+/// (`directory` for `directories`).
+pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    let limit = match name.chars().count() {
+        0..=5 => 1,
+        6..=8 => 2,
+        _ => 3,
+    };
+    let mut best: Option<(usize, &str)> = None;
+    for k in known {
+        if k == name {
+            continue;
+        }
+        let d = edit_distance(&lower, &k.to_lowercase());
+        if d <= limit && best.map_or(true, |(b, _)| d < b) {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// adjacent characters each count one (so "mdoe" is one edit from "mode").
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows: two back (for swaps), previous, current.
+    let mut two_back = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(two_back[j - 2] + 1);
+            }
+        }
+        std::mem::swap(&mut two_back, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -387,6 +444,34 @@ mod tests {
                 && !is_unit_key("a/b.service")
                 && !is_unit_key("x.d/y.conf")
         );
+    }
+
+    #[test]
+    fn suggestions_for_typos() {
+        assert_eq!(edit_distance("mdoe", "mode"), 1);
+        assert_eq!(edit_distance("ownr", "owner"), 1);
+        assert_eq!(edit_distance("prefix", "prefixes"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let keys = ["content", "from", "mode", "owner", "group"];
+        assert_eq!(closest("mdoe", keys), Some("mode"));
+        assert_eq!(closest("Owner", keys), Some("owner"));
+        assert_eq!(closest("grop", keys), Some("group"));
+        assert_eq!(closest("contnet", keys), Some("content"));
+        assert_eq!(closest("mode", keys), None);
+        assert_eq!(closest("size", keys), None);
+        assert_eq!(closest("ntpd", ["chrony", "nginx"]), None);
+        assert_eq!(closest("ngnix", ["chrony", "nginx"]), Some("nginx"));
+        assert_eq!(
+            closest("directory", ["directories", "dynamic"]),
+            Some("directories")
+        );
+        assert_eq!(closest("Groups", ["group", "groups"]), Some("groups"));
+        assert_eq!(
+            did_you_mean("wbe", ["db", "web"]),
+            ": did you mean \"web\"?"
+        );
+        assert_eq!(did_you_mean("x", ["db", "web"]), "");
     }
 
     #[test]

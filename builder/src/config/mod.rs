@@ -57,7 +57,8 @@ impl Config {
             format!("unknown hostgroup {hostgroup:?} (there are none)")
         } else {
             format!(
-                "unknown hostgroup {hostgroup:?} (known: {})",
+                "unknown hostgroup {hostgroup:?}{} (known: {})",
+                check::did_you_mean(hostgroup, known.iter().map(String::as_str)),
                 known.join(", ")
             )
         };
