@@ -209,13 +209,15 @@ pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
         }
         NodeKind::Int(_) => {
             let raw = node.text();
-            let ok =
-                (3..=4).contains(&raw.len()) && raw.bytes().all(|c| (b'0'..=b'7').contains(&c));
-            let hint = if ok { raw.clone() } else { "0644".into() };
-            d.err(
-                &node.span,
-                format!("mode {raw} must be a quoted string; quote it: mode: \"{hint}\""),
-            );
+            let message = match unquoted_mode(&raw) {
+                Some(mode) => {
+                    format!("mode {raw} must be a quoted string; quote it: mode: \"{mode:04o}\"")
+                }
+                None => format!(
+                    "mode {raw} must be a quoted string of 3 or 4 octal digits, such as mode: \"0644\""
+                ),
+            };
+            d.err(&node.span, message);
             None
         }
         _ => {
@@ -229,6 +231,18 @@ pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
             None
         }
     }
+}
+
+/// The mode a user meant by an unquoted `mode: 640` or `mode: 0o640` (YAML reads both as
+/// integers, the first as decimal): its digits read as octal, if they are octal digits and
+/// make a mode (at most 0o7777).
+fn unquoted_mode(raw: &str) -> Option<u32> {
+    let digits = raw.strip_prefix("0o").unwrap_or(raw);
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| (b'0'..=b'7').contains(&c))
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
 }
 
 /// The entries of a map (`null` counts as an empty map).
@@ -444,6 +458,19 @@ mod tests {
                 && !is_unit_key("a/b.service")
                 && !is_unit_key("x.d/y.conf")
         );
+    }
+
+    #[test]
+    fn the_mode_hint_is_the_mode_written() {
+        assert_eq!(unquoted_mode("0644"), Some(0o644));
+        assert_eq!(unquoted_mode("640"), Some(0o640));
+        assert_eq!(unquoted_mode("0o640"), Some(0o640));
+        assert_eq!(unquoted_mode("4755"), Some(0o4755));
+        assert_eq!(unquoted_mode("00600"), Some(0o600));
+        assert_eq!(unquoted_mode("888"), None);
+        assert_eq!(unquoted_mode("0x1a4"), None);
+        assert_eq!(unquoted_mode("17777"), None);
+        assert_eq!(unquoted_mode("0o"), None);
     }
 
     #[test]
