@@ -264,7 +264,8 @@ pub struct CloudInitArgs {
     /// by `kiln bake`; runs before the bundle's services; needs --bundle-url).
     #[arg(long, value_enum, default_value = "runcmd")]
     pub via: crate::cloudinit::Via,
-    /// Consul address as the VM reaches it (the dynamic values, and where the VM reports).
+    /// Consul address as the VM reaches it (the dynamic values, and where the VM reports);
+    /// required when the --bundle-file reads Consul.
     #[arg(long, value_name = "URL")]
     pub consul_addr: Option<String>,
     /// PEM CA certificates for Consul's https (written to /etc/kiln/consul-ca.pem).
@@ -273,7 +274,8 @@ pub struct CloudInitArgs {
     /// File holding the VM's Consul ACL token (handed over 0600 in /run/kiln, tmpfs).
     #[arg(long, value_name = "FILE")]
     pub consul_token_file: Option<std::path::PathBuf>,
-    /// Vault (or OpenBao) address as the VM reaches it.
+    /// Vault (or OpenBao) address as the VM reaches it; required when the --bundle-file reads
+    /// Vault.
     #[arg(long, value_name = "URL")]
     pub vault_addr: Option<String>,
     /// PEM CA certificates for Vault's https (written to /etc/kiln/vault-ca.pem).
