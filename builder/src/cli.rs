@@ -47,9 +47,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Show what replacing hosts running OLD with NEW would change.
     Diff(DiffArgs),
-    /// Write man pages for kiln and every subcommand.
+    /// Write man pages for kiln, kiln-firstboot and each of their subcommands.
     Man(ManArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script for kiln (or kiln-firstboot).
     Completions(CompletionsArgs),
 }
 
@@ -462,6 +462,18 @@ pub struct CompletionsArgs {
     /// The shell to write completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+    /// The program to complete.
+    #[arg(long, value_enum, default_value = "kiln")]
+    pub program: Program,
+}
+
+/// The two programs of Kiln, for `kiln completions --program`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Program {
+    /// kiln, the builder.
+    Kiln,
+    /// kiln-firstboot, the applier run at first boot.
+    KilnFirstboot,
 }
 
 #[cfg(test)]

@@ -597,6 +597,100 @@ fn man_pages_and_completions_are_generated_from_the_cli() {
     assert!(bash.contains("--min-version"));
 }
 
+/// The rows of the README's "Exit codes" table (the source of truth), as (code, meaning).
+fn readme_exit_codes() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let table = readme.split("\n## Exit codes\n").nth(1).unwrap();
+    let rows: Vec<(String, String)> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("| code |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+            (cells[0].trim().to_string(), cells[1].trim().to_string())
+        })
+        .collect();
+    let codes: Vec<&str> = rows.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "0", "1", "2", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "20", "21",
+            "22"
+        ]
+    );
+    rows
+}
+
+#[test]
+fn kiln_firstboot_has_man_pages_and_completions_and_every_page_lists_the_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listed = ok(&kiln(&["man", "--out", tmp.path().to_str().unwrap()]));
+    for page in [
+        "kiln.1",
+        "kiln-verify.1",
+        "kiln-build.1",
+        "kiln-firstboot.1",
+        "kiln-firstboot-apply.1",
+        "kiln-firstboot-status.1",
+    ] {
+        let path = tmp.path().join(page);
+        assert!(
+            listed.lines().any(|l| Path::new(l) == path),
+            "{page} not listed:\n{listed}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(".ie") && text.contains("\n.TH "),
+            "{page} is not a man page"
+        );
+        let section = text
+            .split("\n.SH \"EXIT STATUS\"\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{page} has no EXIT STATUS section"));
+        for (code, meaning) in readme_exit_codes() {
+            // roff: the code in bold, then the meaning as plain text (`-` escaped, no backticks).
+            let item = format!(
+                ".TP\n\\fB{code}\\fR\n{}\n",
+                meaning
+                    .replace('`', "")
+                    .replace('-', "\\-")
+                    .replace('\'', "\\*(Aq")
+            );
+            assert!(section.contains(&item), "{page}: no {item:?} in\n{section}");
+        }
+    }
+    let apply = std::fs::read_to_string(tmp.path().join("kiln-firstboot-apply.1")).unwrap();
+    assert!(
+        apply.contains("dry\\-run"),
+        "kiln-firstboot-apply.1 lacks --dry-run"
+    );
+    let rollout = std::fs::read_to_string(tmp.path().join("kiln.1")).unwrap();
+    assert!(rollout.contains("kiln rollout wait exits 3"));
+
+    let bash = ok(&kiln(&[
+        "completions",
+        "bash",
+        "--program",
+        "kiln-firstboot",
+    ]));
+    assert!(
+        bash.contains("--dry-run") && bash.contains("kiln-firstboot"),
+        "{bash}"
+    );
+    assert!(
+        !bash.contains("--shard"),
+        "kiln's flags in kiln-firstboot's completions"
+    );
+    let zsh = ok(&kiln(&[
+        "completions",
+        "zsh",
+        "--program",
+        "kiln-firstboot",
+    ]));
+    assert!(zsh.starts_with("#compdef kiln-firstboot"), "{zsh}");
+}
+
 #[test]
 fn shards_split_all_hostgroups_without_overlap() {
     let tmp = tempfile::tempdir().unwrap();
@@ -664,7 +758,18 @@ fn a_closed_stdout_pipe_ends_every_command_quietly_with_exit_0() {
         vec!["validate", "--config", config, "--json"],
         vec!["render", "web", "--config", config, "--explain"],
         vec!["completions", "bash"],
-        vec!["cloud-init", "web", "--bundle-file", b, "--out", "-"],
+        vec![
+            "cloud-init",
+            "web",
+            "--bundle-file",
+            b,
+            "--consul-addr",
+            "http://127.0.0.1:8500",
+            "--vault-addr",
+            "http://127.0.0.1:8200",
+            "--out",
+            "-",
+        ],
         vec!["--help"],
     ];
     for args in &cases {
