@@ -393,7 +393,11 @@ pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
             continue;
         }
         let d = edit_distance(&lower, &k.to_lowercase());
-        if d <= limit && best.map_or(true, |(b, _)| d < b) {
+        let nearer = match best {
+            Some((b, _)) => d < b,
+            None => true,
+        };
+        if d <= limit && nearer {
             best = Some((d, k));
         }
     }
