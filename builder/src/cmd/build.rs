@@ -57,7 +57,11 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let version = match args.version {
         Some(0) => bail!("--version must be a positive integer"),
         Some(v) => v,
-        None => created.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1),
+        None => created
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+            .max(1),
     };
     let info = BuildInfo {
         version,
@@ -65,13 +69,16 @@ pub fn run(args: BuildArgs) -> Result<()> {
         expires_after: *args.expires,
         source_commit: args.source_commit.clone(),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
 
     let progress = if io::stderr().is_terminal() && !args.json {
         let pb = ProgressBar::new(names.len() as u64);
         pb.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb
     } else {
@@ -95,7 +102,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
                 let r = match &resolution {
                     None => build_one(&config, name, &info, &key, &args.out, None),
                     Some(res) => match res.per_hostgroup.get(name) {
-                        Some(Ok(set)) => build_one(&config, name, &info, &key, &args.out, Some((set, res))),
+                        Some(Ok(set)) => {
+                            build_one(&config, name, &info, &key, &args.out, Some((set, res)))
+                        }
                         Some(Err(e)) => Err(anyhow!("{e}")),
                         None => Err(anyhow!("not resolved")),
                     },
@@ -124,7 +133,13 @@ pub fn run(args: BuildArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&built)?);
     } else {
         for b in &built {
-            println!("{}  {}  ({} bytes, {} entries)", b.sha256, b.path.display(), b.size, b.entries);
+            println!(
+                "{}  {}  ({} bytes, {} entries)",
+                b.sha256,
+                b.path.display(),
+                b.size,
+                b.entries
+            );
         }
     }
     if failed > 0 {
@@ -175,7 +190,12 @@ struct Resolution {
 /// Opens the base, checks each hostgroup targets it, runs `apt-get update` once, resolves each
 /// hostgroup's packages and fetches the union of the debs. A hostgroup whose packages cannot
 /// be resolved fails alone; a base that cannot be read or an unreachable archive fails all.
-fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildArgs) -> Result<Resolution> {
+fn resolve_packages(
+    config: &Config,
+    names: &[String],
+    spec: &str,
+    args: &BuildArgs,
+) -> Result<Resolution> {
     let spec = BaseSpec::parse(spec)?;
     let cache = base::cache_dir(args.cache.cache.as_deref())?;
     let progress = |m: &str| {
@@ -200,7 +220,10 @@ fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildA
                     name.clone(),
                     Err(anyhow!(crate::Exit {
                         code: kiln_signing::exit::FAILURE,
-                        message: format!("targets base {}, not {n}: build it with --base {}", resolved.base.name, resolved.base.name),
+                        message: format!(
+                            "targets base {}, not {n}: build it with --base {}",
+                            resolved.base.name, resolved.base.name
+                        ),
                     })),
                 );
                 continue;
@@ -209,7 +232,11 @@ fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildA
         if let Err(why) = base.matches(&resolved.base) {
             per_hostgroup.insert(
                 name.clone(),
-                Err(anyhow!("base {} is not the base this hostgroup targets ({}): {why}", base.source, resolved.base.name)),
+                Err(anyhow!(
+                    "base {} is not the base this hostgroup targets ({}): {why}",
+                    base.source,
+                    resolved.base.name
+                )),
             );
             continue;
         }
@@ -244,15 +271,30 @@ fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildA
         }
     }
     let paths = resolver.fetch(&all, &progress)?;
-    let uris = all.iter().map(|d| (d.sha256.clone(), d.uri.clone())).collect();
+    let uris = all
+        .iter()
+        .map(|d| (d.sha256.clone(), d.uri.clone()))
+        .collect();
     for (name, debs) in resolved_debs {
-        let mine = debs.iter().filter_map(|d| paths.get(&d.sha256).map(|p| (d.sha256.clone(), p.clone()))).collect();
+        let mine = debs
+            .iter()
+            .filter_map(|d| paths.get(&d.sha256).map(|p| (d.sha256.clone(), p.clone())))
+            .collect();
         per_hostgroup.insert(
             name,
-            Ok(PackageSet { debs, paths: mine, packages_digest: base.packages_digest.clone() }),
+            Ok(PackageSet {
+                debs,
+                paths: mine,
+                packages_digest: base.packages_digest.clone(),
+            }),
         );
     }
-    Ok(Resolution { base, per_hostgroup, uris, _resolver: resolver })
+    Ok(Resolution {
+        base,
+        per_hostgroup,
+        uris,
+        _resolver: resolver,
+    })
 }
 
 fn build_one(
@@ -263,7 +305,9 @@ fn build_one(
     out: &Path,
     packages: Option<(&PackageSet, &Resolution)>,
 ) -> Result<Built> {
-    let resolved = config.resolve(name).map_err(|d| super::diagnostics_error(&d))?;
+    let resolved = config
+        .resolve(name)
+        .map_err(|d| super::diagnostics_error(&d))?;
     for w in &resolved.warnings {
         eprintln!("{}: warning: {}", w.span, w.message);
     }
@@ -279,13 +323,23 @@ fn build_one(
             return Err(e);
         }
     };
-    std::fs::rename(&tmp_path, &final_path)
-        .with_context(|| format!("renaming {} to {}", tmp_path.display(), final_path.display()))?;
+    std::fs::rename(&tmp_path, &final_path).with_context(|| {
+        format!(
+            "renaming {} to {}",
+            tmp_path.display(),
+            final_path.display()
+        )
+    })?;
     tracing::info!(hostgroup = name, path = %final_path.display(), "bundle written");
 
     let empty = BTreeMap::new();
     let (facts, uris) = match packages {
-        Some((_, res)) => (Some(sbom::BaseFacts { installed: &res.base.installed }), &res.uris),
+        Some((_, res)) => (
+            Some(sbom::BaseFacts {
+                installed: &res.base.installed,
+            }),
+            &res.uris,
+        ),
         None => (None, &empty),
     };
     let doc = sbom::spdx(&plan.manifest, &file_name, &sha256, facts.as_ref(), uris);
@@ -307,7 +361,11 @@ fn build_one(
 /// Write and fsync the bundle; return its sha256 and size.
 fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(String, u64)> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), count: 0 };
+    let out = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        count: 0,
+    };
     let mut write_blob = |blob: &kiln_signing::Blob, w: &mut dyn Write| -> io::Result<()> {
         let src = plan
             .blobs
@@ -315,18 +373,32 @@ fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(Strin
             .ok_or_else(|| io::Error::other(format!("no source for blob {}", blob.digest)))?;
         // Hash what is actually written: a source file changed since planning must not yield a
         // bundle whose manifest lies about its content.
-        let mut hw = HashingWriter { inner: w, hasher: Sha256::new(), count: 0 };
+        let mut hw = HashingWriter {
+            inner: w,
+            hasher: Sha256::new(),
+            count: 0,
+        };
         src.copy_to(&mut hw)?;
         if hex::encode(hw.hasher.finalize()) != blob.digest {
-            return Err(io::Error::other(format!("{src:?} changed while the bundle was being written")));
+            return Err(io::Error::other(format!(
+                "{src:?} changed while the bundle was being written"
+            )));
         }
         Ok(())
     };
     let out = kiln_signing::write_bundle(out, &plan.manifest, key, &mut write_blob)
         .with_context(|| format!("writing {}", path.display()))?;
-    let HashingWriter { inner, hasher, count } = out;
-    let file = inner.into_inner().map_err(|e| e.into_error()).context("flushing bundle")?;
-    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    let HashingWriter {
+        inner,
+        hasher,
+        count,
+    } = out;
+    let file = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing bundle")?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
     Ok((hex::encode(hasher.finalize()), count))
 }
 
@@ -348,7 +420,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +429,9 @@ mod tests {
         let names: Vec<String> = (0..500).map(|i| format!("hg-{i}")).collect();
         for count in 1..=7 {
             for n in &names {
-                let hits = (1..=count).filter(|&k| in_shard(n, Shard { index: k, count })).count();
+                let hits = (1..=count)
+                    .filter(|&k| in_shard(n, Shard { index: k, count }))
+                    .count();
                 assert_eq!(hits, 1, "{n} in {hits} shards of {count}");
             }
         }
