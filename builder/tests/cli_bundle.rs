@@ -16,9 +16,19 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Bundles built at EPOCH with the default --expires (90d) are long expired, which kiln build
+/// refuses: a build without --expires gets 100 years.
+fn with_expiry<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"build") && !args.contains(&"--expires") {
+        args.extend(["--expires", "36500d"]);
+    }
+    args
+}
+
 fn kiln(args: &[&str]) -> Output {
     Command::new(KILN)
-        .args(args)
+        .args(with_expiry(args))
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .env_remove("KILN_CONFIG")
         .output()
@@ -28,7 +38,7 @@ fn kiln(args: &[&str]) -> Output {
 fn kiln_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(KILN)
         .current_dir(dir)
-        .args(args)
+        .args(with_expiry(args))
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .env_remove("KILN_CONFIG")
         .output()
@@ -437,20 +447,69 @@ fn trust_accepts_a_pub_file_an_allowed_signers_file_and_a_directory() {
 fn an_expired_bundle_is_refused_with_exit_13() {
     let tmp = tempfile::tempdir().unwrap();
     let key = keygen(tmp.path(), "ci");
-    // Built on 2026-01-01 and valid for one day: long expired.
-    let bundles = build_all(
-        &repo_root(),
-        &key,
-        &tmp.path().join("out"),
-        &["--expires", "1d"],
-    );
+    let out = tmp.path().join("out");
+    // Built now (kiln build refuses a bundle born expired), valid for two seconds.
+    let o = Command::new(KILN)
+        .args([
+            "build",
+            "web",
+            "--config",
+            repo_root().to_str().unwrap(),
+            "--key",
+        ])
+        .arg(&key)
+        .arg("--out")
+        .arg(&out)
+        .args(["--version", "7", "--expires", "2s"])
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    ok(&o);
+    let bundle = out.join("web-7.kiln");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&kiln(&["inspect", "--json", bundle.to_str().unwrap()]))).unwrap();
+    let expires = inspect["expires"].as_str().unwrap().to_string();
     let trust = trust_dir(tmp.path(), &[&key]);
-    let (code, stderr) = verify_code(&bundles["web"], &trust, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (code, stderr) = verify_code(&bundle, &trust, &[]);
     assert_eq!(code, 13, "{stderr}");
     assert!(
-        stderr.contains("expired at 2026-01-02T00:00:00Z"),
+        stderr.contains(&format!("expired at {expires}")),
         "{stderr}"
     );
+}
+
+/// A bundle whose creation time (SOURCE_DATE_EPOCH) plus --expires is already past would be
+/// refused by every host: the build refuses it first and writes nothing.
+#[test]
+fn a_build_that_would_be_born_expired_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let out = tmp.path().join("out");
+    let o = kiln(&[
+        "build",
+        "web",
+        "--config",
+        repo_root().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "7",
+        "--expires",
+        "90d",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.starts_with(
+            "kiln: error: the bundles would be born expired: created 2026-01-01T00:00:00Z \
+             (SOURCE_DATE_EPOCH) + --expires 90d = 2026-04-01T00:00:00Z, which is past (now "
+        ),
+        "{stderr}"
+    );
+    assert!(!out.join("web-7.kiln").exists());
 }
 
 #[test]
@@ -852,4 +911,254 @@ fn an_unknown_hostgroup_gets_a_suggestion_when_it_looks_like_a_typo() {
         stderr.contains("unknown hostgroup \"frontend\" (known: "),
         "{stderr}"
     );
+}
+
+/// A published `web-7.kiln` must never change under the same name: a second build of the same
+/// version keeps an identical file (and says so) and refuses to replace a different one.
+#[test]
+fn a_bundle_of_the_same_name_is_kept_when_identical_and_never_replaced_when_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let cfg = tmp.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    for d in ["hostgroups", "layers", "files"] {
+        copy_tree(&repo_root().join(d), &cfg.join(d));
+    }
+    let out = tmp.path().join("out");
+    let build = || {
+        kiln(&[
+            "build",
+            "web",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--version",
+            "7",
+        ])
+    };
+    let first = ok(&build());
+    let bundle = out.join("web-7.kiln");
+    let sbom = out.join("web-7.spdx.json");
+    let (bytes, sbom_bytes) = (
+        std::fs::read(&bundle).unwrap(),
+        std::fs::read(&sbom).unwrap(),
+    );
+    assert!(!first.contains("kept"), "{first}");
+
+    let again = ok(&build());
+    assert!(
+        again.ends_with(&format!(
+            "  {}  ({} bytes, 23 entries; already there with the same bytes: kept)\n",
+            bundle.display(),
+            bytes.len()
+        )),
+        "{again}"
+    );
+    let o = kiln(&[
+        "build",
+        "web",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "7",
+        "--json",
+    ]);
+    let built: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(built[0]["unchanged"], true);
+
+    // One more file for every hostgroup: same name, other bytes.
+    let default = cfg.join("hostgroups/default.yaml");
+    let text = std::fs::read_to_string(&default).unwrap();
+    assert!(text.contains("\nfiles:\n"));
+    std::fs::write(
+        &default,
+        text.replacen(
+            "\nfiles:\n",
+            "\nfiles:\n  /etc/kiln-test-extra: {content: \"x\\n\"}\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let o = build();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "kiln: hostgroup web: {} exists with other bytes (sha256 ",
+            bundle.display()
+        )) && stderr.contains("it is not replaced; build with a new --version"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&bundle).unwrap(),
+        bytes,
+        "the published bundle changed"
+    );
+    assert_eq!(
+        std::fs::read(&sbom).unwrap(),
+        sbom_bytes,
+        "its SBOM changed"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    // A new version builds.
+    ok(&kiln(&[
+        "build",
+        "web",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "8",
+    ]));
+}
+
+/// Without --base the bundle names packages but carries none: said once per build, and
+/// --deny-warnings turns it into a refusal that writes nothing.
+#[test]
+fn a_build_without_base_warns_that_packages_are_not_carried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let out = tmp.path().join("out");
+    let root = repo_root();
+    let args = |extra: &[&'static str]| {
+        let mut a: Vec<String> = [
+            "build",
+            "--all",
+            "--config",
+            root.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--version",
+            "7",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| kiln(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args(&[]));
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].starts_with(
+            "kiln: warning: no --base: packages are listed by name only, not carried (bastion: "
+        ) && warnings[0].contains("kiln-firstboot cannot install them")
+            && warnings[0].contains("the accounts packages create (postgres) will be missing"),
+        "{stderr}"
+    );
+
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = run(args(&["--deny-warnings"]));
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.ends_with(
+            "kiln: error: --deny-warnings: the warning above is an error; nothing was built\n"
+        ),
+        "{stderr}"
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+
+    // A configuration without packages: nothing to warn about.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir_all(plain.join("hostgroups")).unwrap();
+    std::fs::write(
+        plain.join("hostgroups/default.yaml"),
+        "files:\n  /etc/motd: {content: \"hi\\n\"}\n",
+    )
+    .unwrap();
+    std::fs::write(plain.join("hostgroups/web.yaml"), "{}\n").unwrap();
+    let o = kiln(&[
+        "build",
+        "--all",
+        "--config",
+        plain.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        tmp.path().join("plain-out").to_str().unwrap(),
+        "--deny-warnings",
+    ]);
+    ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+}
+
+/// A hostgroup's own warnings (a literal secret in a static file) stop that hostgroup under
+/// --deny-warnings; the others build.
+#[test]
+fn deny_warnings_stops_the_hostgroup_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let cfg = tmp.path().join("config");
+    std::fs::create_dir_all(cfg.join("hostgroups")).unwrap();
+    std::fs::write(cfg.join("hostgroups/default.yaml"), "").unwrap();
+    std::fs::write(
+        cfg.join("hostgroups/web.yaml"),
+        "files:\n  /etc/app.ini: {content: \"[db]\\npassword = Zx81-secret-Value\\n\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cfg.join("hostgroups/db.yaml"),
+        "files:\n  /etc/motd: {content: \"db\\n\"}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let build = |extra: &[&str]| {
+        let mut a = vec![
+            "build",
+            "--all",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--version",
+            "7",
+        ];
+        a.extend_from_slice(extra);
+        kiln(&a)
+    };
+    let o = build(&["--deny-warnings"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("hostgroups/web.yaml:2:27: warning: /etc/app.ini: line 2 assigns a literal value to \"password\"")
+            && stderr.contains(
+                "kiln: hostgroup web: not built: 1 warning above, and --deny-warnings makes warnings errors"
+            )
+            && stderr.ends_with("kiln: error: 1 of 2 hostgroups failed to build\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Zx81"));
+    assert!(out.join("db-7.kiln").exists() && !out.join("web-7.kiln").exists());
+    // Without it: a warning, and built.
+    ok(&build(&[]));
+    assert!(out.join("web-7.kiln").exists());
 }

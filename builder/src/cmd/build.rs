@@ -35,6 +35,8 @@ pub struct Built {
     pub packages: usize,
     /// The SPDX 2.3 SBOM written beside the bundle.
     pub sbom: PathBuf,
+    /// The bundle file was already there with exactly these bytes, and was kept.
+    pub unchanged: bool,
 }
 
 /// Whether a hostgroup belongs to a shard. Hashing the name (rather than cutting the sorted list)
@@ -69,6 +71,20 @@ pub fn run(args: BuildArgs) -> Result<()> {
         expires_after: *args.expires,
         source_commit: args.source_commit.clone(),
     };
+    refuse_born_expired(&info, std::time::SystemTime::now())?;
+    let mut warnings = Vec::new();
+    if args.base.is_none() {
+        warnings.extend(packages_not_carried(&config, &names));
+    }
+    for w in &warnings {
+        eprintln!("kiln: warning: {w}");
+    }
+    if args.deny_warnings && !warnings.is_empty() {
+        return Err(anyhow!(crate::Exit {
+            code: kiln_signing::exit::FAILURE,
+            message: "--deny-warnings: the warning above is an error; nothing was built".into(),
+        }));
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -100,10 +116,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
             .par_iter()
             .map(|name| {
                 let r = match &resolution {
-                    None => build_one(&config, name, &info, &key, &args.out, None),
+                    None => build_one(&config, name, &info, &key, &args, None),
                     Some(res) => match res.per_hostgroup.get(name) {
                         Some(Ok(set)) => {
-                            build_one(&config, name, &info, &key, &args.out, Some((set, res)))
+                            build_one(&config, name, &info, &key, &args, Some((set, res)))
                         }
                         Some(Err(e)) => Err(anyhow!("{e}")),
                         None => Err(anyhow!("not resolved")),
@@ -134,11 +150,16 @@ pub fn run(args: BuildArgs) -> Result<()> {
     } else {
         for b in &built {
             println!(
-                "{}  {}  ({} bytes, {} entries)",
+                "{}  {}  ({} bytes, {} entries{})",
                 b.sha256,
                 b.path.display(),
                 b.size,
-                b.entries
+                b.entries,
+                if b.unchanged {
+                    "; already there with the same bytes: kept"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -302,14 +323,22 @@ fn build_one(
     name: &str,
     info: &BuildInfo,
     key: &SigningKey,
-    out: &Path,
+    args: &BuildArgs,
     packages: Option<(&PackageSet, &Resolution)>,
 ) -> Result<Built> {
+    let out = args.out.as_path();
     let resolved = config
         .resolve(name)
         .map_err(|d| super::diagnostics_error(&d))?;
     for w in &resolved.warnings {
         eprintln!("{}: warning: {}", w.span, w.message);
+    }
+    if args.deny_warnings && !resolved.warnings.is_empty() {
+        let n = resolved.warnings.len();
+        bail!(
+            "not built: {n} warning{} above, and --deny-warnings makes warnings errors",
+            if n == 1 { "" } else { "s" }
+        );
     }
     let plan = plan::plan_with_packages(&resolved, info, packages.map(|(p, _)| p))?;
     let file_name = format!("{name}-{}.kiln", info.version);
@@ -323,14 +352,10 @@ fn build_one(
             return Err(e);
         }
     };
-    std::fs::rename(&tmp_path, &final_path).with_context(|| {
-        format!(
-            "renaming {} to {}",
-            tmp_path.display(),
-            final_path.display()
-        )
-    })?;
-    tracing::info!(hostgroup = name, path = %final_path.display(), "bundle written");
+    let unchanged = place(&tmp_path, &final_path, &sha256);
+    let _ = std::fs::remove_file(&tmp_path);
+    let unchanged = unchanged?;
+    tracing::info!(hostgroup = name, path = %final_path.display(), unchanged, "bundle written");
 
     let empty = BTreeMap::new();
     let (facts, uris) = match packages {
@@ -355,7 +380,91 @@ fn build_one(
         blobs: plan.manifest.blobs.len(),
         packages: plan.manifest.packages.len(),
         sbom: sbom_path,
+        unchanged,
     })
+}
+
+/// Puts the new bundle at `path` unless a file is there already: a bundle with the same name
+/// (hostgroup and version) and the same bytes is kept (`Ok(true)`); one with other bytes is
+/// never replaced, since hosts, caches and pinned digests may already have it. The hard link
+/// makes "only if absent" atomic, even against another build writing the same name.
+fn place(tmp: &Path, path: &Path, sha256: &str) -> Result<bool> {
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let (existing, _) = crate::packages::file_sha256(path)
+                .with_context(|| format!("reading the existing {}", path.display()))?;
+            if existing == sha256 {
+                return Ok(true);
+            }
+            bail!(
+                "{} exists with other bytes (sha256 {existing}; this build's: {sha256}): a version \
+                 is built once, so it is not replaced; build with a new --version, or remove the \
+                 file if it was never published",
+                path.display()
+            )
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("linking {} to {}", tmp.display(), path.display()))
+        }
+    }
+}
+
+/// Refuses a build whose bundles would be expired the moment they are written: creation time
+/// (SOURCE_DATE_EPOCH, when set) plus `--expires` already past. Every host would refuse them.
+fn refuse_born_expired(info: &BuildInfo, now: std::time::SystemTime) -> Result<()> {
+    let expires = info.created + info.expires_after;
+    if expires > now {
+        return Ok(());
+    }
+    let at = |t| humantime::format_rfc3339_seconds(t).to_string();
+    let secs = info.expires_after.as_secs();
+    let after = match secs {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ => humantime::format_duration(info.expires_after).to_string(),
+    };
+    bail!(
+        "the bundles would be born expired: created {} (SOURCE_DATE_EPOCH) + --expires {after} \
+         = {}, which is past (now {}); set SOURCE_DATE_EPOCH to a later time (the commit's), or \
+         give a longer --expires",
+        at(info.created),
+        at(expires),
+        at(now)
+    )
+}
+
+/// The warning for a build without `--base` when hostgroups have packages: the bundle lists
+/// them by name only, so nothing installs them at first boot.
+fn packages_not_carried(config: &Config, names: &[String]) -> Option<String> {
+    let mut with_packages = Vec::new();
+    let mut accounts = std::collections::BTreeSet::new();
+    for name in names {
+        // A hostgroup that does not resolve fails in its own build, with its own lines.
+        if let Ok(r) = config.resolve(name) {
+            if !r.packages.is_empty() {
+                with_packages.push(format!("{name}: {}", r.packages.len()));
+                accounts.extend(r.system_accounts.iter().cloned());
+            }
+        }
+    }
+    if with_packages.is_empty() {
+        return None;
+    }
+    let accounts = if accounts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", and the accounts packages create ({}) will be missing",
+            accounts.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
+    Some(format!(
+        "no --base: packages are listed by name only, not carried ({}); kiln-firstboot cannot \
+         install them: hosts have only what their image has{accounts}; --base NAME|DIR|TAR \
+         carries the .debs",
+        with_packages.join(", ")
+    ))
 }
 
 /// Write and fsync the bundle; return its sha256 and size.
