@@ -88,12 +88,19 @@ fn section(old: BTreeMap<String, Value>, new: BTreeMap<String, Value>, skip: &[&
             Some(o) => {
                 let fields = field_changes(o, v, skip);
                 if !fields.is_empty() {
-                    s.changed.push(Changed { key: k.clone(), fields });
+                    s.changed.push(Changed {
+                        key: k.clone(),
+                        fields,
+                    });
                 }
             }
         }
     }
-    s.removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+    s.removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
     s
 }
 
@@ -102,27 +109,87 @@ pub fn diff_manifests(old: &Manifest, new: &Manifest) -> ManifestDiff {
     let mut header = BTreeMap::new();
     let ov = serde_json::to_value(old).unwrap_or(Value::Null);
     let nv = serde_json::to_value(new).unwrap_or(Value::Null);
-    for k in ["base", "created", "expires", "source_commit", "builder", "format"] {
-        let (a, b) = (ov.get(k).cloned().unwrap_or(Value::Null), nv.get(k).cloned().unwrap_or(Value::Null));
+    for k in [
+        "base",
+        "created",
+        "expires",
+        "source_commit",
+        "builder",
+        "format",
+    ] {
+        let (a, b) = (
+            ov.get(k).cloned().unwrap_or(Value::Null),
+            nv.get(k).cloned().unwrap_or(Value::Null),
+        );
         if a != b {
             header.insert(k.to_string(), (a, b));
         }
     }
     let mut sections = BTreeMap::new();
-    sections.insert("entries".into(), section(keyed(&old.entries, |e| e.path.clone()), keyed(&new.entries, |e| e.path.clone()), &["path"]));
-    sections.insert("templates".into(), section(keyed(&old.templates, |t| t.path.clone()), keyed(&new.templates, |t| t.path.clone()), &["path"]));
-    sections.insert("users".into(), section(keyed(&old.users, |u| u.name.clone()), keyed(&new.users, |u| u.name.clone()), &["name"]));
-    sections.insert("groups".into(), section(keyed(&old.groups, |g| g.name.clone()), keyed(&new.groups, |g| g.name.clone()), &["name"]));
-    sections.insert("packages".into(), section(keyed(&old.packages, |p| p.name.clone()), keyed(&new.packages, |p| p.name.clone()), &["name"]));
-    sections.insert("services".into(), section(keyed(&old.services, |s| s.name.clone()), keyed(&new.services, |s| s.name.clone()), &["name"]));
+    sections.insert(
+        "entries".into(),
+        section(
+            keyed(&old.entries, |e| e.path.clone()),
+            keyed(&new.entries, |e| e.path.clone()),
+            &["path"],
+        ),
+    );
+    sections.insert(
+        "templates".into(),
+        section(
+            keyed(&old.templates, |t| t.path.clone()),
+            keyed(&new.templates, |t| t.path.clone()),
+            &["path"],
+        ),
+    );
+    sections.insert(
+        "users".into(),
+        section(
+            keyed(&old.users, |u| u.name.clone()),
+            keyed(&new.users, |u| u.name.clone()),
+            &["name"],
+        ),
+    );
+    sections.insert(
+        "groups".into(),
+        section(
+            keyed(&old.groups, |g| g.name.clone()),
+            keyed(&new.groups, |g| g.name.clone()),
+            &["name"],
+        ),
+    );
+    sections.insert(
+        "packages".into(),
+        section(
+            keyed(&old.packages, |p| p.name.clone()),
+            keyed(&new.packages, |p| p.name.clone()),
+            &["name"],
+        ),
+    );
+    sections.insert(
+        "services".into(),
+        section(
+            keyed(&old.services, |s| s.name.clone()),
+            keyed(&new.services, |s| s.name.clone()),
+            &["name"],
+        ),
+    );
     // Commands run in order: a reordering is a change, so key them by position and name.
     let cmd_key = |list: &[kiln_signing::Command]| -> BTreeMap<String, Value> {
         list.iter()
             .enumerate()
-            .map(|(i, c)| (format!("{:02} {}", i + 1, c.name), serde_json::to_value(c).unwrap_or(Value::Null)))
+            .map(|(i, c)| {
+                (
+                    format!("{:02} {}", i + 1, c.name),
+                    serde_json::to_value(c).unwrap_or(Value::Null),
+                )
+            })
             .collect()
     };
-    sections.insert("commands".into(), section(cmd_key(&old.commands), cmd_key(&new.commands), &[]));
+    sections.insert(
+        "commands".into(),
+        section(cmd_key(&old.commands), cmd_key(&new.commands), &[]),
+    );
     ManifestDiff {
         hostgroup: (old.hostgroup.clone(), new.hostgroup.clone()),
         version: (old.version, new.version),
@@ -133,7 +200,9 @@ pub fn diff_manifests(old: &Manifest, new: &Manifest) -> ManifestDiff {
 
 fn short(v: &Value) -> String {
     match v {
-        Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => s[..12].to_string(),
+        Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            s[..12].to_string()
+        }
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
@@ -150,7 +219,10 @@ pub fn run(args: DiffArgs) -> Result<()> {
         if d.hostgroup.0 != d.hostgroup.1 {
             println!("hostgroup {} -> {}", d.hostgroup.0, d.hostgroup.1);
         }
-        println!("{}: version {} -> {}", d.hostgroup.1, d.version.0, d.version.1);
+        println!(
+            "{}: version {} -> {}",
+            d.hostgroup.1, d.version.0, d.version.1
+        );
         for (k, (a, b)) in &d.header {
             if k == "created" || k == "expires" {
                 continue;
@@ -169,8 +241,11 @@ pub fn run(args: DiffArgs) -> Result<()> {
                 println!("  - {k}");
             }
             for c in &s.changed {
-                let fields: Vec<String> =
-                    c.fields.iter().map(|(f, (a, b))| format!("{f} {} -> {}", short(a), short(b))).collect();
+                let fields: Vec<String> = c
+                    .fields
+                    .iter()
+                    .map(|(f, (a, b))| format!("{f} {} -> {}", short(a), short(b)))
+                    .collect();
                 println!("  ~ {}  {}", c.key, fields.join(", "));
             }
         }
@@ -179,7 +254,11 @@ pub fn run(args: DiffArgs) -> Result<()> {
         }
     }
     if args.exit_code && !d.is_empty() {
-        return Err(crate::Exit { code: 1, message: String::new() }.into());
+        return Err(crate::Exit {
+            code: 1,
+            message: String::new(),
+        }
+        .into());
     }
     Ok(())
 }

@@ -26,9 +26,18 @@ pub fn run(args: ValidateArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": items.is_empty(), "problems": items }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "ok": items.is_empty(), "problems": items })
+            )?
+        );
         if !items.is_empty() {
-            return Err(crate::Exit { code: 1, message: String::new() }.into());
+            return Err(crate::Exit {
+                code: 1,
+                message: String::new(),
+            }
+            .into());
         }
         return Ok(());
     }

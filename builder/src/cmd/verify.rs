@@ -28,7 +28,11 @@ struct Verified {
 
 fn verify(args: &VerifyArgs, trust: &TrustStore) -> Result<Verified, BundleError> {
     let file = File::open(&args.bundle)?;
-    let bundle = kiln_signing::open(BufReader::with_capacity(1 << 20, file), trust, &Limits::default())?;
+    let bundle = kiln_signing::open(
+        BufReader::with_capacity(1 << 20, file),
+        trust,
+        &Limits::default(),
+    )?;
     let policy = Policy {
         now: SystemTime::now(),
         hostgroup: args.hostgroup.clone(),
