@@ -87,7 +87,10 @@ pub struct KeygenArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Print the diagnostics as JSON.
+    /// Make warnings (a literal secret in a static file) errors: exit 1.
+    #[arg(long)]
+    pub deny_warnings: bool,
+    /// Print the problems and the warnings as JSON.
     #[arg(long)]
     pub json: bool,
 }

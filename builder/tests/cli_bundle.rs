@@ -1162,3 +1162,135 @@ fn deny_warnings_stops_the_hostgroup_with_a_warning() {
     ok(&build(&[]));
     assert!(out.join("web-7.kiln").exists());
 }
+
+/// Every JSON output carries `"schema_version": 1` (each object of `kiln build --json`'s
+/// array): scripts can check what they parse.
+#[test]
+fn every_json_output_has_a_schema_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    let parse = |o: &Output| -> serde_json::Value {
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+    };
+    let mut outputs = Vec::new();
+    outputs.push((
+        "keygen",
+        parse(&kiln(&["keygen", "--out", key.to_str().unwrap(), "--json"])),
+    ));
+    let root = repo_root();
+    outputs.push((
+        "validate",
+        parse(&kiln(&[
+            "validate",
+            "--config",
+            root.to_str().unwrap(),
+            "--json",
+        ])),
+    ));
+    let out = tmp.path().join("out");
+    let built = parse(&kiln(&[
+        "build",
+        "web",
+        "db",
+        "--config",
+        root.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "7",
+        "--json",
+    ]));
+    assert_eq!(built.as_array().unwrap().len(), 2);
+    for b in built.as_array().unwrap() {
+        outputs.push(("build", b.clone()));
+    }
+    let (web, db) = (out.join("web-7.kiln"), out.join("db-7.kiln"));
+    let trust = trust_dir(tmp.path(), &[&key]);
+    outputs.push((
+        "verify",
+        parse(&kiln(&[
+            "verify",
+            web.to_str().unwrap(),
+            "--trust",
+            trust.to_str().unwrap(),
+            "--json",
+        ])),
+    ));
+    let refused = kiln(&[
+        "verify",
+        web.to_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+        "--hostgroup",
+        "db",
+        "--json",
+    ]);
+    assert_eq!(refused.status.code(), Some(14));
+    outputs.push(("verify (refused)", parse(&refused)));
+    outputs.push((
+        "inspect",
+        parse(&kiln(&["inspect", web.to_str().unwrap(), "--json"])),
+    ));
+    outputs.push((
+        "diff",
+        parse(&kiln(&[
+            "diff",
+            web.to_str().unwrap(),
+            db.to_str().unwrap(),
+            "--json",
+        ])),
+    ));
+    for (what, v) in &outputs {
+        assert_eq!(v["schema_version"], 1, "kiln {what} --json: {v}");
+    }
+}
+
+#[test]
+fn validate_json_includes_warnings_and_deny_warnings_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("hostgroups")).unwrap();
+    std::fs::write(tmp.path().join("hostgroups/default.yaml"), "").unwrap();
+    std::fs::write(
+        tmp.path().join("hostgroups/web.yaml"),
+        "files:\n  /etc/app.ini: {content: \"[db]\\npassword = Zx81-secret-Value\\n\"}\n",
+    )
+    .unwrap();
+    let o = kiln_in(tmp.path(), &["validate", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(
+        v["warnings"],
+        serde_json::json!([{
+            "file": "hostgroups/web.yaml", "line": 2, "column": 27,
+            "message": v["warnings"][0]["message"],
+        }])
+    );
+    let message = v["warnings"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("/etc/app.ini: line 2 assigns a literal value to \"password\""),
+        "{message}"
+    );
+    assert!(!message.contains("Zx81"));
+
+    let o = kiln_in(tmp.path(), &["validate", "--json", "--deny-warnings"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["warnings"].as_array().unwrap().len()),
+        (serde_json::json!(false), 1)
+    );
+    let o = kiln_in(tmp.path(), &["validate", "--deny-warnings"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .ends_with("kiln: error: 1 warning found, and --deny-warnings makes warnings errors\n"));
+    assert_eq!(kiln_in(tmp.path(), &["validate"]).status.code(), Some(0));
+}

@@ -146,7 +146,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&built)?);
+        super::print_json(&built)?;
     } else {
         for b in &built {
             println!(

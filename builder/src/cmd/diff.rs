@@ -214,7 +214,7 @@ pub fn run(args: DiffArgs) -> Result<()> {
     let (new, _) = super::inspect::read_manifest(&args.new)?;
     let d = diff_manifests(&old, &new);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        super::print_json(&d)?;
     } else {
         if d.hostgroup.0 != d.hostgroup.1 {
             println!("hostgroup {} -> {}", d.hostgroup.0, d.hostgroup.1);

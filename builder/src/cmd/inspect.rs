@@ -28,7 +28,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("signer".into(), serde_json::json!(signer));
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
         return Ok(());
     }
     println!("hostgroup  {}", m.hostgroup);

@@ -48,7 +48,7 @@ pub fn run(args: KeygenArgs) -> Result<()> {
             "public_key": public_path,
             "fingerprint": public.fingerprint(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
     } else {
         println!(
             "wrote {} (secret, 0600) and {}",

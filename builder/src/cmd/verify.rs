@@ -64,7 +64,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     "entries": m.entries.len() + m.templates.len(),
                     "blobs": m.blobs.len(),
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                super::print_json(&out)?;
             } else {
                 println!(
                     "OK {shown}: hostgroup {} version {}, signed by {}, {} entries and {} blobs checked, expires {}",
@@ -86,7 +86,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     "error": e.to_string(),
                     "exit_code": e.exit_code(),
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                super::print_json(&out)?;
             }
             Err(anyhow::Error::new(e).context(format!("refusing {shown}")))
         }
