@@ -1294,3 +1294,185 @@ fn validate_json_includes_warnings_and_deny_warnings_fails() {
         .ends_with("kiln: error: 1 warning found, and --deny-warnings makes warnings errors\n"));
     assert_eq!(kiln_in(tmp.path(), &["validate"]).status.code(), Some(0));
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let o = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)[..64].to_string()
+}
+
+/// What a reviewer of a change needs: the content of each changed text file and template as a
+/// unified diff, binary and large files by size and digest, and the changes of dynamic
+/// sources, users, groups, package versions, services and commands.
+#[test]
+fn diff_shows_content_and_every_kind_of_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "ci");
+    let cfg = tmp.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    for d in ["hostgroups", "layers", "files"] {
+        copy_tree(&repo_root().join(d), &cfg.join(d));
+    }
+    let web = cfg.join("hostgroups/web.yaml");
+    let edit = |path: &Path, from: &str, to: &str| {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains(from), "{} lacks {from:?}", path.display());
+        std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+    };
+    let append = |path: &Path, more: &str| {
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, format!("{text}{more}")).unwrap();
+    };
+    let (bin, big) = (
+        cfg.join("files/web/tool.bin"),
+        cfg.join("files/web/big.txt"),
+    );
+    std::fs::write(&bin, b"\x7fELF\0\x01").unwrap();
+    std::fs::write(&big, "x".repeat(299_999) + "\n").unwrap();
+    edit(
+        &web,
+        "\nfiles:\n",
+        "\nfiles:\n  /usr/local/bin/tool: {from: web/tool.bin, mode: \"0755\"}\n  /srv/big.txt: {from: web/big.txt}\n",
+    );
+    let out = tmp.path().join("out");
+    let build = |version: &str| {
+        ok(&kiln(&[
+            "build",
+            "web",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--version",
+            version,
+        ]))
+    };
+    build("1");
+    let old_bin = std::fs::read(&bin).unwrap();
+    let old_big = std::fs::read(&big).unwrap();
+
+    edit(
+        &cfg.join("files/web/nginx-app.conf"),
+        "\tlisten 80 default_server;",
+        "\tlisten 8080 default_server;",
+    );
+    append(&cfg.join("files/web/app.env.j2"), "# one more line\n");
+    std::fs::write(&bin, b"\x7fELF\0\x02").unwrap();
+    std::fs::write(&big, "y".repeat(299_999) + "\n").unwrap();
+    edit(&web, "    shell: /usr/sbin/nologin", "    shell: /bin/bash");
+    edit(&web, "  app: {gid: 2100}", "  app: {gid: 2101}");
+    edit(&web, "      ttl: 72h", "      ttl: 48h");
+    edit(
+        &web,
+        "  prefixes: [kiln/apps/web/]",
+        "  prefixes: [kiln/apps/web/, kiln/apps/shared/]",
+    );
+    append(
+        &web,
+        "services:\n  nginx.service: {state: dead}\npackages:\n  less: {version: \"590-2\"}\ncommands:\n  hello:\n    run: [/bin/true]\n    timeout: \"10s\"\n",
+    );
+    build("2");
+    let (v1, v2) = (out.join("web-1.kiln"), out.join("web-2.kiln"));
+
+    let text = ok(&kiln(&["diff", v1.to_str().unwrap(), v2.to_str().unwrap()]));
+    for want in [
+        "web: version 1 -> 2\n",
+        "commands:\n  + 01 hello\n",
+        "dynamic:\n  + consul prefix kiln/apps/shared/\n  ~ vault pki  ttl 72h -> 48h\n",
+        "groups:\n  ~ app  gid 2100 -> 2101\n",
+        "packages:\n  ~ less  version - -> 590-2\n",
+        "services:\n  ~ nginx.service  enabled true -> false, state running -> dead\n",
+        "users:\n  ~ app  shell /usr/sbin/nologin -> /bin/bash\n",
+        // A static file: its unified diff, three lines of context.
+        "--- a/etc/nginx/sites-available/app.conf\n+++ b/etc/nginx/sites-available/app.conf\n@@ ",
+        " server {\n-\tlisten 80 default_server;\n+\tlisten 8080 default_server;\n \tlisten [::]:80 default_server;\n",
+        // A dynamic template's text.
+        "--- a/etc/app/app.env\n+++ b/etc/app/app.env\n@@ ",
+        "+# one more line\n",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    let short = |b: &[u8]| sha256_hex(b)[..12].to_string();
+    let new_bin = std::fs::read(&bin).unwrap();
+    let new_big = std::fs::read(&big).unwrap();
+    assert!(
+        text.contains(&format!(
+            "binary /usr/local/bin/tool: 6 bytes (sha256 {}) -> 6 bytes (sha256 {})\n",
+            short(&old_bin),
+            short(&new_bin)
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "large /srv/big.txt: 300000 bytes (sha256 {}) -> 300000 bytes (sha256 {}), over 262144 bytes: not shown\n",
+            short(&old_big),
+            short(&new_big)
+        )),
+        "{text}"
+    );
+
+    let d: serde_json::Value = serde_json::from_str(&ok(&kiln(&[
+        "diff",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    let contents: BTreeMap<String, serde_json::Value> = d["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap().to_string(), c.clone()))
+        .collect();
+    let kinds: BTreeMap<&str, &str> = contents
+        .iter()
+        .map(|(p, c)| (p.as_str(), c["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeMap::from([
+            ("/etc/app/app.env", "text"),
+            ("/etc/nginx/sites-available/app.conf", "text"),
+            ("/srv/big.txt", "large"),
+            ("/usr/local/bin/tool", "binary"),
+        ])
+    );
+    assert_eq!(
+        contents["/usr/local/bin/tool"]["old"]["sha256"],
+        sha256_hex(&old_bin)
+    );
+    assert_eq!(contents["/usr/local/bin/tool"]["new"]["size"], 6);
+    assert!(contents["/usr/local/bin/tool"].get("unified").is_none());
+    assert!(contents["/etc/app/app.env"]["unified"]
+        .as_str()
+        .unwrap()
+        .ends_with("+# one more line\n"));
+    assert_eq!(
+        d["sections"]["packages"]["changed"][0]["fields"]["version"],
+        serde_json::json!([null, "590-2"])
+    );
+    assert_eq!(
+        d["sections"]["dynamic"]["added"],
+        serde_json::json!(["consul prefix kiln/apps/shared/"])
+    );
+    // The same bundle twice: nothing.
+    let same: serde_json::Value = serde_json::from_str(&ok(&kiln(&[
+        "diff",
+        v1.to_str().unwrap(),
+        v1.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(same["contents"], serde_json::json!([]));
+}
