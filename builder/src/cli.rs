@@ -47,6 +47,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Show what replacing hosts running OLD with NEW would change.
     Diff(DiffArgs),
+    /// Write the JSON Schemas of hostgroup and layer files (for editors and linters).
+    Schema(SchemaArgs),
     /// Write man pages for kiln, kiln-firstboot and each of their subcommands.
     Man(ManArgs),
     /// Print a shell completion script for kiln (or kiln-firstboot).
@@ -455,6 +457,27 @@ pub struct DiffArgs {
     /// Exit 1 when the bundles differ (like `git diff --exit-code`).
     #[arg(long)]
     pub exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Print this schema on stdout (without --out).
+    #[arg(value_enum, required_unless_present = "out", conflicts_with = "out")]
+    pub kind: Option<SchemaKind>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Write both, as DIR/hostgroup.schema.json and DIR/layer.schema.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Which file a schema describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// hostgroups/*.yaml (default.yaml too); the configuration's layers are keys of it.
+    Hostgroup,
+    /// layers/*.yaml.
+    Layer,
 }
 
 #[derive(Debug, Args)]

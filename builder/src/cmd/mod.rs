@@ -10,6 +10,7 @@ mod keygen;
 mod man;
 mod render;
 mod rollout;
+mod schema;
 mod validate;
 mod verify;
 
@@ -32,6 +33,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Schema(a) => schema::run(a),
         Command::Man(a) => man::run(a),
         Command::Completions(a) => man::completions(a),
     }

@@ -15,6 +15,7 @@ mod merge;
 mod model;
 mod render;
 mod resolve;
+pub mod schema;
 mod secrets;
 pub mod template;
 pub mod yaml;
