@@ -150,8 +150,8 @@ pub struct BuildArgs {
     /// With --base: resolve against the apt lists already in the cache (no apt-get update).
     #[arg(long, requires = "base")]
     pub no_apt_update: bool,
-    /// Make warnings errors (exit 1): packages not carried (no --base) stops the whole build,
-    /// a hostgroup's own warnings (a literal secret in a static file) stop that hostgroup.
+    /// Make warnings errors (exit 1): a hostgroup with a warning (its packages not carried
+    /// without --base, a literal secret in a static file) is not built.
     #[arg(long)]
     pub deny_warnings: bool,
     /// Print one JSON object per bundle written, as a JSON array.

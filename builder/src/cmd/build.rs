@@ -72,19 +72,6 @@ pub fn run(args: BuildArgs) -> Result<()> {
         source_commit: args.source_commit.clone(),
     };
     refuse_born_expired(&info, std::time::SystemTime::now())?;
-    let mut warnings = Vec::new();
-    if args.base.is_none() {
-        warnings.extend(packages_not_carried(&config, &names));
-    }
-    for w in &warnings {
-        eprintln!("kiln: warning: {w}");
-    }
-    if args.deny_warnings && !warnings.is_empty() {
-        return Err(anyhow!(crate::Exit {
-            code: kiln_signing::exit::FAILURE,
-            message: "--deny-warnings: the warning above is an error; nothing was built".into(),
-        }));
-    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -111,16 +98,25 @@ pub fn run(args: BuildArgs) -> Result<()> {
         None => None,
     };
 
+    // Hostgroups whose packages are not carried (no --base): their package count and the
+    // accounts those packages would create, for one warning after the build.
+    let not_carried = std::sync::Mutex::new(BTreeMap::new());
     let results: Vec<(String, Result<Built>)> = pool.install(|| {
         names
             .par_iter()
             .map(|name| {
                 let r = match &resolution {
-                    None => build_one(&config, name, &info, &key, &args, None),
+                    None => build_one(&config, name, &info, &key, &args, None, &not_carried),
                     Some(res) => match res.per_hostgroup.get(name) {
-                        Some(Ok(set)) => {
-                            build_one(&config, name, &info, &key, &args, Some((set, res)))
-                        }
+                        Some(Ok(set)) => build_one(
+                            &config,
+                            name,
+                            &info,
+                            &key,
+                            &args,
+                            Some((set, res)),
+                            &not_carried,
+                        ),
                         Some(Err(e)) => Err(anyhow!("{e}")),
                         None => Err(anyhow!("not resolved")),
                     },
@@ -133,6 +129,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
     });
     progress.finish_and_clear();
 
+    let not_carried = not_carried.into_inner().unwrap_or_default();
+    if let Some(w) = not_carried_warning(&not_carried) {
+        eprintln!("kiln: warning: {w}");
+    }
     let mut built = Vec::new();
     let mut failed = 0;
     for (name, r) in results {
@@ -325,6 +325,7 @@ fn build_one(
     key: &SigningKey,
     args: &BuildArgs,
     packages: Option<(&PackageSet, &Resolution)>,
+    not_carried: &std::sync::Mutex<NotCarried>,
 ) -> Result<Built> {
     let out = args.out.as_path();
     let resolved = config
@@ -339,6 +340,19 @@ fn build_one(
             "not built: {n} warning{} above, and --deny-warnings makes warnings errors",
             if n == 1 { "" } else { "s" }
         );
+    }
+    if args.base.is_none() && !resolved.packages.is_empty() {
+        let n = resolved.packages.len();
+        if args.deny_warnings {
+            bail!(
+                "not built: without --base its {n} package{} would be listed by name only, not \
+                 carried, and --deny-warnings makes warnings errors",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        if let Ok(mut m) = not_carried.lock() {
+            m.insert(name.to_string(), (n, resolved.system_accounts.clone()));
+        }
     }
     let plan = plan::plan_with_packages(&resolved, info, packages.map(|(p, _)| p))?;
     let file_name = format!("{name}-{}.kiln", info.version);
@@ -434,36 +448,34 @@ fn refuse_born_expired(info: &BuildInfo, now: std::time::SystemTime) -> Result<(
     )
 }
 
-/// The warning for a build without `--base` when hostgroups have packages: the bundle lists
-/// them by name only, so nothing installs them at first boot.
-fn packages_not_carried(config: &Config, names: &[String]) -> Option<String> {
-    let mut with_packages = Vec::new();
-    let mut accounts = std::collections::BTreeSet::new();
-    for name in names {
-        // A hostgroup that does not resolve fails in its own build, with its own lines.
-        if let Ok(r) = config.resolve(name) {
-            if !r.packages.is_empty() {
-                with_packages.push(format!("{name}: {}", r.packages.len()));
-                accounts.extend(r.system_accounts.iter().cloned());
-            }
-        }
-    }
-    if with_packages.is_empty() {
+/// Hostgroup -> (packages, accounts they create), for those built without their packages.
+type NotCarried = BTreeMap<String, (usize, std::collections::BTreeSet<String>)>;
+
+/// The one warning of a build without `--base` whose hostgroups have packages: the bundles
+/// list them by name only, so nothing installs them at first boot.
+fn not_carried_warning(not_carried: &NotCarried) -> Option<String> {
+    if not_carried.is_empty() {
         return None;
     }
+    let counts: Vec<String> = not_carried
+        .iter()
+        .map(|(name, (n, _))| format!("{name}: {n}"))
+        .collect();
+    let accounts: std::collections::BTreeSet<&String> =
+        not_carried.values().flat_map(|(_, a)| a).collect();
     let accounts = if accounts.is_empty() {
         String::new()
     } else {
         format!(
             ", and the accounts packages create ({}) will be missing",
-            accounts.into_iter().collect::<Vec<_>>().join(", ")
+            accounts.into_iter().cloned().collect::<Vec<_>>().join(", ")
         )
     };
     Some(format!(
         "no --base: packages are listed by name only, not carried ({}); kiln-firstboot cannot \
          install them: hosts have only what their image has{accounts}; --base NAME|DIR|TAR \
          carries the .debs",
-        with_packages.join(", ")
+        counts.join(", ")
     ))
 }
 
