@@ -69,12 +69,13 @@ fn exit_status(program: Program) -> Roff {
     r.control("SH", ["EXIT STATUS"]);
     let who = match program {
         Program::Kiln => {
-            "kiln verify and kiln bake refuse a bundle with the codes 10 to 17 \
-                          that kiln-firstboot apply uses; every command exits 0, 1 or 2 otherwise."
+            "kiln verify and kiln bake refuse a bundle with the codes of kiln-firstboot apply \
+             (10 to 17); other failures exit 1, usage errors 2, and kiln rollout wait has 3 and \
+             4 of its own (below)."
         }
         Program::KilnFirstboot => {
-            "kiln-firstboot apply refuses a bundle with its own code for \
-                                   each kind of refusal, the same as kiln verify."
+            "kiln-firstboot apply refuses a bundle with its own code for each kind of \
+             refusal, the same as kiln verify."
         }
     };
     r.text([roman(who)]);
