@@ -66,7 +66,7 @@ export -f baseline; export WORK cfg
 kiln_times=(); tar_times=(); kiln_rss=(); tar_rss=()
 for r in $(seq "$ROUNDS"); do
   rm -rf "$WORK/out"
-  read -r t m < <(measure kiln env SOURCE_DATE_EPOCH=1767225600 "$KILN" build --all --config "$cfg" --key "$WORK/key" --out "$WORK/out" --version 1)
+  read -r t m < <(measure kiln env SOURCE_DATE_EPOCH=1767225600 "$KILN" build --all --config "$cfg" --key "$WORK/key" --out "$WORK/out" --version 1 --expires 36500d)
   kiln_times+=("$t"); kiln_rss+=("$m")
   read -r t m < <(measure tar bash -c baseline)
   tar_times+=("$t"); tar_rss+=("$m")

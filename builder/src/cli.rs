@@ -47,9 +47,11 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Show what replacing hosts running OLD with NEW would change.
     Diff(DiffArgs),
-    /// Write man pages for kiln and every subcommand.
+    /// Write the JSON Schemas of hostgroup and layer files (for editors and linters).
+    Schema(SchemaArgs),
+    /// Write man pages for kiln, kiln-firstboot and each of their subcommands.
     Man(ManArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script for kiln (or kiln-firstboot).
     Completions(CompletionsArgs),
 }
 
@@ -87,7 +89,10 @@ pub struct KeygenArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Print the diagnostics as JSON.
+    /// Make warnings (a literal secret in a static file) errors: exit 1.
+    #[arg(long)]
+    pub deny_warnings: bool,
+    /// Print the problems and the warnings as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -145,6 +150,10 @@ pub struct BuildArgs {
     /// With --base: resolve against the apt lists already in the cache (no apt-get update).
     #[arg(long, requires = "base")]
     pub no_apt_update: bool,
+    /// Make warnings errors (exit 1): a hostgroup with a warning (its packages not carried
+    /// without --base, a literal secret in a static file) is not built.
+    #[arg(long)]
+    pub deny_warnings: bool,
     /// Print one JSON object per bundle written, as a JSON array.
     #[arg(long)]
     pub json: bool,
@@ -264,7 +273,8 @@ pub struct CloudInitArgs {
     /// by `kiln bake`; runs before the bundle's services; needs --bundle-url).
     #[arg(long, value_enum, default_value = "runcmd")]
     pub via: crate::cloudinit::Via,
-    /// Consul address as the VM reaches it (the dynamic values, and where the VM reports).
+    /// Consul address as the VM reaches it (the dynamic values, and where the VM reports);
+    /// required when the --bundle-file reads Consul.
     #[arg(long, value_name = "URL")]
     pub consul_addr: Option<String>,
     /// PEM CA certificates for Consul's https (written to /etc/kiln/consul-ca.pem).
@@ -273,7 +283,8 @@ pub struct CloudInitArgs {
     /// File holding the VM's Consul ACL token (handed over 0600 in /run/kiln, tmpfs).
     #[arg(long, value_name = "FILE")]
     pub consul_token_file: Option<std::path::PathBuf>,
-    /// Vault (or OpenBao) address as the VM reaches it.
+    /// Vault (or OpenBao) address as the VM reaches it; required when the --bundle-file reads
+    /// Vault.
     #[arg(long, value_name = "URL")]
     pub vault_addr: Option<String>,
     /// PEM CA certificates for Vault's https (written to /etc/kiln/vault-ca.pem).
@@ -407,7 +418,8 @@ impl std::str::FromStr for Shard {
 /// Trust flags shared by commands that check signatures.
 #[derive(Debug, Args, Clone)]
 pub struct TrustArgs {
-    /// Trusted keys: a directory of *.pub files (and optional revoked_keys), or an allowed_signers file.
+    /// Trusted keys: a directory of *.pub files (and optional revoked_keys), a .pub file, or an
+    /// allowed_signers file.
     #[arg(long, env = "KILN_TRUST", value_name = "DIR|FILE")]
     pub trust: PathBuf,
     /// A file of revoked public keys (one OpenSSH public key per line); revocation always wins.
@@ -456,6 +468,27 @@ pub struct DiffArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Print this schema on stdout (without --out).
+    #[arg(value_enum, required_unless_present = "out", conflicts_with = "out")]
+    pub kind: Option<SchemaKind>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Write both, as DIR/hostgroup.schema.json and DIR/layer.schema.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Which file a schema describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// hostgroups/*.yaml (default.yaml too); the configuration's layers are keys of it.
+    Hostgroup,
+    /// layers/*.yaml.
+    Layer,
+}
+
+#[derive(Debug, Args)]
 pub struct ManArgs {
     /// Directory the man pages are written to.
     #[arg(long, value_name = "DIR")]
@@ -467,6 +500,18 @@ pub struct CompletionsArgs {
     /// The shell to write completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+    /// The program to complete.
+    #[arg(long, value_enum, default_value = "kiln")]
+    pub program: Program,
+}
+
+/// The two programs of Kiln, for `kiln completions --program`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Program {
+    /// kiln, the builder.
+    Kiln,
+    /// kiln-firstboot, the applier run at first boot.
+    KilnFirstboot,
 }
 
 #[cfg(test)]

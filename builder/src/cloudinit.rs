@@ -163,6 +163,34 @@ pub fn check(s: &Spec) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that the VM is told where each dynamic source the bundle reads is: a bundle that
+/// reads Consul or Vault with no address for it would fail at first boot (kiln-firstboot's
+/// exit 20), on every VM, after the image was launched.
+pub fn check_sources(m: &kiln_signing::Manifest, s: &Spec) -> Result<(), String> {
+    let dynamic = m.dynamic.as_ref();
+    let consul = dynamic.is_some_and(|d| d.consul.is_some())
+        || m.templates.iter().any(|t| !t.consul.is_empty());
+    let vault = dynamic.is_some_and(|d| d.vault.is_some())
+        || m.templates.iter().any(|t| !t.vault.is_empty());
+    let missing: Vec<&str> = [
+        (
+            consul && s.consul_addr.is_none(),
+            "Consul (--consul-addr URL)",
+        ),
+        (vault && s.vault_addr.is_none(), "Vault (--vault-addr URL)"),
+    ]
+    .into_iter()
+    .filter_map(|(missing, what)| missing.then_some(what))
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the bundle reads {} but no address is given: kiln-firstboot would fail at first boot (exit 20)",
+        missing.join(" and ")
+    ))
+}
+
 /// The kiln-firstboot command line (shell words).
 fn firstboot_args(s: &Spec, bundle: &str) -> String {
     let mut a = format!(

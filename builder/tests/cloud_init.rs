@@ -401,3 +401,66 @@ fn refusals() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("over the 16 KB"), "{}", stderr(&o));
 }
+
+/// A bundle that reads Consul or Vault, with no address for it, would fail on every VM at first
+/// boot (exit 20): refused here instead, as a usage error.
+#[test]
+fn a_bundle_that_reads_consul_or_vault_needs_their_addresses() {
+    let t = tempfile::tempdir().unwrap();
+    let (key, _trust) = key_and_trust(t.path());
+    let out = t.path().join("out");
+    ok(&kiln(&[
+        "build",
+        "web",
+        "--config",
+        repo_root().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "7",
+    ]));
+    let bundle = out.join("web-7.kiln");
+    let b = bundle.to_str().unwrap();
+    let m = manifest(&bundle);
+    assert!(
+        m["dynamic"]["consul"].is_object() && m["dynamic"]["vault"].is_object(),
+        "the example's web no longer reads both Consul and Vault: {}",
+        m["dynamic"]
+    );
+    let consul = ["--consul-addr", "https://consul.example.internal:8501"];
+    let vault = ["--vault-addr", "https://vault.example.internal:8200"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["cloud-init", "web", "--bundle-file", b, "--out", "-"];
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "kiln: error: {b}: the bundle reads Consul (--consul-addr URL) and Vault (--vault-addr URL) \
+             but no address is given: kiln-firstboot would fail at first boot (exit 20)\n"
+        )
+    );
+    assert!(o.stdout.is_empty());
+    let o = run(&consul);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the bundle reads Vault (--vault-addr URL) but no address"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&vault);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the bundle reads Consul (--consul-addr URL) but no address"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[consul[0], consul[1], vault[0], vault[1]]);
+    let user_data = ok(&o);
+    assert!(user_data.contains("vault-addr = https://vault.example.internal:8200"));
+}

@@ -46,8 +46,8 @@ pub struct ApplyArgs {
     /// The root filesystem to apply to.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub root: PathBuf,
-    /// Trusted keys: a directory of .pub files (and an optional revoked_keys), or an
-    /// allowed_signers file.
+    /// Trusted keys: a directory of .pub files (and an optional revoked_keys), a .pub file, or
+    /// an allowed_signers file.
     #[arg(long, default_value = "/etc/kiln/trust", value_name = "DIR|FILE")]
     pub trust: PathBuf,
     /// Refuse bundles older than version N (also <root>/etc/kiln/min-version, and never below

@@ -1,6 +1,6 @@
-//! The trust store: which keys may sign bundles, and which are revoked. Either a directory of
-//! `.pub` files (plus an optional `revoked_keys` file) or an OpenSSH `allowed_signers` file, so
-//! rotation is "add the new key, then revoke the old one".
+//! The trust store: which keys may sign bundles, and which are revoked. A directory of `.pub`
+//! files (plus an optional `revoked_keys` file), one `.pub` file, or an OpenSSH
+//! `allowed_signers` file, so rotation is "add the new key, then revoke the old one".
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -48,8 +48,9 @@ pub struct TrustStore {
 }
 
 impl TrustStore {
-    /// Loads a trust directory (every `*.pub` file, sorted, plus `revoked_keys` if present) or
-    /// an `allowed_signers` file. A store that trusts no key for `kiln-bundle` is an error.
+    /// Loads a trust directory (every `*.pub` file, sorted, plus `revoked_keys` if present), a
+    /// file of public keys (a `.pub`, one OpenSSH key per line) or an `allowed_signers` file.
+    /// A store that trusts no key for `kiln-bundle` is an error.
     pub fn load(path: &Path) -> Result<TrustStore, TrustError> {
         let io = |source| TrustError::Io {
             path: path.to_path_buf(),
@@ -60,6 +61,20 @@ impl TrustStore {
             Self::load_dir(path)
         } else {
             let text = read_text(path)?;
+            if is_public_key_list(&text) {
+                let trusted: Vec<Trusted> = parse_key_lines(path, &text)?
+                    .into_iter()
+                    .map(|key| Trusted {
+                        key,
+                        valid_after: None,
+                        valid_before: None,
+                    })
+                    .collect();
+                return Ok(TrustStore {
+                    trusted,
+                    revoked: Vec::new(),
+                });
+            }
             let (trusted, excluded) = parse_allowed_signers(path, &text)?;
             if trusted.is_empty() {
                 let detail = if excluded > 0 {
@@ -216,6 +231,15 @@ fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// Whether a trust file is a list of public keys (a `.pub` file: its first line starts with a
+/// key type) rather than an allowed_signers file (whose lines start with principals).
+fn is_public_key_list(text: &str) -> bool {
+    content_lines(text)
+        .next()
+        .and_then(|(_, line)| line.split_whitespace().next())
+        .is_some_and(looks_like_key_type)
 }
 
 /// A `.pub` file or revoked list: one `ssh-ed25519 AAAA… [comment]` per line.
@@ -511,6 +535,43 @@ mod tests {
             format!("{}:2", bad.display())
         );
         assert!(matches!(err, TrustError::Line { line: 2, .. }));
+    }
+
+    /// `--trust signing/keys/dev.pub` was read as an allowed_signers file, whose first field is
+    /// a principal, and failed with `unsupported key type "kiln-signing"` (the key's comment).
+    #[test]
+    fn a_pub_file_is_a_list_of_trusted_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SigningKey::from_seed(&[7; 32], "kiln-signing").public();
+        let one = write(dir.path(), "dev.pub", &format!("{}\n", signer.to_openssh()));
+        assert!(signer.to_openssh().ends_with(" kiln-signing"));
+        let store = TrustStore::load(&one).unwrap();
+        assert_eq!(store.trusted().count(), 1);
+        assert!(store.check(&signer).is_ok());
+        assert!(matches!(
+            store.check(&key(1)),
+            Err(BundleError::UntrustedKey { .. })
+        ));
+
+        // Comments and several keys, whatever the file is called; a bad line is named.
+        let two = write(
+            dir.path(),
+            "keys",
+            &format!(
+                "# ci keys\n\n{}\n{}\n",
+                key(1).to_openssh(),
+                key(2).to_openssh()
+            ),
+        );
+        let store = TrustStore::load(&two).unwrap();
+        assert!(store.check(&key(1)).is_ok() && store.check(&key(2)).is_ok());
+        let bad = write(
+            dir.path(),
+            "bad.pub",
+            &format!("{}\nssh-ed25519 AAAA garbage\n", key(1).to_openssh()),
+        );
+        let err = TrustStore::load(&bad).unwrap_err();
+        assert!(matches!(err, TrustError::Line { line: 2, .. }), "{err}");
     }
 
     #[test]

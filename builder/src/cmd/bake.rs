@@ -46,7 +46,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         progress: &progress,
     })?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&baked)?);
+        super::print_json(&baked)?;
     } else {
         println!(
             "{}  ({} bytes; copy {:.1}s, apply {:.1}s, write {:.1}s, total {:.1}s)",

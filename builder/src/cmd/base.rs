@@ -26,20 +26,17 @@ fn build(a: BaseBuildArgs) -> Result<()> {
     let (root, built) = base::build(&cache, &def, &opts)?;
     if a.json {
         let info = BaseInfo::open_dir(&root)?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "name": def.name,
-                "key": base::definition_digest(&def),
-                "rootfs": root,
-                "built": built,
-                "id": info.id,
-                "version_id": info.version_id,
-                "arch": info.arch,
-                "packages": info.installed.len(),
-                "packages_digest": info.packages_digest,
-            }))?
-        );
+        super::print_json(&json!({
+            "name": def.name,
+            "key": base::definition_digest(&def),
+            "rootfs": root,
+            "built": built,
+            "id": info.id,
+            "version_id": info.version_id,
+            "arch": info.arch,
+            "packages": info.installed.len(),
+            "packages_digest": info.packages_digest,
+        }))?;
     } else {
         if !built {
             eprintln!("kiln: base {} is in the cache", def.name);
@@ -63,18 +60,15 @@ fn show(a: BaseShowArgs) -> Result<()> {
             .iter()
             .map(|(n, (v, arch))| json!({"name": n, "version": v, "arch": arch}))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "source": info.source,
-                "id": info.id,
-                "version_id": info.version_id,
-                "arch": info.arch,
-                "foreign_archs": info.foreign_archs,
-                "packages_digest": info.packages_digest,
-                "packages": packages,
-            }))?
-        );
+        super::print_json(&json!({
+            "source": info.source,
+            "id": info.id,
+            "version_id": info.version_id,
+            "arch": info.arch,
+            "foreign_archs": info.foreign_archs,
+            "packages_digest": info.packages_digest,
+            "packages": packages,
+        }))?;
         return Ok(());
     }
     println!("base             {}", info.source);

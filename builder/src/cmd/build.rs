@@ -35,6 +35,8 @@ pub struct Built {
     pub packages: usize,
     /// The SPDX 2.3 SBOM written beside the bundle.
     pub sbom: PathBuf,
+    /// The bundle file was already there with exactly these bytes, and was kept.
+    pub unchanged: bool,
 }
 
 /// Whether a hostgroup belongs to a shard. Hashing the name (rather than cutting the sorted list)
@@ -57,7 +59,11 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let version = match args.version {
         Some(0) => bail!("--version must be a positive integer"),
         Some(v) => v,
-        None => created.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1),
+        None => created
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+            .max(1),
     };
     let info = BuildInfo {
         version,
@@ -65,13 +71,17 @@ pub fn run(args: BuildArgs) -> Result<()> {
         expires_after: *args.expires,
         source_commit: args.source_commit.clone(),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    refuse_born_expired(&info, std::time::SystemTime::now())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
 
     let progress = if io::stderr().is_terminal() && !args.json {
         let pb = ProgressBar::new(names.len() as u64);
         pb.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb
     } else {
@@ -88,14 +98,25 @@ pub fn run(args: BuildArgs) -> Result<()> {
         None => None,
     };
 
+    // Hostgroups whose packages are not carried (no --base): their package count and the
+    // accounts those packages would create, for one warning after the build.
+    let not_carried = std::sync::Mutex::new(BTreeMap::new());
     let results: Vec<(String, Result<Built>)> = pool.install(|| {
         names
             .par_iter()
             .map(|name| {
                 let r = match &resolution {
-                    None => build_one(&config, name, &info, &key, &args.out, None),
+                    None => build_one(&config, name, &info, &key, &args, None, &not_carried),
                     Some(res) => match res.per_hostgroup.get(name) {
-                        Some(Ok(set)) => build_one(&config, name, &info, &key, &args.out, Some((set, res))),
+                        Some(Ok(set)) => build_one(
+                            &config,
+                            name,
+                            &info,
+                            &key,
+                            &args,
+                            Some((set, res)),
+                            &not_carried,
+                        ),
                         Some(Err(e)) => Err(anyhow!("{e}")),
                         None => Err(anyhow!("not resolved")),
                     },
@@ -108,6 +129,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
     });
     progress.finish_and_clear();
 
+    let not_carried = not_carried.into_inner().unwrap_or_default();
+    if let Some(w) = not_carried_warning(&not_carried) {
+        eprintln!("kiln: warning: {w}");
+    }
     let mut built = Vec::new();
     let mut failed = 0;
     for (name, r) in results {
@@ -121,10 +146,21 @@ pub fn run(args: BuildArgs) -> Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&built)?);
+        super::print_json(&built)?;
     } else {
         for b in &built {
-            println!("{}  {}  ({} bytes, {} entries)", b.sha256, b.path.display(), b.size, b.entries);
+            println!(
+                "{}  {}  ({} bytes, {} entries{})",
+                b.sha256,
+                b.path.display(),
+                b.size,
+                b.entries,
+                if b.unchanged {
+                    "; already there with the same bytes: kept"
+                } else {
+                    ""
+                }
+            );
         }
     }
     if failed > 0 {
@@ -149,8 +185,9 @@ fn select(config: &Config, args: &BuildArgs) -> Result<Vec<String>> {
     for n in &args.hostgroups {
         if !known.contains(n) {
             bail!(
-                "unknown hostgroup {n:?}: no hostgroups/{n}.yaml in {} (known: {})",
+                "unknown hostgroup {n:?}: no hostgroups/{n}.yaml in {}{} (known: {})",
                 config.root().display(),
+                crate::config::check::did_you_mean(n, known.iter().map(String::as_str)),
                 known.join(", ")
             );
         }
@@ -174,7 +211,12 @@ struct Resolution {
 /// Opens the base, checks each hostgroup targets it, runs `apt-get update` once, resolves each
 /// hostgroup's packages and fetches the union of the debs. A hostgroup whose packages cannot
 /// be resolved fails alone; a base that cannot be read or an unreachable archive fails all.
-fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildArgs) -> Result<Resolution> {
+fn resolve_packages(
+    config: &Config,
+    names: &[String],
+    spec: &str,
+    args: &BuildArgs,
+) -> Result<Resolution> {
     let spec = BaseSpec::parse(spec)?;
     let cache = base::cache_dir(args.cache.cache.as_deref())?;
     let progress = |m: &str| {
@@ -199,7 +241,10 @@ fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildA
                     name.clone(),
                     Err(anyhow!(crate::Exit {
                         code: kiln_signing::exit::FAILURE,
-                        message: format!("targets base {}, not {n}: build it with --base {}", resolved.base.name, resolved.base.name),
+                        message: format!(
+                            "targets base {}, not {n}: build it with --base {}",
+                            resolved.base.name, resolved.base.name
+                        ),
                     })),
                 );
                 continue;
@@ -208,7 +253,11 @@ fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildA
         if let Err(why) = base.matches(&resolved.base) {
             per_hostgroup.insert(
                 name.clone(),
-                Err(anyhow!("base {} is not the base this hostgroup targets ({}): {why}", base.source, resolved.base.name)),
+                Err(anyhow!(
+                    "base {} is not the base this hostgroup targets ({}): {why}",
+                    base.source,
+                    resolved.base.name
+                )),
             );
             continue;
         }
@@ -243,15 +292,30 @@ fn resolve_packages(config: &Config, names: &[String], spec: &str, args: &BuildA
         }
     }
     let paths = resolver.fetch(&all, &progress)?;
-    let uris = all.iter().map(|d| (d.sha256.clone(), d.uri.clone())).collect();
+    let uris = all
+        .iter()
+        .map(|d| (d.sha256.clone(), d.uri.clone()))
+        .collect();
     for (name, debs) in resolved_debs {
-        let mine = debs.iter().filter_map(|d| paths.get(&d.sha256).map(|p| (d.sha256.clone(), p.clone()))).collect();
+        let mine = debs
+            .iter()
+            .filter_map(|d| paths.get(&d.sha256).map(|p| (d.sha256.clone(), p.clone())))
+            .collect();
         per_hostgroup.insert(
             name,
-            Ok(PackageSet { debs, paths: mine, packages_digest: base.packages_digest.clone() }),
+            Ok(PackageSet {
+                debs,
+                paths: mine,
+                packages_digest: base.packages_digest.clone(),
+            }),
         );
     }
-    Ok(Resolution { base, per_hostgroup, uris, _resolver: resolver })
+    Ok(Resolution {
+        base,
+        per_hostgroup,
+        uris,
+        _resolver: resolver,
+    })
 }
 
 fn build_one(
@@ -259,12 +323,36 @@ fn build_one(
     name: &str,
     info: &BuildInfo,
     key: &SigningKey,
-    out: &Path,
+    args: &BuildArgs,
     packages: Option<(&PackageSet, &Resolution)>,
+    not_carried: &std::sync::Mutex<NotCarried>,
 ) -> Result<Built> {
-    let resolved = config.resolve(name).map_err(|d| super::diagnostics_error(&d))?;
+    let out = args.out.as_path();
+    let resolved = config
+        .resolve(name)
+        .map_err(|d| super::diagnostics_error(&d))?;
     for w in &resolved.warnings {
         eprintln!("{}: warning: {}", w.span, w.message);
+    }
+    if args.deny_warnings && !resolved.warnings.is_empty() {
+        let n = resolved.warnings.len();
+        bail!(
+            "not built: {n} warning{} above, and --deny-warnings makes warnings errors",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    if args.base.is_none() && !resolved.packages.is_empty() {
+        let n = resolved.packages.len();
+        if args.deny_warnings {
+            bail!(
+                "not built: without --base its {n} package{} would be listed by name only, not \
+                 carried, and --deny-warnings makes warnings errors",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        if let Ok(mut m) = not_carried.lock() {
+            m.insert(name.to_string(), (n, resolved.system_accounts.clone()));
+        }
     }
     let plan = plan::plan_with_packages(&resolved, info, packages.map(|(p, _)| p))?;
     let file_name = format!("{name}-{}.kiln", info.version);
@@ -278,13 +366,19 @@ fn build_one(
             return Err(e);
         }
     };
-    std::fs::rename(&tmp_path, &final_path)
-        .with_context(|| format!("renaming {} to {}", tmp_path.display(), final_path.display()))?;
-    tracing::info!(hostgroup = name, path = %final_path.display(), "bundle written");
+    let unchanged = place(&tmp_path, &final_path, &sha256);
+    let _ = std::fs::remove_file(&tmp_path);
+    let unchanged = unchanged?;
+    tracing::info!(hostgroup = name, path = %final_path.display(), unchanged, "bundle written");
 
     let empty = BTreeMap::new();
     let (facts, uris) = match packages {
-        Some((_, res)) => (Some(sbom::BaseFacts { installed: &res.base.installed }), &res.uris),
+        Some((_, res)) => (
+            Some(sbom::BaseFacts {
+                installed: &res.base.installed,
+            }),
+            &res.uris,
+        ),
         None => (None, &empty),
     };
     let doc = sbom::spdx(&plan.manifest, &file_name, &sha256, facts.as_ref(), uris);
@@ -300,13 +394,99 @@ fn build_one(
         blobs: plan.manifest.blobs.len(),
         packages: plan.manifest.packages.len(),
         sbom: sbom_path,
+        unchanged,
     })
+}
+
+/// Puts the new bundle at `path` unless a file is there already: a bundle with the same name
+/// (hostgroup and version) and the same bytes is kept (`Ok(true)`); one with other bytes is
+/// never replaced, since hosts, caches and pinned digests may already have it. The hard link
+/// makes "only if absent" atomic, even against another build writing the same name.
+fn place(tmp: &Path, path: &Path, sha256: &str) -> Result<bool> {
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let (existing, _) = crate::packages::file_sha256(path)
+                .with_context(|| format!("reading the existing {}", path.display()))?;
+            if existing == sha256 {
+                return Ok(true);
+            }
+            bail!(
+                "{} exists with other bytes (sha256 {existing}; this build's: {sha256}): a version \
+                 is built once, so it is not replaced; build with a new --version, or remove the \
+                 file if it was never published",
+                path.display()
+            )
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("linking {} to {}", tmp.display(), path.display()))
+        }
+    }
+}
+
+/// Refuses a build whose bundles would be expired the moment they are written: creation time
+/// (SOURCE_DATE_EPOCH, when set) plus `--expires` already past. Every host would refuse them.
+fn refuse_born_expired(info: &BuildInfo, now: std::time::SystemTime) -> Result<()> {
+    let expires = info.created + info.expires_after;
+    if expires > now {
+        return Ok(());
+    }
+    let at = |t| humantime::format_rfc3339_seconds(t).to_string();
+    let secs = info.expires_after.as_secs();
+    let after = match secs {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ => humantime::format_duration(info.expires_after).to_string(),
+    };
+    bail!(
+        "the bundles would be born expired: created {} (SOURCE_DATE_EPOCH) + --expires {after} \
+         = {}, which is past (now {}); set SOURCE_DATE_EPOCH to a later time (the commit's), or \
+         give a longer --expires",
+        at(info.created),
+        at(expires),
+        at(now)
+    )
+}
+
+/// Hostgroup -> (packages, accounts they create), for those built without their packages.
+type NotCarried = BTreeMap<String, (usize, std::collections::BTreeSet<String>)>;
+
+/// The one warning of a build without `--base` whose hostgroups have packages: the bundles
+/// list them by name only, so nothing installs them at first boot.
+fn not_carried_warning(not_carried: &NotCarried) -> Option<String> {
+    if not_carried.is_empty() {
+        return None;
+    }
+    let counts: Vec<String> = not_carried
+        .iter()
+        .map(|(name, (n, _))| format!("{name}: {n}"))
+        .collect();
+    let accounts: std::collections::BTreeSet<&String> =
+        not_carried.values().flat_map(|(_, a)| a).collect();
+    let accounts = if accounts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", and the accounts packages create ({}) will be missing",
+            accounts.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
+    Some(format!(
+        "no --base: packages are listed by name only, not carried ({}); kiln-firstboot cannot \
+         install them: hosts have only what their image has{accounts}; --base NAME|DIR|TAR \
+         carries the .debs",
+        counts.join(", ")
+    ))
 }
 
 /// Write and fsync the bundle; return its sha256 and size.
 fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(String, u64)> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), count: 0 };
+    let out = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        count: 0,
+    };
     let mut write_blob = |blob: &kiln_signing::Blob, w: &mut dyn Write| -> io::Result<()> {
         let src = plan
             .blobs
@@ -314,18 +494,32 @@ fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(Strin
             .ok_or_else(|| io::Error::other(format!("no source for blob {}", blob.digest)))?;
         // Hash what is actually written: a source file changed since planning must not yield a
         // bundle whose manifest lies about its content.
-        let mut hw = HashingWriter { inner: w, hasher: Sha256::new(), count: 0 };
+        let mut hw = HashingWriter {
+            inner: w,
+            hasher: Sha256::new(),
+            count: 0,
+        };
         src.copy_to(&mut hw)?;
         if hex::encode(hw.hasher.finalize()) != blob.digest {
-            return Err(io::Error::other(format!("{src:?} changed while the bundle was being written")));
+            return Err(io::Error::other(format!(
+                "{src:?} changed while the bundle was being written"
+            )));
         }
         Ok(())
     };
     let out = kiln_signing::write_bundle(out, &plan.manifest, key, &mut write_blob)
         .with_context(|| format!("writing {}", path.display()))?;
-    let HashingWriter { inner, hasher, count } = out;
-    let file = inner.into_inner().map_err(|e| e.into_error()).context("flushing bundle")?;
-    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    let HashingWriter {
+        inner,
+        hasher,
+        count,
+    } = out;
+    let file = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing bundle")?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
     Ok((hex::encode(hasher.finalize()), count))
 }
 
@@ -347,7 +541,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,7 +550,9 @@ mod tests {
         let names: Vec<String> = (0..500).map(|i| format!("hg-{i}")).collect();
         for count in 1..=7 {
             for n in &names {
-                let hits = (1..=count).filter(|&k| in_shard(n, Shard { index: k, count })).count();
+                let hits = (1..=count)
+                    .filter(|&k| in_shard(n, Shard { index: k, count }))
+                    .count();
                 assert_eq!(hits, 1, "{n} in {hits} shards of {count}");
             }
         }

@@ -110,6 +110,14 @@ pub fn run(a: CloudInitArgs) -> Result<()> {
         dynamic_deadline: a.dynamic_deadline.clone(),
         firstboot: a.firstboot_path.clone(),
     };
+    if let Some((path, m, _)) = &local {
+        if let Err(why) = cloudinit::check_sources(m, &spec) {
+            return Err(anyhow!(crate::Exit {
+                code: kiln_signing::exit::USAGE,
+                message: format!("{}: {why}", path.display()),
+            }));
+        }
+    }
     cloudinit::check(&spec).map_err(|m| {
         anyhow!(crate::Exit {
             code: kiln_signing::exit::USAGE,
@@ -124,7 +132,8 @@ pub fn run(a: CloudInitArgs) -> Result<()> {
         );
     }
     if a.out.as_os_str() == "-" {
-        std::io::stdout().write_all(text.as_bytes())?;
+        // print!, so that a closed pipe ends quietly (main's broken-pipe hook).
+        print!("{text}");
         return Ok(());
     }
     // It may hold a wrapped secret_id and a Consul token: 0600, written beside and renamed.

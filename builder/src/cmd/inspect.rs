@@ -14,9 +14,10 @@ pub(crate) fn read_manifest(path: &std::path::Path) -> Result<(Manifest, Option<
     let (manifest, manifest_bytes, sig) =
         kiln_signing::read_manifest_unverified(BufReader::new(file), &Limits::default())
             .with_context(|| format!("reading {}", path.display()))?;
-    let signer = kiln_signing::sshsig::verify(&sig, kiln_signing::sshsig::NAMESPACE, &manifest_bytes)
-        .ok()
-        .map(|k| k.fingerprint());
+    let signer =
+        kiln_signing::sshsig::verify(&sig, kiln_signing::sshsig::NAMESPACE, &manifest_bytes)
+            .ok()
+            .map(|k| k.fingerprint());
     Ok((manifest, signer))
 }
 
@@ -27,7 +28,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("signer".into(), serde_json::json!(signer));
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
         return Ok(());
     }
     println!("hostgroup  {}", m.hostgroup);
@@ -41,7 +42,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("builder    {}", m.builder);
     println!("commit     {}", m.source_commit.as_deref().unwrap_or("-"));
     match &signer {
-        Some(fp) => println!("signed by  {fp} (signature matches; trust not checked: use kiln verify)"),
+        Some(fp) => {
+            println!("signed by  {fp} (signature matches; trust not checked: use kiln verify)")
+        }
         None => println!("signed by  ? (signature does not match the manifest)"),
     }
     let payload: u64 = m.blobs.iter().map(|b| b.size).sum();
@@ -50,7 +53,15 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("entries ({}):", m.entries.len());
     for e in &m.entries {
         match &e.kind {
-            EntryKind::File { mode, owner, group, size, restart, reload, .. } => {
+            EntryKind::File {
+                mode,
+                owner,
+                group,
+                size,
+                restart,
+                reload,
+                ..
+            } => {
                 let mut hooks = String::new();
                 if !restart.is_empty() {
                     hooks.push_str(&format!("  restart: {}", restart.join(",")));
@@ -58,21 +69,47 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 if !reload.is_empty() {
                     hooks.push_str(&format!("  reload: {}", reload.join(",")));
                 }
-                println!("  file     {mode} {:<17} {size:>9}  {}{hooks}", format!("{owner}:{group}"), e.path);
+                println!(
+                    "  file     {mode} {:<17} {size:>9}  {}{hooks}",
+                    format!("{owner}:{group}"),
+                    e.path
+                );
             }
             EntryKind::Directory { mode, owner, group } => {
-                println!("  dir      {mode} {:<17} {:>9}  {}", format!("{owner}:{group}"), "", e.path)
+                println!(
+                    "  dir      {mode} {:<17} {:>9}  {}",
+                    format!("{owner}:{group}"),
+                    "",
+                    e.path
+                )
             }
-            EntryKind::Symlink { target } => println!("  symlink  {:<32}  {} -> {target}", "", e.path),
+            EntryKind::Symlink { target } => {
+                println!("  symlink  {:<32}  {} -> {target}", "", e.path)
+            }
             EntryKind::Absent => println!("  absent   {:<32}  {}", "", e.path),
         }
     }
     if !m.templates.is_empty() {
         println!("dynamic templates ({}):", m.templates.len());
         for t in &m.templates {
-            let reads: Vec<String> =
-                t.consul.iter().map(|k| format!("consul {k}")).chain(t.vault.iter().map(|v| format!("vault {v}"))).collect();
-            println!("  {} {}:{}  {}  reads {}", t.mode, t.owner, t.group, t.path, if reads.is_empty() { "nothing".into() } else { reads.join(", ") });
+            let reads: Vec<String> = t
+                .consul
+                .iter()
+                .map(|k| format!("consul {k}"))
+                .chain(t.vault.iter().map(|v| format!("vault {v}")))
+                .collect();
+            println!(
+                "  {} {}:{}  {}  reads {}",
+                t.mode,
+                t.owner,
+                t.group,
+                t.path,
+                if reads.is_empty() {
+                    "nothing".into()
+                } else {
+                    reads.join(", ")
+                }
+            );
         }
     }
     if let Some(d) = &m.dynamic {
@@ -82,18 +119,43 @@ pub fn run(args: InspectArgs) -> Result<()> {
         if let Some(v) = &d.vault {
             let mut what = vec![format!("AppRole {} (auth/{})", v.role, v.auth_mount)];
             what.extend(v.kv.iter().map(|p| format!("kv {p}")));
-            what.extend(v.generate.iter().map(|g| format!("generate {}#{} ({} {})", g.path, g.field, g.length, g.charset.as_str())));
+            what.extend(v.generate.iter().map(|g| {
+                format!(
+                    "generate {}#{} ({} {})",
+                    g.path,
+                    g.field,
+                    g.length,
+                    g.charset.as_str()
+                )
+            }));
             if let Some(p) = &v.pki {
-                what.push(format!("pki {}/issue/{} for {:?}, ttl {}", p.mount, p.role, p.common_name, p.ttl));
+                what.push(format!(
+                    "pki {}/issue/{} for {:?}, ttl {}",
+                    p.mount, p.role, p.common_name, p.ttl
+                ));
             }
             println!("dynamic vault: {}", what.join("; "));
         }
     }
     if !m.groups.is_empty() {
-        println!("groups: {}", m.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "groups: {}",
+            m.groups
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if !m.users.is_empty() {
-        println!("users: {}", m.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "users: {}",
+            m.users
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if !m.packages.is_empty() {
         let pk: Vec<String> = m
@@ -107,7 +169,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("packages: {}", pk.join(", "));
     }
     if !m.system_accounts.is_empty() {
-        println!("system accounts (made by the packages): {}", m.system_accounts.join(", "));
+        println!(
+            "system accounts (made by the packages): {}",
+            m.system_accounts.join(", ")
+        );
     }
     if !m.services.is_empty() {
         println!("services:");
@@ -124,7 +189,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if !m.commands.is_empty() {
         println!("commands (in order):");
         for c in &m.commands {
-            println!("  {}: {} (timeout {}s)", c.name, c.argv.join(" "), c.timeout_secs);
+            println!(
+                "  {}: {} (timeout {}s)",
+                c.name,
+                c.argv.join(" "),
+                c.timeout_secs
+            );
         }
     }
     Ok(())

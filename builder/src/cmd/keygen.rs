@@ -25,21 +25,36 @@ pub fn run(args: KeygenArgs) -> Result<()> {
         }
     }
     if let Some(parent) = secret_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let key = SigningKey::generate(&args.comment).context("generating key")?;
-    write_file(secret_path, key.to_openssh_private().as_bytes(), 0o600, args.force)?;
+    write_file(
+        secret_path,
+        key.to_openssh_private().as_bytes(),
+        0o600,
+        args.force,
+    )?;
     let public = key.public();
-    write_file(&public_path, format!("{}\n", public.to_openssh()).as_bytes(), 0o644, args.force)?;
+    write_file(
+        &public_path,
+        format!("{}\n", public.to_openssh()).as_bytes(),
+        0o644,
+        args.force,
+    )?;
     if args.json {
         let v = serde_json::json!({
             "secret_key": secret_path,
             "public_key": public_path,
             "fingerprint": public.fingerprint(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&v)?;
     } else {
-        println!("wrote {} (secret, 0600) and {}", secret_path.display(), public_path.display());
+        println!(
+            "wrote {} (secret, 0600) and {}",
+            secret_path.display(),
+            public_path.display()
+        );
         println!("fingerprint {}", public.fingerprint());
     }
     Ok(())
@@ -53,12 +68,16 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<(
     } else {
         opts.create_new(true);
     }
-    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     // The mode given to open() is masked by the umask and ignored for existing files: set it.
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode of {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }

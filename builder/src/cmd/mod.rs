@@ -10,6 +10,7 @@ mod keygen;
 mod man;
 mod render;
 mod rollout;
+mod schema;
 mod validate;
 mod verify;
 
@@ -32,9 +33,32 @@ pub fn run(command: Command) -> Result<()> {
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Schema(a) => schema::run(a),
         Command::Man(a) => man::run(a),
         Command::Completions(a) => man::completions(a),
     }
+}
+
+/// The version of the JSON kiln prints: every `--json` output carries it as `schema_version`
+/// (in each object of an array). It grows when a field changes meaning or goes away; new
+/// fields may appear without it changing.
+pub const JSON_SCHEMA_VERSION: u64 = 1;
+
+/// Prints `value` as pretty JSON, with `schema_version` in it (or in each of its objects when
+/// it is an array).
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut v = serde_json::to_value(value)?;
+    let stamp = |o: &mut serde_json::Value| {
+        if let Some(o) = o.as_object_mut() {
+            o.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
+        }
+    };
+    match &mut v {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(stamp),
+        other => stamp(other),
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 /// Load the configuration, turning diagnostics into a validation failure (exit 1) that prints

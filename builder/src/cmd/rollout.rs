@@ -73,7 +73,7 @@ pub fn run(c: RolloutCommand) -> Result<()> {
                         .collect::<std::collections::BTreeMap<_, _>>(),
                     "nodes": r.nodes,
                 });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                super::print_json(&v)?;
             } else {
                 print!("{}", rollout::table(&a.hostgroup, &r.nodes));
             }
@@ -108,22 +108,19 @@ pub fn run(c: RolloutCommand) -> Result<()> {
                     Verdict::Failed(v) => v.clone(),
                     _ => Vec::new(),
                 };
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "outcome": outcome,
-                        "exit_code": code,
-                        "hostgroup": a.hostgroup,
-                        "version": a.version,
-                        "count": a.count,
-                        "succeeded": w.nodes.iter().filter(|n| n.succeeded() && n.version == a.version).count(),
-                        "failed": failed,
-                        "nodes": w.nodes,
-                        "requests": w.requests,
-                        "seconds": w.seconds,
-                        "consul_error": w.last_error,
-                    }))?
-                );
+                super::print_json(&json!({
+                    "outcome": outcome,
+                    "exit_code": code,
+                    "hostgroup": a.hostgroup,
+                    "version": a.version,
+                    "count": a.count,
+                    "succeeded": w.nodes.iter().filter(|n| n.succeeded() && n.version == a.version).count(),
+                    "failed": failed,
+                    "nodes": w.nodes,
+                    "requests": w.requests,
+                    "seconds": w.seconds,
+                    "consul_error": w.last_error,
+                }))?;
             }
             let message = match &w.verdict {
                 Verdict::Done(v) => {

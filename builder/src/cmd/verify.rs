@@ -28,7 +28,11 @@ struct Verified {
 
 fn verify(args: &VerifyArgs, trust: &TrustStore) -> Result<Verified, BundleError> {
     let file = File::open(&args.bundle)?;
-    let bundle = kiln_signing::open(BufReader::with_capacity(1 << 20, file), trust, &Limits::default())?;
+    let bundle = kiln_signing::open(
+        BufReader::with_capacity(1 << 20, file),
+        trust,
+        &Limits::default(),
+    )?;
     let policy = Policy {
         now: SystemTime::now(),
         hostgroup: args.hostgroup.clone(),
@@ -60,7 +64,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     "entries": m.entries.len() + m.templates.len(),
                     "blobs": m.blobs.len(),
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                super::print_json(&out)?;
             } else {
                 println!(
                     "OK {shown}: hostgroup {} version {}, signed by {}, {} entries and {} blobs checked, expires {}",
@@ -82,7 +86,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     "error": e.to_string(),
                     "exit_code": e.exit_code(),
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                super::print_json(&out)?;
             }
             Err(anyhow::Error::new(e).context(format!("refusing {shown}")))
         }

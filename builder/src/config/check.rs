@@ -209,13 +209,15 @@ pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
         }
         NodeKind::Int(_) => {
             let raw = node.text();
-            let ok =
-                (3..=4).contains(&raw.len()) && raw.bytes().all(|c| (b'0'..=b'7').contains(&c));
-            let hint = if ok { raw.clone() } else { "0644".into() };
-            d.err(
-                &node.span,
-                format!("mode {raw} must be a quoted string; quote it: mode: \"{hint}\""),
-            );
+            let message = match unquoted_mode(&raw) {
+                Some(mode) => {
+                    format!("mode {raw} must be a quoted string; quote it: mode: \"{mode:04o}\"")
+                }
+                None => format!(
+                    "mode {raw} must be a quoted string of 3 or 4 octal digits, such as mode: \"0644\""
+                ),
+            };
+            d.err(&node.span, message);
             None
         }
         _ => {
@@ -229,6 +231,18 @@ pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
             None
         }
     }
+}
+
+/// The mode a user meant by an unquoted `mode: 640` or `mode: 0o640` (YAML reads both as
+/// integers, the first as decimal): its digits read as octal, if they are octal digits and
+/// make a mode (at most 0o7777).
+fn unquoted_mode(raw: &str) -> Option<u32> {
+    let digits = raw.strip_prefix("0o").unwrap_or(raw);
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|c| (b'0'..=b'7').contains(&c))
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
 }
 
 /// The entries of a map (`null` counts as an empty map).
@@ -345,12 +359,73 @@ pub fn known_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, d: &mu
             d.err(
                 &k.span,
                 format!(
-                    "unknown key {name:?} in {what} (expected one of: {})",
+                    "unknown key {name:?} in {what}{} (expected one of: {})",
+                    did_you_mean(name, allowed.iter().copied()),
                     allowed.join(", ")
                 ),
             );
         }
     }
+}
+
+/// `: did you mean "mode"?` when one of `known` is a likely typo of `name` (a letter or two
+/// wrong, missing, extra or swapped, or another case); else nothing.
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    match closest(name, known) {
+        Some(k) => format!(": did you mean {k:?}?"),
+        None => String::new(),
+    }
+}
+
+/// The candidate nearest to `name` (the first of the nearest), if near enough to be a typo:
+/// one edit for names of up to five characters, two up to eight, three for longer ones
+/// (`directory` for `directories`).
+pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    let limit = match name.chars().count() {
+        0..=5 => 1,
+        6..=8 => 2,
+        _ => 3,
+    };
+    let mut best: Option<(usize, &str)> = None;
+    for k in known {
+        if k == name {
+            continue;
+        }
+        let d = edit_distance(&lower, &k.to_lowercase());
+        let nearer = match best {
+            Some((b, _)) => d < b,
+            None => true,
+        };
+        if d <= limit && nearer {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// adjacent characters each count one (so "mdoe" is one edit from "mode").
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows: two back (for swaps), previous, current.
+    let mut two_back = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(two_back[j - 2] + 1);
+            }
+        }
+        std::mem::swap(&mut two_back, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -387,6 +462,47 @@ mod tests {
                 && !is_unit_key("a/b.service")
                 && !is_unit_key("x.d/y.conf")
         );
+    }
+
+    #[test]
+    fn the_mode_hint_is_the_mode_written() {
+        assert_eq!(unquoted_mode("0644"), Some(0o644));
+        assert_eq!(unquoted_mode("640"), Some(0o640));
+        assert_eq!(unquoted_mode("0o640"), Some(0o640));
+        assert_eq!(unquoted_mode("4755"), Some(0o4755));
+        assert_eq!(unquoted_mode("00600"), Some(0o600));
+        assert_eq!(unquoted_mode("888"), None);
+        assert_eq!(unquoted_mode("0x1a4"), None);
+        assert_eq!(unquoted_mode("17777"), None);
+        assert_eq!(unquoted_mode("0o"), None);
+    }
+
+    #[test]
+    fn suggestions_for_typos() {
+        assert_eq!(edit_distance("mdoe", "mode"), 1);
+        assert_eq!(edit_distance("ownr", "owner"), 1);
+        assert_eq!(edit_distance("prefix", "prefixes"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let keys = ["content", "from", "mode", "owner", "group"];
+        assert_eq!(closest("mdoe", keys), Some("mode"));
+        assert_eq!(closest("Owner", keys), Some("owner"));
+        assert_eq!(closest("grop", keys), Some("group"));
+        assert_eq!(closest("contnet", keys), Some("content"));
+        assert_eq!(closest("mode", keys), None);
+        assert_eq!(closest("size", keys), None);
+        assert_eq!(closest("ntpd", ["chrony", "nginx"]), None);
+        assert_eq!(closest("ngnix", ["chrony", "nginx"]), Some("nginx"));
+        assert_eq!(
+            closest("directory", ["directories", "dynamic"]),
+            Some("directories")
+        );
+        assert_eq!(closest("Groups", ["group", "groups"]), Some("groups"));
+        assert_eq!(
+            did_you_mean("wbe", ["db", "web"]),
+            ": did you mean \"web\"?"
+        );
+        assert_eq!(did_you_mean("x", ["db", "web"]), "");
     }
 
     #[test]

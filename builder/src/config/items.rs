@@ -73,7 +73,7 @@ impl Kind {
         self as usize
     }
 
-    fn allowed(self) -> &'static [&'static str] {
+    pub(crate) fn allowed(self) -> &'static [&'static str] {
         match self {
             Kind::Files => &[
                 "content", "from", "symlink", "state", "mode", "owner", "group", "template",

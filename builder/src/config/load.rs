@@ -401,7 +401,8 @@ pub fn unknown_layer(name: &str, names: &[String]) -> String {
         format!("unknown layer {name:?} (there are no layers)")
     } else {
         format!(
-            "unknown layer {name:?} (known layers: {})",
+            "unknown layer {name:?}{} (known layers: {})",
+            check::did_you_mean(name, names.iter().map(String::as_str)),
             names.join(", ")
         )
     }
@@ -495,10 +496,17 @@ fn check_host_doc(doc: &Doc, layers: &BTreeMap<String, Layer>, d: &mut Sink) {
             } else {
                 format!(", or a layer: {}", names.join(", "))
             };
+            let hint = check::did_you_mean(
+                key,
+                TOP_KEYS
+                    .iter()
+                    .copied()
+                    .chain(names.iter().map(String::as_str)),
+            );
             d.err(
                 &k.span,
                 format!(
-                    "unknown key or layer {key:?} (expected one of: {}{layers_hint})",
+                    "unknown key or layer {key:?}{hint} (expected one of: {}{layers_hint})",
                     TOP_KEYS.join(", ")
                 ),
             );
@@ -511,6 +519,7 @@ pub fn check_layer_args(layer: &Layer, args: &Node, d: &mut Sink) {
     for (pk, _) in check::map(args, d).unwrap_or(&[]) {
         let name = pk.key_str();
         if !layer.params.iter().any(|p| p.name == name) {
+            let hint = check::did_you_mean(name, layer.params.iter().map(|p| p.name.as_str()));
             let expected = if layer.params.is_empty() {
                 "it has none".to_string()
             } else {
@@ -527,7 +536,7 @@ pub fn check_layer_args(layer: &Layer, args: &Node, d: &mut Sink) {
             d.err(
                 &pk.span,
                 format!(
-                    "unknown parameter {name:?} for layer {} ({expected})",
+                    "unknown parameter {name:?} for layer {}{hint} ({expected})",
                     layer.name
                 ),
             );

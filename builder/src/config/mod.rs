@@ -15,6 +15,7 @@ mod merge;
 mod model;
 mod render;
 mod resolve;
+pub mod schema;
 mod secrets;
 pub mod template;
 pub mod yaml;
@@ -57,7 +58,8 @@ impl Config {
             format!("unknown hostgroup {hostgroup:?} (there are none)")
         } else {
             format!(
-                "unknown hostgroup {hostgroup:?} (known: {})",
+                "unknown hostgroup {hostgroup:?}{} (known: {})",
+                check::did_you_mean(hostgroup, known.iter().map(String::as_str)),
                 known.join(", ")
             )
         };

@@ -10,8 +10,9 @@ use super::diag::Span;
 use super::model::*;
 use super::resolve::layer_of;
 
-/// Inline content longer than this is shown as its digest.
-const MAX_SHOWN: usize = 256;
+/// Content longer than this (inline, rendered or a `from:` file) is shown as its digest: a
+/// screenful of configuration is worth reading, a bundled binary or data file is not.
+pub const MAX_SHOWN: usize = 16 * 1024;
 
 /// A YAML scalar for `s`: plain when that reads back as the same string, else double-quoted.
 pub fn scalar(s: &str) -> String {
@@ -63,26 +64,59 @@ fn mode(m: u32) -> String {
     format!("\"{m:04o}\"")
 }
 
-/// Bytes as text when they are short UTF-8 text, else `sha256:<hex> (N bytes)`.
-fn content(bytes: &[u8]) -> String {
+/// `content: ...` lines for bytes: text of up to MAX_SHOWN bytes as it is (a literal block
+/// when it has lines, else a quoted scalar), anything else as `sha256:<hex> (N bytes)`.
+/// Block lines are indented two more than the key and the caller's indent.
+fn content(bytes: &[u8]) -> Vec<String> {
     if bytes.len() <= MAX_SHOWN {
         if let Ok(s) = std::str::from_utf8(bytes) {
             if s.chars().all(|c| c == '\n' || c == '\t' || !c.is_control()) {
+                if let Some(block) = literal_block(s) {
+                    return block;
+                }
                 let q = scalar(s);
                 // A digest line is plain; text is always quoted so the two never look alike.
-                return if q.starts_with('"') {
+                let q = if q.starts_with('"') {
                     q
                 } else {
                     format!("\"{q}\"")
                 };
+                return vec![format!("  content: {q}")];
             }
         }
     }
-    format!(
-        "sha256:{} ({} bytes)",
+    vec![format!(
+        "  content: sha256:{} ({} bytes)",
         hex::encode(Sha256::digest(bytes)),
         bytes.len()
-    )
+    )]
+}
+
+/// `content: |` and the text's lines, when the text has lines: `|-` without a final newline,
+/// `|+` with several, an indentation indicator when the text starts with a space or an empty
+/// line (YAML would take its first line's indentation for the block's).
+fn literal_block(s: &str) -> Option<Vec<String>> {
+    if !s.trim_end_matches('\n').contains('\n') && !s.ends_with('\n') {
+        return None;
+    }
+    let body = s.strip_suffix('\n').unwrap_or(s);
+    let chomp = if !s.ends_with('\n') {
+        "-"
+    } else if s.ends_with("\n\n") {
+        "+"
+    } else {
+        ""
+    };
+    let indicator = if s.starts_with([' ', '\n']) { "2" } else { "" };
+    let mut lines = vec![format!("  content: |{indicator}{chomp}")];
+    lines.extend(body.split('\n').map(|l| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!("    {l}")
+        }
+    }));
+    Some(lines)
 }
 
 /// Where to explain from: the spans, and where each layer was asked for.
@@ -340,14 +374,25 @@ impl Resolved {
             let mut lines = vec![format!("{}:{}", scalar(path), ex.item(fsrc))];
             let from = f.from.as_ref().map(|p| scalar(&p.to_string_lossy()));
             match &f.source {
-                FileSource::Bytes(bytes) => lines.push(format!("  content: {}", content(bytes))),
-                FileSource::Path(_) => {}
+                FileSource::Bytes(bytes) => lines.extend(content(bytes)),
+                // A file that cannot be read now was checked at load; its digest is in the
+                // bundle. Only what fits is read.
+                FileSource::Path(p) => match std::fs::metadata(p) {
+                    Ok(m) if m.len() <= MAX_SHOWN as u64 => {
+                        if let Ok(bytes) = std::fs::read(p) {
+                            lines.extend(content(&bytes));
+                        }
+                    }
+                    Ok(_) => {
+                        if let Ok((sha, size)) = crate::packages::file_sha256(p) {
+                            lines.push(format!("  content: sha256:{sha} ({size} bytes)"));
+                        }
+                    }
+                    Err(_) => {}
+                },
                 FileSource::Symlink(t) => lines.push(format!("  symlink: {}", scalar(t))),
                 FileSource::Absent => lines.push("  state: absent".into()),
-                FileSource::Dynamic { template } if from.is_none() => {
-                    lines.push(format!("  content: {}", content(template.as_bytes())))
-                }
-                FileSource::Dynamic { .. } => {}
+                FileSource::Dynamic { template } => lines.extend(content(template.as_bytes())),
             }
             if let Some(from) = from {
                 lines.push(format!("  from: {from}"));
@@ -448,7 +493,11 @@ fn section<'a, T: 'a>(
     let mut body = String::new();
     for (k, v) in items {
         for line in lines(k, v) {
-            let _ = writeln!(body, "  {line}");
+            if line.is_empty() {
+                body.push('\n');
+            } else {
+                let _ = writeln!(body, "  {line}");
+            }
         }
     }
     if body.is_empty() {
@@ -474,8 +523,44 @@ mod tests {
         assert_eq!(scalar("x\n\"y\"\u{1}"), "\"x\\n\\\"y\\\"\\x01\"");
         assert_eq!(scalar("1.22.1-9+deb12u1"), "1.22.1-9+deb12u1");
         assert_eq!(scalar("0644"), "\"0644\"");
-        assert_eq!(content(b"12"), "\"12\"");
-        assert_eq!(content(b"hi"), "\"hi\"");
-        assert!(content(&[0xff, 0]).starts_with("sha256:"));
+        assert_eq!(content(b"12"), ["  content: \"12\""]);
+        assert_eq!(content(b"hi"), ["  content: \"hi\""]);
+        assert!(content(&[0xff, 0])[0].starts_with("  content: sha256:"));
+        assert_eq!(content(b"a\n\tb\n"), ["  content: |", "    a", "    \tb"]);
+        assert_eq!(content(b"a\n\nb"), ["  content: |-", "    a", "", "    b"]);
+        assert_eq!(content(b"a\n\n"), ["  content: |+", "    a", ""]);
+        assert_eq!(content(b"  a\nb\n"), ["  content: |2", "      a", "    b"]);
+        assert!(content(b"x\r\ny\n")[0].starts_with("  content: sha256:"));
+        // Each form reads back, through the YAML parser, as the very text.
+        for text in [
+            "a\n",
+            "a\nb",
+            "a\n\n",
+            "a\n\n\n",
+            "  indented\nx\n",
+            "\nafter a blank\n",
+            "tab\tin\n\tleading tab\n",
+            "# not a comment\n- not a list\n",
+            "key: value\n",
+            "trailing spaces   \n   \nend\n",
+            "ünïcode ✓\n",
+        ] {
+            let doc = format!("/x:\n{}\n", content(text.as_bytes()).join("\n"));
+            let file = std::sync::Arc::from(std::path::Path::new("t.yaml"));
+            let parsed = super::super::yaml::parse(&file, &doc);
+            assert!(
+                parsed.diags.is_empty(),
+                "{text:?}: {:?}\n{doc}",
+                parsed.diags
+            );
+            let root = parsed.root.unwrap();
+            let got = root
+                .get("/x")
+                .and_then(|x| x.get("content"))
+                .and_then(|c| c.as_str());
+            assert_eq!(got, Some(text), "{doc}");
+        }
+        let big = "line\n".repeat(MAX_SHOWN / 5 + 1);
+        assert!(content(big.as_bytes())[0].starts_with("  content: sha256:"));
     }
 }

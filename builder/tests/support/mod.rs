@@ -55,9 +55,19 @@ pub fn test_cache() -> PathBuf {
     }
 }
 
+/// Bundles built at EPOCH with the default --expires (90d) are long expired, which kiln build
+/// refuses: a build without --expires gets 100 years.
+pub fn with_expiry<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"build") && !args.contains(&"--expires") {
+        args.extend(["--expires", "36500d"]);
+    }
+    args
+}
+
 pub fn kiln(args: &[&str]) -> Output {
     Command::new(KILN)
-        .args(args)
+        .args(with_expiry(args))
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .env_remove("KILN_CONFIG")
         .env_remove("KILN_CACHE_DIR")
