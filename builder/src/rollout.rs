@@ -51,9 +51,21 @@ pub struct NodeReport {
     pub error: Option<String>,
     #[serde(default)]
     pub steps: Vec<ReportStep>,
+    /// The health checks' verdict, when the bundle has checks (an unhealthy node's `result`
+    /// is `failure` too).
+    #[serde(default)]
+    pub health: Option<NodeHealth>,
     /// The report's ModifyIndex in Consul.
     #[serde(default)]
     pub modify_index: u64,
+}
+
+/// `healthy` or `unhealthy`, and each check (kept as the node wrote it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeHealth {
+    pub status: String,
+    #[serde(default)]
+    pub checks: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -303,6 +315,7 @@ pub fn parse(prefix: &str, body: &[u8]) -> Result<Vec<NodeReport>> {
             finished_at: String::new(),
             error: Some("the value is not a kiln-firstboot report".into()),
             steps: Vec::new(),
+            health: None,
             modify_index: 0,
         });
         r.key = e.key.clone();
@@ -518,8 +531,8 @@ pub fn table(hostgroup: &str, nodes: &[NodeReport]) -> String {
         .max(4);
     let _ = writeln!(
         out,
-        "{:w$}  {:>7}  {:8}  {:>4}  {:20}  ERROR",
-        "NODE", "VERSION", "RESULT", "EXIT", "FINISHED"
+        "{:w$}  {:>7}  {:8}  {:9}  {:>4}  {:20}  ERROR",
+        "NODE", "VERSION", "RESULT", "HEALTH", "EXIT", "FINISHED"
     );
     for n in nodes {
         let err = n
@@ -532,7 +545,7 @@ pub fn table(hostgroup: &str, nodes: &[NodeReport]) -> String {
             .collect::<String>();
         let _ = writeln!(
             out,
-            "{:w$}  {:>7}  {:8}  {:>4}  {:20}  {err}",
+            "{:w$}  {:>7}  {:8}  {:9}  {:>4}  {:20}  {err}",
             n.hostname,
             if n.version == 0 {
                 "-".to_string()
@@ -540,6 +553,7 @@ pub fn table(hostgroup: &str, nodes: &[NodeReport]) -> String {
                 n.version.to_string()
             },
             n.result,
+            n.health.as_ref().map(|h| h.status.as_str()).unwrap_or("-"),
             n.exit_code,
             n.finished_at
         );
@@ -564,6 +578,7 @@ mod tests {
             finished_at: String::new(),
             error: None,
             steps: Vec::new(),
+            health: None,
             modify_index: 1,
         }
     }

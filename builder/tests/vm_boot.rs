@@ -957,6 +957,104 @@ fn a_baked_image_boots_applies_once_reports_and_refuses_a_tampered_bundle() {
     assert!(err.contains("vm-e2e-3"), "{err}");
     assert_eq!(debugfs(&disk3, "cat /etc/app/secret.conf"), "");
     assert_eq!(debugfs(&disk3, "cat /var/lib/kiln/state.json"), "");
+
+    // 6. Version 2 adds health checks, one of which cannot pass (nothing listens on port 9):
+    //    applied, but unhealthy: exit 23 on the console, the report says which check failed,
+    //    and `kiln rollout wait` stops at once with 3.
+    std::fs::write(
+        config.join("hostgroups/vmtest.yaml"),
+        "checks:\n  app: {unit: vmtest-app.service}\n  nothing-listens: {tcp: \"127.0.0.1:9\", deadline: 5s}\n",
+    )
+    .unwrap();
+    ok(&kiln(&[
+        "build",
+        HOSTGROUP,
+        "--config",
+        config.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "2",
+        "--expires",
+        "3650d",
+    ]));
+    let bundle2 = out.join("vmtest-2.kiln");
+    let baked2 = dir.join("baked-2.img");
+    ok(&kiln(&[
+        "bake",
+        bundle2.to_str().unwrap(),
+        "--base",
+        &base,
+        "--out",
+        baked2.to_str().unwrap(),
+        "--format",
+        "raw",
+        "--trust",
+        trust.to_str().unwrap(),
+        "--firstboot",
+        firstboot.to_str().unwrap(),
+    ]));
+    files.put("/bundles/vmtest-2.kiln", std::fs::read(&bundle2).unwrap());
+    let (w4, _) = wrapped("4");
+    let ud4 = cloud_init(
+        "4",
+        &[
+            "--bundle-url",
+            "http://10.0.2.100/bundles/vmtest-2.kiln",
+            "--bundle-file",
+            bundle2.to_str().unwrap(),
+        ],
+        &w4,
+    );
+    let b4 = vm.boot("4", &baked2, &seed(&dir, "vm-e2e-4", &ud4, "vm-e2e-4"));
+    measure(&b4);
+    assert!(
+        b4.has("KILN-FIRSTBOOT: FAILED exit=23 hostgroup=vmtest"),
+        "{}",
+        b4.tail(80)
+    );
+    assert!(b4.has("VMTEST-APP: started"), "{}", b4.tail(80));
+    let r4: Value = serde_json::from_slice(
+        &consul
+            .get("kiln/nodes/vmtest/vm-e2e-4")
+            .expect("the unhealthy node's report")
+            .value,
+    )
+    .unwrap();
+    assert_eq!(r4["result"], "failure", "{r4}");
+    assert_eq!(r4["exit_code"], 23, "{r4}");
+    assert_eq!(r4["health"]["status"], "unhealthy", "{r4}");
+    let checks = r4["health"]["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{r4}");
+    assert_eq!(
+        (&checks[0]["name"], &checks[0]["passed"]),
+        (&json!("app"), &json!(true)),
+        "{r4}"
+    );
+    assert_eq!(
+        (&checks[1]["name"], &checks[1]["passed"]),
+        (&json!("nothing-listens"), &json!(false)),
+        "{r4}"
+    );
+    assert!(
+        checks[1]["detail"].as_str().unwrap().contains("refused"),
+        "{r4}"
+    );
+    assert!(
+        r4["error"].as_str().unwrap().contains("nothing-listens"),
+        "{r4}"
+    );
+    let (code, err, took) = rollout_wait(&consul.url(), "2", "1", "120s");
+    assert_eq!(code, 3, "{err}");
+    assert!(took < 10.0, "rollout wait took {took}s");
+    assert!(err.contains("vm-e2e-4"), "{err}");
+    let state4: Value =
+        serde_json::from_str(&debugfs(&baked2, "cat /var/lib/kiln/state.json")).unwrap();
+    assert_eq!(state4["exit_code"], 23, "{state4}");
+    assert_eq!(state4["health"]["status"], "unhealthy", "{state4}");
+
     eprintln!(
         "MEASURE vm_boot test total {:.1}s",
         t_all.elapsed().as_secs_f64()
@@ -1256,6 +1354,31 @@ path "pki/issue/web" { capabilities = ["update"] }"#,
         let state: Value =
             serde_json::from_str(&debugfs(&disk, "cat /var/lib/kiln/state.json")).unwrap();
         assert_eq!(state["result"], "success", "{state}");
+        // Every check the bundle declares passed, and the report says so.
+        let m: Value = serde_json::from_slice(
+            &sh(&format!(
+                "zstd -dc {} | tar -xO kiln/manifest.json",
+                bundle.display()
+            ))
+            .stdout,
+        )
+        .unwrap();
+        let declared: Vec<&str> = m["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert!(!declared.is_empty(), "{hg} declares no checks");
+        assert_eq!(report["health"]["status"], "healthy", "{report}");
+        let passed: Vec<&str> = report["health"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == true)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(passed, declared, "{report}");
         if password.is_empty() {
             password = bao.kv_get("db/app").unwrap()["password"]
                 .as_str()
