@@ -12,6 +12,7 @@
 pub(crate) mod accounts;
 pub(crate) mod commands;
 pub(crate) mod conflicts;
+pub(crate) mod contain;
 pub(crate) mod entries;
 pub mod fsroot;
 pub(crate) mod journal;

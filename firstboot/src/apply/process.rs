@@ -1,6 +1,8 @@
 //! Running external programs (shadow tools, dpkg, systemctl, the bundle's commands) with a
 //! timeout, a fixed environment, and their combined stdout+stderr kept, bounded to the last
-//! 64 KiB, so a chatty or hung program can neither fill memory nor block the apply.
+//! 64 KiB, so a chatty or hung program can neither fill memory nor block the apply. A program
+//! run in a root other than `/` is contained ([`super::contain`]): it cannot reach the host,
+//! and nothing it starts outlives it.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -34,6 +36,8 @@ pub struct Finished {
     /// True when earlier output was dropped to keep the limit.
     pub truncated: bool,
     pub duration: Duration,
+    /// Processes it left running when it ended, which were killed (contained runs count them).
+    pub left_running: u32,
 }
 
 impl Finished {
@@ -64,11 +68,12 @@ impl Finished {
     }
 }
 
-/// A program to run: argv, optionally inside `chroot`, with extra environment.
+/// A program to run: argv, optionally contained in a root, with extra environment.
 #[derive(Debug, Clone)]
 pub struct Program {
     pub argv: Vec<String>,
-    pub chroot: Option<std::path::PathBuf>,
+    /// The root it runs contained in (its `/`); `None`: the host's `/`, uncontained.
+    pub root: Option<std::path::PathBuf>,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
     /// What it reads on stdin (else /dev/null).
@@ -79,7 +84,7 @@ impl Program {
     pub fn new<S: AsRef<str>>(argv: &[S], timeout: Duration) -> Program {
         Program {
             argv: argv.iter().map(|s| s.as_ref().to_string()).collect(),
-            chroot: None,
+            root: None,
             env: Vec::new(),
             timeout,
             stdin: None,
@@ -92,10 +97,10 @@ impl Program {
         self
     }
 
-    /// Runs it inside `root` with chroot(8) unless `root` is `/`.
+    /// Runs it inside `root`, contained, unless `root` is `/`.
     pub fn in_root(mut self, root: &Path) -> Program {
         if root != Path::new("/") {
-            self.chroot = Some(root.to_path_buf());
+            self.root = Some(root.to_path_buf());
         }
         self
     }
@@ -108,8 +113,8 @@ impl Program {
     /// The command line as a person would type it, for logs.
     pub fn display(&self) -> String {
         let mut words = Vec::new();
-        if let Some(root) = &self.chroot {
-            words.push(format!("chroot {}", root.display()));
+        if let Some(root) = &self.root {
+            words.push(format!("(contained in {})", root.display()));
         }
         words.extend(self.argv.iter().map(|a| {
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
@@ -127,18 +132,8 @@ impl Program {
             .argv
             .split_first()
             .ok_or_else(|| io::Error::other("empty command line"))?;
-        let mut cmd = match &self.chroot {
-            Some(root) => {
-                let mut c = Command::new("chroot");
-                c.arg(root).arg(first).args(rest);
-                c
-            }
-            None => {
-                let mut c = Command::new(first);
-                c.args(rest);
-                c
-            }
-        };
+        let mut cmd = Command::new(first);
+        cmd.args(rest);
         cmd.env_clear()
             .env("PATH", PATH)
             .env("LANG", "C.UTF-8")
@@ -178,8 +173,28 @@ impl Program {
                 Ok(())
             });
         }
+        let mut contained = match &self.root {
+            Some(root) => {
+                let c = super::contain::Contained::new(root)?;
+                // SAFETY: the hook makes system calls only, on data prepared here.
+                unsafe {
+                    cmd.pre_exec(c.hook());
+                }
+                Some(c)
+            }
+            None => None,
+        };
         let start = Instant::now();
-        let mut child = cmd.spawn()?;
+        let spawned = cmd.spawn();
+        if let Some(c) = &mut contained {
+            c.spawned();
+            if let Err(e) = &spawned {
+                // Which step of the setup failed, when one did (else: exec's own error).
+                c.finish()?;
+                return Err(io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        let mut child = spawned?;
         drop(cmd); // closes our copies of the pipe's write end
         let buf = Arc::new(Mutex::new(Tail::default()));
         let reader_thread = {
@@ -196,8 +211,22 @@ impl Program {
             let _ = reader_thread.join();
         }
         let tail = buf.lock().map(|t| t.clone()).unwrap_or_default();
+        let (code, left_running) = match &mut contained {
+            // The program's own status, from the namespace's init (the child waited for here
+            // is the process that set the namespaces up).
+            Some(c) => {
+                let report = c.finish()?;
+                if report.reported || timed_out {
+                    (report.code, report.left_running)
+                } else {
+                    (None, 0)
+                }
+            }
+            None => (status.code(), 0),
+        };
         Ok(Finished {
-            code: status.code(),
+            code,
+            left_running,
             timed_out,
             output: String::from_utf8_lossy(&tail.bytes.iter().copied().collect::<Vec<u8>>())
                 .into_owned(),
