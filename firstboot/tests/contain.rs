@@ -2,11 +2,14 @@
 //! contained. A signed bundle whose commands try to get out (the double-chroot escape, `mount`,
 //! writing /proc/sys, a TCP connection to a port the test listens on, `setsid sleep 300 &`) is
 //! applied with `--root` to a copy of the debootstrapped base: the apply succeeds, nothing
-//! outside the root changes, no connection arrives, no process is left, no mount either.
+//! outside the root changes, no connection arrives, no process is left, no mount either. And
+//! a file of the root hard-linked to one outside: the apply replaces it, never chowns or
+//! chmods the shared inode.
 
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
@@ -248,5 +251,72 @@ fn a_contained_command_that_cannot_run_or_times_out_fails_the_apply() {
         mounts_under(r),
         Vec::<String>::new(),
         "mounts left on the host"
+    );
+}
+
+/// A file of the root that is a hard link to a file outside it, with the bundle's bytes but
+/// another owner and mode: the apply gives the root's path a new inode with the bundle's owner
+/// and mode; the outside file keeps its own.
+#[test]
+fn a_hard_linked_file_is_replaced_not_chowned_through_the_link() {
+    let Some(root) = mini_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    // Same filesystem as the root (a hard link cannot cross one).
+    let outside = tempfile::Builder::new()
+        .prefix("kiln-outside-")
+        .tempdir_in(r.parent().unwrap())
+        .unwrap();
+    let secret = outside.path().join("shadow");
+    std::fs::write(&secret, b"same bytes\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&secret, r.join("etc/linked")).unwrap();
+    std::fs::hard_link(&secret, r.join("etc/linked-other")).unwrap();
+
+    let mut s = Spec::new("web", 7);
+    s.file("/etc/linked", b"same bytes\n", "0644", "daemon", "daemon")
+        .file(
+            "/etc/linked-other",
+            b"other bytes\n",
+            "0644",
+            "root",
+            "root",
+        );
+    let bundle = work.path().join("web-7.kiln");
+    s.write(&key, &bundle);
+    let out = apply(r, trust.path(), &bundle, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let outside_md = std::fs::metadata(&secret).unwrap();
+    assert_eq!(
+        outside_md.mode() & 0o7777,
+        0o600,
+        "mode changed through the link"
+    );
+    assert_eq!(
+        (outside_md.uid(), outside_md.gid()),
+        (0, 0),
+        "owner changed through the link"
+    );
+    assert_eq!(std::fs::read(&secret).unwrap(), b"same bytes\n");
+    let md = std::fs::metadata(r.join("etc/linked")).unwrap();
+    assert_ne!(md.ino(), outside_md.ino(), "still the shared inode");
+    assert_eq!(md.nlink(), 1);
+    assert_eq!(md.mode() & 0o7777, 0o644);
+    assert_eq!((md.uid(), md.gid()), (1, 1));
+    assert_eq!(
+        std::fs::read(r.join("etc/linked")).unwrap(),
+        b"same bytes\n"
+    );
+    assert_eq!(
+        std::fs::read(r.join("etc/linked-other")).unwrap(),
+        b"other bytes\n"
+    );
+    assert_eq!(
+        outside_md.nlink(),
+        1,
+        "both root paths got inodes of their own"
     );
 }

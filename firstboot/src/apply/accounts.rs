@@ -363,6 +363,7 @@ fn begin_accounts_phase(ctx: &Ctx, phase: &'static str) -> Result<(), ApplyError
         gid: 0,
         size: 0,
         mtime: 0,
+        nlink: 1,
     };
     save(SNAPSHOT_HOMES, homes.as_bytes(), root_meta)
         .map_err(|e| err(&format!("{dir}/{SNAPSHOT_HOMES}"), e))?;
