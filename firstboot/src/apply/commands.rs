@@ -108,6 +108,12 @@ pub fn apply_commands(
                 format!("cannot run {}: {e}", c.argv[0]),
             )
         })?;
+        if let Some(why) = &done.untracked {
+            ctx.log.info(&format!(
+                "  {}: only its process group was tracked (no cgroup: {why})",
+                c.name
+            ));
+        }
         if done.left_running > 0 {
             ctx.warn(&format!(
                 "command {} left {} process(es) running when it ended: killed",

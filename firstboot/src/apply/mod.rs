@@ -19,6 +19,7 @@ pub(crate) mod journal;
 pub(crate) mod packages;
 pub(crate) mod process;
 pub(crate) mod services;
+pub(crate) mod track;
 pub mod validate;
 
 use nix::libc;

@@ -2,7 +2,8 @@
 //! timeout, a fixed environment, and their combined stdout+stderr kept, bounded to the last
 //! 64 KiB, so a chatty or hung program can neither fill memory nor block the apply. A program
 //! run in a root other than `/` is contained ([`super::contain`]): it cannot reach the host,
-//! and nothing it starts outlives it.
+//! and nothing it starts outlives it. One run in `/` is tracked ([`super::track`]): what it
+//! leaves running is killed when it ends.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -36,8 +37,10 @@ pub struct Finished {
     /// True when earlier output was dropped to keep the limit.
     pub truncated: bool,
     pub duration: Duration,
-    /// Processes it left running when it ended, which were killed (contained runs count them).
+    /// Processes it left running when it ended, which were killed (contained and tracked runs).
     pub left_running: u32,
+    /// A tracked run that had only its process group to go by: why no cgroup was possible.
+    pub untracked: Option<String>,
 }
 
 impl Finished {
@@ -74,6 +77,8 @@ pub struct Program {
     pub argv: Vec<String>,
     /// The root it runs contained in (its `/`); `None`: the host's `/`, uncontained.
     pub root: Option<std::path::PathBuf>,
+    /// In `/`: what it leaves running is killed when it ends ([`super::track`]).
+    pub track: bool,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
     /// What it reads on stdin (else /dev/null).
@@ -85,6 +90,7 @@ impl Program {
         Program {
             argv: argv.iter().map(|s| s.as_ref().to_string()).collect(),
             root: None,
+            track: false,
             env: Vec::new(),
             timeout,
             stdin: None,
@@ -97,10 +103,12 @@ impl Program {
         self
     }
 
-    /// Runs it inside `root`, contained, unless `root` is `/`.
+    /// Runs it inside `root`, contained, unless `root` is `/` (then tracked).
     pub fn in_root(mut self, root: &Path) -> Program {
         if root != Path::new("/") {
             self.root = Some(root.to_path_buf());
+        } else {
+            self.track = true;
         }
         self
     }
@@ -184,6 +192,13 @@ impl Program {
             }
             None => None,
         };
+        let tracked = (self.track && self.root.is_none()).then(super::track::Tracked::new);
+        if let Some(t) = &tracked {
+            // SAFETY: the hook makes one write(2) on a descriptor opened here.
+            unsafe {
+                cmd.pre_exec(t.hook());
+            }
+        }
         let start = Instant::now();
         let spawned = cmd.spawn();
         if let Some(c) = &mut contained {
@@ -202,6 +217,12 @@ impl Program {
             thread::spawn(move || drain(reader, &buf))
         };
         let (status, timed_out) = wait_with_timeout(&mut child, self.timeout)?;
+        let mut untracked = None;
+        let mut left_running = 0;
+        if let Some(t) = tracked {
+            untracked = t.fallback.clone();
+            left_running = t.end(Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)));
+        }
         // A daemonized grandchild may keep the pipe open: wait a little, then take what we have.
         let until = Instant::now() + Duration::from_secs(2);
         while !reader_thread.is_finished() && Instant::now() < until {
@@ -222,11 +243,12 @@ impl Program {
                     (None, 0)
                 }
             }
-            None => (status.code(), 0),
+            None => (status.code(), left_running),
         };
         Ok(Finished {
             code,
             left_running,
+            untracked,
             timed_out,
             output: String::from_utf8_lossy(&tail.bytes.iter().copied().collect::<Vec<u8>>())
                 .into_owned(),
@@ -331,6 +353,54 @@ mod tests {
         assert!(!f.success());
         assert!(start.elapsed() < Duration::from_secs(10));
         assert_eq!(f.describe(Duration::from_secs(1)), "timed out after 1s");
+    }
+
+    /// Processes whose command line contains `marker`, killed; returns how many there were.
+    fn kill_marked(marker: &str) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn what_a_tracked_run_in_slash_leaves_running_is_killed_and_counted() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("note: not root: skipping (cgroups)");
+            return;
+        }
+        let marker = format!("kiln-track-test-{}", std::process::id());
+        let script = format!(
+            "setsid sh -c 'sleep 300; : {marker}' </dev/null >/dev/null 2>&1 & \
+             sleep 301 </dev/null >/dev/null 2>&1 & echo started"
+        );
+        let p =
+            Program::new(&["sh", "-c", &script], Duration::from_secs(10)).in_root(Path::new("/"));
+        let f = p.run().unwrap();
+        if let Some(why) = &f.untracked {
+            kill_marked(&marker);
+            eprintln!("note: no cgroup v2 to track with here ({why}): skipping");
+            return;
+        }
+        assert!(f.success());
+        assert_eq!(f.output, "started\n");
+        // The setsid shell, and the sleep of each (`sleep 300` may not have started yet).
+        assert!(f.left_running >= 2, "{f:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(kill_marked(&marker), 0, "left running after the run");
+        let clean = Program::new(&["true"], Duration::from_secs(10))
+            .in_root(Path::new("/"))
+            .run()
+            .unwrap();
+        assert_eq!(clean.left_running, 0);
     }
 
     #[test]
