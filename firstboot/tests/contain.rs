@@ -1,10 +1,10 @@
 //! Issue 11: what runs in a root other than `/` (commands, dpkg's maintainer scripts) runs
 //! contained. A signed bundle whose commands try to get out (the double-chroot escape, `mount`,
-//! writing /proc/sys, a TCP connection to a port the test listens on, `setsid sleep 300 &`) is
-//! applied with `--root` to a copy of the debootstrapped base: the apply succeeds, nothing
-//! outside the root changes, no connection arrives, no process is left, no mount either. And
-//! a file of the root hard-linked to one outside: the apply replaces it, never chowns or
-//! chmods the shared inode.
+//! writing /proc/sys, a TCP connection to a port the test listens on, `setsid sleep 300 &`) or
+//! look around (capabilities, /sys, /dev) is applied with `--root` to a copy of the
+//! debootstrapped base: the apply succeeds, nothing outside the root changes, no connection
+//! arrives, no process is left, no mount either. And a file of the root hard-linked to one
+//! outside: the apply replaces it, never chowns or chmods the shared inode.
 
 mod common;
 
@@ -121,6 +121,17 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
         None,
     )
     .command(
+        "look",
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; echo sys: $(ls -A /sys); \
+             echo dev: $(ls /dev); head -c 4 /dev/urandom | wc -c; echo pid $$",
+        ],
+        30,
+        None,
+    )
+    .command(
         "daemon",
         &[
             "sh",
@@ -182,6 +193,13 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
     assert!(
         listener.accept().is_err(),
         "a contained command connected to the host's 127.0.0.1:{port}"
+    );
+    // Docker's default capabilities less CAP_MKNOD, in every set; nothing in /sys; the
+    // minimal /dev; the shell is the second process of its PID namespace (after its init).
+    assert_eq!(
+        output("look"),
+        "CapEff:\t00000000a00425fb\nCapBnd:\t00000000a00425fb\nNoNewPrivs:\t1\nsys:\n\
+         dev: fd full null pts random shm stderr stdin stdout tty urandom zero\n4\npid 2\n"
     );
     assert_eq!(output("daemon"), "started\n");
     assert!(left.is_empty(), "left running after the apply: {left:?}");
