@@ -304,6 +304,10 @@ fn a_hard_linked_file_is_replaced_not_chowned_through_the_link() {
         );
     let bundle = work.path().join("web-7.kiln");
     s.write(&key, &bundle);
+    let out = apply(r, trust.path(), &bundle, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(plan.contains("replace file /etc/linked\n"), "{plan}");
     let out = apply(r, trust.path(), &bundle, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 

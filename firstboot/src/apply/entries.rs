@@ -100,7 +100,9 @@ pub fn plan_entry(
         } => match meta.kind {
             Kind::Dir => Err("is a directory (refusing to replace it with a file)".into()),
             Kind::File if hash => {
-                if meta.size == *size
+                // Other hard links: the apply replaces it (see `apply_files`).
+                if meta.nlink == 1
+                    && meta.size == *size
                     && same_content(&parent, digest).map_err(|err| err.to_string())?
                 {
                     Ok(if wants_meta(mode)? {
