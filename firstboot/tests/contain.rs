@@ -1,5 +1,6 @@
 //! Issue 11: what runs in a root other than `/` (commands, dpkg's maintainer scripts) runs
-//! contained. A signed bundle whose commands try to get out (the double-chroot escape, `mount`,
+//! contained. A signed bundle whose commands try to get out (the double-chroot escape, an
+//! inherited descriptor of an outside directory, `mount`,
 //! writing /proc/sys, a TCP connection to a port the test listens on, `setsid sleep 300 &`) or
 //! look around (capabilities, /sys, /dev) is applied with `--root` to a copy of the
 //! debootstrapped base: the apply succeeds, nothing outside the root changes, no connection
@@ -71,8 +72,27 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
     let marker = format!("kiln-contain-marker-{}", std::process::id());
     std::fs::write(r.join("kiln-inside-marker"), b"").unwrap();
 
+    // A descriptor of an outside directory that whoever starts kiln-firstboot leaks to it.
+    let leaked = nix::fcntl::open(
+        outside.path(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
+
     let mut s = Spec::new("web", 7);
     s.command(
+        "fd",
+        &[
+            "sh",
+            "-c",
+            &format!("cd /proc/self/fd/{leaked_fd} && echo > escaped-by-fd && echo FD-ESCAPE; true"),
+        ],
+        30,
+        None,
+    )
+    .command(
         "escape",
         &[
             "perl",
@@ -126,7 +146,7 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
             "sh",
             "-c",
             "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; echo sys: $(ls -A /sys); \
-             echo dev: $(ls /dev); head -c 4 /dev/urandom | wc -c; echo pid $$",
+             echo dev: $(ls /dev); head -c 4 /dev/urandom | wc -c; echo pid $$; echo fds: $(ls /proc/self/fd)",
         ],
         30,
         None,
@@ -181,6 +201,8 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
         ["host-marker"],
         "something was written outside the root"
     );
+    assert!(!output("fd").contains("FD-ESCAPE"), "{}", output("fd"));
+    drop(leaked);
     assert!(!output("mount").contains("MOUNTED"), "{}", output("mount"));
     let sysctl = output("sysctl");
     assert!(!sysctl.contains("SYSCTL-WRITTEN"), "{sysctl}");
@@ -199,7 +221,7 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
     assert_eq!(
         output("look"),
         "CapEff:\t00000000a00425fb\nCapBnd:\t00000000a00425fb\nNoNewPrivs:\t1\nsys:\n\
-         dev: fd full null pts random shm stderr stdin stdout tty urandom zero\n4\npid 2\n"
+         dev: fd full null pts random shm stderr stdin stdout tty urandom zero\n4\npid 2\nfds: 0 1 2 3\n"
     );
     assert_eq!(output("daemon"), "started\n");
     assert!(left.is_empty(), "left running after the apply: {left:?}");

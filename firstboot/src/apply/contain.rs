@@ -236,6 +236,21 @@ fn close_others(keep: RawFd) {
     }
 }
 
+/// Marks every descriptor from `first` up close-on-exec (std's exec-error pipe already is).
+fn cloexec_from(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC (Linux 5.11) only sets a flag.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r != 0 {
+        for fd in first as i32..65_536 {
+            // SAFETY: fcntl(2) on a descriptor number; EBADF for those not open.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn is_dir(path: &CStr) -> bool {
     lstat(path).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
@@ -263,7 +278,9 @@ fn enter(root: &CStr, report: RawFd) -> io::Result<()> {
         ForkResult::Parent { child } => init(child, report),
         ForkResult::Child => {}
     }
-    // C: the program, once it has given up what it must not have.
+    // C: the program, once it has given up what it must not have: no descriptor but its stdio
+    // crosses exec (one inherited from whoever started kiln-firstboot could lead outside).
+    cloexec_from(3);
     umask(old_umask);
     drop_capabilities().map_err(|e| fail(report, Stage::Capabilities, e))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| fail(report, Stage::NoNewPrivs, e))?;
