@@ -1,6 +1,6 @@
 //! Issue 11: what runs in a root other than `/` (commands, dpkg's maintainer scripts) runs
 //! contained. A signed bundle whose commands try to get out (the double-chroot escape, an
-//! inherited descriptor of an outside directory, `mount`,
+//! inherited descriptor of an outside directory, a device node of the root, `mount`,
 //! writing /proc/sys, a TCP connection to a port the test listens on, `setsid sleep 300 &`) or
 //! look around (capabilities, /sys, /dev) is applied with `--root` to a copy of the
 //! debootstrapped base: the apply succeeds, nothing outside the root changes, no connection
@@ -81,8 +81,23 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
     .unwrap();
     let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
 
+    // A device node of the root outside /dev (a copy of /dev/null will do).
+    nix::sys::stat::mknod(
+        &r.join("var/tmp/kiln-device"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+
     let mut s = Spec::new("web", 7);
     s.command(
+        "device",
+        &["sh", "-c", "echo x > /var/tmp/kiln-device && echo DEVICE-OPENED; true"],
+        30,
+        None,
+    )
+    .command(
         "fd",
         &[
             "sh",
@@ -202,6 +217,11 @@ fn commands_under_root_cannot_reach_the_host_and_leave_nothing_running() {
         "something was written outside the root"
     );
     assert!(!output("fd").contains("FD-ESCAPE"), "{}", output("fd"));
+    assert!(
+        !output("device").contains("DEVICE-OPENED"),
+        "{}",
+        output("device")
+    );
     drop(leaked);
     assert!(!output("mount").contains("MOUNTED"), "{}", output("mount"));
     let sysctl = output("sysctl");

@@ -354,6 +354,30 @@ fn setup_root(root: &CStr) -> Result<(), (Stage, Errno)> {
         none,
     )
     .map_err(|e| (Stage::Bind, e))?;
+    // Device nodes of the root (a base may have some outside /dev; nothing contained can make
+    // one) open nothing: nodev, with the flags the mount had (a bind remount sets them all).
+    // SAFETY: statvfs(3) into a zeroed struct: statfs(2) and a copy of its flags (the C
+    // libraries read /proc/mounts only on kernels before 2.6.36).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `root` is a valid C string.
+    if unsafe { libc::statvfs(root.as_ptr(), &mut st) } != 0 {
+        return Err((Stage::Bind, Errno::last()));
+    }
+    let had = st.f_flag as u64;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
+    for (bit, flag) in [
+        (1, MsFlags::MS_RDONLY), // ST_RDONLY
+        (2, MsFlags::MS_NOSUID), // ST_NOSUID
+        (8, MsFlags::MS_NOEXEC), // ST_NOEXEC
+        (1024, MsFlags::MS_NOATIME),
+        (2048, MsFlags::MS_NODIRATIME),
+        (4096, MsFlags::MS_RELATIME),
+    ] {
+        if had & bit != 0 {
+            flags |= flag;
+        }
+    }
+    mount(none, root, none, flags, none).map_err(|e| (Stage::Bind, e))?;
     chdir(root).map_err(|e| (Stage::PivotRoot, e))?;
     // pivot_root(".", ".") stacks the old root on the new one; unmounting it leaves nothing of
     // the host reachable, not even by a second chroot.
