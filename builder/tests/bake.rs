@@ -1,7 +1,7 @@
 //! `kiln bake` onto the real debootstrapped base (KILN_TEST_BASE): a bundle with a package, a
 //! user, files, a symlink, a removal, a unit and services, baked as tar, raw ext4 and qcow2. The
 //! raw image passes `e2fsck -fn` and `debugfs` shows the applied files; refusals for another
-//! base, an untrusted key and an image too small.
+//! base, an untrusted key and an image too small; commands that try to reach the build host.
 
 mod support;
 
@@ -39,13 +39,17 @@ struct Setup {
 }
 
 fn setup(base: &str) -> Option<Setup> {
+    setup_with(base, CONFIG)
+}
+
+fn setup_with(base: &str, default_yaml: &str) -> Option<Setup> {
     let firstboot = firstboot_bin()?;
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_path_buf();
     let (key, trust) = key_and_trust(&dir);
     let config = dir.join("config");
     std::fs::create_dir_all(config.join("hostgroups")).unwrap();
-    std::fs::write(config.join("hostgroups/default.yaml"), CONFIG).unwrap();
+    std::fs::write(config.join("hostgroups/default.yaml"), default_yaml).unwrap();
     std::fs::write(config.join("hostgroups/app.yaml"), "vars: {}\n").unwrap();
     let out = dir.join("out");
     let cache = test_cache();
@@ -311,4 +315,71 @@ fn bake_refuses_another_base_an_untrusted_key_and_a_too_small_image() {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Issue 11: commands a bake runs cannot reach the build host (the double-chroot escape, a
+/// connection to a port the test listens on on 127.0.0.1) and leave nothing running.
+#[test]
+fn bake_runs_commands_contained() {
+    let Some(base) = need("KILN_TEST_BASE") else {
+        return;
+    };
+    if !need_root() {
+        return;
+    }
+    let outside = tempfile::Builder::new()
+        .prefix("kiln-bake-outside-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let o = outside.path().display().to_string();
+    std::fs::write(outside.path().join("host-marker"), b"host\n").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let marker = format!("kiln-bake-marker-{}", std::process::id());
+    let config = format!(
+        r#"commands:
+  daemon:
+    run: "setsid sh -c 'sleep 300; : {marker}' </dev/null >/dev/null 2>&1 & echo started"
+  network:
+    run: ["bash", "-c", "echo hi > /dev/tcp/127.0.0.1/{port} || exit 0; echo CONNECTED; exit 1"]
+  escape:
+    run: ["perl", "-e", 'mkdir "/e"; chroot "/e" or die; chdir ".." for 1..64; chroot "." or die; open(F, ">", "{o}/escaped") or die "not written: $!"; print F "out\n"']
+"#
+    );
+    let Some(s) = setup_with(&base, &config) else {
+        return;
+    };
+    let tar = s.dir.join("img/app.tar");
+    let out = bake(&s, &base, &tar, &["--format", "tar"]);
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                left.push(pid);
+            }
+        }
+    }
+    // The daemon is killed, the connection refused; the escape ends in the root, where its
+    // "outside" directory does not exist, so perl dies (exit 2) and the bake fails as it does
+    // for any failed command.
+    assert_eq!(out.status.code(), Some(21), "{}", stderr(&out));
+    let err = stderr(&out);
+    // (kiln bake prints the error only: the command's output stays in the image's journal.)
+    assert!(
+        err.contains("commands: command escape failed (exit status 2)"),
+        "{err}"
+    );
+    let names: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["host-marker"], "the bake wrote outside its root");
+    assert!(
+        listener.accept().is_err(),
+        "a command reached 127.0.0.1:{port}"
+    );
+    assert!(left.is_empty(), "left running after the bake: {left:?}");
 }

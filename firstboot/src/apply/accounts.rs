@@ -1,5 +1,5 @@
 //! Groups and users, with the target's own shadow tools (`groupadd`, `useradd`, `usermod`, run
-//! with `--root` when the target is not `/`), and `authorized_keys`. The root's `/etc/passwd`
+//! contained in the target when it is not `/`), and `authorized_keys`. The root's `/etc/passwd`
 //! and `/etc/group` decide what exists: an existing account with the same spec is left alone,
 //! so a rerun after a crash is a no-op.
 
@@ -133,15 +133,13 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
         .collect()
 }
 
-/// A shadow tool invocation on the root: `--root DIR` unless the root is `/`.
+/// A shadow tool invocation on the root: the root's own tool, contained in it unless the root
+/// is `/`. Not the host's with `--root`: that one chroots into the root and may run its code
+/// there (NSS modules named by its nsswitch.conf, nscd, sss_cache) uncontained.
 fn shadow(root: &Path, tool: &str, args: Vec<String>) -> Program {
     let mut argv = vec![tool.to_string()];
-    if root != Path::new("/") {
-        argv.push("--root".to_string());
-        argv.push(root.display().to_string());
-    }
     argv.extend(args);
-    Program::new(&argv, TOOL_TIMEOUT)
+    Program::new(&argv, TOOL_TIMEOUT).in_root(root)
 }
 
 /// Attempts of a shadow tool that found the account files locked.
@@ -363,6 +361,7 @@ fn begin_accounts_phase(ctx: &Ctx, phase: &'static str) -> Result<(), ApplyError
         gid: 0,
         size: 0,
         mtime: 0,
+        nlink: 1,
     };
     save(SNAPSHOT_HOMES, homes.as_bytes(), root_meta)
         .map_err(|e| err(&format!("{dir}/{SNAPSHOT_HOMES}"), e))?;

@@ -1,7 +1,8 @@
-//! The bundle's commands, in order, each with its timeout, inside the root (chroot unless the
-//! root is `/`). `creates` skips a command whose product exists; the journal skips one that
-//! finished in an interrupted earlier run. A failure or timeout fails the apply, with the last
-//! 64 KiB of the command's output kept for the state file.
+//! The bundle's commands, in order, each with its timeout, inside the root (contained unless
+//! the root is `/`: see [`super::contain`]). `creates` skips a command whose product exists;
+//! the journal skips one that finished in an interrupted earlier run. A failure or timeout
+//! fails the apply, with the last 64 KiB of the command's output kept for the state file. What
+//! a command leaves running is killed when it ends, and named in a warning.
 
 use std::time::Duration;
 
@@ -107,6 +108,18 @@ pub fn apply_commands(
                 format!("cannot run {}: {e}", c.argv[0]),
             )
         })?;
+        if let Some(why) = &done.untracked {
+            ctx.log.info(&format!(
+                "  {}: only its process group was tracked (no cgroup: {why})",
+                c.name
+            ));
+        }
+        if done.left_running > 0 {
+            ctx.warn(&format!(
+                "command {} left {} process(es) running when it ended: killed",
+                c.name, done.left_running
+            ));
+        }
         let status = if done.timed_out {
             "timed_out"
         } else if done.success() {

@@ -100,7 +100,9 @@ pub fn plan_entry(
         } => match meta.kind {
             Kind::Dir => Err("is a directory (refusing to replace it with a file)".into()),
             Kind::File if hash => {
-                if meta.size == *size
+                // Other hard links: the apply replaces it (see `apply_files`).
+                if meta.nlink == 1
+                    && meta.size == *size
                     && same_content(&parent, digest).map_err(|err| err.to_string())?
                 {
                     Ok(if wants_meta(mode)? {
@@ -273,7 +275,8 @@ fn same_meta(m: &Meta, mode: u32, uid: u32, gid: u32) -> bool {
 }
 
 /// Writes `bytes` to `parent`'s last component unless it already holds exactly that (then
-/// only mode and owner are fixed). Returns whether the content changed.
+/// only mode and owner are fixed, unless other hard links share its inode: then it is
+/// replaced too). Returns whether the content changed.
 pub fn write_bytes(
     parent: &Parent,
     bytes: &[u8],
@@ -283,7 +286,11 @@ pub fn write_bytes(
 ) -> io::Result<bool> {
     let digest = hex::encode(Sha256::digest(bytes));
     if let Some(m) = parent.lstat()? {
-        if m.kind == Kind::File && m.size == bytes.len() as u64 && same_content(parent, &digest)? {
+        if m.kind == Kind::File
+            && m.nlink == 1
+            && m.size == bytes.len() as u64
+            && same_content(parent, &digest)?
+        {
             fix_meta(parent, mode, uid, gid)?;
             return Ok(false);
         }
@@ -298,6 +305,12 @@ fn fix_meta(parent: &Parent, mode: u32, uid: u32, gid: u32) -> io::Result<bool> 
     let have = fsroot::fmeta(fd.as_fd())?;
     if have.kind != Kind::File {
         return Err(io::Error::other("changed type while being applied"));
+    }
+    if have.nlink != 1 {
+        // Its callers replace such a file instead; one linked since must not be changed either.
+        return Err(io::Error::other(
+            "got another hard link while being applied",
+        ));
     }
     if same_meta(&have, mode, uid, gid) {
         return Ok(false);
@@ -399,8 +412,10 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
                     "is a directory (refusing to replace it with a file)".into()
                 ))
             }
+            // A file with other hard links is replaced (pass 2 and 3), never fixed in place.
             Some(m)
                 if m.kind == Kind::File
+                    && m.nlink == 1
                     && m.size == *size
                     && same_content(parent, digest).map_err(|x| err(x.to_string()))? =>
             {

@@ -50,6 +50,9 @@ pub struct Meta {
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// Hard links to the inode: over 1, it may be shared with a file outside the root, so its
+    /// content, owner and mode are never changed in place.
+    pub nlink: u64,
 }
 
 /// The directory holding a path (resolved inside the root) and the path's last component.
@@ -651,6 +654,7 @@ fn meta_of(st: &stat::FileStat) -> Meta {
         gid: st.st_gid,
         size: u64::try_from(st.st_size).unwrap_or(0),
         mtime: st.st_mtime,
+        nlink: st.st_nlink,
     }
 }
 

@@ -12,6 +12,7 @@
 pub(crate) mod accounts;
 pub(crate) mod commands;
 pub(crate) mod conflicts;
+pub(crate) mod contain;
 pub(crate) mod entries;
 pub mod fsroot;
 pub mod health;
@@ -19,6 +20,7 @@ pub(crate) mod journal;
 pub(crate) mod packages;
 pub(crate) mod process;
 pub(crate) mod services;
+pub(crate) mod track;
 pub mod validate;
 
 use nix::libc;

@@ -308,10 +308,17 @@ fn dpkg_install(
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    Program::new(&argv, DPKG_TIMEOUT)
+    let done = Program::new(&argv, DPKG_TIMEOUT)
         .in_root(ctx.root.path())
         .run()
-        .map_err(|e| ApplyError::step("packages", "dpkg -i", format!("running dpkg: {e}")))
+        .map_err(|e| ApplyError::step("packages", "dpkg -i", format!("running dpkg: {e}")))?;
+    if done.left_running > 0 {
+        ctx.warn(&format!(
+            "dpkg -i (maintainer scripts) left {} process(es) running: killed",
+            done.left_running
+        ));
+    }
+    Ok(done)
 }
 
 fn install_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {

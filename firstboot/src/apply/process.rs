@@ -1,6 +1,9 @@
 //! Running external programs (shadow tools, dpkg, systemctl, the bundle's commands) with a
 //! timeout, a fixed environment, and their combined stdout+stderr kept, bounded to the last
-//! 64 KiB, so a chatty or hung program can neither fill memory nor block the apply.
+//! 64 KiB, so a chatty or hung program can neither fill memory nor block the apply. A program
+//! run in a root other than `/` is contained ([`super::contain`]): it cannot reach the host,
+//! and nothing it starts outlives it. One run in `/` is tracked ([`super::track`]): what it
+//! leaves running is killed when it ends.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -34,6 +37,10 @@ pub struct Finished {
     /// True when earlier output was dropped to keep the limit.
     pub truncated: bool,
     pub duration: Duration,
+    /// Processes it left running when it ended, which were killed (contained and tracked runs).
+    pub left_running: u32,
+    /// A tracked run that had only its process group to go by: why no cgroup was possible.
+    pub untracked: Option<String>,
 }
 
 impl Finished {
@@ -64,11 +71,14 @@ impl Finished {
     }
 }
 
-/// A program to run: argv, optionally inside `chroot`, with extra environment.
+/// A program to run: argv, optionally contained in a root, with extra environment.
 #[derive(Debug, Clone)]
 pub struct Program {
     pub argv: Vec<String>,
-    pub chroot: Option<std::path::PathBuf>,
+    /// The root it runs contained in (its `/`); `None`: the host's `/`, uncontained.
+    pub root: Option<std::path::PathBuf>,
+    /// In `/`: what it leaves running is killed when it ends ([`super::track`]).
+    pub track: bool,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
     /// What it reads on stdin (else /dev/null).
@@ -79,7 +89,8 @@ impl Program {
     pub fn new<S: AsRef<str>>(argv: &[S], timeout: Duration) -> Program {
         Program {
             argv: argv.iter().map(|s| s.as_ref().to_string()).collect(),
-            chroot: None,
+            root: None,
+            track: false,
             env: Vec::new(),
             timeout,
             stdin: None,
@@ -92,10 +103,12 @@ impl Program {
         self
     }
 
-    /// Runs it inside `root` with chroot(8) unless `root` is `/`.
+    /// Runs it inside `root`, contained, unless `root` is `/` (then tracked).
     pub fn in_root(mut self, root: &Path) -> Program {
         if root != Path::new("/") {
-            self.chroot = Some(root.to_path_buf());
+            self.root = Some(root.to_path_buf());
+        } else {
+            self.track = true;
         }
         self
     }
@@ -108,8 +121,8 @@ impl Program {
     /// The command line as a person would type it, for logs.
     pub fn display(&self) -> String {
         let mut words = Vec::new();
-        if let Some(root) = &self.chroot {
-            words.push(format!("chroot {}", root.display()));
+        if let Some(root) = &self.root {
+            words.push(format!("(contained in {})", root.display()));
         }
         words.extend(self.argv.iter().map(|a| {
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
@@ -127,18 +140,8 @@ impl Program {
             .argv
             .split_first()
             .ok_or_else(|| io::Error::other("empty command line"))?;
-        let mut cmd = match &self.chroot {
-            Some(root) => {
-                let mut c = Command::new("chroot");
-                c.arg(root).arg(first).args(rest);
-                c
-            }
-            None => {
-                let mut c = Command::new(first);
-                c.args(rest);
-                c
-            }
-        };
+        let mut cmd = Command::new(first);
+        cmd.args(rest);
         cmd.env_clear()
             .env("PATH", PATH)
             .env("LANG", "C.UTF-8")
@@ -178,8 +181,35 @@ impl Program {
                 Ok(())
             });
         }
+        let mut contained = match &self.root {
+            Some(root) => {
+                let c = super::contain::Contained::new(root)?;
+                // SAFETY: the hook makes system calls only, on data prepared here.
+                unsafe {
+                    cmd.pre_exec(c.hook());
+                }
+                Some(c)
+            }
+            None => None,
+        };
+        let tracked = (self.track && self.root.is_none()).then(super::track::Tracked::new);
+        if let Some(t) = &tracked {
+            // SAFETY: the hook makes one write(2) on a descriptor opened here.
+            unsafe {
+                cmd.pre_exec(t.hook());
+            }
+        }
         let start = Instant::now();
-        let mut child = cmd.spawn()?;
+        let spawned = cmd.spawn();
+        if let Some(c) = &mut contained {
+            c.spawned();
+            if let Err(e) = &spawned {
+                // Which step of the setup failed, when one did (else: exec's own error).
+                c.finish()?;
+                return Err(io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        let mut child = spawned?;
         drop(cmd); // closes our copies of the pipe's write end
         let buf = Arc::new(Mutex::new(Tail::default()));
         let reader_thread = {
@@ -187,6 +217,12 @@ impl Program {
             thread::spawn(move || drain(reader, &buf))
         };
         let (status, timed_out) = wait_with_timeout(&mut child, self.timeout)?;
+        let mut untracked = None;
+        let mut left_running = 0;
+        if let Some(t) = tracked {
+            untracked = t.fallback.clone();
+            left_running = t.end(Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)));
+        }
         // A daemonized grandchild may keep the pipe open: wait a little, then take what we have.
         let until = Instant::now() + Duration::from_secs(2);
         while !reader_thread.is_finished() && Instant::now() < until {
@@ -196,8 +232,23 @@ impl Program {
             let _ = reader_thread.join();
         }
         let tail = buf.lock().map(|t| t.clone()).unwrap_or_default();
+        let (code, left_running) = match &mut contained {
+            // The program's own status, from the namespace's init (the child waited for here
+            // is the process that set the namespaces up).
+            Some(c) => {
+                let report = c.finish()?;
+                if report.reported || timed_out {
+                    (report.code, report.left_running)
+                } else {
+                    (None, 0)
+                }
+            }
+            None => (status.code(), left_running),
+        };
         Ok(Finished {
-            code: status.code(),
+            code,
+            left_running,
+            untracked,
             timed_out,
             output: String::from_utf8_lossy(&tail.bytes.iter().copied().collect::<Vec<u8>>())
                 .into_owned(),
@@ -302,6 +353,54 @@ mod tests {
         assert!(!f.success());
         assert!(start.elapsed() < Duration::from_secs(10));
         assert_eq!(f.describe(Duration::from_secs(1)), "timed out after 1s");
+    }
+
+    /// Processes whose command line contains `marker`, killed; returns how many there were.
+    fn kill_marked(marker: &str) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn what_a_tracked_run_in_slash_leaves_running_is_killed_and_counted() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("note: not root: skipping (cgroups)");
+            return;
+        }
+        let marker = format!("kiln-track-test-{}", std::process::id());
+        let script = format!(
+            "setsid sh -c 'sleep 300; : {marker}' </dev/null >/dev/null 2>&1 & \
+             sleep 301 </dev/null >/dev/null 2>&1 & echo started"
+        );
+        let p =
+            Program::new(&["sh", "-c", &script], Duration::from_secs(10)).in_root(Path::new("/"));
+        let f = p.run().unwrap();
+        if let Some(why) = &f.untracked {
+            kill_marked(&marker);
+            eprintln!("note: no cgroup v2 to track with here ({why}): skipping");
+            return;
+        }
+        assert!(f.success());
+        assert_eq!(f.output, "started\n");
+        // The setsid shell, and the sleep of each (`sleep 300` may not have started yet).
+        assert!(f.left_running >= 2, "{f:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(kill_marked(&marker), 0, "left running after the run");
+        let clean = Program::new(&["true"], Duration::from_secs(10))
+            .in_root(Path::new("/"))
+            .run()
+            .unwrap();
+        assert_eq!(clean.left_running, 0);
     }
 
     #[test]

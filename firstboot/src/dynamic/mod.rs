@@ -727,7 +727,8 @@ fn render_common_name(
     Ok(cn.trim().to_string())
 }
 
-/// If the regular file at `parent` holds exactly `bytes`, fixes its owner and mode and says so.
+/// If the regular file at `parent` holds exactly `bytes`, fixes its owner and mode and says so
+/// (not when other hard links share its inode: then it is rewritten, as a new inode).
 fn keep_if_same(
     parent: &Parent,
     bytes: &[u8],
@@ -737,7 +738,7 @@ fn keep_if_same(
 ) -> std::io::Result<bool> {
     let fd = parent.open_nofollow(OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
     let meta = fsroot::fmeta(fd.as_fd())?;
-    if meta.kind != Kind::File || meta.size != bytes.len() as u64 {
+    if meta.kind != Kind::File || meta.nlink != 1 || meta.size != bytes.len() as u64 {
         return Ok(false);
     }
     let mut have = Vec::with_capacity(bytes.len());
