@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,38 +20,13 @@ const KEY_LINE: &str =
 
 /// A tiny .deb made with dpkg-deb; its postinst records what policy-rc.d answered.
 fn hello_deb(work: &Path) -> Vec<u8> {
-    let d = work.join("deb");
-    std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(d.join("usr/share/kiln-hello")).unwrap();
-    std::fs::write(d.join("usr/share/kiln-hello/README"), "hello from a deb\n").unwrap();
-    std::fs::write(
-        d.join("DEBIAN/control"),
-        "Package: kiln-hello\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Kiln <kiln@example.org>\nDescription: kiln test package\n",
+    deb_with_postinst(
+        work,
+        "kiln-hello",
+        "1.0-1",
+        "all",
+        Some("#!/bin/sh\nset -e\nrc=0\n/usr/sbin/policy-rc.d kiln-hello start || rc=$?\necho \"policy-rc.d=$rc\" > /var/tmp/kiln-hello-postinst\n"),
     )
-    .unwrap();
-    std::fs::write(
-        d.join("DEBIAN/postinst"),
-        "#!/bin/sh\nset -e\nrc=0\n/usr/sbin/policy-rc.d kiln-hello start || rc=$?\necho \"policy-rc.d=$rc\" > /var/tmp/kiln-hello-postinst\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        d.join("DEBIAN/postinst"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let out = work.join("kiln-hello.deb");
-    let st = Command::new("dpkg-deb")
-        .args(["--root-owner-group", "--build"])
-        .arg(&d)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "dpkg-deb: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    std::fs::read(out).unwrap()
 }
 
 fn full_spec(work: &Path) -> Spec {
@@ -652,38 +627,13 @@ fn a_symlink_made_before_the_dynamic_step_stops_it_before_any_template_is_writte
 /// A .deb whose postinst counts its runs and, the first time, hangs (so a test can kill the
 /// apply while dpkg is inside the packages phase).
 fn slow_deb(work: &Path) -> Vec<u8> {
-    let d = work.join("slow-deb");
-    std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(d.join("usr/share/kiln-slow")).unwrap();
-    std::fs::write(d.join("usr/share/kiln-slow/README"), "slow\n").unwrap();
-    std::fs::write(
-        d.join("DEBIAN/control"),
-        "Package: kiln-slow\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Kiln <kiln@example.org>\nDescription: kiln test package\n",
+    deb_with_postinst(
+        work,
+        "kiln-slow",
+        "1.0-1",
+        "all",
+        Some("#!/bin/sh\nset -e\necho run >> /var/tmp/kiln-slow-runs\n[ -e /var/tmp/kiln-slow-hung ] && exit 0\ntouch /var/tmp/kiln-slow-hung\nsleep 60\n"),
     )
-    .unwrap();
-    std::fs::write(
-        d.join("DEBIAN/postinst"),
-        "#!/bin/sh\nset -e\necho run >> /var/tmp/kiln-slow-runs\n[ -e /var/tmp/kiln-slow-hung ] && exit 0\ntouch /var/tmp/kiln-slow-hung\nsleep 60\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        d.join("DEBIAN/postinst"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let out = work.join("kiln-slow.deb");
-    let st = Command::new("dpkg-deb")
-        .args(["--root-owner-group", "--build"])
-        .arg(&d)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "dpkg-deb: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    std::fs::read(out).unwrap()
 }
 
 /// dpkg runs with --force-unsafe-io and the phase syncs once at its end; a crash in between

@@ -335,6 +335,17 @@ fn member(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, data: &[u8], lin
 
 /// A minimal `.deb` with these control fields, built by dpkg-deb in `work`.
 pub fn deb(work: &Path, package: &str, version: &str, arch: &str) -> Vec<u8> {
+    deb_with_postinst(work, package, version, arch, None)
+}
+
+/// [`deb`], with a `postinst` maintainer script when given.
+pub fn deb_with_postinst(
+    work: &Path,
+    package: &str,
+    version: &str,
+    arch: &str,
+    postinst: Option<&str>,
+) -> Vec<u8> {
     let d = work.join(format!("deb-{package}-{version}"));
     std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
     std::fs::create_dir_all(d.join("usr/share/doc").join(package)).unwrap();
@@ -348,6 +359,14 @@ pub fn deb(work: &Path, package: &str, version: &str, arch: &str) -> Vec<u8> {
         format!("Package: {package}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Kiln <kiln@example.org>\nDescription: kiln test package\n"),
     )
     .unwrap();
+    if let Some(script) = postinst {
+        std::fs::write(d.join("DEBIAN/postinst"), script).unwrap();
+        std::fs::set_permissions(
+            d.join("DEBIAN/postinst"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
     let out = d.with_extension("deb");
     let st = Command::new("dpkg-deb")
         .args(["--root-owner-group", "--build"])
