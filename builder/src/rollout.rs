@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
+use kiln_firstboot::dynamic::http::{chain, tls_refusal};
 use serde::{Deserialize, Serialize};
 
 /// `kiln rollout wait`: a node of the version reported failure.
@@ -225,57 +226,6 @@ impl Consul {
     }
 }
 
-/// A TLS handshake that failed on a certificate, ours or the server's (kiln-firstboot's
-/// dynamic/http.rs decides the same way).
-fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
-    use rustls::AlertDescription as A;
-    // io::Error's source() skips the error it wraps (and hyper-rustls wraps tokio-rustls's
-    // io::Error in another): look inside each, down to what it holds.
-    fn rustls_error<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
-        loop {
-            if let Some(t) = e.downcast_ref::<rustls::Error>() {
-                return Some(t);
-            }
-            e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
-        }
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(tls) = rustls_error(err) {
-            return matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::AlertReceived(
-                        A::BadCertificate
-                            | A::UnsupportedCertificate
-                            | A::CertificateRevoked
-                            | A::CertificateExpired
-                            | A::CertificateUnknown
-                            | A::UnknownCA
-                            | A::CertificateRequired
-                            | A::AccessDenied
-                    )
-            );
-        }
-        cur = err.source();
-    }
-    false
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
 
 #[derive(Deserialize)]
 struct KvEntry {

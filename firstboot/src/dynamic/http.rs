@@ -216,8 +216,8 @@ const INVALID_KEY_NAME: &[u8] = b"invalid key name";
 
 /// A TLS handshake that failed on a certificate, ours or the server's: the server does not
 /// trust our client certificate (or we sent none), or we do not trust its certificate.
-/// Trying again cannot change that.
-fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Trying again cannot change that. (`kiln rollout` decides the same way with it.)
+pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     use rustls::AlertDescription as A;
     // io::Error's source() skips the error it wraps (and hyper-rustls wraps tokio-rustls's
     // io::Error in another): look inside each, down to what it holds.
