@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln_signing::{Check, Probe};
@@ -58,7 +59,7 @@ pub(crate) fn run_checks(ctx: &Ctx) -> Result<String, ApplyError> {
     let started = Instant::now();
     let mut results = Vec::new();
     for c in checks {
-        let r = run_one(c, started);
+        let r = run_one(c, started, ctx.root.path());
         if r.passed {
             ctx.log.info(&format!(
                 "  check {}: passed after {:.1}s ({} tr{})",
@@ -104,12 +105,12 @@ pub(crate) fn run_checks(ctx: &Ctx) -> Result<String, ApplyError> {
     }
 }
 
-fn run_one(c: &Check, started: Instant) -> CheckResult {
+fn run_one(c: &Check, started: Instant, root: &Path) -> CheckResult {
     let deadline = started + Duration::from_secs(c.deadline_secs);
     let mut tries = 0;
     loop {
         tries += 1;
-        let outcome = probe(&c.probe);
+        let outcome = probe(&c.probe, root);
         let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
         match outcome {
             Ok(()) => {
@@ -135,8 +136,9 @@ fn run_one(c: &Check, started: Instant) -> CheckResult {
     }
 }
 
-/// One try of a probe: `Err` says what was seen.
-fn probe(p: &Probe) -> Result<(), String> {
+/// One try of a probe: `Err` says what was seen. A check's command runs as the bundle's
+/// commands do in `root` (on `/`: what it leaves running is ended with it).
+fn probe(p: &Probe, root: &Path) -> Result<(), String> {
     match p {
         Probe::Unit { unit } => {
             let done = Program::new(
@@ -164,6 +166,7 @@ fn probe(p: &Probe) -> Result<(), String> {
             let timeout = Duration::from_secs(*timeout_secs);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let done = Program::new(&argv, timeout)
+                .in_root(root)
                 .run()
                 .map_err(|e| format!("{}: {e}", argv[0]))?;
             if done.success() {
