@@ -465,6 +465,36 @@ fn a_failing_command_fails_the_apply_with_21_and_its_output_is_kept() {
     assert_eq!(read_state(r)["commands"][0]["status"], "timed_out");
 }
 
+/// Starts `kiln-firstboot apply` of `bundle` on `root`, SIGKILLs it as soon as `marker` (a path
+/// in the root that the bundle creates mid-apply) exists, and returns what it had written to
+/// stderr.
+fn kill_apply_at(root: &Path, trust: &Path, bundle: &Path, marker: &str) -> String {
+    let mut child = Command::new(bin())
+        .arg("apply")
+        .arg("--root")
+        .arg(root)
+        .arg("--trust")
+        .arg(trust)
+        .arg("--bundle")
+        .arg(bundle)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !root.join(marker).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the apply never reached {marker}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    child.wait().unwrap();
+    err
+}
+
 /// kill -9 in the middle of an apply (here: while its second command runs), then the same
 /// command again: it resumes from the journal, does not rerun the finished command, and ends
 /// with the same root a clean run gives.
@@ -497,28 +527,7 @@ fn a_crash_in_the_middle_is_finished_by_rerunning_the_same_command() {
         );
     s.write(&key, &bundle);
 
-    let mut child = Command::new(bin())
-        .args([
-            "apply",
-            "--root",
-            r.to_str().unwrap(),
-            "--trust",
-            trust.path().to_str().unwrap(),
-            "--bundle",
-            bundle.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !r.join("var/tmp/hung").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the apply never reached the hanging command"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_apply_at(r, trust.path(), &bundle, "var/tmp/hung");
     // The orphaned `sleep` holds nothing of ours; let it be.
     assert!(r.join("var/lib/kiln/journal").exists());
     assert!(!r.join("var/lib/kiln/state.json").exists());
@@ -665,31 +674,8 @@ fn a_crash_inside_the_unsynced_packages_phase_reinstalls_the_bundles_packages() 
     s.file("/etc/motd", b"after the packages\n", "0644", "root", "root");
     s.write(&key, &bundle);
 
-    let mut child = Command::new(bin())
-        .args([
-            "apply",
-            "--root",
-            r.to_str().unwrap(),
-            "--trust",
-            trust.path().to_str().unwrap(),
-            "--bundle",
-            bundle.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !r.join("var/tmp/kiln-slow-hung").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the apply never reached the postinst"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap(); // SIGKILL: dpkg and its postinst die with it (PR_SET_PDEATHSIG)
-    let mut first = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut first).unwrap();
-    child.wait().unwrap();
+    // dpkg and its postinst die with it (PR_SET_PDEATHSIG).
+    let first = kill_apply_at(r, trust.path(), &bundle, "var/tmp/kiln-slow-hung");
     assert!(!first.contains("reinstalling"), "{first}");
     let journal = std::fs::read_to_string(r.join("var/lib/kiln/journal")).unwrap();
     assert!(journal.contains("unsynced"), "{journal}");
