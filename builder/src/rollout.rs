@@ -4,7 +4,7 @@
 //!
 //! `wait` uses Consul blocking queries on the prefix (`?recurse&index=N&wait=D`, the index from
 //! the previous answer's `X-Consul-Index`), so it sends one request per change (or per `wait`),
-//! never a busy poll. Written against Consul's HTTP API (shared/reference/consul-kv-api.md):
+//! never a busy poll. Written against Consul's HTTP API (https://developer.hashicorp.com/consul/api-docs/kv):
 //! a 404 on the prefix is "no reports yet" and still carries an index; an index that goes
 //! backwards (a restored snapshot) restarts from 0; errors are retried with backoff until the
 //! timeout, except those no retry can change ([`Final`]): a 4xx such as a 403, Consul's 500

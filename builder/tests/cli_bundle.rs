@@ -669,9 +669,9 @@ fn man_pages_and_completions_are_generated_from_the_cli() {
     assert!(bash.contains("--min-version"));
 }
 
-/// The rows of the README's "Exit codes" table (the source of truth), as (code, meaning).
+/// The rows of docs/reference.md's "Exit codes" table (the source of truth), as (code, meaning).
 fn readme_exit_codes() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("docs/reference.md")).unwrap();
     let table = readme.split("\n## Exit codes\n").nth(1).unwrap();
     let rows: Vec<(String, String)> = table
         .lines()
@@ -1497,4 +1497,135 @@ fn diff_shows_content_and_every_kind_of_change() {
     ])))
     .unwrap();
     assert_eq!(same["contents"], serde_json::json!([]));
+}
+
+/// The `sh` blocks of the README's "Five minutes with Kiln", run as written from the top of the
+/// repository: the tour block (without its `cargo build` and `export PATH` lines: the binaries
+/// under test come first on PATH instead), then the ssh-keygen block in the same shell.
+#[test]
+fn the_readmes_five_minute_tour_works_as_written() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Five minutes with Kiln\n")
+        .nth(1)
+        .expect("README.md has a \"Five minutes with Kiln\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let blocks: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 2, "the tour and the ssh-keygen check");
+    let tour: Vec<&str> = blocks[0]
+        .lines()
+        .filter(|l| !l.starts_with("cargo build") && !l.starts_with("export PATH="))
+        .collect();
+    assert!(tour.iter().any(|l| l.starts_with("kiln diff ")));
+    let script = format!("set -euo pipefail\n{}\n{}", tour.join("\n"), blocks[1]);
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = Path::new(KILN).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(repo_root())
+        .env("PATH", path)
+        .env("TMPDIR", tmp.path())
+        .env_remove("KILN_CONFIG")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "the tour failed ({}):\n{stdout}\n{stderr}",
+        o.status
+    );
+    // What the reader is told to expect: the render with provenance, a verified bundle, the
+    // change shown as a unified diff of nginx's configuration, and ssh-keygen's verdict.
+    assert!(stdout.contains("hostgroup: web"), "{stdout}");
+    assert!(stdout.contains("worker_connections"), "{stdout}");
+    assert!(
+        stdout.contains("-\tworker_connections 2048;")
+            && stdout.contains("+\tworker_connections 4096;"),
+        "the diff shows the edit:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Good \"kiln-bundle\" signature for ci with ED25519 key"),
+        "{stderr}"
+    );
+    // Nothing was written into the repository: everything went under $T.
+    assert!(!repo_root().join("allowed_signers").exists());
+    assert!(!repo_root().join("kiln/manifest.json").exists());
+}
+
+/// Every relative link of the README and docs/ leads to a file of the repository (and to a
+/// heading of it when it names one); none leads outside the repository.
+#[test]
+fn documentation_links_resolve_inside_the_repository() {
+    let root = repo_root().canonicalize().unwrap();
+    let mut pages = vec![root.join("README.md"), root.join("firstboot/README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            pages.push(p);
+        }
+    }
+    let anchor = |heading: &str| -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    };
+    let anchors = |page: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(page).unwrap();
+        let mut in_code = false;
+        let mut out = Vec::new();
+        for l in text.lines() {
+            if l.starts_with("```") {
+                in_code = !in_code;
+            } else if !in_code && l.starts_with('#') {
+                out.push(anchor(l.trim_start_matches('#')));
+            }
+        }
+        out
+    };
+    let mut bad = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, l) in text.lines().enumerate() {
+            for link in l.split("](").skip(1) {
+                let target = link.split(')').next().unwrap();
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+                let dest = if file.is_empty() {
+                    page.clone()
+                } else {
+                    page.parent().unwrap().join(file)
+                };
+                let at = format!("{}:{}: {target}", page.display(), i + 1);
+                match dest.canonicalize() {
+                    Err(_) => bad.push(format!("{at}: no such file")),
+                    Ok(d) if !d.starts_with(&root) => {
+                        bad.push(format!("{at}: outside the repository"))
+                    }
+                    Ok(d) if !frag.is_empty() && !anchors(&d).contains(&frag.to_string()) => {
+                        bad.push(format!("{at}: no heading #{frag}"))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "broken documentation links:\n{}",
+        bad.join("\n")
+    );
 }

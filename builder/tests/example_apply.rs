@@ -214,7 +214,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// OpenBao and Consul as the README's "Dynamic values" section sets them up.
+    /// OpenBao and Consul as docs/dynamic.md sets them up.
     fn start() -> Option<Fleet> {
         let bao = bao::bao_bin().and_then(|_| Bao::start())?;
         let db_policy =

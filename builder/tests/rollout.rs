@@ -317,7 +317,7 @@ fn an_index_that_goes_backwards_restarts_from_0() {
 /// reason naming the prefix. With `list` on kiln/nodes/ it works.
 #[test]
 fn a_403_under_a_key_list_policy_ends_the_wait_at_once() {
-    // CI's token as README.md ("ACL policies") gives it.
+    // CI's token as docs/dynamic.md ("ACL policies") gives it.
     let acl = |list: bool| {
         let policy = if list { Policy::List } else { Policy::Read };
         AclConfig::new("root", DefaultPolicy::Deny)

@@ -1236,7 +1236,7 @@ fn the_example_db_and_web_boot_from_baked_images_with_their_real_services() {
     }
     let (kernel, initrd) = kernel_of(&base);
 
-    // 2. The fleet's services on 127.0.0.1, set up as README.md's "Dynamic values" says.
+    // 2. The fleet's services on 127.0.0.1, set up as docs/dynamic.md says.
     let consul = TestServer::start();
     consul.put("kiln/apps/web/version", b"1.4.2");
     let mut role_ids = HashMap::new();

@@ -309,7 +309,7 @@ fn a_missing_key_without_default_fails_with_its_name() {
     assert_eq!(c.report().unwrap()["result"], "success");
 }
 
-/// The web hosts' token as README.md ("ACL policies") gives it: `read` (or, for
+/// The web hosts' token as docs/dynamic.md ("ACL policies") gives it: `read` (or, for
 /// `acl.enable_key_list_policy`, `list`) on kiln/apps/web/, `write` on kiln/nodes/web/.
 fn boot_acl(list: bool) -> AclConfig {
     let read = if list { Policy::List } else { Policy::Read };

@@ -1,5 +1,5 @@
 //! Typed errors of the bundle format and the exit code each kind of refusal maps to.
-//! `kiln verify` and `kiln-firstboot apply` share these codes; the README lists them.
+//! `kiln verify` and `kiln-firstboot apply` share these codes; docs/reference.md lists them.
 
 use thiserror::Error;
 
@@ -43,7 +43,7 @@ pub mod exit {
     /// reports unhealthy; a rerun checks again).
     pub const UNHEALTHY: i32 = 23;
 
-    /// Every code and its meaning, as the README's "Exit codes" table says (a test keeps the
+    /// Every code and its meaning, as the "Exit codes" table of docs/reference.md says (a test keeps the
     /// two equal); the man pages' EXIT STATUS sections are made from it.
     pub const MEANINGS: &[(i32, &str)] = &[
         (OK, "success"),
@@ -98,16 +98,16 @@ pub mod exit {
 
     #[cfg(test)]
     mod tests {
-        /// The README's table is the source of truth; MEANINGS must say the same, row by row.
+        /// docs/reference.md's table is the source of truth; MEANINGS must say the same, row by row.
         #[test]
-        fn meanings_are_the_readmes_exit_codes_table() {
+        fn meanings_are_the_reference_exit_codes_table() {
             let readme =
-                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md"))
                     .unwrap();
             let table = readme
                 .split("\n## Exit codes\n")
                 .nth(1)
-                .expect("README.md has an Exit codes section");
+                .expect("docs/reference.md has an Exit codes section");
             let rows: Vec<(i32, String)> = table
                 .lines()
                 .skip_while(|l| !l.starts_with("| code |"))

@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(names, want);
     }
 
-    /// DESIGN.md promises `zstd -dc web-7.kiln | tar -xO kiln/manifest.json` shows the manifest.
+    /// The design promises `zstd -dc web-7.kiln | tar -xO kiln/manifest.json` shows the manifest.
     #[test]
     fn standard_tools_read_the_manifest() {
         if !std::path::Path::new("/usr/bin/zstd").exists() {
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(out.stdout, sample_manifest().to_canonical_json());
     }
 
-    /// DESIGN.md promises a person can check a bundle's signature with ssh-keygen alone,
+    /// The design promises a person can check a bundle's signature with ssh-keygen alone,
     /// here with a key ssh-keygen made and a trust directory holding its `.pub`.
     #[test]
     fn ssh_keygen_verifies_a_bundle_made_with_its_key() {

@@ -63,7 +63,7 @@ fn write_page(
     Ok(())
 }
 
-/// The exit codes (the README's table, `kiln_signing::exit::MEANINGS`).
+/// The exit codes (docs/reference.md's table, `kiln_signing::exit::MEANINGS`).
 fn exit_status(program: Program) -> Roff {
     let mut r = Roff::new();
     r.control("SH", ["EXIT STATUS"]);

@@ -5,7 +5,7 @@
 //! `?keys`, blocking queries, check-and-set, sessions and locks), `/v1/txn`,
 //! `/v1/status/leader`, `/v1/agent/service/register` — following Consul's own code
 //! (`agent/kvs_endpoint.go`, `agent/http.go`, `agent/consul/state/kvs.go`, ...) and the
-//! project's contract in `shared/reference/consul-kv-api.md`. Client code is written
+//! Consul KV HTTP API (https://developer.hashicorp.com/consul/api-docs/kv). Client code is written
 //! against real Consul; this server is meant to answer exactly as Consul would.
 //!
 //! Outside the Consul API it offers test controls: fault injection (status codes,
