@@ -4,9 +4,9 @@
 #   tests/support/base-image.sh [--no-build] FLAVOR [OUTDIR]
 #
 # FLAVOR   minbase   debootstrap --variant=minbase bookworm (what package resolution and the offline
-#                    install tests run against)
+#                    install tests run against; see shared/reference/debian-packages.md)
 #          bootable  minbase + a kernel, systemd, udev, ifupdown, initramfs-tools and cloud-init, for the
-#                    QEMU first-boot test (builder/tests/vm_boot.rs)
+#                    QEMU first-boot test (see shared/reference/vm-boot-probe.sh)
 # OUTDIR   cache directory for base images; default ${KILN_CACHE:-/var/cache/kiln-ci}/base
 #
 # The root is stored at OUTDIR/<key>/rootfs, where <key> is the first 16 hex digits of the sha256 of
