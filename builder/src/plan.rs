@@ -50,15 +50,16 @@ impl BuildInfo {
     pub fn created_from_env() -> Result<SystemTime> {
         match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(s) => {
-                let secs: u64 = s
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"))?;
+                let secs: u64 = s.trim().parse().with_context(|| {
+                    format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds")
+                })?;
                 Ok(UNIX_EPOCH + Duration::from_secs(secs))
             }
             Err(_) => {
                 // Whole seconds: the manifest records RFC 3339 to the second.
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
                 Ok(UNIX_EPOCH + Duration::from_secs(now.as_secs()))
             }
         }
@@ -115,7 +116,8 @@ impl Blobs {
 
     fn add_path(&mut self, path: &std::path::Path) -> Result<(String, u64)> {
         let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let (digest, size) = hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
+        let (digest, size) =
+            hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
         self.map
             .entry(digest.clone())
             .or_insert_with(|| (BlobSource::Path(path.to_path_buf()), size));
@@ -142,7 +144,11 @@ pub fn plan(resolved: &Resolved, info: &BuildInfo) -> Result<Plan> {
 
 /// Build the manifest for a resolved hostgroup; with a [`PackageSet`], its packages are the
 /// resolved debs, each a blob, and the base's package digest is recorded.
-pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Option<&PackageSet>) -> Result<Plan> {
+pub fn plan_with_packages(
+    resolved: &Resolved,
+    info: &BuildInfo,
+    package_set: Option<&PackageSet>,
+) -> Result<Plan> {
     let mut blobs = Blobs::default();
     let mut entries = Vec::new();
     let mut templates = Vec::new();
@@ -158,7 +164,9 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
                 let (digest, size) = blobs.add_path(p)?;
                 file_entry(f, digest, size)
             }
-            FileSource::Symlink(target) => m::EntryKind::Symlink { target: target.clone() },
+            FileSource::Symlink(target) => m::EntryKind::Symlink {
+                target: target.clone(),
+            },
             FileSource::Absent => m::EntryKind::Absent,
             FileSource::Dynamic { template } => {
                 let (digest, _) = blobs.add_bytes(template.as_bytes());
@@ -177,23 +185,37 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
                 continue;
             }
         };
-        entries.push(m::Entry { path: path.clone(), kind });
+        entries.push(m::Entry {
+            path: path.clone(),
+            kind,
+        });
     }
     for (path, dir) in &resolved.directories {
         let d = &dir.value;
         let kind = if d.absent {
             m::EntryKind::Absent
         } else {
-            m::EntryKind::Directory { mode: mode_string(d.mode), owner: d.owner.clone(), group: d.group.clone() }
+            m::EntryKind::Directory {
+                mode: mode_string(d.mode),
+                owner: d.owner.clone(),
+                group: d.group.clone(),
+            }
         };
-        entries.push(m::Entry { path: path.clone(), kind });
+        entries.push(m::Entry {
+            path: path.clone(),
+            kind,
+        });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
 
     let groups = resolved
         .groups
         .iter()
-        .map(|(name, g)| m::Group { name: name.clone(), gid: g.value.gid, system: g.value.system })
+        .map(|(name, g)| m::Group {
+            name: name.clone(),
+            gid: g.value.gid,
+            system: g.value.system,
+        })
         .collect();
     let users = resolved
         .users
@@ -306,9 +328,20 @@ pub fn plan_with_packages(resolved: &Resolved, info: &BuildInfo, package_set: Op
             })
             .collect(),
         dynamic: resolved.dynamic.clone(),
-        blobs: blobs.map.iter().map(|(d, (_, size))| m::Blob { digest: d.clone(), size: *size }).collect(),
+        blobs: blobs
+            .map
+            .iter()
+            .map(|(d, (_, size))| m::Blob {
+                digest: d.clone(),
+                size: *size,
+            })
+            .collect(),
     };
-    let blobs = blobs.map.into_iter().map(|(d, (src, _))| (d, src)).collect();
+    let blobs = blobs
+        .map
+        .into_iter()
+        .map(|(d, (src, _))| (d, src))
+        .collect();
     Ok(Plan { manifest, blobs })
 }
 

@@ -226,7 +226,6 @@ impl Consul {
     }
 }
 
-
 #[derive(Deserialize)]
 struct KvEntry {
     #[serde(rename = "Key")]

@@ -200,7 +200,7 @@ fn attempt(
     client: &Client,
     url: &str,
     dest: &mut File,
-    left: std::time::Duration,
+    left: Duration,
 ) -> Result<(String, u64), Attempt> {
     let dest_io =
         |what: &str, e: io::Error| Attempt::Io(format!("writing the download ({what})"), e);

@@ -101,9 +101,11 @@ pub mod exit {
         /// docs/reference.md's table is the source of truth; MEANINGS must say the same, row by row.
         #[test]
         fn meanings_are_the_reference_exit_codes_table() {
-            let readme =
-                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md"))
-                    .unwrap();
+            let readme = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../docs/reference.md"
+            ))
+            .unwrap();
             let table = readme
                 .split("\n## Exit codes\n")
                 .nth(1)

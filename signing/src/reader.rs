@@ -1401,7 +1401,7 @@ mod tests {
     fn signed_but_invalid_manifests_are_refused() {
         let blobs = four_blobs();
         let ordered = in_order(&blobs);
-        let with = |edit: &dyn Fn(&mut crate::manifest::Manifest)| {
+        let with = |edit: &dyn Fn(&mut Manifest)| {
             let mut m = manifest_for(&blobs);
             edit(&mut m);
             let mut t = RawTar::default();

@@ -191,7 +191,7 @@ mod tests {
             );
             assert_eq!(h.username_bytes(), Some(&b""[..]));
             assert_eq!(h.groupname_bytes(), Some(&b""[..]));
-            assert_eq!(h.entry_type(), tar::EntryType::Regular);
+            assert_eq!(h.entry_type(), EntryType::Regular);
             names.push(entry.path().unwrap().to_string_lossy().into_owned());
         }
         let mut want = vec![MANIFEST_NAME.to_string(), SIGNATURE_NAME.to_string()];

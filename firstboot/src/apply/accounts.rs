@@ -170,7 +170,7 @@ fn run_tool(ctx: &Ctx, step: &'static str, what: &str, program: Program) -> Resu
         // exit status for it differs between tools: groupadd 10, usermod 1.)
         if done.output.contains("cannot lock") && attempt < LOCK_ATTEMPTS {
             recover_locks(ctx, step)?;
-            std::thread::sleep(std::time::Duration::from_millis(500 * u64::from(attempt)));
+            std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
             attempt += 1;
             continue;
         }

@@ -167,8 +167,8 @@ impl Program {
             .process_group(0);
         // If kiln-firstboot dies (kill -9, power loss aside), the program dies with it rather
         // than running on beside the rerun that recovers from the journal.
-        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
         let parent = nix::unistd::getpid().as_raw();
+        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
         unsafe {
             cmd.pre_exec(move || {
                 if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(f.output, "started\n");
         // The setsid shell, and the sleep of each (`sleep 300` may not have started yet).
         assert!(f.left_running >= 2, "{f:?}");
-        std::thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(100));
         assert_eq!(kill_marked(&marker), 0, "left running after the run");
         let clean = Program::new(&["true"], Duration::from_secs(10))
             .in_root(Path::new("/"))
