@@ -593,82 +593,9 @@ impl BaseInfo {
     }
 }
 
-/// `ID` and `VERSION_ID` of an os-release file (os-release(5): a missing ID is `linux`).
-pub fn parse_os_release(text: &str) -> (String, String) {
-    let mut id = None;
-    let mut version_id = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(v) = line.strip_prefix("ID=") {
-            id = Some(unquote(v));
-        } else if let Some(v) = line.strip_prefix("VERSION_ID=") {
-            version_id = Some(unquote(v));
-        }
-    }
-    (
-        id.unwrap_or_else(|| "linux".into()),
-        version_id.unwrap_or_default(),
-    )
-}
-
-fn unquote(v: &str) -> String {
-    let v = v.trim();
-    for q in ['"', '\''] {
-        if let Some(inner) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
-            return inner.to_string();
-        }
-    }
-    v.to_string()
-}
-
-/// Installed packages of a dpkg status file: those whose `Status` ends in `installed`.
-pub fn parse_status(text: &str) -> BTreeMap<String, (String, String)> {
-    let mut out = BTreeMap::new();
-    for stanza in text.split("\n\n") {
-        let mut package = None;
-        let mut status = None;
-        let mut version = String::new();
-        let mut arch = String::new();
-        for line in stanza.lines() {
-            if let Some((k, v)) = line.split_once(':') {
-                if line.starts_with([' ', '\t']) {
-                    continue;
-                }
-                let v = v.trim();
-                match k {
-                    "Package" => package = Some(v.to_string()),
-                    "Status" => status = Some(v.to_string()),
-                    "Version" => version = v.to_string(),
-                    "Architecture" => arch = v.to_string(),
-                    _ => {}
-                }
-            }
-        }
-        if let (Some(p), Some(s)) = (package, status) {
-            if s.split_whitespace().nth(2) == Some("installed") {
-                out.insert(p, (version, arch));
-            }
-        }
-    }
-    out
-}
-
-/// sha256 of the installed package set: one `name version arch` line per package, sorted
-/// bytewise, each ending in a newline. The same as
-/// `dpkg-query --admindir=ROOT/var/lib/dpkg -W -f='${db:Status-Status} ${Package} ${Version} ${Architecture}\n'
-///  | awk '$1 == "installed" { print $2, $3, $4 }' | LC_ALL=C sort | sha256sum`.
-pub fn packages_digest(installed: &BTreeMap<String, (String, String)>) -> String {
-    let mut lines: Vec<String> = installed
-        .iter()
-        .map(|(n, (v, a))| format!("{n} {v} {a}\n"))
-        .collect();
-    lines.sort();
-    let mut h = Sha256::new();
-    for l in &lines {
-        h.update(l.as_bytes());
-    }
-    hex::encode(h.finalize())
-}
+pub use kiln_signing::debian::{
+    packages_digest, parse_dpkg_status as parse_status, parse_os_release,
+};
 
 /// The host path of `path` inside `root`, resolving symlinks as a chroot would: absolute
 /// targets start again at `root`, `..` never climbs above it.

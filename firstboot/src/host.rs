@@ -8,7 +8,7 @@ use std::path::Path;
 use kiln_signing::BaseIdentity;
 
 use crate::apply::fsroot::Root;
-use crate::apply::packages::parse_status;
+use kiln_signing::debian::parse_dpkg_status as parse_status;
 
 const SMALL: u64 = 64 << 10;
 
@@ -24,30 +24,7 @@ pub fn os_release(root: &Root) -> Result<(String, String), String> {
         },
         Err(e) => return Err(format!("/etc/os-release: {e}")),
     };
-    let mut id = None;
-    let mut version_id = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(v) = line.strip_prefix("ID=") {
-            id = Some(unquote(v));
-        } else if let Some(v) = line.strip_prefix("VERSION_ID=") {
-            version_id = Some(unquote(v));
-        }
-    }
-    Ok((
-        id.unwrap_or_else(|| "linux".into()),
-        version_id.unwrap_or_default(),
-    ))
-}
-
-fn unquote(v: &str) -> String {
-    let v = v.trim();
-    for q in ['"', '\''] {
-        if let Some(inner) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
-            return inner.to_string();
-        }
-    }
-    v.to_string()
+    Ok(kiln_signing::debian::parse_os_release(&text))
 }
 
 /// The dpkg architecture of the root, as `dpkg --print-architecture` would say: the first line

@@ -7,6 +7,7 @@
 //! [`VerifiedBundle::for_each_blob`] streams and checks the blobs, [`check_policy`] applies the
 //! host's freshness, hostgroup, base and rollback rules.
 
+pub mod debian;
 pub mod dynamic;
 pub mod error;
 pub mod hashing;

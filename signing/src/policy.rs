@@ -93,20 +93,7 @@ fn format_time(t: SystemTime) -> String {
 pub fn read_os_release(root: &Path) -> Result<(String, String), io::Error> {
     let path = os_release_path(root)?;
     let text = std::fs::read_to_string(&path)?;
-    let mut id = None;
-    let mut version_id = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(v) = line.strip_prefix("ID=") {
-            id = Some(unquote(v));
-        } else if let Some(v) = line.strip_prefix("VERSION_ID=") {
-            version_id = Some(unquote(v));
-        }
-    }
-    Ok((
-        id.unwrap_or_else(|| "linux".into()),
-        version_id.unwrap_or_default(),
-    ))
+    Ok(crate::debian::parse_os_release(&text))
 }
 
 fn os_release_path(root: &Path) -> io::Result<PathBuf> {
@@ -157,30 +144,6 @@ fn no_symlink(root: &Path, rels: &[&str]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// os-release values are shell-quoted: strip one level of `"…"` or `'…'` and `\` escapes.
-fn unquote(v: &str) -> String {
-    let v = v.trim();
-    if let Some(inner) = v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
-        return inner.to_string();
-    }
-    let inner = v
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(v);
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

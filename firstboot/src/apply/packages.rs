@@ -67,31 +67,7 @@ fn interrupted(ctx: &Ctx) -> Result<bool, ApplyError> {
     }))
 }
 
-/// Packages with Status `install ok installed`.
-pub fn parse_status(text: &str) -> BTreeMap<String, (String, String)> {
-    let mut out = BTreeMap::new();
-    for stanza in text.split("\n\n") {
-        let field = |name: &str| {
-            stanza.lines().find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|r| r.strip_prefix(':'))
-                    .map(|v| v.trim().to_string())
-            })
-        };
-        if let (Some(p), Some(s)) = (field("Package"), field("Status")) {
-            if s == "install ok installed" {
-                out.insert(
-                    p,
-                    (
-                        field("Version").unwrap_or_default(),
-                        field("Architecture").unwrap_or_default(),
-                    ),
-                );
-            }
-        }
-    }
-    out
-}
+pub use kiln_signing::debian::parse_dpkg_status as parse_status;
 
 /// The packages still to install (resolved and not installed at their version).
 pub fn todo<'m>(
