@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_signing::SigningKey;
+use kiln_signing::{HashingWriter, SigningKey};
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -482,11 +482,7 @@ fn not_carried_warning(not_carried: &NotCarried) -> Option<String> {
 /// Write and fsync the bundle; return its sha256 and size.
 fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(String, u64)> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let out = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     let mut write_blob = |blob: &kiln_signing::Blob, w: &mut dyn Write| -> io::Result<()> {
         let src = plan
             .blobs
@@ -494,13 +490,9 @@ fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(Strin
             .ok_or_else(|| io::Error::other(format!("no source for blob {}", blob.digest)))?;
         // Hash what is actually written: a source file changed since planning must not yield a
         // bundle whose manifest lies about its content.
-        let mut hw = HashingWriter {
-            inner: w,
-            hasher: Sha256::new(),
-            count: 0,
-        };
+        let mut hw = HashingWriter::new(w);
         src.copy_to(&mut hw)?;
-        if hex::encode(hw.hasher.finalize()) != blob.digest {
+        if hw.finish().0 != blob.digest {
             return Err(io::Error::other(format!(
                 "{src:?} changed while the bundle was being written"
             )));
@@ -509,36 +501,15 @@ fn write_plan(plan: &plan::Plan, key: &SigningKey, path: &Path) -> Result<(Strin
     };
     let out = kiln_signing::write_bundle(out, &plan.manifest, key, &mut write_blob)
         .with_context(|| format!("writing {}", path.display()))?;
-    let HashingWriter {
-        inner,
-        hasher,
-        count,
-    } = out;
+    let count = out.count();
+    let (sha256, inner) = out.finish();
     let file = inner
         .into_inner()
         .map_err(|e| e.into_error())
         .context("flushing bundle")?;
     file.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
-    Ok((hex::encode(hasher.finalize()), count))
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    Ok((sha256, count))
 }
 
 #[cfg(test)]
