@@ -3,12 +3,10 @@
 //! raw image passes `e2fsck -fn` and `debugfs` shows the applied files; refusals for another
 //! base, an untrusted key and an image too small; commands that try to reach the build host.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = r#"packages:
   nginx: {}

@@ -2,9 +2,7 @@
 //! the definition; the second call finds it. Needs root and the Debian mirror (about a minute the
 //! first time; under CI the cache persists in $KILN_CACHE/kiln-tests).
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn base_build_debootstraps_the_definition_once_with_its_sources() {

@@ -4,13 +4,11 @@
 //! under AWS's 16 KB, hands the wrapped secret_id over 0600 root under /run (and only there),
 //! pins the digest, and its runcmd script reports failure loudly.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 struct Fixture {
     _t: tempfile::TempDir,

@@ -4,19 +4,17 @@
 //! OpenBao (KILN_TEST_BAO), set up as a fleet would be (an AppRole per hostgroup, KV v2, PKI).
 //! It checks the values in place (the app version, the one database password web and db share,
 //! web's certificate) and measures the requests each boot makes and the dynamic step's time
-//! (printed as `MEASURE` lines: `cargo test -p kiln-builder --test dynamic_example -- --nocapture`).
+//! (printed as `MEASURE` lines: `cargo test -p kiln-builder --test integration dynamic_example:: -- --nocapture`).
 
-#[path = "../../firstboot/tests/dynamic_support/bao.rs"]
-mod bao;
-mod support;
+use crate::bao;
 
 use std::path::Path;
 use std::process::Output;
 
-use bao::Bao;
+use crate::bao::Bao;
+use crate::support::*;
 use consul_test_server::TestServer;
 use kiln_signing::{Blob, Manifest, SigningKey};
-use support::*;
 
 /// The built manifest and the blobs of its templates.
 fn built(bundle: &Path) -> (Manifest, Vec<(String, Vec<u8>)>) {

@@ -8,23 +8,21 @@
 //! Asserted as a user would see it: exit 0; every entry's bytes, mode, owner and group; symlinks
 //! and absent paths; users and their keys; every carried package installed at its version;
 //! services enabled or disabled; the rendered dynamic values; state.json; the node report in
-//! Consul. `cargo test --release -p kiln-builder --test example_apply -- --nocapture` prints each
+//! Consul. `cargo test --release -p kiln-builder --test integration example_apply:: -- --nocapture` prints each
 //! hostgroup's apply time and phase split as MEASURE lines.
 
-#[path = "../../firstboot/tests/dynamic_support/bao.rs"]
-mod bao;
-mod support;
+use crate::bao;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use bao::Bao;
+use crate::bao::Bao;
+use crate::support::*;
 use consul_test_server::TestServer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::*;
 
 /// name -> id, from a root's /etc/passwd or /etc/group.
 fn ids(root: &Path, file: &str) -> BTreeMap<String, u32> {

@@ -3,13 +3,11 @@
 //! namespace with no network; the SBOM checked by the SPDX project's validator; and the errors:
 //! unknown package, unsatisfiable pin, base missing, apt unreachable, another base.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// `kiln build HOSTGROUP... --base BASE` into `out`; returns the kiln output.
 fn build_with_base(

@@ -6,13 +6,11 @@
 //! `list`), a 500 `invalid key name`, a TLS certificate refused. Client certificates, and
 //! `CONSUL_HTTP_ADDR` without a scheme as Consul's tools read it.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use consul_test_server::{AclConfig, Config, DefaultPolicy, Fault, Policy, TestPki, TestServer};
-use support::*;
 
 /// A report as kiln-firstboot writes it.
 fn report(host: &str, version: u64, ok: bool) -> Vec<u8> {

@@ -1,9 +1,7 @@
 //! The SBOM beside every bundle, without a base (packages by name and pin): valid SPDX 2.3 by the
 //! SPDX project's validator, and byte-identical for identical inputs.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn every_example_bundle_has_a_valid_spdx_sbom() {

@@ -2,12 +2,10 @@
 //! against them with a real JSON Schema validator (PyPI check-jsonschema, KILN_TEST_JSONSCHEMA),
 //! the schemas pass their metaschema, and files with the mistakes users make are refused.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::*;
+use crate::support::*;
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

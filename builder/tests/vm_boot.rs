@@ -19,13 +19,11 @@
 //!    the failure to Consul, and `kiln rollout wait` exits 3 at once.
 //!
 //! Boot times are printed as `MEASURE` lines (kernel+systemd, cloud-init, kiln-firstboot's own
-//! steps): `cargo test --release -p kiln-builder --test vm_boot -- --nocapture`.
+//! steps): `cargo test --release -p kiln-builder --test integration vm_boot:: -- --nocapture`.
 //! Needs root, KILN_TEST_BOOTABLE_BASE (tests/support/base-image.sh bootable), KILN_TEST_BAO,
 //! qemu-system-x86_64, cloud-localds and debugfs; under CI a missing one is a failure.
 
-#[path = "../../firstboot/tests/dynamic_support/bao.rs"]
-mod bao;
-mod support;
+use crate::bao;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,9 +33,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use consul_test_server::TestServer;
 use serde_json::{json, Value};
-use support::*;
 
 /// Longest one boot may take (TCG reached cloud-init's runcmd in 97-173 s on these machines).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(540);

@@ -4,14 +4,12 @@
 //! a rerun that changes nothing, a root of another release, a failing command, and a crash
 //! (kill -9) in the middle that a rerun finishes.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kiln_signing::{exit, Group, Package, ServiceState, Template};
 
 const UNIT: &[u8] = b"[Unit]\nDescription=kiln test service\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";

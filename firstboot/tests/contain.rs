@@ -7,13 +7,11 @@
 //! arrives, no process is left, no mount either. And a file of the root hard-linked to one
 //! outside: the apply replaces it, never chowns or chmods the shared inode.
 
-mod common;
-
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<String> {

@@ -4,15 +4,12 @@
 //! TLS with a custom CA, a Vault listener that requires a client certificate, and a rerun that
 //! changes nothing.
 
-mod common;
-mod dynamic_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
+use crate::dynamic_support::*;
 use consul_test_server::{TestPki, TestServer};
-use dynamic_support::*;
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777

@@ -6,14 +6,13 @@
 //! whole; state.json (and the Consul report, when Consul answers) says failed; a rerun once
 //! the fault is gone succeeds.
 
-mod common;
-mod dynamic_support;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::dynamic_support::*;
 use consul_test_server::{AclConfig, Config, DefaultPolicy, Fault, Policy, TestPki, TestServer};
-use dynamic_support::*;
 
 struct Case {
     consul: TestServer,

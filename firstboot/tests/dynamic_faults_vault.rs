@@ -6,14 +6,13 @@
 //! after a failure that came after the login, the rerun reuses the kept token instead of
 //! needing a new secret_id.
 
-mod common;
-mod dynamic_support;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::dynamic_support::*;
 use consul_test_server::TestServer;
-use dynamic_support::*;
 use serde_json::json;
 
 struct Case {

@@ -4,12 +4,9 @@
 //! token, secret_id, role_id, Vault values, the generated password, the private key), and none
 //! is found. Only the rendered templates hold them.
 
-mod common;
-mod dynamic_support;
-
-use common::*;
+use crate::common::*;
+use crate::dynamic_support::*;
 use consul_test_server::{AclConfig, Config, DefaultPolicy, Policy, TestServer};
-use dynamic_support::*;
 use serde_json::json;
 
 #[test]

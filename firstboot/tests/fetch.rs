@@ -2,15 +2,13 @@
 //! that is final, a port nobody listens on until the deadline, and a pinned digest that does
 //! not match (refused before anything else, the root left as it was).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kiln_signing::exit;
 
 /// Serves `body` at any path, answering `fail_first` requests with 503 first, or always

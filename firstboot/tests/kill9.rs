@@ -8,21 +8,19 @@
 //! a handful hit a copy of the debootstrapped base (KILN_TEST_BASE) with a group, a user, a
 //! command, a unit and its enabled service, so the shadow tools, `systemctl --root` and the
 //! commands phase are interrupted too. The journal left by each kill says which phase it landed
-//! in; the tally is printed (`cargo test --test kill9 -- --nocapture`).
+//! in; the tally is printed (`cargo test --test integration kill9:: -- --nocapture`).
 //!
 //! Compared: every path with its type, mode, owner, content or link target, except
 //! /var/lib/kiln/state.json, of which only result, version and sha256 are (its times differ),
 //! and the day of the last password change in /etc/shadow (a run may cross midnight); the
 //! journal and staging area must be gone.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kiln_signing::{Group, ServiceState};
 
 /// One test at a time: copying the base dirties 175 MB that the other test's syncfs would wait

@@ -8,12 +8,10 @@
 //! a second uid 0, a symlinked home or `.ssh`, a `.deb` that is not the manifest's, a symlink
 //! on the way to a dynamic template; and a relative `--root`.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use kiln_signing::{exit, EntryKind, Group, Package, Template};
 
 /// A bundle with a few files, one big enough that a flipped byte lands in blob data.

@@ -1,7 +1,6 @@
 //! ACLs: token precedence, unknown tokens, denials, filtering of recursive and keys reads.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use serde_json::json;
 

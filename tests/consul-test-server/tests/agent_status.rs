@@ -1,7 +1,6 @@
 //! `GET /v1/status/leader` and `PUT /v1/agent/service/register`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn status_leader_is_a_json_string() {

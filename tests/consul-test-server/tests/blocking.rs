@@ -1,7 +1,6 @@
 //! Blocking queries: `?index=N&wait=D` (kept short: wait=1s).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::thread;
 use std::time::{Duration, Instant};

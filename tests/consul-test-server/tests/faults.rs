@@ -1,8 +1,7 @@
 //! Test controls outside the Consul API: faults, refusing connections, the request
 //! log, the `/_test/` endpoints, the CLI, the async library API, and reqwest.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

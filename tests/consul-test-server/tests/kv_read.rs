@@ -1,7 +1,6 @@
 //! KV reads: `GET /v1/kv/<k>`, `?recurse`, `?raw`, `?keys`, read headers, routing.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn single_get_shape_and_headers() {

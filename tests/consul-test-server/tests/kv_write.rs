@@ -1,7 +1,6 @@
 //! KV writes: `PUT` (flags, cas), `DELETE` (recurse, cas), the global index, tombstones.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn put_answers_true_and_takes_the_next_index() {

@@ -1,8 +1,7 @@
 //! Sessions and locks: create/info/renew/destroy, `?acquire` / `?release`, LockIndex,
 //! invalidation (release or delete) and lock-delay.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,7 @@
 //! serves it: a client with a certificate the CA signed is served; one without a certificate,
 //! or with a certificate of another CA, fails the TLS handshake and never sends a request.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! `PUT /v1/txn`: verbs, the success and rollback shapes, atomicity, limits.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use serde_json::{json, Value};
 
