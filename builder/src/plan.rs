@@ -171,6 +171,7 @@ pub fn plan_with_packages(
             FileSource::Dynamic { template } => {
                 let (digest, _) = blobs.add_bytes(template.as_bytes());
                 let (consul, vault) = template_reads(resolved, path);
+                let vars = template_vars(resolved, path);
                 templates.push(m::Template {
                     path: path.clone(),
                     digest,
@@ -179,6 +180,7 @@ pub fn plan_with_packages(
                     group: f.group.clone(),
                     consul,
                     vault,
+                    vars,
                     restart: f.restart.clone(),
                     reload: f.reload.clone(),
                 });
@@ -355,6 +357,23 @@ fn template_reads(resolved: &Resolved, path: &str) -> (Vec<String>, Vec<String>)
         vault.extend(v);
     }
     (consul.into_iter().collect(), vault.into_iter().collect())
+}
+
+/// The values of the top-level `vars` keys a dynamic template reads (a key it only tests with
+/// `is defined` or `default` and that does not exist is left out).
+fn template_vars(
+    resolved: &Resolved,
+    path: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for read in resolved.template_reads.get(path).into_iter().flatten() {
+        if let kiln_firstboot::template::Read::Var(p) = read {
+            if let Some(v) = p.first().and_then(|k| resolved.vars.get(k)) {
+                out.insert(p[0].clone(), v.clone());
+            }
+        }
+    }
+    out
 }
 
 fn file_entry(f: &crate::config::ResolvedFile, digest: String, size: u64) -> m::EntryKind {

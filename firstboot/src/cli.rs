@@ -124,6 +124,10 @@ pub struct DynamicArgs {
     /// first line of <root>/etc/hostname).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// `host.primary_ip` for dynamic templates (default: the IPv4 address of the running
+    /// system's default route interface, also under --root).
+    #[arg(long, value_name = "IPV4")]
+    pub primary_ip: Option<std::net::Ipv4Addr>,
     /// Overall deadline of the dynamic step (every Consul and Vault request and retry), e.g. 90s.
     /// Default 5m.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]

@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "vault-role-id-file",
     "wrapped-secret-id-file",
     "hostname",
+    "primary-ip",
     "dynamic-deadline",
 ];
 
@@ -144,6 +145,16 @@ pub fn dynamic_config_env(
         wrapped_secret_id: host(&args.wrapped_secret_id_file)
             .or(in_root("wrapped-secret-id-file")?),
         hostname: args.hostname.clone().or_else(|| text("hostname")),
+        primary_ip: match (args.primary_ip, text("primary-ip")) {
+            (Some(ip), _) => Some(ip.to_string()),
+            (None, Some(t)) => Some(
+                t.trim()
+                    .parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| format!("primary-ip {t:?} is not an IPv4 address"))?
+                    .to_string(),
+            ),
+            (None, None) => None,
+        },
         ..DynamicConfig::default()
     };
     for (source, cert, key) in [

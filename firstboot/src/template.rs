@@ -9,7 +9,10 @@
 //! `prefix`, relative to it), `vault(path, field)`, `vault_or(path, field, default)` (KV v2,
 //! `path` in API form `secret/data/db/app`), `pki_cert(field)` (the host's certificate:
 //! `certificate`, `private_key`, `issuing_ca`, `ca_chain`, `serial_number`, `expiration`).
-//! Variables: `hostname`, `hostgroup`.
+//! Variables: `hostname`, `hostgroup`; `vars.<key>...` (the bundle's static `vars`, the values a
+//! template reads recorded in its manifest entry); `host.<fact>` (facts of the instance,
+//! [`HOST_FACTS`], gathered on the host at first boot; a fact the host does not have is
+//! undefined, so a template that may run without it guards it with `is defined` or `default`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -30,7 +33,17 @@ pub const FUNCTIONS: &[&str] = &[
     "pki_cert",
 ];
 /// The variables dynamic templates see.
-pub const VARIABLES: &[&str] = &["hostname", "hostgroup"];
+pub const VARIABLES: &[&str] = &["hostname", "hostgroup", "vars", "host"];
+/// The facts of `host.<fact>`.
+pub const HOST_FACTS: &[&str] = &[
+    "hostname",
+    "machine_id",
+    "primary_ip",
+    "instance_id",
+    "availability_zone",
+    "region",
+    "cloud_name",
+];
 /// Fields of `pki_cert(field)`.
 pub const PKI_FIELDS: &[&str] = &[
     "certificate",
@@ -75,6 +88,10 @@ pub enum Read {
     Vault { path: String, field: String },
     /// `pki_cert(field)`.
     Pki(String),
+    /// `vars.a.b`: the path of keys (at least one) into the bundle's `vars`.
+    Var(Vec<String>),
+    /// `host.<fact>`, one of [`HOST_FACTS`].
+    Fact(String),
 }
 
 impl Read {
@@ -93,7 +110,8 @@ impl Read {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     pub read: Read,
-    /// `consul_or`/`vault_or`: a missing value is not an error.
+    /// `consul_or`/`vault_or`: a missing value is not an error. For `vars.x` and `host.x`:
+    /// the value is tested with `is defined`/`is undefined` or given to `default`.
     pub has_default: bool,
     /// Line in the template, when known.
     pub line: Option<usize>,
@@ -141,7 +159,7 @@ pub fn analyze(name: &str, source: &str) -> Result<Vec<Call>, TemplateError> {
     if let Some(v) = unknown.first() {
         return Err(err(
             format!(
-                "dynamic templates see only hostname and hostgroup (and the functions {}), not {v:?}",
+                "dynamic templates see only hostname, hostgroup, vars and host (and the functions {}), not {v:?}",
                 FUNCTIONS.join(", ")
             ),
             None,
@@ -190,6 +208,48 @@ fn scan(
                     line,
                 ))
             }
+            I::Lookup(v) if *v == "vars" || *v == "host" => {
+                let (path, next) = attr_path(code, i + 1);
+                if path.is_empty() {
+                    return Err(err(
+                        if *v == "vars" {
+                            "vars can only be read by name, as vars.key (or vars[\"key\"]), so the builder can record the values a template reads".to_string()
+                        } else {
+                            format!(
+                                "host can only be read by fact, as host.instance_id (facts: {})",
+                                HOST_FACTS.join(", ")
+                            )
+                        },
+                        line,
+                    ));
+                }
+                let has_default = guarded(code, next);
+                let read = if *v == "vars" {
+                    Read::Var(path)
+                } else {
+                    let fact = &path[0];
+                    if !HOST_FACTS.contains(&fact.as_str()) {
+                        let hint = did_you_mean(fact, HOST_FACTS)
+                            .map(|s| format!("; did you mean host.{s}?"))
+                            .unwrap_or_default();
+                        return Err(err(
+                            format!(
+                                "host.{fact} is not a fact of the host{hint} (facts: {})",
+                                HOST_FACTS.join(", ")
+                            ),
+                            line,
+                        ));
+                    }
+                    Read::Fact(fact.clone())
+                };
+                calls.push(Call {
+                    read,
+                    has_default,
+                    line,
+                });
+                i = next;
+                continue;
+            }
             I::StoreLocal(f) if FUNCTIONS.contains(f) || VARIABLES.contains(f) => {
                 return Err(err(format!("{f} cannot be reassigned"), line))
             }
@@ -205,6 +265,66 @@ fn scan(
         i += 1;
     }
     Ok(())
+}
+
+/// The keys read from the value on top of the stack from instruction `i` on: `.a`, `["a"]`.
+/// Returns them and the index of the first instruction after.
+fn attr_path(code: &minijinja::machinery::Instructions<'_>, mut i: u32) -> (Vec<String>, u32) {
+    use minijinja::machinery::Instruction as I;
+    let mut path = Vec::new();
+    loop {
+        match code.get(i) {
+            Some(I::GetAttr(a)) => {
+                path.push(a.to_string());
+                i += 1;
+            }
+            Some(I::LoadConst(c)) if matches!(code.get(i + 1), Some(I::GetItem)) => {
+                match c.as_str() {
+                    Some(k) => path.push(k.to_string()),
+                    None => break,
+                }
+                i += 2;
+            }
+            _ => break,
+        }
+    }
+    (path, i)
+}
+
+/// Whether the value just read (instruction `i` is the next) is tested with `is defined` or
+/// `is undefined`, or given to `default` (after its literal arguments).
+fn guarded(code: &minijinja::machinery::Instructions<'_>, mut i: u32) -> bool {
+    use minijinja::machinery::Instruction as I;
+    if let Some(I::PerformTest(t, ..)) = code.get(i) {
+        return matches!(*t, "defined" | "undefined");
+    }
+    while let Some(I::LoadConst(_)) = code.get(i) {
+        i += 1;
+    }
+    matches!(code.get(i), Some(I::ApplyFilter("default" | "d", ..)))
+}
+
+/// The name in `known` closest to `s`, when it is close (an edit or two away, or a prefix).
+pub fn did_you_mean<'a>(s: &str, known: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    known
+        .iter()
+        .map(|k| (distance(s, k), *k))
+        .filter(|(d, k)| *d <= 2.max(s.len() / 3) || k.starts_with(s) || s.starts_with(k))
+        .min()
+        .map(|(_, k)| k)
 }
 
 fn string_arg<'a>(
@@ -330,6 +450,8 @@ pub enum RenderError {
     Missing { source_name: String, key: String },
     /// The template read something the bundle did not declare (never fetched).
     Undeclared(String),
+    /// A `host.<fact>` the template reads unguarded, which this host does not have.
+    Fact { fact: String, why: String },
     /// Anything else (a type error in the template, a value that is not UTF-8).
     Other(String),
 }
@@ -343,6 +465,10 @@ impl std::fmt::Display for RenderError {
                     "{source_name}: {key} does not exist (and the template gives no default)"
                 )
             }
+            RenderError::Fact { fact, why } => write!(
+                f,
+                "host.{fact} is not available on this host ({why}), and the template reads it unguarded (test it with `is defined`, or give it a `default(...)`)"
+            ),
             RenderError::Undeclared(s) | RenderError::Other(s) => f.write_str(s),
         }
     }
@@ -407,14 +533,90 @@ fn vault_value(
         .map(|s| s.expose_str().to_string()))
 }
 
+/// The facts of `host.<fact>`: each one's value, or why this host does not have it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts(pub BTreeMap<String, Result<String, String>>);
+
+/// What a template sees besides the functions.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub hostname: &'a str,
+    pub hostgroup: &'a str,
+    /// The top-level keys of `vars` the template reads, as its manifest entry records them.
+    pub vars: &'a BTreeMap<String, serde_json::Value>,
+    pub facts: &'a Facts,
+}
+
+/// A JSON value (from the manifest) as a template value.
+pub fn json_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::from(i),
+            (_, Some(u), _) => Value::from(u),
+            (_, _, Some(f)) => Value::from(f),
+            _ => Value::from(n.to_string()),
+        },
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(a) => Value::from(a.iter().map(json_value).collect::<Vec<_>>()),
+        serde_json::Value::Object(o) => Value::from(
+            o.iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+    }
+}
+
+/// Why a strict-undefined error happened, when it is a `host.<fact>` (or `vars` path) the
+/// template reads unguarded and does not have: the read on the error's line first.
+fn undefined_read(source: &str, line: Option<usize>, c: &Context<'_>) -> Option<RenderError> {
+    let calls = analyze("t", source).ok()?;
+    let missing = |call: &Call| -> Option<RenderError> {
+        if call.has_default {
+            return None;
+        }
+        match &call.read {
+            Read::Fact(f) => match c.facts.0.get(f) {
+                Some(Ok(_)) => None,
+                Some(Err(why)) => Some(RenderError::Fact {
+                    fact: f.clone(),
+                    why: why.clone(),
+                }),
+                None => Some(RenderError::Fact {
+                    fact: f.clone(),
+                    why: "not gathered".into(),
+                }),
+            },
+            Read::Var(path) => {
+                let mut v = c.vars.get(&path[0]);
+                for k in &path[1..] {
+                    v = v.and_then(|v| v.get(k));
+                }
+                v.is_none().then(|| {
+                    RenderError::Other(format!(
+                        "vars.{} is not in the values the bundle recorded for this template",
+                        path.join(".")
+                    ))
+                })
+            }
+            _ => None,
+        }
+    };
+    calls
+        .iter()
+        .filter(|call| line.is_some() && call.line == line)
+        .find_map(missing)
+        .or_else(|| calls.iter().find_map(missing))
+}
+
 /// Renders a dynamic template with the fetched values. The result holds secrets as soon as the
 /// template reads Vault, so it is a [`Secret`].
 pub fn render(
     values: Arc<Values>,
     name: &str,
     source: &str,
-    hostname: &str,
-    hostgroup: &str,
+    c: &Context<'_>,
 ) -> Result<Secret, RenderError> {
     let failure: Failure = Arc::new(Mutex::new(None));
     let mut env = environment();
@@ -540,9 +742,22 @@ pub fn render(
             }
         });
     }
+    let host: BTreeMap<String, Value> = c
+        .facts
+        .0
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), Value::from(v.as_ref().ok()?.as_str()))))
+        .collect();
+    let vars: BTreeMap<String, Value> = c
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), json_value(v)))
+        .collect();
     let ctx = Value::from(BTreeMap::from([
-        ("hostname".to_string(), Value::from(hostname)),
-        ("hostgroup".to_string(), Value::from(hostgroup)),
+        ("hostname".to_string(), Value::from(c.hostname)),
+        ("hostgroup".to_string(), Value::from(c.hostgroup)),
+        ("vars".to_string(), Value::from(vars)),
+        ("host".to_string(), Value::from(host)),
     ]));
     let result = env
         .template_from_named_str(name, source)
@@ -552,6 +767,11 @@ pub fn render(
         Err(e) => {
             if let Some(f) = failure.lock().ok().and_then(|mut s| s.take()) {
                 return Err(f);
+            }
+            if e.kind() == ErrorKind::UndefinedError {
+                if let Some(r) = undefined_read(source, e.line(), c) {
+                    return Err(r);
+                }
             }
             let line = e
                 .line()
@@ -611,13 +831,50 @@ mod tests {
             ("{{ vault(\"secret/db\", \"x\") }}", "KV v2"),
             ("{{ vault(\"secret/data/db\") }}", "takes 2"),
             ("{{ pki_cert(\"key\") }}", "not one of"),
-            ("{{ vars.x }}", "not \"vars\""),
+            ("{{ varz.x }}", "not \"varz\""),
+            ("{{ vars }}", "vars can only be read by name"),
+            (
+                "{% for k in vars %}{% endfor %}",
+                "vars can only be read by name",
+            ),
+            ("{{ vars[hostname] }}", "vars can only be read by name"),
+            ("{% set v = vars %}", "vars can only be read by name"),
+            ("{% set vars = 1 %}", "reassigned"),
+            ("{{ host }}", "host can only be read by fact"),
+            ("{{ host.instance }}", "did you mean host.instance_id?"),
+            ("{{ host.zone }}", "not a fact of the host"),
             ("{% include \"x\" %}", "include"),
             ("{{ consul_or(\"a/b\", [1]) }}", "default"),
             ("{{ consul(", "syntax error"),
         ] {
             let e = analyze("t", src).unwrap_err();
             assert!(e.message.contains(want), "{src}: {e}");
+        }
+    }
+
+    fn ctx<'a>(hostname: &'a str, hostgroup: &'a str) -> Context<'a> {
+        Context {
+            hostname,
+            hostgroup,
+            vars: Box::leak(Box::new({
+                BTreeMap::from([(
+                    "nginx".to_string(),
+                    serde_json::json!({"server_name": "www.example.org", "ports": [80, 443]}),
+                )])
+            })),
+            facts: Box::leak(Box::new({
+                Facts(BTreeMap::from([
+                    ("hostname".to_string(), Ok(hostname.to_string())),
+                    ("instance_id".to_string(), Ok("i-0abc".to_string())),
+                    (
+                        "availability_zone".to_string(),
+                        Err(
+                            "/run/cloud-init/instance-data.json has no v1.availability_zone"
+                                .to_string(),
+                        ),
+                    ),
+                ]))
+            })),
         }
     }
 
@@ -645,8 +902,7 @@ mod tests {
             values(),
             "/etc/x",
             "{{ hostname }} {{ consul(\"kiln/apps/web/version\") }} {{ consul_or(\"kiln/apps/web/nope\", \"d\") }} {{ vault(\"secret/data/db/app\", \"password\") }}{% for k, v in consul_tree(\"kiln/apps/web/env/\")|items %} {{ k }}={{ v }}{% endfor %}\n",
-            "h1",
-            "web",
+            &ctx("h1", "web"),
         )
         .unwrap();
         assert_eq!(out.expose_str(), "h1 1.2.3 d pw-123456 A=1 B=\n");
@@ -658,8 +914,7 @@ mod tests {
             values(),
             "/etc/x",
             "{{ vault(\"secret/data/db/app\", \"password\") }}{{ consul(\"kiln/apps/web/missing\") }}",
-            "h",
-            "web",
+            &ctx("h", "web"),
         )
         .unwrap_err();
         assert_eq!(
@@ -673,22 +928,82 @@ mod tests {
             values(),
             "/x",
             "{{ vault(\"secret/data/db/app\", \"user\") }}",
-            "h",
-            "w",
+            &ctx("h", "w"),
         )
         .unwrap_err();
         assert!(e.to_string().contains("secret/data/db/app#user"));
-        let e = render(values(), "/x", "{{ consul(\"other/k\") }}", "h", "w").unwrap_err();
+        let e = render(values(), "/x", "{{ consul(\"other/k\") }}", &ctx("h", "w")).unwrap_err();
         assert!(matches!(e, RenderError::Undeclared(_)));
         let e = render(
             values(),
             "/x",
             "{{ vault(\"secret/data/db/app\", \"password\") + 1 }}",
-            "h",
-            "w",
+            &ctx("h", "w"),
         )
         .unwrap_err();
         assert!(matches!(e, RenderError::Other(_)));
         assert!(!e.to_string().contains("pw-123456"), "{e}");
+    }
+
+    #[test]
+    fn finds_vars_and_facts_and_their_guards() {
+        let calls = analyze(
+            "t",
+            "{{ vars.nginx.server_name }}\n{{ vars[\"a\"] }} {{ host.instance_id | default(\"none\") }}\n{% if host.region is defined %}{{ host.region }}{% endif %}{{ vars.b.c|d }}",
+        )
+        .unwrap();
+        let got: Vec<(Read, bool, Option<usize>)> = calls
+            .into_iter()
+            .map(|c| (c.read, c.has_default, c.line))
+            .collect();
+        let var = |p: &[&str]| Read::Var(p.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            got,
+            [
+                (var(&["nginx", "server_name"]), false, Some(1)),
+                (var(&["a"]), false, Some(2)),
+                (Read::Fact("instance_id".into()), true, Some(2)),
+                (Read::Fact("region".into()), true, Some(3)),
+                (Read::Fact("region".into()), false, Some(3)),
+                (var(&["b", "c"]), true, Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn renders_vars_and_facts() {
+        let out = render(
+            values(),
+            "/etc/x",
+            "{{ vars.nginx.server_name }} {{ vars.nginx.ports | join(\",\") }} {{ host.instance_id }} {{ host.hostname }} {{ host.availability_zone | default(\"no-zone\") }}{% if host.region is defined %} {{ host.region }}{% endif %}\n",
+            &ctx("h1", "web"),
+        )
+        .unwrap();
+        assert_eq!(
+            out.expose_str(),
+            "www.example.org 80,443 i-0abc h1 no-zone\n"
+        );
+    }
+
+    #[test]
+    fn an_unguarded_missing_fact_names_the_fact_and_why() {
+        let e = render(
+            values(),
+            "/etc/x",
+            "{{ host.instance_id }}\n{{ host.availability_zone }}\n",
+            &ctx("h1", "web"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "host.availability_zone is not available on this host (/run/cloud-init/instance-data.json has no v1.availability_zone), and the template reads it unguarded (test it with `is defined`, or give it a `default(...)`)"
+        );
+    }
+
+    #[test]
+    fn did_you_mean_finds_close_names() {
+        assert_eq!(did_you_mean("instance", HOST_FACTS), Some("instance_id"));
+        assert_eq!(did_you_mean("primaryip", HOST_FACTS), Some("primary_ip"));
+        assert_eq!(did_you_mean("zone", HOST_FACTS), None);
     }
 }

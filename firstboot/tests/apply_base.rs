@@ -610,6 +610,7 @@ fn a_symlink_made_before_the_dynamic_step_stops_it_before_any_template_is_writte
         group: "root".into(),
         consul: vec![],
         vault: vec![],
+        vars: Default::default(),
         restart: vec![],
         reload: vec![],
     });

@@ -515,3 +515,45 @@ fn consul_http_addr_without_a_scheme() {
     c.host.env.push(("CONSUL_HTTP_SSL".into(), "true".into()));
     c.succeeds();
 }
+
+/// The report after the apply has a short budget of its own (15 s at most), not a second
+/// dynamic deadline: with a 60 s deadline and every report write answered 503, the apply still
+/// succeeds and the writes stop after what 15 s of backoff allows. Retries back off from 0.2 s,
+/// doubling up to 5 s, each pause between half and all of it: 15 s hold at most 10 attempts,
+/// where 60 s would take at least 15.
+#[test]
+fn a_report_consul_refuses_is_retried_for_a_short_budget_not_a_second_deadline() {
+    let Some(c) = case(seeded(), "60s") else {
+        return;
+    };
+    c.consul.add_fault(
+        Fault::status(503)
+            .method("PUT")
+            .path_prefix("/v1/kv/kiln/nodes/"),
+    );
+    let out = c.apply();
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert_eq!(
+        std::fs::read_to_string(c.host.path("/etc/app/version")).unwrap(),
+        "7.1\n"
+    );
+    let writes = c.consul.count_requests(Some("PUT"), "/v1/kv/kiln/nodes/");
+    assert!((2..=10).contains(&writes), "{writes} report writes");
+    assert!(
+        stderr(&out).contains(&format!(
+            "consul kiln/nodes/web/web-1: consul unreachable until the deadline: writing kiln/nodes/web/web-1: {writes} attempt(s) before the deadline, last: HTTP 503"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let state = c.host.state();
+    assert_eq!(state["result"], "success");
+    assert!(
+        state["dynamic"]["report"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{state}"
+    );
+    assert!(c.report().is_none());
+}

@@ -809,6 +809,7 @@ fn a_symlink_on_the_way_to_a_dynamic_template_is_refused() {
             group: "root".into(),
             consul: vec![],
             vault: vec![],
+            vars: Default::default(),
             restart: vec![],
             reload: vec![],
         });

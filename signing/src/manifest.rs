@@ -3,6 +3,7 @@
 //! no insignificant whitespace) so that the same inputs give the same bytes.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The manifest format this code writes and the only one it accepts.
 pub const FORMAT_VERSION: u32 = 1;
@@ -202,6 +203,10 @@ pub struct Template {
     /// Vault values the template reads, `<kv v2 path>#<field>` (`secret/data/db/app#password`)
     /// and `<pki mount>/issue/<role>#<field>` for the certificate. Sorted.
     pub vault: Vec<String>,
+    /// The values of the hostgroup's `vars` the template reads (`{{ vars.nginx.port }}`), by
+    /// top-level key: only those, so other vars stay out of the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

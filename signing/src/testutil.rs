@@ -148,6 +148,7 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
             group: "web".into(),
             consul: vec!["web/port".into()],
             vault: vec![],
+            vars: Default::default(),
             restart: vec!["nginx.service".into()],
             reload: vec![],
         }],

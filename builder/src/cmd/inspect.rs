@@ -97,6 +97,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 .iter()
                 .map(|k| format!("consul {k}"))
                 .chain(t.vault.iter().map(|v| format!("vault {v}")))
+                .chain(t.vars.keys().map(|k| format!("vars.{k}")))
                 .collect();
             println!(
                 "  {} {}:{}  {}  reads {}",

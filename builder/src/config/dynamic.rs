@@ -397,6 +397,8 @@ pub fn undeclared(read: &Read, dynamic: Option<&Dynamic>) -> Option<String> {
         Read::Pki(field) => vault.is_none_or(|v| v.pki.is_none()).then(|| {
             format!("reads pki_cert({field:?}), but dynamic.vault.pki declares no certificate")
         }),
+        // Checked against vars by the resolver; facts are the host's.
+        Read::Var(_) | Read::Fact(_) => None,
     }
 }
 
@@ -414,5 +416,6 @@ pub fn manifest_read(read: &Read, dynamic: Option<&Dynamic>) -> (Option<String>,
                 .unwrap_or_else(|| "pki/issue/?".into());
             (None, Some(format!("{issue}#{field}")))
         }
+        Read::Var(_) | Read::Fact(_) => (None, None),
     }
 }

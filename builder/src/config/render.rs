@@ -405,9 +405,13 @@ impl Resolved {
                     .iter()
                     .map(|r| {
                         let (c, v) = super::dynamic::manifest_read(r, self.dynamic.as_ref());
-                        match (c, v) {
-                            (Some(k), _) => format!("consul {k}"),
-                            (_, Some(v)) => format!("vault {v}"),
+                        match (c, v, r) {
+                            (Some(k), _, _) => format!("consul {k}"),
+                            (_, Some(v), _) => format!("vault {v}"),
+                            (_, _, kiln_firstboot::template::Read::Var(p)) => {
+                                format!("vars.{}", p.join("."))
+                            }
+                            (_, _, kiln_firstboot::template::Read::Fact(f)) => format!("host.{f}"),
                             _ => String::new(),
                         }
                     })

@@ -545,6 +545,37 @@ impl Run<'_> {
             }
         };
         let mut ok = true;
+        // `{% if vars.x is defined %}{{ vars.x }}{% endif %}`: a path the template tests (or
+        // gives a default) may be missing, wherever it reads it.
+        let guarded: Vec<&[String]> = calls
+            .iter()
+            .filter(|c| c.has_default)
+            .filter_map(|c| match &c.read {
+                kiln_firstboot::template::Read::Var(p) => Some(p.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let mut missing = Vec::new();
+        for c in &calls {
+            if let (kiln_firstboot::template::Read::Var(path), false) = (&c.read, c.has_default) {
+                if guarded.iter().any(|g| path.starts_with(g)) {
+                    continue;
+                }
+                if let Some(why) = self.missing_var(path) {
+                    missing.push((path.join("."), c.line, why));
+                }
+            }
+        }
+        for (path, line, why) in missing {
+            let line = line
+                .map(|l| format!(" (template line {l})"))
+                .unwrap_or_default();
+            self.d.err(
+                span,
+                format!("dynamic template {name} reads vars.{path}{line}, {why}"),
+            );
+            ok = false;
+        }
         for c in calls {
             if let Some(why) = super::dynamic::undeclared(&c.read, self.dynamic.as_ref()) {
                 let line = c
@@ -560,6 +591,44 @@ impl Run<'_> {
             }
         }
         ok
+    }
+
+    /// Why `vars.<path>` has no value, if it has none: the first key missing, and the keys
+    /// there are at that level (the closest first, when one is close).
+    fn missing_var(&self, path: &[String]) -> Option<String> {
+        let mut v = self.vars_value.clone();
+        for (i, k) in path.iter().enumerate() {
+            let next = v.get_attr(k).ok().filter(|x| !x.is_undefined());
+            match next {
+                Some(n) => v = n,
+                None => {
+                    let at = if i == 0 {
+                        "vars".to_string()
+                    } else {
+                        format!("vars.{}", path[..i].join("."))
+                    };
+                    let keys: Vec<String> = v
+                        .try_iter()
+                        .map(|it| it.filter_map(|k| k.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default();
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let hint = kiln_firstboot::template::did_you_mean(k, &refs)
+                        .map(|s| format!("; did you mean {at}.{s}?"))
+                        .unwrap_or_default();
+                    let has = if v.kind() == minijinja::value::ValueKind::Map {
+                        if keys.is_empty() {
+                            " (it is empty)".to_string()
+                        } else {
+                            format!(" (it has {})", keys.join(", "))
+                        }
+                    } else {
+                        " (it is not a map)".to_string()
+                    };
+                    return Some(format!("but {at} has no key {k:?}{has}{hint}"));
+                }
+            }
+        }
+        None
     }
 
     /// The bytes (or path, or template) of a file or unit.

@@ -13,6 +13,7 @@
 
 #[cfg(feature = "http")]
 pub mod consul;
+pub mod facts;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "http")]
@@ -60,6 +61,9 @@ pub enum DynamicError {
     /// A template cannot be rendered (a type error, a value that is not text).
     #[error("{0}")]
     Render(String),
+    /// A template reads, unguarded, a fact of the host the host does not have.
+    #[error("template {template}: {detail}")]
+    Fact { template: String, detail: String },
 }
 
 impl DynamicError {
@@ -93,6 +97,10 @@ impl DynamicError {
             },
             DynamicError::Config(s) => DynamicError::Config(r.scrub(&s)),
             DynamicError::Render(s) => DynamicError::Render(r.scrub(&s)),
+            DynamicError::Fact { template, detail } => DynamicError::Fact {
+                template,
+                detail: r.scrub(&detail),
+            },
         }
     }
 }
@@ -228,6 +236,8 @@ pub struct DynamicConfig {
     pub wrapped_secret_id: Option<FileRef>,
     /// This host's name (else `<root>/etc/hostname`).
     pub hostname: Option<String>,
+    /// `host.primary_ip` (else the IPv4 address of the running system's default route).
+    pub primary_ip: Option<String>,
     /// The whole step (every request, every retry) ends by then.
     pub deadline: Duration,
     /// Longest a single request may take.
@@ -249,6 +259,7 @@ impl Default for DynamicConfig {
             vault_role_id: None,
             wrapped_secret_id: None,
             hostname: None,
+            primary_ip: None,
             deadline: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
         }
@@ -455,9 +466,11 @@ fn run_inner(
     let hostname = hostname(cfg, ctx.root)?;
     // Every value read without a default, to fail on a missing Consul key before Vault.
     let mut needed: Vec<(String, TRead)> = Vec::new();
+    let mut reads_facts = false;
     for l in &templates {
         let calls = template::analyze(&l.t.path, &l.text)
             .map_err(|e| DynamicError::Render(format!("{}: {e}", l.t.path)))?;
+        reads_facts |= calls.iter().any(|c| matches!(c.read, TRead::Fact(_)));
         needed.extend(
             calls
                 .into_iter()
@@ -483,12 +496,29 @@ fn run_inner(
         deadline,
     )?;
     let values = Arc::new(values);
+    // The host's facts, when a template reads one (gathered after the fetch: cloud-init's
+    // instance data is written by then).
+    let facts = if reads_facts {
+        facts::gather(ctx.root, &hostname, cfg.primary_ip.as_deref())
+    } else {
+        template::Facts::default()
+    };
 
     // Render every template in memory.
     let mut rendered: Vec<(&kiln_signing::Template, Secret)> = Vec::new();
     for l in &templates {
-        let out = template::render(values.clone(), &l.t.path, &l.text, &hostname, &m.hostgroup)
-            .map_err(|e| match e {
+        let tctx = template::Context {
+            hostname: &hostname,
+            hostgroup: &m.hostgroup,
+            vars: &l.t.vars,
+            facts: &facts,
+        };
+        let out =
+            template::render(values.clone(), &l.t.path, &l.text, &tctx).map_err(|e| match e {
+                e @ RenderError::Fact { .. } => DynamicError::Fact {
+                    template: l.t.path.clone(),
+                    detail: e.to_string(),
+                },
                 RenderError::Missing { source_name, key } => DynamicError::Missing {
                     source_name: format!("{} (template {})", source_name, l.t.path),
                     key,

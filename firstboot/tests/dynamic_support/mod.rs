@@ -33,6 +33,7 @@ pub fn template(
         group: "root".into(),
         consul: consul.iter().map(|x| x.to_string()).collect(),
         vault: vault.iter().map(|x| x.to_string()).collect(),
+        vars: Default::default(),
         restart: restart.iter().map(|x| x.to_string()).collect(),
         reload: vec![],
     });
