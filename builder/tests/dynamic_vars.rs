@@ -4,13 +4,11 @@
 //! cloud-init's instance data) and a Consul value; a fact the host lacks fails the apply (exit
 //! 20) naming the template, the fact and why, unless the template guards it.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::support::*;
 use consul_test_server::TestServer;
-use support::*;
 
 const SITE: &str = "# {{ hostname }} ({{ hostgroup }})\n\
 server_name {{ vars.site.name }};\n\

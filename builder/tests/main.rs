@@ -12,6 +12,7 @@ mod cli_bundle;
 mod cloud_init;
 mod config_good;
 mod dynamic_example;
+mod dynamic_vars;
 mod example_apply;
 mod packages;
 mod rollout;
