@@ -29,6 +29,7 @@ BASE=$("$KILN" base build debian-12 --config "$here" --cache "$CACHE")
 mkdir -p "$WORK/trust"
 "$KILN" keygen --out "$WORK/key" --force > /dev/null
 cp "$WORK/key.pub" "$WORK/trust/bench.pub"
+rm -rf "$WORK/out"   # a version is built once: a new key makes new bytes
 "$KILN" build "$HOSTGROUP" --config "$here" --base debian-12 --cache "$CACHE" --key "$WORK/key" \
   --out "$WORK/out" --version 1 > /dev/null
 BUNDLE=$WORK/out/$HOSTGROUP-1.kiln

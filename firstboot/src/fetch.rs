@@ -81,6 +81,28 @@ pub fn hash_file(file: &mut File) -> io::Result<(String, u64)> {
     Ok((digest, size))
 }
 
+/// [`hash_file`] with positioned reads: the file's offset (shared with its clones) is left
+/// alone, so the file can be read through another handle meanwhile.
+pub fn hash_file_at(file: &mut File) -> io::Result<(String, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut w = HashingWriter::new(io::sink());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at: u64 = 0;
+    loop {
+        let n = match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        io::Write::write_all(&mut w, &buf[..n])?;
+        at += n as u64;
+    }
+    let size = w.count();
+    let (digest, _) = w.finish();
+    Ok((digest, size))
+}
+
 /// Checks a `--sha256` pin (case-insensitive hex).
 pub fn check_pin(expected: Option<&str>, actual: &str) -> Result<(), FetchError> {
     match expected {

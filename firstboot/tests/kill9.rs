@@ -62,6 +62,15 @@ fn paths_spec(s: &mut Spec) {
     s.dir("/srv/app", "0755", "root", "root")
         .dir("/srv/app/private", "0750", "root", "daemon")
         .dir("/opt/tools", "2775", "daemon", "daemon");
+    // New directories of the manifest holding files: staged as whole trees and renamed into
+    // place by the directories phase (a1/b1 exists before, so its files go one by one).
+    for a in 0..7 {
+        s.dir(&format!("/srv/app/a{a}"), "0755", "root", "root");
+        for b in 0..3 {
+            let mode = if b == 2 { "0750" } else { "0755" };
+            s.dir(&format!("/srv/app/a{a}/b{b}"), mode, "root", "daemon");
+        }
+    }
     let shared = noise(99, 3000);
     for i in 0..300u64 {
         let path = format!("/srv/app/a{}/b{}/f{i:03}.dat", i % 7, i % 3);

@@ -13,3 +13,4 @@ mod dynamic_secrets;
 mod fetch;
 mod kill9;
 mod refusals;
+mod trees;

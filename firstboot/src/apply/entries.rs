@@ -337,12 +337,41 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
         Accounts::load(ctx.root).map_err(|e| ApplyError::step("directories", "/etc/passwd", e))?;
     let mut counts = Counts::default();
     let mut batch = ParentCache::new(ctx.root);
-    for e in &ctx.manifest.entries {
+    let mut trees = ctx.trees.borrow_mut();
+    let blobs_dir = format!("{}/blobs", ctx.staging);
+    let staging = if trees.dirs.is_empty() {
+        None
+    } else {
+        Some(
+            ctx.root
+                .open_dir(&blobs_dir)
+                .map_err(|x| ApplyError::step("directories", &blobs_dir, x))?,
+        )
+    };
+    for (i, e) in ctx.manifest.entries.iter().enumerate() {
         let EntryKind::Directory { mode, owner, group } = &e.kind else {
             continue;
         };
         let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
         let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
+        if let (Some(staging), Some(files)) = (&staging, trees.dirs.get(&i)) {
+            let placed = place_tree(
+                ctx,
+                staging,
+                &accounts,
+                (i, &e.path),
+                files,
+                (uid, gid, mode),
+                &mut batch,
+            )
+            .map_err(|err| ApplyError::step("directories", &e.path, err))?;
+            if placed {
+                let files: Vec<usize> = files.iter().map(|(j, _)| *j).collect();
+                trees.placed.extend(files);
+                counts.changed += 1;
+                continue;
+            }
+        }
         let changed = ensure_dir_batched(ctx.root, &e.path, mode, uid, gid, Some(&mut batch))
             .map_err(|err| ApplyError::step("directories", &e.path, err))?;
         if changed {
@@ -368,6 +397,16 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
 ///    copied to the temporary name in each target's directory, its digest checked again;
 /// 3. `syncfs` (every byte and inode of pass 2 on disk), every rename, `syncfs` again.
 ///
+/// Files staged in their new directory's tree (see [`Trees`]) are already in place when this
+/// phase starts (the directories phase renamed the tree); they are counted, not looked at.
+///
+/// The invariant that makes a kill -9 (or a power loss) anywhere recoverable by rerunning the
+/// same command: nothing appears at a target path but a complete file, with its owner and
+/// mode, whose bytes were checked against the manifest (a rename of a file, or of a whole new
+/// directory whose every file is), and a phase is journaled as done only after a `syncfs` made
+/// all it wrote durable. A rerun stages every blob again, redoes the unfinished phase and finds
+/// what the interrupted run completed unchanged (by size and sha256).
+///
 /// A crash anywhere leaves each target either as it was or complete; the rerun stages the blobs
 /// again, finds the renamed files unchanged and redoes the others. Blobs that templates or
 /// packages read are always copied, never moved. A target on another filesystem than the
@@ -389,7 +428,13 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
     let mut counts = Counts::default();
     let mut parents = ParentCache::new(ctx.root);
     let mut todo: Vec<Todo> = Vec::new();
-    for e in &ctx.manifest.entries {
+    let trees = ctx.trees.borrow();
+    for (j, e) in ctx.manifest.entries.iter().enumerate() {
+        if trees.placed.contains(&j) {
+            // Written, checked and renamed into place with its new directory this run.
+            counts.changed += 1;
+            continue;
+        }
         let EntryKind::File {
             mode,
             owner,
@@ -474,10 +519,10 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
                         .remove_temp(&parent.temp_name())
                         .map_err(|x| err(x.to_string()))?;
                 }
-                prepare_staged(&staging, t.digest, t.size, t.mode, t.uid, t.gid)
+                prepare_staged(&staging, &trees, t.digest, t.size, t.mode, t.uid, t.gid)
                     .map_err(|x| err(format!("staged blob {}: {x}", t.digest)))?;
             } else {
-                let mut src = open_staged(&staging, t.digest)
+                let mut src = open_staged(&staging, &trees, t.digest)
                     .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
                 parent
                     .write_temp(t.mode, t.uid, t.gid, |f| {
@@ -509,11 +554,11 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         if !t.staged {
             parent.rename_temp().map_err(|x| err(x.to_string()))?;
         } else {
-            let staged = staged_name(t.digest);
+            let staged = trees.staged_name(t.digest);
             match fcntl::renameat(&staging, staged.as_str(), &parent.dir, parent.name.as_str()) {
                 Ok(()) => {}
                 Err(Errno::EXDEV) => {
-                    let mut src = open_staged(&staging, t.digest)
+                    let mut src = open_staged(&staging, &trees, t.digest)
                         .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
                     parent
                         .write_atomic(
@@ -549,12 +594,12 @@ pub fn staged_name(digest: &str) -> String {
 /// Owner and mode (uid, gid, mode) to give staged blobs as they are written: those of the one
 /// file that uses each blob, for blobs no other file, template or package uses and whose owner
 /// and group exist in the root now. The files phase checks them again before the rename.
-pub fn staged_metas<'m>(ctx: &Ctx<'m>) -> HashMap<&'m str, (u32, u32, u32)> {
+pub fn staged_metas<'m>(ctx: &Ctx<'m>) -> HashMap<&'m str, OwnerMode> {
     let Ok(accounts) = Accounts::load(ctx.root) else {
         return HashMap::new();
     };
     let pinned = pinned_blobs(ctx);
-    let mut users: HashMap<&'m str, Option<(u32, u32, u32)>> = HashMap::new();
+    let mut users: HashMap<&'m str, Option<OwnerMode>> = HashMap::new();
     for e in &ctx.manifest.entries {
         let EntryKind::File {
             mode,
@@ -583,6 +628,148 @@ pub fn staged_metas<'m>(ctx: &Ctx<'m>) -> HashMap<&'m str, (u32, u32, u32)> {
         .collect()
 }
 
+/// The owner and mode a staged file was given: (uid, gid, mode).
+pub type OwnerMode = (u32, u32, u32);
+
+/// Files staged straight into a private copy of their new directory, which the directories
+/// phase then renames into place whole: one rename for the directory instead of one per file.
+///
+/// A directory of the manifest that does not exist in the root when staging begins gets a
+/// tree, `t<i>` in the blobs directory (`i`: the directory entry's index in the manifest), and
+/// each of its files whose blob no other file, template or package uses, that has no
+/// restart/reload hooks and whose owner exists is staged there under its own name, with its
+/// owner and mode. The directories phase checks those owners again, gives the tree the
+/// directory's owner and mode and renames it to the (still missing) directory with
+/// `RENAME_NOREPLACE`; the files phase then leaves those files alone. A tree that cannot be
+/// placed (the directory appeared meanwhile, an owner changed) is only a staging place: the
+/// files phase renames its files one by one, as it does every other staged blob.
+#[derive(Debug, Default)]
+pub struct Trees {
+    /// Digest -> the blob's staged name in the blobs directory, for blobs staged in a tree.
+    pub names: HashMap<String, String>,
+    /// Index of a directory entry -> the file entries staged in its tree, each with the owner
+    /// and mode (uid, gid, mode) it was given.
+    pub dirs: HashMap<usize, Vec<(usize, OwnerMode)>>,
+    /// File entries the directories phase placed (in a tree it renamed into place) this run.
+    pub placed: HashSet<usize>,
+}
+
+impl Trees {
+    /// The name of a staged blob in the blobs directory (in a tree, or by its digest).
+    pub fn staged_name(&self, digest: &str) -> String {
+        match self.names.get(digest) {
+            Some(n) => n.clone(),
+            None => staged_name(digest),
+        }
+    }
+}
+
+/// The name of directory entry `i`'s tree in the blobs directory.
+pub fn tree_name(i: usize) -> String {
+    format!("t{i}")
+}
+
+/// Plans the trees (see [`Trees`]) for the root as it is now; `metas` from [`staged_metas`].
+pub fn plan_trees(ctx: &Ctx, metas: &HashMap<&str, OwnerMode>) -> Trees {
+    let entries = &ctx.manifest.entries;
+    let missing = |path: &str| match ctx.root.parent(path, false) {
+        Ok(Some(p)) => matches!(p.lstat(), Ok(None)),
+        Ok(None) => true,
+        Err(e) => fsroot::is_missing(&e),
+    };
+    let new_dirs: HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e.kind, EntryKind::Directory { .. }) && missing(&e.path))
+        .map(|(i, e)| (e.path.as_str(), i))
+        .collect();
+    let mut trees = Trees::default();
+    if new_dirs.is_empty() {
+        return trees;
+    }
+    for (j, e) in entries.iter().enumerate() {
+        let EntryKind::File {
+            digest,
+            restart,
+            reload,
+            ..
+        } = &e.kind
+        else {
+            continue;
+        };
+        let Some(meta) = metas.get(digest.as_str()) else {
+            continue;
+        };
+        let Some((dir, name)) = e.path.rsplit_once('/') else {
+            continue;
+        };
+        let Some(&i) = new_dirs.get(dir) else {
+            continue;
+        };
+        if !restart.is_empty() || !reload.is_empty() || name.is_empty() {
+            continue;
+        }
+        trees
+            .names
+            .insert(digest.clone(), format!("{}/{name}", tree_name(i)));
+        trees.dirs.entry(i).or_default().push((j, *meta));
+    }
+    trees
+}
+
+/// Renames directory entry `i`'s tree into place at `path` if the directory is still missing
+/// and every file staged in the tree has the owner and mode the files phase would give it now;
+/// the directory gets its own owner and mode (`dir_meta`) first. Returns whether it did.
+fn place_tree(
+    ctx: &Ctx,
+    staging: &OwnedFd,
+    accounts: &Accounts,
+    (i, path): (usize, &str),
+    files: &[(usize, OwnerMode)],
+    (uid, gid, mode): OwnerMode,
+    batch: &mut ParentCache,
+) -> io::Result<bool> {
+    for (j, meta) in files {
+        let EntryKind::File {
+            mode, owner, group, ..
+        } = &ctx.manifest.entries[*j].kind
+        else {
+            return Ok(false);
+        };
+        match (ids(accounts, owner, group), parse_mode(mode)) {
+            (Ok((u, g)), Ok(m)) if (u, g, m) == *meta => {}
+            _ => return Ok(false),
+        }
+    }
+    let parent = ctx
+        .root
+        .parent(path, true)?
+        .ok_or_else(|| io::Error::other("parent missing"))?;
+    if parent.lstat()?.is_some() {
+        return Ok(false);
+    }
+    let name = tree_name(i);
+    let fd = match fcntl::openat(
+        staging,
+        name.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    fsroot::set_owner_mode(fd.as_fd(), uid, gid, mode)?;
+    drop(fd);
+    match fsroot::rename_noreplace(staging.as_fd(), &name, parent.dir.as_fd(), &parent.name) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    batch.note_filesystem(parent.dir.as_fd())?;
+    Ok(true)
+}
+
 /// Blobs that templates and packages read from the staging area after the files phase (or
 /// again on a rerun): never moved out of it.
 fn pinned_blobs<'m>(ctx: &Ctx<'m>) -> HashSet<&'m str> {
@@ -600,10 +787,10 @@ fn pinned_blobs<'m>(ctx: &Ctx<'m>) -> HashSet<&'m str> {
 }
 
 /// A staged blob, opened for reading without following a link.
-fn open_staged(staging: &OwnedFd, digest: &str) -> io::Result<std::fs::File> {
+fn open_staged(staging: &OwnedFd, trees: &Trees, digest: &str) -> io::Result<std::fs::File> {
     let fd = fcntl::openat(
         staging,
-        staged_name(digest).as_str(),
+        trees.staged_name(digest).as_str(),
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
@@ -615,13 +802,14 @@ fn open_staged(staging: &OwnedFd, digest: &str) -> io::Result<std::fs::File> {
 /// (usually given while staging already).
 fn prepare_staged(
     staging: &OwnedFd,
+    trees: &Trees,
     digest: &str,
     size: u64,
     mode: u32,
     uid: u32,
     gid: u32,
 ) -> io::Result<()> {
-    let m = fsroot::lstat_at(staging.as_fd(), &staged_name(digest))?
+    let m = fsroot::lstat_at(staging.as_fd(), &trees.staged_name(digest))?
         .ok_or_else(|| io::Error::other("missing from the staging area"))?;
     if m.kind != Kind::File || m.size != size {
         return Err(io::Error::other(
@@ -631,7 +819,7 @@ fn prepare_staged(
     if same_meta(&m, mode, uid, gid) {
         return Ok(());
     }
-    let f = open_staged(staging, digest)?;
+    let f = open_staged(staging, trees, digest)?;
     fsroot::set_owner_mode(f.as_fd(), uid, gid, mode)
 }
 

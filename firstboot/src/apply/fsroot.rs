@@ -625,6 +625,36 @@ pub fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// `renameat2(RENAME_NOREPLACE)`: fails with EEXIST rather than replace what is at the new
+/// name (an empty directory, for `renameat`). A raw system call: not every libc has a wrapper.
+pub fn rename_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &str,
+    to_dir: BorrowedFd<'_>,
+    to: &str,
+) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    let from = CString::new(from).map_err(io::Error::other)?;
+    let to = CString::new(to).map_err(io::Error::other)?;
+    // SAFETY: both names are NUL-terminated and outlive the call; the descriptors are open.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Sets owner, then mode (chown clears setuid/setgid, so the mode comes second), on an open fd.
 pub fn set_owner_mode(fd: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
     unistd::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;

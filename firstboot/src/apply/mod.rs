@@ -3,7 +3,8 @@
 //! `kiln bake` (on an image's root).
 //!
 //! Order: manifest checks; blobs streamed into `<root>/var/lib/kiln/staging/<sha256>/` and each
-//! checked (nothing else changes until all are good); conflicts with the root looked for; then,
+//! checked (nothing else changes until all are good; the files of a directory the root lacks
+//! are staged in a private copy of it, which the directories phase renames into place whole); conflicts with the root looked for; then,
 //! journaled phase by phase: groups, users, packages, directories, files, symlinks, absent,
 //! services (enable/disable), commands, dynamic (Consul and Vault into the dynamic templates,
 //! see [`crate::dynamic`]), runtime (live systems only); finally the state file, the Consul
@@ -241,6 +242,9 @@ pub(crate) struct Ctx<'a> {
     pub no_block: bool,
     /// Filled by the health step, for the state file and the report.
     pub health: RefCell<Option<health::Health>>,
+    /// Files staged in their new directory's tree (see [`entries::Trees`]): planned by the
+    /// staging, placed by the directories phase.
+    pub trees: RefCell<entries::Trees>,
 }
 
 impl Ctx<'_> {
@@ -322,6 +326,7 @@ pub fn apply_with<R: Read>(
         dynamic_summary: RefCell::new(None),
         no_block: opts.no_block,
         health: RefCell::new(None),
+        trees: RefCell::new(entries::Trees::default()),
     };
     let started_at = now_rfc3339();
     let mut state = State {
@@ -767,7 +772,7 @@ struct Piece {
     data: Vec<u8>,
     /// On a blob's last piece: `Some`, with the owner and mode the file is to get (uid, gid,
     /// mode) when known now.
-    last: Option<Option<(u32, u32, u32)>>,
+    last: Option<Option<entries::OwnerMode>>,
 }
 
 /// Streams every blob into the staging directory; the signing reader checks each digest and
@@ -793,6 +798,17 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
     nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(0o700))
         .map_err(|e| (staging_err(e.into()), created))?;
     let metas = entries::staged_metas(ctx);
+    let trees = entries::plan_trees(ctx, &metas);
+    if created == 0 {
+        // Trees an interrupted run left: each is staged again from scratch, with no file
+        // that is not this run's.
+        for &i in trees.dirs.keys() {
+            let tree = format!("{blobs_dir}/{}", entries::tree_name(i));
+            ctx.root
+                .remove_tree(&tree)
+                .map_err(|e| (staging_err(e), created))?;
+        }
+    }
     let (read, wrote) = std::thread::scope(|s| {
         let (pieces, queue) = std::sync::mpsc::sync_channel::<Piece>(PIECES_QUEUED);
         let (spare, spares) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -801,7 +817,7 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
 
         let read = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
             let meta = metas.get(blob.digest.as_str()).copied();
-            let mut name = Some(entries::staged_name(&blob.digest));
+            let mut name = Some(trees.staged_name(&blob.digest));
             loop {
                 let mut data = spares.try_recv().unwrap_or_default();
                 data.clear();
@@ -831,6 +847,7 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
             .unwrap_or_else(|_| Err(io::Error::other("the staging writer panicked")));
         (read, wrote)
     });
+    *ctx.trees.borrow_mut() = trees;
     match (read, wrote) {
         (Ok(()), Ok(())) => Ok(created),
         // A bad bundle is the error, whatever the writer made of it.

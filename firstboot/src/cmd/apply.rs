@@ -220,14 +220,20 @@ fn apply_bundle(
     seen: &mut Seen,
     log: &dyn Log,
 ) -> Result<i32> {
-    // 1. Fetch and pin.
+    // 1. Fetch and pin. A local file is hashed in a thread of its own while the signature is
+    // checked (both only read it; nothing depends on the signature until the digest is known).
     let t_fetch = Instant::now();
-    let (mut file, sha256, size) = match source {
+    let (file, digest) = match source {
         Source::Path(p) => {
-            let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            let (sha, size) =
-                fetch::hash_file(&mut f).with_context(|| format!("reading {}", p.display()))?;
-            (f, sha, size)
+            let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            let mut g = f
+                .try_clone()
+                .with_context(|| format!("reading {}", p.display()))?;
+            let hashing = std::thread::Builder::new()
+                .name("hash".into())
+                .spawn(move || fetch::hash_file_at(&mut g))
+                .context("starting a thread")?;
+            (f, Digest::Hashing(hashing))
         }
         Source::Url(url) => {
             log.info(&format!(
@@ -246,7 +252,36 @@ fn apply_bundle(
                     .context("creating the download file in the staging area")?
             };
             let (sha, size) = fetch::download(url, &mut f, args.deadline, log)?;
-            (f, sha, size)
+            (f, Digest::Known(sha, size))
+        }
+    };
+
+    // 3 (begun). Signature and trust: reads the manifest at the start of the file.
+    let t = Instant::now();
+    let opened = (|| -> Result<kiln_signing::VerifiedBundle<BufReader<File>>> {
+        let trust = TrustStore::load(&args.trust)
+            .with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
+        let mut file = file;
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(0))
+            .context("rewinding the bundle")?;
+        Ok(kiln_signing::open_lean(
+            BufReader::with_capacity(1 << 20, file),
+            &trust,
+            &Limits::default(),
+        )?)
+    })();
+
+    let (sha256, size) = match digest {
+        Digest::Known(sha, size) => (sha, size),
+        Digest::Hashing(h) => {
+            let read = h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")));
+            match &source {
+                Source::Path(p) => read.with_context(|| format!("reading {}", p.display()))?,
+                Source::Url(_) => read.context("reading the download")?,
+            }
         }
     };
     seen.sha256 = Some(sha256.clone());
@@ -263,7 +298,8 @@ fn apply_bundle(
         log.info(&format!("sha256 {sha256} matches the pin"));
     }
 
-    // 2. Already applied? (Before verification: an applied bundle may have expired since.)
+    // 2. Already applied? (Whatever the signature check found: an applied bundle may have
+    // expired since, or its key left the trust store.)
     let previous = State::read(root).context("reading the state file")?;
     if let Some(prev) = previous
         .as_ref()
@@ -282,20 +318,10 @@ fn apply_bundle(
     }
 
     // 3. Signature and trust, then the host's policy.
-    let t = Instant::now();
     log.info(&format!(
         "verifying {shown} ({size} bytes, sha256 {sha256})"
     ));
-    let trust = TrustStore::load(&args.trust)
-        .with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0))
-        .context("rewinding the bundle")?;
-    let bundle = kiln_signing::open_lean(
-        BufReader::with_capacity(1 << 20, file),
-        &trust,
-        &Limits::default(),
-    )?;
+    let bundle = opened?;
     let m = &bundle.manifest;
     seen.hostgroup = Some(m.hostgroup.clone());
     seen.version = Some(m.version);
@@ -416,6 +442,12 @@ fn apply_bundle(
         }));
     }
     Ok(exit::OK)
+}
+
+/// The bundle's sha256 and size: known (downloaded), or being computed.
+enum Digest {
+    Known(String, u64),
+    Hashing(std::thread::JoinHandle<std::io::Result<(String, u64)>>),
 }
 
 fn print_json(v: &serde_json::Value) {
