@@ -1,7 +1,7 @@
 //! `kiln bake`: a bundle applied ahead of time to a copy of its base, written as a root
 //! filesystem tar, a raw ext4 image (`mkfs.ext4 -d`, no mounting) or a qcow2 (`qemu-img
 //! convert`). The bundle is applied by the same engine kiln-firstboot runs at first boot
-//! (`kiln_firstboot::apply`, on an offline root: no service is started), and the image gets
+//! (`kiln_apply::apply`, on an offline root: no service is started), and the image gets
 //! kiln-firstboot itself, the trusted keys and kiln-firstboot.service. The engine stops before its
 //! dynamic phase and leaves its journal: the first boot's kiln-firstboot, given the same bundle,
 //! verifies it and finishes what only the host can do (dynamic templates, starting services, the
@@ -75,7 +75,7 @@ pub struct Baked {
 /// Engine progress lines, forwarded.
 struct Forward<'a>(&'a (dyn Fn(&str) + Sync));
 
-impl kiln_firstboot::log::Log for Forward<'_> {
+impl kiln_apply::log::Log for Forward<'_> {
     fn info(&self, msg: &str) {
         (self.0)(msg)
     }
@@ -264,7 +264,7 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     let log = Forward(&fwd);
     // Everything up to the dynamic phase: the first boot's kiln-firstboot, given the same
     // bundle, resumes from the journal (dynamic templates, services, state, Consul report).
-    let opts = kiln_firstboot::ApplyOptions {
+    let opts = kiln_apply::ApplyOptions {
         bundle_sha256: sha256.clone(),
         source: o.bundle.display().to_string(),
         live: Some(false),
@@ -275,7 +275,7 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
         no_block: false,
         log: &log,
     };
-    let report = kiln_firstboot::apply(bundle, &root, &opts).map_err(|f| {
+    let report = kiln_apply::apply(bundle, &root, &opts).map_err(|f| {
         let code = f.exit_code();
         anyhow!(crate::Exit {
             code,

@@ -367,7 +367,7 @@ fn template_vars(
 ) -> std::collections::BTreeMap<String, serde_json::Value> {
     let mut out = std::collections::BTreeMap::new();
     for read in resolved.template_reads.get(path).into_iter().flatten() {
-        if let kiln_firstboot::template::Read::Var(p) = read {
+        if let kiln_apply::template::Read::Var(p) = read {
             if let Some(v) = p.first().and_then(|k| resolved.vars.get(k)) {
                 out.insert(p[0].clone(), v.clone());
             }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use kiln_firstboot::dynamic::http::{chain, tls_refusal};
+use kiln_apply::http::{chain, tls_refusal};
 use serde::{Deserialize, Serialize};
 
 /// `kiln rollout wait`: a node of the version reported failure.
@@ -130,7 +130,7 @@ impl Consul {
         token: Option<String>,
         tls: Tls<'_>,
     ) -> Result<Consul> {
-        let addr = kiln_firstboot::dynamic::consul_url(addr, http_ssl).map_err(|e| anyhow!(e))?;
+        let addr = kiln_apply::dynamic::consul_url(addr, http_ssl).map_err(|e| anyhow!(e))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))

@@ -14,6 +14,7 @@ mod config_good;
 mod dynamic_example;
 mod dynamic_vars;
 mod example_apply;
+mod layering;
 mod packages;
 mod rollout;
 mod sbom;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kiln_signing::{exit, HashingWriter};
 use thiserror::Error;
 
-use crate::log::Log;
+use kiln_apply::log::Log;
 
 /// First pause between attempts; doubles each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);

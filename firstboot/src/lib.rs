@@ -1,19 +1,9 @@
-//! kiln-firstboot: the apply engine (reused by `kiln bake`) and the first-boot command.
+//! kiln-firstboot: the first-boot command around kiln-apply's engine.
 //!
-//! [`apply::apply`] applies a verified bundle to a root filesystem, crash-safely; [`cli`] and
-//! [`cmd`] are the `kiln-firstboot` command around it: fetch, checks, logging, exit codes.
+//! [`cmd`] is the `kiln-firstboot` command (its arguments are [`kiln_apply::cli`]): fetch,
+//! checks, logging, exit codes; [`fetch`] gets the bundle (a path or an http(s) URL);
+//! [`sources`] are the dynamic values' sources the engine asks: Consul and Vault.
 
-pub mod apply;
-pub mod cli;
 pub mod cmd;
-pub mod conf;
-pub mod dynamic;
 pub mod fetch;
-pub mod host;
-pub mod log;
-pub mod secret;
-pub mod state;
-pub mod template;
-
-pub use apply::{apply, apply_with, ApplyError, ApplyFailure, ApplyOptions, ApplyReport};
-pub use dynamic::DynamicConfig;
+pub mod sources;

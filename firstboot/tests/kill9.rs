@@ -269,7 +269,7 @@ fn landed_in(root: &Path) -> String {
         if kiln.join("state.json").exists() {
             return "cleanup (state written)".into();
         }
-        return kiln_firstboot::apply::PHASES
+        return kiln_apply::engine::PHASES
             .iter()
             .find(|p| !done.iter().any(|d| d == *p))
             .map(|p| p.to_string())
@@ -334,6 +334,10 @@ fn kill_points(
             .unwrap_or_default()
     );
 
+    // Staging is most of a clean apply now, the phases after it a few hundredths of a second:
+    // every other kill is drawn from after the staging (by the clean apply's own timings), so
+    // that the phases that change the root are hit too.
+    let staged = staging_end(&log);
     let mut tally = BTreeMap::new();
     let (mut kills, mut late) = (0, 0);
     while kills < points {
@@ -342,7 +346,10 @@ fn kill_points(
             "{}: most kills came after the end",
             case.name
         );
-        let delay = rng.below(bound);
+        let delay = match staged.filter(|s| kills % 2 == 1 && *s < bound) {
+            Some(s) => s + rng.below(bound - s),
+            None => rng.below(bound),
+        };
         let (dir, root) = (case.fresh)();
         roots.push(dir);
         let mut child = apply_cmd(&root, case.trust, case.bundle)
@@ -419,6 +426,23 @@ fn kill_points(
     tally
 }
 
+/// When the staging ended in an apply whose output is `log` (the sum of its `fetch`, `verify`
+/// and `stage` timings), if it says.
+fn staging_end(log: &str) -> Option<Duration> {
+    let line = log.lines().find(|l| l.contains("timings:"))?;
+    let mut total = 0.0;
+    for part in line.split("timings:").nth(1)?.split(',') {
+        let mut words = part.split_whitespace();
+        let (Some(name), Some(secs)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if ["fetch", "verify", "stage"].contains(&name) {
+            total += secs.trim_end_matches('s').parse::<f64>().ok()?;
+        }
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
 #[test]
 fn kill_9_at_random_points_then_a_rerun_gives_the_clean_tree() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -446,7 +470,7 @@ fn kill_9_at_random_points_then_a_rerun_gives_the_clean_tree() {
         points("KILN_KILL9_POINTS", MINI_POINTS),
         &mut Rng(0x6b69_6c6e_2d39_0001),
     );
-    // The file phase is most of an apply; a spread that never reached it would test little.
+    // The files phase changes the most; a spread that never reached it would test little.
     assert!(
         tally.contains_key("files"),
         "no kill landed in files: {tally:?}"

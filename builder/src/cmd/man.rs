@@ -108,7 +108,7 @@ impl Program {
     fn command(self) -> clap::Command {
         match self {
             Program::Kiln => Cli::command(),
-            Program::KilnFirstboot => kiln_firstboot::cli::Cli::command(),
+            Program::KilnFirstboot => kiln_apply::cli::Cli::command(),
         }
     }
 }

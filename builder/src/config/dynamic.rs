@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use kiln_firstboot::template::{self as t, Read};
+use kiln_apply::template::{self as t, Read};
 use kiln_signing::dynamic::{
     is_consul_prefix, is_dns_name, is_kv2_path, is_mount, is_name, is_ttl, MAX_GENERATE,
     MIN_GENERATE,

@@ -217,7 +217,7 @@ pub struct Resolved {
     /// Where the `dynamic:` section was last defined.
     pub dynamic_span: Option<Span>,
     /// What each dynamic template reads, by target path, in template order.
-    pub template_reads: BTreeMap<String, Vec<kiln_firstboot::template::Read>>,
+    pub template_reads: BTreeMap<String, Vec<kiln_apply::template::Read>>,
     /// Not errors, but worth a look (a literal secret in a static file).
     pub warnings: Vec<super::diag::Diagnostic>,
 }

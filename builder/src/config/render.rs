@@ -408,10 +408,10 @@ impl Resolved {
                         match (c, v, r) {
                             (Some(k), _, _) => format!("consul {k}"),
                             (_, Some(v), _) => format!("vault {v}"),
-                            (_, _, kiln_firstboot::template::Read::Var(p)) => {
+                            (_, _, kiln_apply::template::Read::Var(p)) => {
                                 format!("vars.{}", p.join("."))
                             }
-                            (_, _, kiln_firstboot::template::Read::Fact(f)) => format!("host.{f}"),
+                            (_, _, kiln_apply::template::Read::Fact(f)) => format!("host.{f}"),
                             _ => String::new(),
                         }
                     })

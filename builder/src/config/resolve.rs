@@ -48,7 +48,7 @@ struct Run<'c> {
     /// The merged `dynamic:` section, once read (dynamic templates are checked against it).
     dynamic: Option<kiln_signing::Dynamic>,
     /// What the dynamic template just parsed reads.
-    last_reads: Vec<kiln_firstboot::template::Read>,
+    last_reads: Vec<kiln_apply::template::Read>,
     warnings: Vec<Diagnostic>,
 }
 
@@ -537,7 +537,7 @@ impl Run<'_> {
     /// is left in `last_reads`.
     fn parse_dynamic(&mut self, name: &str, text: &str, span: &Span) -> bool {
         self.last_reads.clear();
-        let calls = match kiln_firstboot::template::analyze(name, text) {
+        let calls = match kiln_apply::template::analyze(name, text) {
             Ok(calls) => calls,
             Err(e) => {
                 self.d.err(span, format!("dynamic template {name}: {e}"));
@@ -551,13 +551,13 @@ impl Run<'_> {
             .iter()
             .filter(|c| c.has_default)
             .filter_map(|c| match &c.read {
-                kiln_firstboot::template::Read::Var(p) => Some(p.as_slice()),
+                kiln_apply::template::Read::Var(p) => Some(p.as_slice()),
                 _ => None,
             })
             .collect();
         let mut missing = Vec::new();
         for c in &calls {
-            if let (kiln_firstboot::template::Read::Var(path), false) = (&c.read, c.has_default) {
+            if let (kiln_apply::template::Read::Var(path), false) = (&c.read, c.has_default) {
                 if guarded.iter().any(|g| path.starts_with(g)) {
                     continue;
                 }
@@ -612,7 +612,7 @@ impl Run<'_> {
                         .map(|it| it.filter_map(|k| k.as_str().map(str::to_string)).collect())
                         .unwrap_or_default();
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let hint = kiln_firstboot::template::did_you_mean(k, &refs)
+                    let hint = kiln_apply::template::did_you_mean(k, &refs)
                         .map(|s| format!("; did you mean {at}.{s}?"))
                         .unwrap_or_default();
                     let has = if v.kind() == minijinja::value::ValueKind::Map {

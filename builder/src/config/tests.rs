@@ -278,7 +278,7 @@ fn dynamic_templates_are_kept_raw_and_static_ones_see_vars_and_hostgroup() {
     );
     assert_eq!(
         r.template_reads["/etc/d"],
-        [kiln_firstboot::template::Read::ConsulKey("app/k".into())]
+        [kiln_apply::template::Read::ConsulKey("app/k".into())]
     );
 }
 

@@ -15,13 +15,13 @@ use nix::sys::stat::Mode;
 use serde_json::json;
 
 use super::Exit;
-use crate::apply::fsroot::Root;
-use crate::apply::{self, ApplyOptions, STAGING_DIR};
-use crate::cli::ApplyArgs;
 use crate::fetch::{self, Source};
-use crate::host;
-use crate::log::Log;
-use crate::state::{now_rfc3339, Outcome, State, Step};
+use kiln_apply::cli::ApplyArgs;
+use kiln_apply::engine::fsroot::Root;
+use kiln_apply::engine::{self, ApplyOptions, STAGING_DIR};
+use kiln_apply::host;
+use kiln_apply::log::Log;
+use kiln_apply::state::{now_rfc3339, Outcome, State, Step};
 
 pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
     let source = Source::parse(&args.bundle);
@@ -44,14 +44,16 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
     let root = Root::open(&args.root)
         .with_context(|| format!("opening the root {}", args.root.display()))?;
     // Where Consul and Vault are: read first, so that a refusal is reported too.
-    let conf = crate::conf::load(&root, args.dynamic.config.as_ref()).map_err(|message| Exit {
-        code: exit::USAGE,
-        message,
-    })?;
-    let dynamic = crate::conf::dynamic_config(&args.dynamic, &conf).map_err(|message| Exit {
-        code: exit::USAGE,
-        message,
-    })?;
+    let conf =
+        kiln_apply::conf::load(&root, args.dynamic.config.as_ref()).map_err(|message| Exit {
+            code: exit::USAGE,
+            message,
+        })?;
+    let dynamic =
+        kiln_apply::conf::dynamic_config(&args.dynamic, &conf).map_err(|message| Exit {
+            code: exit::USAGE,
+            message,
+        })?;
     let mut tidy = Tidy {
         root: &root,
         created: 0,
@@ -76,7 +78,7 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
         Ok(code) => Ok(code),
         Err(err) => {
             let failure_state = err
-                .downcast_ref::<apply::ApplyFailure>()
+                .downcast_ref::<engine::ApplyFailure>()
                 .and_then(|f| f.state.as_deref());
             // The engine reports the failures it writes a state for; a refusal (bad pin,
             // signature, expiry, wrong hostgroup or base, a fetch that failed, a corrupt
@@ -89,7 +91,7 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
                 seen.steps = state
                     .steps
                     .iter()
-                    .filter(|s| !s.summary.starts_with(apply::EARLIER_RUN))
+                    .filter(|s| !s.summary.starts_with(engine::EARLIER_RUN))
                     .cloned()
                     .collect();
             }
@@ -101,7 +103,7 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
             ));
             if args.json {
                 let state = err
-                    .downcast_ref::<apply::ApplyFailure>()
+                    .downcast_ref::<engine::ApplyFailure>()
                     .and_then(|f| f.state.as_deref());
                 print_json(&json!({
                     "outcome": if state.is_some() { "failed" } else { "refused" },
@@ -164,7 +166,7 @@ impl Seen {
 fn report_refusal(
     args: &ApplyArgs,
     root: &Root,
-    dynamic: &crate::DynamicConfig,
+    dynamic: &kiln_apply::DynamicConfig,
     seen: &Seen,
     err: &anyhow::Error,
     log: &dyn Log,
@@ -201,7 +203,8 @@ fn report_refusal(
         dynamic: None,
         health: None,
     };
-    if let Some(r) = crate::dynamic::report(dynamic, root, &state, log) {
+    let sources = crate::sources::Hosted { config: dynamic };
+    if let Some(r) = kiln_apply::Sources::report(&sources, root, &state, log) {
         match r.result {
             Ok(at) => log.info(&format!("reported the refusal to {at}")),
             Err(e) => log.warn(&format!("could not report the refusal: {e}")),
@@ -216,7 +219,7 @@ fn apply_bundle(
     shown: &str,
     root: &Root,
     tidy: &mut Tidy,
-    dynamic: &crate::DynamicConfig,
+    dynamic: &kiln_apply::DynamicConfig,
     seen: &mut Seen,
     log: &dyn Log,
 ) -> Result<i32> {
@@ -307,7 +310,7 @@ fn apply_bundle(
     {
         log.info(&format!("already applied: {}", prev.describe()));
         if !args.dry_run {
-            apply::tidy_applied(&args.root, &sha256, log);
+            engine::tidy_applied(&args.root, &sha256, log);
         }
         if args.json {
             print_json(
@@ -397,11 +400,16 @@ fn apply_bundle(
         no_block: args.no_block,
         log,
     };
-    let report = apply::apply_with(bundle, &args.root, &opts, Some(dynamic))?;
+    let sources = crate::sources::Hosted { config: dynamic };
+    let setup = kiln_apply::dynamic::Setup {
+        config: dynamic,
+        sources: &sources,
+    };
+    let report = engine::apply_with(bundle, &args.root, &opts, Some(setup))?;
     // The engine's own steps (stage, each phase; those done in an earlier run, e.g. by
     // `kiln bake`, are marked so), for the timings line.
     if !report.already_applied {
-        let earlier = |s: &Step| s.summary.starts_with(apply::EARLIER_RUN);
+        let earlier = |s: &Step| s.summary.starts_with(engine::EARLIER_RUN);
         let mine: Vec<Step> = report
             .state
             .steps
@@ -513,7 +521,7 @@ impl Tidy<'_> {
         let mut path = STAGING_DIR.to_string();
         for _ in 0..self.created {
             if let Ok(Some(p)) = self.root.parent(&path, false) {
-                if p.remove(apply::fsroot::Kind::Dir).is_err() {
+                if p.remove(engine::fsroot::Kind::Dir).is_err() {
                     return;
                 }
             }

@@ -7,10 +7,10 @@ pub mod status;
 use clap::Parser;
 use kiln_signing::{exit, BundleError};
 
-use crate::cli::{Cli, Command};
 use crate::fetch::FetchError;
-use crate::log::Stderr;
-use crate::{ApplyError, ApplyFailure};
+use kiln_apply::cli::{Cli, Command};
+use kiln_apply::log::Stderr;
+use kiln_apply::{ApplyError, ApplyFailure};
 
 /// A refusal that carries its own exit code.
 #[derive(Debug, thiserror::Error)]

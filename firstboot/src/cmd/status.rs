@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use kiln_signing::exit;
 use serde_json::json;
 
-use crate::apply::fsroot::Root;
-use crate::apply::journal;
-use crate::cli::StatusArgs;
-use crate::state::{Outcome, State};
+use kiln_apply::cli::StatusArgs;
+use kiln_apply::engine::fsroot::Root;
+use kiln_apply::engine::journal;
+use kiln_apply::state::{Outcome, State};
 
 pub fn run(args: StatusArgs) -> Result<i32> {
     let root = Root::open(&args.root)

@@ -2,22 +2,14 @@
 //! bundle declares, read at first boot and rendered into its dynamic templates, then the
 //! apply's result reported to Consul (`kiln/nodes/<hostgroup>/<hostname>`).
 //!
-//! Each source (Consul, Vault) is one module implementing [`DynamicSource`], afterburn-style.
-//! The step runs after the static apply and before services start: Consul first (a missing
+//! The values come from a [`Sources`] the caller gives the engine (kiln-firstboot's: Consul
+//! and Vault over HTTP, each a module of its own). The step runs after the static apply and before services start: Consul first (a missing
 //! Consul key fails before a secret_id is spent), then Vault (login, KV reads, values generated
 //! if absent, the certificate), then every template rendered in memory, then written all at
 //! once: each to a temporary file beside its target, and only when all are written are they
 //! renamed into place. A failure anywhere before leaves no rendered file, half-written or
 //! whole. No value is ever logged: Vault values are [`Secret`]s and every message coming from
 //! outside goes through a [`Redactor`].
-
-#[cfg(feature = "http")]
-pub mod consul;
-pub mod facts;
-#[cfg(feature = "http")]
-pub mod http;
-#[cfg(feature = "http")]
-pub mod vault;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -32,11 +24,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::apply::accounts::Accounts;
-use crate::apply::fsroot::{self, Kind, Parent, Root};
-use crate::apply::journal::Journal;
-use crate::apply::validate::parse_mode;
-use crate::apply::{entries, ApplyError, Ctx};
+use crate::engine::accounts::Accounts;
+use crate::engine::fsroot::{self, Kind, Parent, Root};
+use crate::engine::journal::Journal;
+use crate::engine::validate::parse_mode;
+use crate::engine::{entries, ApplyError, Ctx};
 use crate::log::Log;
 use crate::secret::{Redactor, Secret};
 use crate::state::State;
@@ -105,50 +97,55 @@ impl DynamicError {
     }
 }
 
-/// A source of values for dynamic templates. Every method has a no-op default so a source
-/// implements only what it offers.
-pub trait DynamicSource {
-    /// Short name for logs and errors: `consul`, `vault`.
-    fn name(&self) -> &'static str;
+/// Where a dynamic phase gets its values: the engine asks, the caller answers. kiln-firstboot's
+/// sources are Consul and Vault over HTTP; `kiln bake` gives none (the phase waits for the
+/// first boot).
+pub trait Sources {
+    /// Reads what the bundle's `dynamic` section declares (`want.declared`) into `values`, in
+    /// order: Consul first, then [`check_consul_keys`] (so a missing key costs no Vault
+    /// secret_id), then Vault. Every secret read is added to `redactor`; requests are counted
+    /// in `summary`. Returns what is left to do once the templates are written (revoke a Vault
+    /// token), if anything.
+    fn fetch<'a>(
+        &'a self,
+        want: &Want<'_, 'a>,
+        values: &mut Values,
+        redactor: &mut Redactor,
+        summary: &mut DynamicSummary,
+    ) -> Result<Option<Box<dyn Finish + 'a>>, ApplyError>;
 
-    /// Connect and authenticate (Vault: AppRole login with the wrapped secret_id), retrying
-    /// until `deadline`.
-    fn connect(&mut self, _deadline: Instant, _log: &dyn Log) -> Result<(), DynamicError> {
-        Ok(())
-    }
+    /// Publishes the apply's result (kiln-firstboot: to Consul, check-and-set); `None` when
+    /// this host reports nowhere. Never fails the apply.
+    fn report(&self, root: &Root, state: &State, log: &dyn Log) -> Option<Reported>;
+}
 
-    /// Read everything the bundle declares from this source into `values`; every secret read
-    /// is added to `redactor`. A value is never logged.
-    fn fetch(
-        &mut self,
-        _values: &mut Values,
-        _redactor: &mut Redactor,
-        _deadline: Instant,
-        _log: &dyn Log,
-    ) -> Result<(), DynamicError> {
-        Ok(())
-    }
+/// What the dynamic phase asks its [`Sources`] for.
+pub struct Want<'r, 'a> {
+    /// The root, its log, its warnings.
+    pub ctx: &'r Ctx<'a>,
+    /// The sources the bundle declares.
+    pub declared: &'r kiln_signing::Dynamic,
+    /// This host's name ([`hostname`]).
+    pub hostname: &'r str,
+    /// Every value a template reads without a default: (template path, what it reads).
+    pub needed: &'r [(String, TRead)],
+    /// Every request, every retry, ends by then.
+    pub deadline: Instant,
+}
 
-    /// After the templates are in place: give up credentials (Vault: revoke the token).
-    fn finish(&mut self, _deadline: Instant, _log: &dyn Log) -> Result<(), DynamicError> {
-        Ok(())
-    }
+/// What a source still has to do after the templates are in place.
+pub trait Finish {
+    /// Gives up credentials (Vault: revokes the token). A failure is a warning: the templates
+    /// are written.
+    fn finish(self: Box<Self>, ctx: &Ctx, summary: &mut DynamicSummary, deadline: Instant);
+}
 
-    /// Publish the apply's result as `body` at `key` (Consul).
-    fn report(
-        &mut self,
-        _key: &str,
-        _body: &[u8],
-        _deadline: Instant,
-        _log: &dyn Log,
-    ) -> Result<(), DynamicError> {
-        Ok(())
-    }
-
-    /// HTTP requests made so far (each attempt counts).
-    fn requests(&self) -> u32 {
-        0
-    }
+/// The host's dynamic setup: where the sources are ([`DynamicConfig`]) and the client that
+/// reads them.
+#[derive(Clone, Copy)]
+pub struct Setup<'a> {
+    pub config: &'a DynamicConfig,
+    pub sources: &'a dyn Sources,
 }
 
 /// A file the host reads a token, key or CA from: a path on the running system (a flag), or a
@@ -159,9 +156,9 @@ pub enum FileRef {
     InRoot(String),
 }
 
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl FileRef {
-    fn read(&self, root: &Root, what: &str) -> Result<Secret, DynamicError> {
+    /// Reads the file (at most 1 MiB) as a secret; `what` names it in the error.
+    pub fn read(&self, root: &Root, what: &str) -> Result<Secret, DynamicError> {
         const LIMIT: u64 = 1 << 20;
         let bytes = match self {
             FileRef::Host(p) => std::fs::File::open(p).and_then(|f| {
@@ -188,7 +185,7 @@ impl FileRef {
     }
 
     /// Removes the file (gone already: fine).
-    fn remove(&self, root: &Root) -> std::io::Result<()> {
+    pub fn remove(&self, root: &Root) -> std::io::Result<()> {
         let r = match self {
             FileRef::Host(p) => std::fs::remove_file(p),
             FileRef::InRoot(p) => match root.parent(p, false)? {
@@ -205,7 +202,8 @@ impl FileRef {
         }
     }
 
-    fn display(&self, root: &Root) -> String {
+    /// The file's path as the operator knows it.
+    pub fn display(&self, root: &Root) -> String {
         match self {
             FileRef::Host(p) => p.display().to_string(),
             FileRef::InRoot(p) => root.display(p).display().to_string(),
@@ -296,50 +294,6 @@ pub fn consul_url(addr: &str, http_ssl: Option<&str>) -> Result<String, String> 
     Ok(format!("{scheme}://{rest}"))
 }
 
-/// One source's CA and client certificate files, read (the key is a [`Secret`]).
-#[cfg(feature = "http")]
-struct TlsRead {
-    ca: Option<Secret>,
-    client: Option<(Secret, Secret)>,
-}
-
-#[cfg(feature = "http")]
-impl TlsRead {
-    fn read(
-        root: &Root,
-        name: &str,
-        ca: &Option<FileRef>,
-        cert: &Option<FileRef>,
-        key: &Option<FileRef>,
-    ) -> Result<TlsRead, DynamicError> {
-        let ca = ca
-            .as_ref()
-            .map(|f| f.read(root, &format!("{name} CA file")))
-            .transpose()?;
-        let client = match (cert, key) {
-            (Some(c), Some(k)) => Some((
-                c.read(root, &format!("{name} client certificate file"))?,
-                k.read(root, &format!("{name} client key file"))?,
-            )),
-            (None, None) => None,
-            _ => {
-                let flag = name.to_ascii_lowercase();
-                return Err(DynamicError::Config(format!(
-                    "a {name} client certificate needs both --{flag}-client-cert and --{flag}-client-key"
-                )));
-            }
-        };
-        Ok(TlsRead { ca, client })
-    }
-
-    fn files(&self) -> http::TlsFiles<'_> {
-        http::TlsFiles {
-            ca: self.ca.as_ref().map(|c| c.expose()),
-            client: self.client.as_ref().map(|(c, k)| (c.expose(), k.expose())),
-        }
-    }
-}
-
 /// What the dynamic step did, for the state file and the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DynamicSummary {
@@ -428,7 +382,7 @@ fn load_templates<'m>(ctx: &Ctx<'m>) -> Result<Vec<Loaded<'m>>, ApplyError> {
 /// The step, as the engine's `dynamic` phase. Returns the summary line.
 pub(crate) fn run_phase(
     ctx: &Ctx,
-    cfg: &DynamicConfig,
+    setup: Setup<'_>,
     journal: &mut Journal,
 ) -> Result<String, ApplyError> {
     let started = Instant::now();
@@ -437,7 +391,7 @@ pub(crate) fn run_phase(
         ..DynamicSummary::default()
     };
     let mut redactor = Redactor::default();
-    let result = run_inner(ctx, cfg, journal, &mut summary, &mut redactor, started);
+    let result = run_inner(ctx, setup, journal, &mut summary, &mut redactor, started);
     *ctx.dynamic_summary.borrow_mut() = Some(summary);
     result.map_err(|e| match e {
         ApplyError::Dynamic(d) => ApplyError::Dynamic(d.scrubbed(&redactor)),
@@ -447,18 +401,19 @@ pub(crate) fn run_phase(
 
 fn run_inner(
     ctx: &Ctx,
-    cfg: &DynamicConfig,
+    setup: Setup<'_>,
     journal: &mut Journal,
     summary: &mut DynamicSummary,
     redactor: &mut Redactor,
     started: Instant,
 ) -> Result<String, ApplyError> {
     let m = ctx.manifest;
+    let cfg = setup.config;
     let deadline = started + cfg.deadline;
     // Looked for before any change already; again here, before any value is read, for what the
     // phases since made (a package's or command's symlink; a baked image's first boot resumes
     // after them).
-    let through = crate::apply::conflicts::templates(ctx);
+    let through = crate::engine::conflicts::templates(ctx);
     if !through.is_empty() {
         return Err(ApplyError::step("dynamic", "templates", through.join("; ")));
     }
@@ -479,27 +434,23 @@ fn run_inner(
         );
     }
     let mut values = Values::default();
-    let sources = m.dynamic.clone().unwrap_or(kiln_signing::Dynamic {
+    let declared = m.dynamic.clone().unwrap_or(kiln_signing::Dynamic {
         consul: None,
         vault: None,
     });
-
-    let live = fetch_all(
+    let want = Want {
         ctx,
-        cfg,
-        &sources,
-        &hostname,
-        &needed,
-        &mut values,
-        redactor,
-        summary,
+        declared: &declared,
+        hostname: &hostname,
+        needed: &needed,
         deadline,
-    )?;
+    };
+    let live = setup.sources.fetch(&want, &mut values, redactor, summary)?;
     let values = Arc::new(values);
     // The host's facts, when a template reads one (gathered after the fetch: cloud-init's
     // instance data is written by then).
     let facts = if reads_facts {
-        facts::gather(ctx.root, &hostname, cfg.primary_ip.as_deref())
+        crate::facts::gather(ctx.root, &hostname, cfg.primary_ip.as_deref())
     } else {
         template::Facts::default()
     };
@@ -536,7 +487,9 @@ fn run_inner(
     drop(rendered);
     drop(values);
 
-    finish_sources(ctx, live, summary, deadline);
+    if let Some(live) = live {
+        live.finish(ctx, summary, deadline);
+    }
     Ok(format!(
         "{} template(s) for {hostname}, {changed} changed, {} unchanged; requests: consul {}, vault {}",
         m.templates.len(),
@@ -546,181 +499,9 @@ fn run_inner(
     ))
 }
 
-/// The sources that still have something to do after the templates are written.
-#[cfg(feature = "http")]
-struct Live<'a> {
-    vault: Option<vault::Vault<'a>>,
-}
-
-#[cfg(not(feature = "http"))]
-struct Live<'a> {
-    _root: std::marker::PhantomData<&'a ()>,
-}
-
-#[allow(clippy::too_many_arguments)]
-#[cfg(feature = "http")]
-fn fetch_all<'a>(
-    ctx: &Ctx<'a>,
-    cfg: &DynamicConfig,
-    sources: &kiln_signing::Dynamic,
-    hostname: &str,
-    needed: &[(String, TRead)],
-    values: &mut Values,
-    redactor: &mut Redactor,
-    summary: &mut DynamicSummary,
-    deadline: Instant,
-) -> Result<Live<'a>, ApplyError> {
-    let log = ctx.log;
-    let root: &'a Root = ctx.root;
-    if let Some(c) = &sources.consul {
-        let addr = cfg.consul_addr.as_deref().ok_or_else(|| {
-            DynamicError::Config(format!(
-                "the bundle reads Consul ({}), but no Consul address is configured (--consul-addr, or consul-addr in the firstboot config)",
-                c.prefixes.join(", ")
-            ))
-        })?;
-        let token = cfg
-            .consul_token
-            .as_ref()
-            .map(|f| f.read(root, "Consul token file"))
-            .transpose()?;
-        if let Some(t) = &token {
-            redactor.add(t);
-        }
-        let tls = TlsRead::read(
-            root,
-            "Consul",
-            &cfg.consul_ca,
-            &cfg.consul_client_cert,
-            &cfg.consul_client_key,
-        )?;
-        let mut consul = consul::Consul::new(
-            addr,
-            token,
-            tls.files(),
-            c.prefixes.clone(),
-            cfg.request_timeout,
-        )?;
-        let r = consul.fetch(values, redactor, deadline, log);
-        summary.consul_requests += consul.requests();
-        r?;
-    }
-    check_consul_keys(needed, values)?;
-    let mut live = Live { vault: None };
-    if let Some(v) = &sources.vault {
-        let addr = cfg.vault_addr.as_deref().ok_or_else(|| {
-            DynamicError::Config(
-                "the bundle reads Vault, but no Vault address is configured (--vault-addr, or vault-addr in the firstboot config)".into(),
-            )
-        })?;
-        let tls = TlsRead::read(
-            root,
-            "Vault",
-            &cfg.vault_ca,
-            &cfg.vault_client_cert,
-            &cfg.vault_client_key,
-        )?;
-        let role_id = cfg
-            .vault_role_id
-            .as_ref()
-            .map(|f| f.read(root, "Vault role_id file"))
-            .transpose()?;
-        let kept = matches!(root.read_text(vault::TOKEN_CACHE, 4096), Ok(Some(_)));
-        let wrapped = match &cfg.wrapped_secret_id {
-            // A rerun that kept its token does not need it (it is spent anyway).
-            Some(f) => match f.read(root, "wrapped secret_id file") {
-                Ok(s) => Some(s),
-                Err(_) if kept => None,
-                Err(e) => return Err(e.into()),
-            },
-            None => None,
-        };
-        if let Some(w) = &wrapped {
-            redactor.add(w);
-        }
-        let common_name = match &v.pki {
-            Some(p) => render_common_name(&p.common_name, hostname, &ctx.manifest.hostgroup)?,
-            None => String::new(),
-        };
-        let mut vault = vault::Vault::new(
-            addr,
-            tls.files(),
-            v.clone(),
-            role_id,
-            wrapped,
-            common_name,
-            Some(root),
-            cfg.request_timeout,
-        )?;
-        let r = vault.connect(deadline, log);
-        if r.is_ok() {
-            // Logged in: the wrapping token is spent (unwrapped now, or in the run that kept
-            // the client token). Its file goes, so nothing is left to read or to retry with.
-            if let Some(f) = &cfg.wrapped_secret_id {
-                if let Err(e) = f.remove(root) {
-                    ctx.warn(&format!(
-                        "could not remove the wrapped secret_id file {}: {e}",
-                        f.display(root)
-                    ));
-                }
-            }
-        }
-        let r = r.and_then(|()| vault.fetch(values, redactor, deadline, log));
-        summary.vault_requests += vault.requests();
-        r?;
-        live.vault = Some(vault);
-    }
-    Ok(live)
-}
-
-/// After the templates are in place: the Vault token is revoked (and its kept copy removed).
-/// A failure here is a warning: the templates are written.
-#[cfg(feature = "http")]
-fn finish_sources(ctx: &Ctx, live: Live<'_>, summary: &mut DynamicSummary, deadline: Instant) {
-    if let Some(mut vault) = live.vault {
-        let before = vault.requests();
-        // At least a few seconds, even if the fetch used up the deadline.
-        let d = deadline.max(Instant::now() + Duration::from_secs(5));
-        let r = vault.finish(d, ctx.log);
-        summary.vault_requests += vault.requests() - before;
-        match r {
-            Ok(()) => ctx.log.info("vault: token revoked"),
-            Err(e) => ctx.warn(&format!("vault: could not revoke the token: {e}")),
-        }
-    }
-}
-
-#[cfg(not(feature = "http"))]
-#[allow(clippy::too_many_arguments)]
-fn fetch_all<'a>(
-    _ctx: &Ctx<'a>,
-    _cfg: &DynamicConfig,
-    sources: &kiln_signing::Dynamic,
-    _hostname: &str,
-    needed: &[(String, TRead)],
-    values: &mut Values,
-    _redactor: &mut Redactor,
-    _summary: &mut DynamicSummary,
-    _deadline: Instant,
-) -> Result<Live<'a>, ApplyError> {
-    if sources.consul.is_some() || sources.vault.is_some() {
-        return Err(DynamicError::Config(
-            "this kiln-firstboot was built without the `http` feature: it cannot read Consul or Vault".into(),
-        )
-        .into());
-    }
-    check_consul_keys(needed, values)?;
-    Ok(Live {
-        _root: std::marker::PhantomData,
-    })
-}
-
-#[cfg(not(feature = "http"))]
-fn finish_sources(_ctx: &Ctx, _live: Live<'_>, _summary: &mut DynamicSummary, _deadline: Instant) {}
-
 /// Every Consul key a template reads without a default must exist: checked as soon as Consul
 /// is read, so that a missing key costs no secret_id.
-fn check_consul_keys(needed: &[(String, TRead)], values: &Values) -> Result<(), DynamicError> {
+pub fn check_consul_keys(needed: &[(String, TRead)], values: &Values) -> Result<(), DynamicError> {
     for (path, read) in needed {
         if let TRead::ConsulKey(k) = read {
             if !values.consul.contains_key(k) {
@@ -735,8 +516,7 @@ fn check_consul_keys(needed: &[(String, TRead)], values: &Values) -> Result<(), 
 }
 
 /// The PKI common name is a small template of its own (`{{ hostname }}.web.example.internal`).
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
-fn render_common_name(
+pub fn render_common_name(
     source: &str,
     hostname: &str,
     hostgroup: &str,
@@ -908,9 +688,8 @@ fn commit(
     Ok(changed)
 }
 
-/// The report Kiln writes to Consul and keeps in the state file's terms.
+/// The report Kiln writes to Consul, in the state file's terms.
 #[derive(Debug, Serialize)]
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
 struct Report<'a> {
     hostgroup: &'a str,
     hostname: &'a str,
@@ -924,12 +703,11 @@ struct Report<'a> {
     error: Option<&'a str>,
     /// `healthy` or `unhealthy` with each check, when the bundle has checks and they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    health: Option<&'a crate::apply::health::Health>,
+    health: Option<&'a crate::engine::health::Health>,
     firstboot: &'static str,
 }
 
 #[derive(Debug, Serialize)]
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
 struct ReportStep<'a> {
     name: &'a str,
     seconds: f64,
@@ -949,24 +727,13 @@ pub struct Reported {
     pub requests: u32,
 }
 
-/// Writes the apply's result to Consul (check-and-set) when a Consul address is configured
-/// (`None` when not). Never fails the apply.
-pub fn report(cfg: &DynamicConfig, root: &Root, state: &State, log: &dyn Log) -> Option<Reported> {
-    let addr = cfg.consul_addr.as_deref()?;
-    let mut requests = 0;
-    let result = report_inner(cfg, root, state, log, addr, &mut requests);
-    Some(Reported { result, requests })
-}
-
-#[cfg(feature = "http")]
-fn report_inner(
+/// The report of an apply: its key (`kiln/nodes/<hostgroup>/<hostname>`) and its JSON body.
+/// The hostname is the state's, else this host's ([`hostname`]).
+pub fn report_of(
     cfg: &DynamicConfig,
     root: &Root,
     state: &State,
-    log: &dyn Log,
-    addr: &str,
-    requests: &mut u32,
-) -> Result<String, String> {
+) -> Result<(String, Vec<u8>), String> {
     let hostname = state
         .hostname
         .clone()
@@ -996,48 +763,7 @@ fn report_inner(
         firstboot: env!("CARGO_PKG_VERSION"),
     };
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    let token = cfg
-        .consul_token
-        .as_ref()
-        .map(|f| f.read(root, "Consul token file"))
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let tls = TlsRead::read(
-        root,
-        "Consul",
-        &cfg.consul_ca,
-        &cfg.consul_client_cert,
-        &cfg.consul_client_key,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut c = consul::Consul::new(
-        addr,
-        token,
-        tls.files(),
-        Vec::new(),
-        cfg.request_timeout.min(Duration::from_secs(10)),
-    )
-    .map_err(|e| e.to_string())?;
-    // Short: a Consul that is down must not hold up the end of the boot.
-    let deadline = Instant::now() + cfg.deadline.min(Duration::from_secs(15));
-    let r = c.report(&key, &body, deadline, log);
-    *requests = c.requests();
-    match r {
-        Ok(()) => Ok(format!("consul {key}")),
-        Err(e) => Err(format!("consul {key}: {e}")),
-    }
-}
-
-#[cfg(not(feature = "http"))]
-fn report_inner(
-    _cfg: &DynamicConfig,
-    _root: &Root,
-    _state: &State,
-    _log: &dyn Log,
-    _addr: &str,
-    _requests: &mut u32,
-) -> Result<String, String> {
-    Err("built without the `http` feature".into())
+    Ok((key, body))
 }
 
 #[cfg(test)]

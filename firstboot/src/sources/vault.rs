@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use kiln_signing::{Generate, VaultSources};
 use serde_json::{json, Map, Value};
 
-use super::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
-use super::{DynamicError, DynamicSource};
-use crate::apply::fsroot::{Kind, Root};
-use crate::log::Log;
-use crate::secret::{Redactor, Secret};
-use crate::template::Values;
+use super::DynamicSource;
+use kiln_apply::dynamic::DynamicError;
+use kiln_apply::engine::fsroot::{Kind, Root};
+use kiln_apply::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
+use kiln_apply::log::Log;
+use kiln_apply::secret::{Redactor, Secret};
+use kiln_apply::template::Values;
 
 const NAME: &str = "vault";
 /// Where the client token waits for a rerun (inside the root; tmpfs on a live system).
@@ -98,7 +99,12 @@ impl<'a> Vault<'a> {
         };
         let result = (|| -> std::io::Result<()> {
             let dir = root.mkdir_p("/run/kiln")?;
-            crate::apply::fsroot::set_owner_mode(std::os::fd::AsFd::as_fd(&dir), 0, 0, 0o700)?;
+            kiln_apply::engine::fsroot::set_owner_mode(
+                std::os::fd::AsFd::as_fd(&dir),
+                0,
+                0,
+                0o700,
+            )?;
             let parent = root
                 .parent(TOKEN_CACHE, true)?
                 .ok_or_else(|| std::io::Error::other("no /run/kiln"))?;
@@ -738,7 +744,10 @@ mod tests {
         }));
         let mut v = vault(&url, sources());
         let e = v
-            .connect(Instant::now() + Duration::from_secs(5), &crate::log::Quiet)
+            .connect(
+                Instant::now() + Duration::from_secs(5),
+                &kiln_apply::log::Quiet,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("refusing to unwrap"), "{e}");
         assert_eq!(*log.lock().unwrap(), ["POST /v1/sys/wrapping/lookup"]);
@@ -754,7 +763,10 @@ mod tests {
         }));
         let mut v = vault(&url, sources());
         let e = v
-            .connect(Instant::now() + Duration::from_secs(5), &crate::log::Quiet)
+            .connect(
+                Instant::now() + Duration::from_secs(5),
+                &kiln_apply::log::Quiet,
+            )
             .unwrap_err();
         assert!(matches!(e, DynamicError::Refused { .. }));
         assert!(e.to_string().contains("already unwrapped"), "{e}");
@@ -788,10 +800,11 @@ mod tests {
         }];
         let mut v = vault(&url, s);
         let d = Instant::now() + Duration::from_secs(10);
-        v.connect(d, &crate::log::Quiet).unwrap();
+        v.connect(d, &kiln_apply::log::Quiet).unwrap();
         let mut values = Values::default();
         let mut r = Redactor::default();
-        v.fetch(&mut values, &mut r, d, &crate::log::Quiet).unwrap();
+        v.fetch(&mut values, &mut r, d, &kiln_apply::log::Quiet)
+            .unwrap();
         assert_eq!(
             values.vault["secret/data/db/app"]["password"].expose_str(),
             "winner-pw-1"

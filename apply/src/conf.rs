@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::apply::fsroot::Root;
 use crate::cli::DynamicArgs;
 use crate::dynamic::{DynamicConfig, FileRef};
+use crate::engine::fsroot::Root;
 
 /// The default place of the file, inside the root.
 pub const CONF_FILE: &str = "/etc/kiln/firstboot.conf";

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use super::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
-use super::{DynamicError, DynamicSource};
-use crate::log::Log;
-use crate::secret::Secret;
-use crate::template::Values;
+use super::DynamicSource;
+use kiln_apply::dynamic::DynamicError;
+use kiln_apply::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
+use kiln_apply::log::Log;
+use kiln_apply::secret::Secret;
+use kiln_apply::template::Values;
 
 const NAME: &str = "consul";
 
@@ -214,7 +215,7 @@ impl DynamicSource for Consul {
     fn fetch(
         &mut self,
         values: &mut Values,
-        _redactor: &mut crate::secret::Redactor,
+        _redactor: &mut kiln_apply::secret::Redactor,
         deadline: Instant,
         log: &dyn Log,
     ) -> Result<(), DynamicError> {
@@ -279,7 +280,7 @@ mod tests {
             &mut v,
             &mut Default::default(),
             deadline(5),
-            &crate::log::Quiet,
+            &kiln_apply::log::Quiet,
         )
         .unwrap();
         assert_eq!(
@@ -304,13 +305,13 @@ mod tests {
         .unwrap();
         let c = client(&consul.url(), Some("boot\n"));
         assert!(c
-            .read_prefix("kiln/apps/web/", deadline(5), &crate::log::Quiet)
+            .read_prefix("kiln/apps/web/", deadline(5), &kiln_apply::log::Quiet)
             .unwrap()
             .is_empty());
         assert!(consul.requests()[0].token_present);
         let c = client(&consul.url(), Some("wrong-token"));
         let e = c
-            .read_prefix("kiln/apps/web/", deadline(5), &crate::log::Quiet)
+            .read_prefix("kiln/apps/web/", deadline(5), &kiln_apply::log::Quiet)
             .unwrap_err();
         assert!(matches!(e, DynamicError::Refused { .. }), "{e}");
         assert!(
@@ -329,7 +330,7 @@ mod tests {
         consul.add_fault(Fault::drop_connection().times(1));
         let c = client(&consul.url(), None);
         let kv = c
-            .read_prefix("kiln/apps/web/", deadline(10), &crate::log::Quiet)
+            .read_prefix("kiln/apps/web/", deadline(10), &kiln_apply::log::Quiet)
             .unwrap();
         assert_eq!(kv.len(), 1);
         assert_eq!(c.http.requests(), 4);
@@ -337,7 +338,7 @@ mod tests {
         consul.add_fault(Fault::garbage().method("GET"));
         let t = Instant::now();
         let e = c
-            .read_prefix("kiln/apps/web/", deadline(1), &crate::log::Quiet)
+            .read_prefix("kiln/apps/web/", deadline(1), &kiln_apply::log::Quiet)
             .unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(3));
         assert!(matches!(e, DynamicError::Unreachable { .. }), "{e}");
@@ -352,7 +353,7 @@ mod tests {
             "kiln/nodes/web/h1",
             b"{\"a\":1}",
             deadline(5),
-            &crate::log::Quiet,
+            &kiln_apply::log::Quiet,
         )
         .unwrap();
         assert_eq!(consul.requests()[0].query, "cas=0");
@@ -361,7 +362,7 @@ mod tests {
             "kiln/nodes/web/h1",
             b"{\"a\":2}",
             deadline(5),
-            &crate::log::Quiet,
+            &kiln_apply::log::Quiet,
         )
         .unwrap();
         assert_eq!(consul.get("kiln/nodes/web/h1").unwrap().value, b"{\"a\":2}");

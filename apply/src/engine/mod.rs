@@ -17,7 +17,7 @@ pub(crate) mod contain;
 pub(crate) mod entries;
 pub mod fsroot;
 pub mod health;
-pub(crate) mod journal;
+pub mod journal;
 pub(crate) mod packages;
 pub(crate) mod process;
 pub(crate) mod services;
@@ -223,36 +223,52 @@ impl From<ApplyError> for ApplyFailure {
     }
 }
 
-/// What the phases share.
-pub(crate) struct Ctx<'a> {
-    pub root: &'a Root,
+/// What the phases share (a [`crate::dynamic::Sources`] sees it through its methods).
+pub struct Ctx<'a> {
+    pub(crate) root: &'a Root,
     /// The manifest, its `blobs` list left empty (the bundle's reader has it; staging is done
     /// with it). Entries, packages and templates name their blobs by digest.
-    pub manifest: &'a Manifest,
-    pub log: &'a dyn Log,
-    pub live: bool,
+    pub(crate) manifest: &'a Manifest,
+    pub(crate) log: &'a dyn Log,
+    pub(crate) live: bool,
     /// In-root path of this bundle's staging directory.
-    pub staging: String,
-    pub warnings: RefCell<Vec<String>>,
-    /// Where Consul and Vault are; `None`: the dynamic step is skipped (`kiln bake`).
-    pub dynamic: Option<&'a crate::dynamic::DynamicConfig>,
+    pub(crate) staging: String,
+    pub(crate) warnings: RefCell<Vec<String>>,
+    /// Where Consul and Vault are and who reads them; `None`: the dynamic step is skipped
+    /// (`kiln bake`).
+    pub(crate) dynamic: Option<crate::dynamic::Setup<'a>>,
     /// Filled by the dynamic step, for the state file.
-    pub dynamic_summary: RefCell<Option<crate::dynamic::DynamicSummary>>,
+    pub(crate) dynamic_summary: RefCell<Option<crate::dynamic::DynamicSummary>>,
     /// `systemctl --no-block` for start/stop/restart ([`ApplyOptions::no_block`]).
-    pub no_block: bool,
+    pub(crate) no_block: bool,
     /// Filled by the health step, for the state file and the report.
-    pub health: RefCell<Option<health::Health>>,
+    pub(crate) health: RefCell<Option<health::Health>>,
     /// Files staged in their new directory's tree (see [`entries::Trees`]): planned by the
     /// staging, placed by the directories phase.
-    pub trees: RefCell<entries::Trees>,
+    pub(crate) trees: RefCell<entries::Trees>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The root being applied to.
+    pub fn root(&self) -> &'a Root {
+        self.root
+    }
+
+    /// The bundle's manifest (its blob list left empty).
+    pub fn manifest(&self) -> &'a Manifest {
+        self.manifest
+    }
+
+    pub fn log(&self) -> &'a dyn Log {
+        self.log
+    }
+
     /// In-root path of a staged blob.
     pub fn staged_blob(&self, digest: &str) -> String {
         format!("{}/blobs/{}", self.staging, entries::staged_name(digest))
     }
 
+    /// Logs a warning and keeps it for the state file.
     pub fn warn(&self, msg: &str) {
         self.log.warn(msg);
         self.warnings.borrow_mut().push(msg.to_string());
@@ -285,7 +301,7 @@ pub fn apply_with<R: Read>(
     bundle: VerifiedBundle<R>,
     root: &Path,
     opts: &ApplyOptions,
-    dynamic: Option<&crate::dynamic::DynamicConfig>,
+    dynamic: Option<crate::dynamic::Setup<'_>>,
 ) -> Result<ApplyReport, ApplyFailure> {
     validate::check_manifest(&bundle.manifest).map_err(ApplyError::Invalid)?;
     // The engine keeps the manifest but its blob list, which stays with the bundle's reader
@@ -517,8 +533,8 @@ pub fn apply_with<R: Read>(
     state.applied_at = now_rfc3339();
     state.dynamic = ctx.dynamic_summary.borrow().clone();
     state.health = ctx.health.borrow().clone();
-    if let Some(cfg) = dynamic {
-        state.hostname = crate::dynamic::hostname(cfg, &root_fs).ok();
+    if let Some(setup) = dynamic {
+        state.hostname = crate::dynamic::hostname(setup.config, &root_fs).ok();
     }
     if let Err(error) = &result {
         state.result = Outcome::Failure;
@@ -526,8 +542,8 @@ pub fn apply_with<R: Read>(
         state.error = Some(error_text(error));
     }
     // The report to Consul, before the state file so that the state file says how it went.
-    if let Some(cfg) = dynamic {
-        if let Some(r) = crate::dynamic::report(cfg, &root_fs, &state, opts.log) {
+    if let Some(setup) = dynamic {
+        if let Some(r) = setup.sources.report(&root_fs, &state, opts.log) {
             let d = state.dynamic.get_or_insert_with(Default::default);
             d.consul_requests += r.requests;
             match r.result {
@@ -709,7 +725,7 @@ fn run_phase(
             _ if ctx.manifest.templates.is_empty() && ctx.manifest.dynamic.is_none() => {
                 "none".to_string()
             }
-            Some(cfg) => crate::dynamic::run_phase(ctx, cfg, journal)?,
+            Some(setup) => crate::dynamic::run_phase(ctx, setup, journal)?,
             None => {
                 ctx.warn(&format!(
                         "{} dynamic template(s) not rendered: no dynamic sources given (an offline apply)",

@@ -6,8 +6,8 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply::fsroot::Root;
-use crate::apply::validate::STATE_DIR;
+use crate::engine::fsroot::Root;
+use crate::engine::validate::STATE_DIR;
 
 /// The state file's path inside the root.
 pub const STATE_FILE: &str = "/var/lib/kiln/state.json";
@@ -71,7 +71,7 @@ pub struct State {
     pub dynamic: Option<crate::dynamic::DynamicSummary>,
     /// The health checks, when the bundle has any and they ran (live hosts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<crate::apply::health::Health>,
+    pub health: Option<crate::engine::health::Health>,
 }
 
 impl State {
