@@ -335,9 +335,10 @@ fn kill_points(
     );
 
     // Staging is most of a clean apply now, the phases after it a few hundredths of a second:
-    // every other kill is drawn from after the staging (by the clean apply's own timings), so
-    // that the phases that change the root are hit too.
-    let staged = staging_end(&log);
+    // every other kill is drawn from a short window starting where the staging ended in the
+    // clean apply (its own timings), moved later each time such a kill still lands in the
+    // staging (a loaded machine stages slower) and earlier when it comes after the end.
+    let mut after = staging_end(&log).unwrap_or(bound / 2).min(bound);
     let mut tally = BTreeMap::new();
     let (mut kills, mut late) = (0, 0);
     while kills < points {
@@ -346,9 +347,11 @@ fn kill_points(
             "{}: most kills came after the end",
             case.name
         );
-        let delay = match staged.filter(|s| kills % 2 == 1 && *s < bound) {
-            Some(s) => s + rng.below(bound - s),
-            None => rng.below(bound),
+        let late_window = kills % 2 == 1;
+        let delay = if late_window {
+            after + rng.below(bound / 4)
+        } else {
+            rng.below(bound)
         };
         let (dir, root) = (case.fresh)();
         roots.push(dir);
@@ -362,7 +365,11 @@ fn kill_points(
             // The machine is faster now than when measured (syncfs waits for whatever else is
             // being written to the filesystem): draw from a shorter range.
             late += 1;
-            bound = bound.mul_f64(0.8);
+            if late_window {
+                after = after.mul_f64(0.8);
+            } else {
+                bound = bound.mul_f64(0.8);
+            }
             continue;
         }
         child.kill().unwrap(); // SIGKILL
@@ -374,6 +381,9 @@ fn kill_points(
         }
         kills += 1;
         let phase = landed_in(&root);
+        if late_window && (phase == "stage" || phase == "fetch/verify") {
+            after += bound / 8;
+        }
         *tally.entry(phase.clone()).or_insert(0) += 1;
         apply_ok(
             &root,
