@@ -201,7 +201,7 @@ fn client() -> Result<Client, String> {
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("HTTP client: {}", error_chain(&e)))
+        .map_err(|e| format!("HTTP client: {}", kiln_apply::http::chain(&e)))
 }
 
 #[cfg(not(feature = "http"))]
@@ -230,7 +230,7 @@ fn attempt(
         .get(url)
         .timeout(left.max(Duration::from_millis(1)))
         .send()
-        .map_err(|e| Attempt::Retry(error_chain(&e)))?;
+        .map_err(|e| Attempt::Retry(kiln_apply::http::chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
         let code = status.as_u16();
@@ -264,22 +264,6 @@ fn attempt(
     dest.seek(SeekFrom::Start(0))
         .map_err(|e| dest_io("seek", e))?;
     Ok((digest, size))
-}
-
-/// reqwest's error and its causes on one line ("error sending request: connection refused").
-#[cfg(feature = "http")]
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

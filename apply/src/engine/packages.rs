@@ -186,19 +186,7 @@ fn install(ctx: &Ctx, todo: &[&Package]) -> Result<Option<super::process::Finish
         // dpkg itself was killed mid-way (a crash of ours takes it down too): let it finish
         // what it had unpacked before installing again.
         ctx.warn("dpkg was interrupted in an earlier run: dpkg --configure -a");
-        let program = Program::new(
-            &[
-                "dpkg",
-                "--force-unsafe-io",
-                "--force-confdef",
-                "--force-confold",
-                "--configure",
-                "-a",
-            ],
-            DPKG_TIMEOUT,
-        )
-        .in_root(ctx.root.path());
-        let done = program.run();
+        let done = configure_pending(ctx).run();
         if let Ok(done) = &done {
             if !done.success() {
                 return Err(ApplyError::Tool {
@@ -234,19 +222,7 @@ fn install(ctx: &Ctx, todo: &[&Package]) -> Result<Option<super::process::Finish
         remaining = still;
     }
     if interrupted(ctx)? {
-        let done = Program::new(
-            &[
-                "dpkg",
-                "--force-unsafe-io",
-                "--force-confdef",
-                "--force-confold",
-                "--configure",
-                "-a",
-            ],
-            DPKG_TIMEOUT,
-        )
-        .in_root(ctx.root.path())
-        .run();
+        let done = configure_pending(ctx).run();
         if let Ok(d) = done {
             if !d.success() {
                 last_failure = Some(d);
@@ -365,6 +341,22 @@ fn is_ours(ctx: &Ctx, parent: &super::fsroot::Parent) -> std::io::Result<bool> {
             .is_some_and(|t| t.as_bytes() == POLICY_SCRIPT),
         _ => false,
     })
+}
+
+/// `dpkg --configure -a` in the root: finishes what an interrupted dpkg had unpacked.
+fn configure_pending(ctx: &Ctx) -> Program {
+    Program::new(
+        &[
+            "dpkg",
+            "--force-unsafe-io",
+            "--force-confdef",
+            "--force-confold",
+            "--configure",
+            "-a",
+        ],
+        DPKG_TIMEOUT,
+    )
+    .in_root(ctx.root.path())
 }
 
 #[cfg(test)]
