@@ -109,3 +109,27 @@ fn a_refused_large_bundle_leaves_the_root_as_it_was() {
     assert_eq!(tree_hash(r), before, "{:?}", tree_listing(r));
     assert!(!r.join("var/lib/kiln").exists());
 }
+
+/// Where the staging area cannot be made, the manifest is spooled to the temporary directory:
+/// a rerun of an applied bundle still says so (a file where the staging directory would be
+/// stands in for a read-only root).
+#[test]
+fn no_staging_area_spools_to_the_temporary_directory() {
+    let Some(root) = mini_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("small-1.kiln");
+    let mut spec = Spec::new("small", 1);
+    spec.file("/srv/small", b"small\n", "0644", "root", "root");
+    spec.write(&key, &b);
+    let out = apply(r, trust.path(), &b, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(r.join("var/lib/kiln/staging"), b"in the way\n").unwrap();
+    let again = apply(r, trust.path(), &b, &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let err = stderr(&again);
+    assert!(err.contains("spooling the manifest to "), "{err}");
+    assert!(err.contains("already applied"), "{err}");
+}

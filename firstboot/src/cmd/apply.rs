@@ -258,15 +258,27 @@ fn apply_bundle(
 
     // The manifest is spooled to an unnamed file as it is read and hashed, and parsed from
     // there: in the staging area (on the root's disk, not in memory), or for a dry run (which
-    // leaves the root alone) in the temporary directory.
+    // leaves the root alone) in the temporary directory. A root where the staging area cannot
+    // be made (read-only, say, when the bundle turns out to be applied already) spools to the
+    // temporary directory too: applying would fail later, with its own message.
+    let in_tmp = || anonymous_file(Path::new(&std::env::temp_dir()), None, "manifest");
     let spool = if args.dry_run {
-        anonymous_file(Path::new(&std::env::temp_dir()), None, "manifest")
+        in_tmp()
     } else {
-        let (dir, created) = root
-            .mkdir_p_counted(STAGING_DIR)
-            .with_context(|| format!("creating {}", root.display(STAGING_DIR).display()))?;
-        tidy.created = tidy.created.max(created);
-        anonymous_file(Path::new(STAGING_DIR), Some(&dir), "manifest")
+        match root.mkdir_p_counted(STAGING_DIR) {
+            Ok((dir, created)) => {
+                tidy.created = tidy.created.max(created);
+                anonymous_file(Path::new(STAGING_DIR), Some(&dir), "manifest")
+            }
+            Err(e) => {
+                log.info(&format!(
+                    "spooling the manifest to {}: cannot create {}: {e}",
+                    std::env::temp_dir().display(),
+                    root.display(STAGING_DIR).display()
+                ));
+                in_tmp()
+            }
+        }
     }
     .context("creating the manifest's spool file")?;
 
