@@ -26,23 +26,29 @@ bundle() { # N -> $WORK/b$N/mem-1.kiln
   local n=$1 cfg=$WORK/config-$1 out=$WORK/b$1
   [ -f "$out/mem-1.kiln" ] && return 0
   echo "generating a bundle of $n entries ..." >&2
-  rm -rf "$cfg" "$out"; mkdir -p "$cfg/hostgroups" "$cfg/files"
+  rm -rf "$cfg" "$out"; mkdir -p "$cfg/hostgroups" "$cfg/files" "$cfg/layers"
   echo "vars: {}" > "$cfg/hostgroups/default.yaml"
+  # The files go into layers of 100,000 (a configuration file is at most 8 MiB).
   python3 - "$cfg" "$n" <<'PY'
 import sys
 cfg, n = sys.argv[1], int(sys.argv[2])
 dirs = (n + 999) // 1000
+files = n - dirs - 1
+layers = [f"m{k:02d}" for k in range((files + 99999) // 100000)]
 with open(f"{cfg}/hostgroups/mem.yaml", "w") as f:
+    f.write(f"layers: [{', '.join(layers)}]\n")
     f.write("directories:\n  /srv/mem: {}\n")
     for d in range(dirs):
         f.write(f"  /srv/mem/d{d:04d}: {{}}\n")
-    f.write("files:\n")
-    for i in range(n - dirs - 1):
-        d = i % dirs
-        if i % 2:
-            f.write(f"  /srv/mem/d{d:04d}/s{i:07d}: {{symlink: f{i - 1:07d}}}\n")
-        else:
-            f.write(f"  /srv/mem/d{d:04d}/f{i:07d}: {{content: \"\"}}\n")
+for k, name in enumerate(layers):
+    with open(f"{cfg}/layers/{name}.yaml", "w") as f:
+        f.write("resources:\n  files:\n")
+        for i in range(k * 100000, min(files, (k + 1) * 100000)):
+            d = i % dirs
+            if i % 2:
+                f.write(f"    /srv/mem/d{d:04d}/s{i:07d}: {{symlink: f{i - 1:07d}}}\n")
+            else:
+                f.write(f"    /srv/mem/d{d:04d}/f{i:07d}: {{content: \"\"}}\n")
 PY
   SOURCE_DATE_EPOCH=$(date +%s) "$KILN" build mem --config "$cfg" --key "$WORK/key" --out "$out" --version 1 > /dev/null
 }

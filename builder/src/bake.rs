@@ -197,10 +197,11 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     let (sha256, _) = crate::packages::file_sha256(o.bundle)
         .with_context(|| format!("reading {}", o.bundle.display()))?;
     let file = File::open(o.bundle).with_context(|| format!("opening {}", o.bundle.display()))?;
-    let bundle = kiln_signing::open(
+    let bundle = kiln_signing::open_spooled(
         BufReader::with_capacity(1 << 20, file),
         o.trust,
         &Limits::default(),
+        tempfile::tempfile()?,
     )
     .with_context(|| format!("verifying {}", o.bundle.display()))?;
     let m = bundle.manifest.clone();

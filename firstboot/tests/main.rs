@@ -12,5 +12,6 @@ mod dynamic_faults_vault;
 mod dynamic_secrets;
 mod fetch;
 mod kill9;
+mod large;
 mod refusals;
 mod trees;

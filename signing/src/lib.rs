@@ -30,7 +30,7 @@ pub use keys::*;
 pub use manifest::*;
 pub use policy::*;
 pub use reader::{
-    open, open_lean, read_manifest_unverified, Limits, VerifiedBundle, MANIFEST_NAME,
+    open, open_lean, open_spooled, read_manifest_unverified, Limits, VerifiedBundle, MANIFEST_NAME,
     SIGNATURE_NAME,
 };
 pub use sshsig::NAMESPACE;

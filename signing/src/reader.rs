@@ -33,8 +33,13 @@ const MAX_TRAILING_ZEROS: u64 = 64 * 1024;
 /// Hard caps on what a bundle may make the reader do (endless data, decompression bombs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest `kiln/manifest.json` (16 MiB).
+    /// Largest `kiln/manifest.json` read into memory (16 MiB): [`open`], [`open_lean`],
+    /// [`read_manifest_unverified`].
     pub max_manifest_bytes: u64,
+    /// Largest `kiln/manifest.json` read into a spool file by [`open_spooled`] (1 GiB), and
+    /// largest the writer writes: a host applies through the spool, so a bundle of up to
+    /// [`max_entries`](Self::max_entries) entries fits.
+    pub max_spooled_manifest_bytes: u64,
     /// Largest `kiln/manifest.json.sig` (8 KiB).
     pub max_signature_bytes: u64,
     /// Most entries plus templates, and most blobs (1 000 000).
@@ -51,6 +56,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_manifest_bytes: 16 << 20,
+            max_spooled_manifest_bytes: 1 << 30,
             max_signature_bytes: 8 << 10,
             max_entries: 1_000_000,
             max_blob_bytes: 4 << 30,
@@ -338,8 +344,13 @@ impl<R: Read> Tar<R> {
         Ok(data)
     }
 
-    /// The manifest member (at most `max` bytes), in pieces and hashed as it is read.
-    fn manifest_member(&mut self, max: u64) -> Result<ManifestBytes, BundleError> {
+    /// The manifest member (at most `max` bytes), hashed as it is read: kept in pieces in
+    /// memory, or written to `spool` when one is given.
+    fn manifest_member(
+        &mut self,
+        max: u64,
+        spool: Option<std::fs::File>,
+    ) -> Result<ManifestBytes, BundleError> {
         use sha2::Sha512;
         let h = self.expect(MANIFEST_NAME)?;
         if h.size > max {
@@ -349,19 +360,46 @@ impl<R: Read> Tar<R> {
             )));
         }
         let len = usize::try_from(h.size).map_err(|_| BundleError::Limit(MANIFEST_NAME.into()))?;
-        let mut pieces = std::collections::VecDeque::new();
         let mut hash = Sha512::new();
         let mut left = len;
-        while left > 0 {
-            let mut piece = vec![0u8; left.min(MANIFEST_PIECE)];
-            self.read_full(&mut piece, MANIFEST_NAME)?;
-            hash.update(&piece);
-            left -= piece.len();
-            pieces.push_back(piece);
-        }
+        let store = match spool {
+            None => {
+                let mut pieces = std::collections::VecDeque::new();
+                while left > 0 {
+                    let mut piece = vec![0u8; left.min(MANIFEST_PIECE)];
+                    self.read_full(&mut piece, MANIFEST_NAME)?;
+                    hash.update(&piece);
+                    left -= piece.len();
+                    pieces.push_back(piece);
+                }
+                Store::Pieces(pieces)
+            }
+            Some(file) => {
+                use std::io::Write;
+                let spool_err = |e: io::Error| {
+                    BundleError::Io(io::Error::new(
+                        e.kind(),
+                        format!("writing the manifest to its spool file: {e}"),
+                    ))
+                };
+                file.set_len(0).map_err(spool_err)?;
+                let mut out = io::BufWriter::with_capacity(MANIFEST_PIECE, &file);
+                let mut piece = vec![0u8; len.min(MANIFEST_PIECE)];
+                while left > 0 {
+                    let piece = &mut piece[..left.min(MANIFEST_PIECE)];
+                    self.read_full(piece, MANIFEST_NAME)?;
+                    hash.update(&*piece);
+                    out.write_all(piece).map_err(spool_err)?;
+                    left -= piece.len();
+                }
+                out.flush().map_err(spool_err)?;
+                drop(out);
+                Store::Spool(file)
+            }
+        };
         self.padding(h.size, MANIFEST_NAME)?;
         Ok(ManifestBytes {
-            pieces,
+            store,
             sha512: hash.finalize().into(),
         })
     }
@@ -421,26 +459,44 @@ struct Head<R> {
 const MANIFEST_PIECE: usize = 64 * 1024;
 
 /// The manifest member as read: in pieces, so that parsing can free each as it goes (the
-/// parsed manifest and its bytes are never both whole in memory), with the SHA-512 that the
-/// signature covers.
+/// parsed manifest and its bytes are never both whole in memory), or in a spool file (none of
+/// its bytes stay in memory), with the SHA-512 that the signature covers.
 struct ManifestBytes {
-    pieces: std::collections::VecDeque<Vec<u8>>,
+    store: Store,
     sha512: [u8; 64],
 }
 
+enum Store {
+    Pieces(std::collections::VecDeque<Vec<u8>>),
+    Spool(std::fs::File),
+}
+
+fn spool_read_err(e: io::Error) -> BundleError {
+    BundleError::Io(io::Error::new(
+        e.kind(),
+        format!("reading the manifest back from its spool file: {e}"),
+    ))
+}
+
 impl ManifestBytes {
-    fn to_vec(&self) -> Vec<u8> {
-        self.pieces.iter().flatten().copied().collect()
+    /// The bytes, whole (only the in-memory form is ever asked for them).
+    fn to_vec(&self) -> Result<Vec<u8>, BundleError> {
+        let mut out = Vec::new();
+        self.reader()?
+            .read_to_end(&mut out)
+            .map_err(spool_read_err)?;
+        Ok(out)
     }
 
     /// The number after the `"format":` key, found without parsing the JSON: in valid JSON
     /// that byte sequence is a key (a `"` inside a string is escaped), and the manifest has
     /// one such key, at the top level. `None` when it is missing or not a number.
-    fn declared_format(&self) -> Option<u64> {
+    fn declared_format(&self) -> Result<Option<u64>, BundleError> {
         const KEY: &[u8] = b"\"format\":";
-        let mut bytes = self.pieces.iter().flatten().copied();
+        let mut bytes = BufReader::with_capacity(MANIFEST_PIECE, self.reader()?).bytes();
         let mut matched = 0;
         for b in bytes.by_ref() {
+            let b = b.map_err(spool_read_err)?;
             if b == KEY[matched] {
                 matched += 1;
                 if matched == KEY.len() {
@@ -452,34 +508,52 @@ impl ManifestBytes {
             }
         }
         if matched != KEY.len() {
-            return None;
+            return Ok(None);
         }
         let mut n: u64 = 0;
         let mut digits = 0;
         for b in bytes {
+            let b = b.map_err(spool_read_err)?;
             if !b.is_ascii_digit() {
                 break;
             }
-            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            let Some(next) = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            else {
+                return Ok(None);
+            };
+            n = next;
             digits += 1;
         }
-        (digits > 0).then_some(n)
+        Ok((digits > 0).then_some(n))
     }
 
-    /// Reads the pieces without consuming them.
-    #[cfg(test)]
-    fn reader(&self) -> impl Read + '_ {
-        Pieces {
-            pieces: self.pieces.iter().map(|p| p.as_slice()).collect(),
-            pos: 0,
+    /// Reads the bytes from the start without consuming them.
+    fn reader(&self) -> Result<Box<dyn Read + '_>, BundleError> {
+        match &self.store {
+            Store::Pieces(pieces) => Ok(Box::new(Pieces {
+                pieces: pieces.iter().map(|p| p.as_slice()).collect(),
+                pos: 0,
+            })),
+            Store::Spool(file) => {
+                use std::io::Seek;
+                let mut f = file;
+                f.seek(io::SeekFrom::Start(0)).map_err(spool_read_err)?;
+                Ok(Box::new(f))
+            }
         }
     }
 
-    /// Reads the pieces, dropping each once it is read.
-    fn into_reader(self) -> impl Read {
-        Pieces {
-            pieces: self.pieces,
-            pos: 0,
+    /// Reads the bytes from the start, dropping each piece once it is read.
+    fn into_reader(self) -> Result<Box<dyn Read>, BundleError> {
+        match self.store {
+            Store::Pieces(pieces) => Ok(Box::new(Pieces { pieces, pos: 0 })),
+            Store::Spool(mut file) => {
+                use std::io::Seek;
+                file.seek(io::SeekFrom::Start(0)).map_err(spool_read_err)?;
+                Ok(Box::new(file))
+            }
         }
     }
 }
@@ -511,7 +585,11 @@ impl<P: AsRef<[u8]>> Read for Pieces<P> {
 
 /// Reads the zstd frame header, the manifest and the signature, checking nothing but form
 /// and limits.
-fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleError> {
+fn read_head<R: Read>(
+    mut src: R,
+    limits: &Limits,
+    spool: Option<std::fs::File>,
+) -> Result<Head<R>, BundleError> {
     let mut peek = vec![0u8; FRAME_HEADER_MAX];
     let mut got = 0;
     while got < peek.len() {
@@ -531,7 +609,12 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleErro
         BundleError::Limit(format!("window_log_max {}: {e}", limits.window_log_max))
     })?;
     let mut tar = Tar { z };
-    let manifest = tar.manifest_member(limits.max_manifest_bytes)?;
+    let max = if spool.is_some() {
+        limits.max_spooled_manifest_bytes
+    } else {
+        limits.max_manifest_bytes
+    };
+    let manifest = tar.manifest_member(max, spool)?;
     let signature = tar.small_member(SIGNATURE_NAME, limits.max_signature_bytes)?;
     Ok(Head {
         tar,
@@ -544,7 +627,7 @@ fn read_head<R: Read>(mut src: R, limits: &Limits) -> Result<Head<R>, BundleErro
 fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, BundleError> {
     // Look at the format first, so a newer manifest gets a clear message rather than a
     // complaint about a field this version does not know.
-    if let Some(format) = bytes.declared_format() {
+    if let Some(format) = bytes.declared_format()? {
         if format != u64::from(FORMAT_VERSION) {
             return Err(corrupt(format!(
                 "manifest format {format} is not supported (this kiln reads format {FORMAT_VERSION})"
@@ -554,7 +637,7 @@ fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, Bun
     let sha512 = bytes.sha512;
     let m: Manifest = serde_json::from_reader(BufReader::with_capacity(
         MANIFEST_PIECE,
-        bytes.into_reader(),
+        bytes.into_reader()?,
     ))
     .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
     if m.canonical_json_sha512() != sha512 {
@@ -572,7 +655,7 @@ pub fn open<R: Read>(
     trust: &TrustStore,
     limits: &Limits,
 ) -> Result<VerifiedBundle<R>, BundleError> {
-    open_with(src, trust, limits, true)
+    open_with(src, trust, limits, true, None)
 }
 
 /// [`open`] for a small machine: the manifest's bytes are not kept
@@ -584,7 +667,21 @@ pub fn open_lean<R: Read>(
     trust: &TrustStore,
     limits: &Limits,
 ) -> Result<VerifiedBundle<R>, BundleError> {
-    open_with(src, trust, limits, false)
+    open_with(src, trust, limits, false, None)
+}
+
+/// [`open_lean`] for a manifest of any size up to
+/// [`Limits::max_spooled_manifest_bytes`]: its bytes go to `spool` (an empty file opened for
+/// reading and writing, best an unnamed one on a disk, not a tmpfs) as they are read and
+/// hashed, and are parsed from there, so none of them are held in memory. What is checked,
+/// and in what order, is the same.
+pub fn open_spooled<R: Read>(
+    src: R,
+    trust: &TrustStore,
+    limits: &Limits,
+    spool: std::fs::File,
+) -> Result<VerifiedBundle<R>, BundleError> {
+    open_with(src, trust, limits, false, Some(spool))
 }
 
 fn open_with<R: Read>(
@@ -592,19 +689,20 @@ fn open_with<R: Read>(
     trust: &TrustStore,
     limits: &Limits,
     keep_bytes: bool,
+    spool: Option<std::fs::File>,
 ) -> Result<VerifiedBundle<R>, BundleError> {
     let Head {
         tar,
         manifest,
         signature,
-    } = read_head(src, limits)?;
+    } = read_head(src, limits, spool)?;
     let mut signer = sshsig::verify_sha512(&signature, NAMESPACE, &manifest.sha512)?;
     trust.check(&signer)?;
     if let Some(known) = trust.trusted().find(|k| **k == signer) {
         signer.comment = known.comment.clone();
     }
     let manifest_bytes = if keep_bytes {
-        manifest.to_vec()
+        manifest.to_vec()?
     } else {
         Vec::new()
     };
@@ -628,8 +726,8 @@ pub fn read_manifest_unverified<R: Read>(
         manifest: bytes,
         signature,
         ..
-    } = read_head(src, limits)?;
-    let kept = bytes.to_vec();
+    } = read_head(src, limits, None)?;
+    let kept = bytes.to_vec()?;
     let manifest = parse_manifest(bytes, limits)?;
     Ok((manifest, kept, signature))
 }
@@ -915,10 +1013,11 @@ mod tests {
         let of = |text: &str, at: usize| {
             let b = text.as_bytes();
             ManifestBytes {
-                pieces: [b[..at].to_vec(), b[at..].to_vec()].into(),
+                store: Store::Pieces([b[..at].to_vec(), b[at..].to_vec()].into()),
                 sha512: [0; 64],
             }
             .declared_format()
+            .unwrap()
         };
         let text = r#"{"a":"x\"format\":9","b":"\"\"format","format":12,"z":1}"#;
         for at in 0..text.len() {
@@ -934,16 +1033,17 @@ mod tests {
     fn pieces_read_in_any_buffer_size() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         let pieces = ManifestBytes {
-            pieces: data
-                .chunks(97)
-                .map(<[u8]>::to_vec)
-                .chain([vec![]])
-                .collect(),
+            store: Store::Pieces(
+                data.chunks(97)
+                    .map(<[u8]>::to_vec)
+                    .chain([vec![]])
+                    .collect(),
+            ),
             sha512: [0; 64],
         };
         for size in [1, 7, 97, 98, 4096] {
             let mut out = Vec::new();
-            let mut r = pieces.reader();
+            let mut r = pieces.reader().unwrap();
             let mut buf = vec![0u8; size];
             loop {
                 let n = r.read(&mut buf).unwrap();
@@ -954,10 +1054,58 @@ mod tests {
             }
             assert_eq!(out, data, "buffer of {size}");
         }
-        assert_eq!(pieces.to_vec(), data);
+        assert_eq!(pieces.to_vec().unwrap(), data);
         let mut all = Vec::new();
-        pieces.into_reader().read_to_end(&mut all).unwrap();
+        pieces.into_reader().unwrap().read_to_end(&mut all).unwrap();
         assert_eq!(all, data);
+    }
+
+    /// A manifest larger than the in-memory cap: refused by the readers that hold its bytes,
+    /// read through a spool file by `open_spooled` (whose cap is its own), and the same
+    /// manifest comes out.
+    #[test]
+    fn spooled_manifest_has_its_own_cap() {
+        let mut m = sample_manifest();
+        for i in 0..400 {
+            m.entries.push(Entry {
+                path: format!("/srv/many/l{i:04}"),
+                kind: EntryKind::Symlink {
+                    target: "x".repeat(4000),
+                },
+            });
+        }
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let bundle = bundle_of(&m, &sample_blobs(), &signer());
+        let size = m.to_canonical_json().len() as u64;
+        let limits = Limits {
+            max_manifest_bytes: size - 1,
+            max_spooled_manifest_bytes: size,
+            ..Limits::default()
+        };
+        let e = open_lean(&bundle[..], &trust(), &limits).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "manifest.json is {size} bytes, more than the limit"
+            )),
+            "{e}"
+        );
+        let spool = tempfile::tempfile().unwrap();
+        let b = open_spooled(&bundle[..], &trust(), &limits, spool.try_clone().unwrap()).unwrap();
+        assert_eq!(b.manifest, m);
+        assert!(b.manifest_bytes.is_empty());
+        b.verify_blobs().unwrap();
+        assert_eq!(
+            spool.metadata().unwrap().len(),
+            size,
+            "the bytes went to the spool"
+        );
+        let tight = Limits {
+            max_spooled_manifest_bytes: size - 1,
+            ..limits
+        };
+        let e =
+            open_spooled(&bundle[..], &trust(), &tight, tempfile::tempfile().unwrap()).unwrap_err();
+        assert!(matches!(e, BundleError::Limit(_)), "{e}");
     }
 
     #[test]

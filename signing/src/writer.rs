@@ -23,7 +23,8 @@ const BLOCK: usize = 512;
 /// Writes a signed bundle of `manifest` to `out` and returns `out` once the zstd frame is
 /// finished. `write_blob` writes each blob's bytes (in `manifest.blobs` order); it must write
 /// exactly `blob.size` bytes. The manifest is validated first as the reader would, with the
-/// default [`Limits`].
+/// default [`Limits`]; it may be as large as a host reads through a spool file
+/// ([`Limits::max_spooled_manifest_bytes`]).
 pub fn write_bundle<W: Write>(
     out: W,
     manifest: &Manifest,
@@ -33,11 +34,11 @@ pub fn write_bundle<W: Write>(
     let limits = Limits::default();
     validate_manifest(manifest, &limits)?;
     let json = manifest.to_canonical_json();
-    if json.len() as u64 > limits.max_manifest_bytes {
+    if json.len() as u64 > limits.max_spooled_manifest_bytes {
         return Err(BundleError::Limit(format!(
             "manifest is {} bytes, more than the limit {}",
             json.len(),
-            limits.max_manifest_bytes
+            limits.max_spooled_manifest_bytes
         )));
     }
     let sig = sshsig::sign(key, NAMESPACE, &json);

@@ -28,10 +28,11 @@ struct Verified {
 
 fn verify(args: &VerifyArgs, trust: &TrustStore) -> Result<Verified, BundleError> {
     let file = File::open(&args.bundle)?;
-    let bundle = kiln_signing::open(
+    let bundle = kiln_signing::open_spooled(
         BufReader::with_capacity(1 << 20, file),
         trust,
         &Limits::default(),
+        tempfile::tempfile()?,
     )?;
     let policy = Policy {
         now: SystemTime::now(),

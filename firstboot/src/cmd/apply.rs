@@ -244,20 +244,46 @@ fn apply_bundle(
                 humantime::format_duration(args.deadline)
             ));
             let mut f = if args.dry_run {
-                anonymous_file(Path::new(&std::env::temp_dir()), None)
+                anonymous_file(Path::new(&std::env::temp_dir()), None, "download")
                     .context("creating a temporary file for the download")?
             } else {
                 let (dir, created) = root
                     .mkdir_p_counted(STAGING_DIR)
                     .with_context(|| format!("creating {}", root.display(STAGING_DIR).display()))?;
                 tidy.created = created;
-                anonymous_file(Path::new(STAGING_DIR), Some(&dir))
+                anonymous_file(Path::new(STAGING_DIR), Some(&dir), "download")
                     .context("creating the download file in the staging area")?
             };
             let (sha, size) = fetch::download(url, &mut f, args.deadline, log)?;
             (f, Digest::Known(sha, size))
         }
     };
+
+    // The manifest is spooled to an unnamed file as it is read and hashed, and parsed from
+    // there: in the staging area (on the root's disk, not in memory), or for a dry run (which
+    // leaves the root alone) in the temporary directory. A root where the staging area cannot
+    // be made (read-only, say, when the bundle turns out to be applied already) spools to the
+    // temporary directory too: applying would fail later, with its own message.
+    let in_tmp = || anonymous_file(Path::new(&std::env::temp_dir()), None, "manifest");
+    let spool = if args.dry_run {
+        in_tmp()
+    } else {
+        match root.mkdir_p_counted(STAGING_DIR) {
+            Ok((dir, created)) => {
+                tidy.created = tidy.created.max(created);
+                anonymous_file(Path::new(STAGING_DIR), Some(&dir), "manifest")
+            }
+            Err(e) => {
+                log.info(&format!(
+                    "spooling the manifest to {}: cannot create {}: {e}",
+                    std::env::temp_dir().display(),
+                    root.display(STAGING_DIR).display()
+                ));
+                in_tmp()
+            }
+        }
+    }
+    .context("creating the manifest's spool file")?;
 
     // 3 (begun). Signature and trust: reads the manifest at the start of the file.
     let t = Instant::now();
@@ -268,10 +294,11 @@ fn apply_bundle(
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(0))
             .context("rewinding the bundle")?;
-        Ok(kiln_signing::open_lean(
+        Ok(kiln_signing::open_spooled(
             BufReader::with_capacity(1 << 20, file),
             &trust,
             &Limits::default(),
+            spool,
         )?)
     })();
 
@@ -466,8 +493,12 @@ fn print_json(v: &serde_json::Value) {
 }
 
 /// An unnamed file in `dir` (O_TMPFILE): a crash leaves nothing behind. Where the filesystem
-/// cannot, a named file unlinked at once.
-fn anonymous_file(dir: &Path, dirfd: Option<&std::os::fd::OwnedFd>) -> std::io::Result<File> {
+/// cannot, a named file (`.kiln-<what>-<pid>`) unlinked at once.
+fn anonymous_file(
+    dir: &Path,
+    dirfd: Option<&std::os::fd::OwnedFd>,
+    what: &str,
+) -> std::io::Result<File> {
     let owned;
     let dirfd = match dirfd {
         Some(fd) => fd.as_fd(),
@@ -488,7 +519,7 @@ fn anonymous_file(dir: &Path, dirfd: Option<&std::os::fd::OwnedFd>) -> std::io::
     ) {
         Ok(fd) => Ok(File::from(fd)),
         Err(_) => {
-            let name = format!(".kiln-download-{}", std::process::id());
+            let name = format!(".kiln-{what}-{}", std::process::id());
             let fd = nix::fcntl::openat(
                 dirfd,
                 name.as_str(),
