@@ -511,7 +511,14 @@ fn conflict_lines(err: &str) -> Vec<String> {
         .skip_while(|l| !l.contains("the root conflicts with the bundle (nothing was changed):"))
         .skip(1)
         .take_while(|l| l.starts_with("  ") && !l.starts_with("  caused by:"))
-        .map(|l| l.trim().to_string())
+        // The same errno in the binary's libc's words: musl (the static build) says
+        // "Symbolic link loop" where glibc says "Too many levels of symbolic links".
+        .map(|l| {
+            l.trim().replace(
+                "Symbolic link loop (os error 40)",
+                "Too many levels of symbolic links (os error 40)",
+            )
+        })
         .collect();
     lines.sort();
     lines
@@ -587,7 +594,8 @@ fn a_file_or_a_broken_symlink_where_the_bundle_needs_a_directory_is_refused() {
                 s.file(p, b"z\n", "0644", "root", "root");
             },
             &[
-                // The entry's own check says it too.
+                // The entry's own check says it too (ELOOP, in glibc's words; musl's are
+                // "Symbolic link loop", see `conflict_lines`).
                 "/etc/loop/z.conf: Too many levels of symbolic links (os error 40)",
                 "/etc/loop: is a symlink (-> loop) in a loop in the root, where the bundle needs a directory (for /etc/loop/z.conf)",
             ],
