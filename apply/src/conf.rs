@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::DynamicArgs;
-use crate::dynamic::{DynamicConfig, FileRef};
-use crate::engine::fsroot::Root;
+use crate::engine::dynamic::{DynamicConfig, FileRef};
+use crate::fsroot::Root;
 
 /// The default place of the file, inside the root.
 pub const CONF_FILE: &str = "/etc/kiln/firstboot.conf";
@@ -129,7 +129,7 @@ pub fn dynamic_config_env(
         .clone()
         .or_else(|| text("consul-addr"))
         .or_else(|| env("CONSUL_HTTP_ADDR").filter(|a| !a.trim().is_empty()))
-        .map(|a| crate::dynamic::consul_url(&a, env("CONSUL_HTTP_SSL").as_deref()))
+        .map(|a| crate::engine::dynamic::consul_url(&a, env("CONSUL_HTTP_SSL").as_deref()))
         .transpose()?;
     let mut cfg = DynamicConfig {
         consul_addr,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::engine::fsroot::Root;
+use crate::fsroot::Root;
 use crate::template::Facts;
 
 /// cloud-init's instance data (the world-readable one, sensitive keys redacted).

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use kiln_signing::BaseIdentity;
 
-use crate::engine::fsroot::Root;
+use crate::fsroot::Root;
 use kiln_signing::debian::parse_dpkg_status as parse_status;
 
 const SMALL: u64 = 64 << 10;

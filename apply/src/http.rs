@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, RequestBuilder};
 
-use crate::dynamic::DynamicError;
+use crate::engine::dynamic::DynamicError;
 use crate::log::Log;
 use crate::secret::Secret;
 

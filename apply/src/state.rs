@@ -6,8 +6,10 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fsroot::Root;
-use crate::engine::validate::STATE_DIR;
+use crate::fsroot::Root;
+
+/// Where the engine keeps its journal, staging area and state: no entry may touch it.
+pub const STATE_DIR: &str = "/var/lib/kiln";
 
 /// The state file's path inside the root.
 pub const STATE_FILE: &str = "/var/lib/kiln/state.json";
@@ -68,10 +70,10 @@ pub struct State {
     pub hostname: Option<String>,
     /// What the dynamic step did: templates, requests per source, where the report went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic: Option<crate::dynamic::DynamicSummary>,
+    pub dynamic: Option<DynamicSummary>,
     /// The health checks, when the bundle has any and they ran (live hosts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<crate::engine::health::Health>,
+    pub health: Option<Health>,
 }
 
 impl State {
@@ -116,4 +118,38 @@ pub fn now_rfc3339() -> String {
         }
         _ => format!("{now:?}"),
     }
+}
+
+/// What the dynamic step did, for the state file and the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DynamicSummary {
+    pub templates: usize,
+    pub changed: usize,
+    /// HTTP requests to Consul (the report included), every attempt counted.
+    pub consul_requests: u32,
+    /// HTTP requests to Vault, every attempt counted.
+    pub vault_requests: u32,
+    /// Where the result was reported (`consul kiln/nodes/web/web-1`), or why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+/// How the checks went, for the state file and the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `healthy` (every check passed) or `unhealthy`.
+    pub status: String,
+    pub checks: Vec<CheckResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    /// Seconds from the start of the health step to the pass (or to the deadline).
+    pub seconds: f64,
+    pub tries: u32,
+    /// What the last try saw, when it failed (`connection refused`, `status 502`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

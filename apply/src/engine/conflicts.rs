@@ -13,10 +13,10 @@ use nix::fcntl::{self, OFlag};
 use nix::libc;
 use nix::sys::stat::Mode;
 
-use super::accounts::Accounts;
-use super::fsroot::{self, Kind, Root};
+use super::passwd::Accounts;
 use super::process::Program;
 use super::{ApplyError, Ctx};
+use crate::fsroot::{self, Kind, Root};
 
 /// Where the `.deb` files of the bundle are to be read from for their check.
 pub(crate) enum Debs {

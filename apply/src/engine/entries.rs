@@ -13,11 +13,11 @@ use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 
-use super::accounts::Accounts;
-use super::fsroot::{self, Kind, Meta, Parent, ParentCache, Root};
 use super::journal::Journal;
+use super::passwd::Accounts;
 use super::validate::parse_mode;
 use super::{ApplyError, Ctx};
+use crate::fsroot::{self, Kind, Meta, Parent, ParentCache, Root};
 
 /// What applying one entry does to the current root.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln_signing::{Check, Probe};
-use serde::{Deserialize, Serialize};
 
 use super::process::Program;
 use super::{ApplyError, Ctx};
+use crate::state::{CheckResult, Health};
 
 /// Pause between two tries of a failing check.
 const RETRY: Duration = Duration::from_secs(1);
@@ -22,26 +22,6 @@ const RETRY: Duration = Duration::from_secs(1);
 const TRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest HTTP status line read.
 const STATUS_LINE_LIMIT: u64 = 1024;
-
-/// How the checks went, for the state file and the report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Health {
-    /// `healthy` (every check passed) or `unhealthy`.
-    pub status: String,
-    pub checks: Vec<CheckResult>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub name: String,
-    pub passed: bool,
-    /// Seconds from the start of the health step to the pass (or to the deadline).
-    pub seconds: f64,
-    pub tries: u32,
-    /// What the last try saw, when it failed (`connection refused`, `status 502`...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
 
 /// Runs every check (each until it passes or its deadline); the summary line, or the error
 /// naming the checks that failed.

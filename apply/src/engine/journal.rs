@@ -11,8 +11,8 @@ use std::time::Duration;
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
-use super::fsroot::Root;
-use super::validate::STATE_DIR;
+use crate::fsroot::Root;
+use crate::state::STATE_DIR;
 
 /// The journal's path inside the root.
 pub const JOURNAL: &str = "/var/lib/kiln/journal";
@@ -271,7 +271,7 @@ impl Journal {
 pub fn remove(root: &Root) -> io::Result<()> {
     if let Some(p) = root.parent(JOURNAL, false)? {
         if p.lstat()?.is_some() {
-            p.remove(super::fsroot::Kind::File)?;
+            p.remove(crate::fsroot::Kind::File)?;
         }
     }
     Ok(())

@@ -7,18 +7,19 @@
 //! are staged in a private copy of it, which the directories phase renames into place whole); conflicts with the root looked for; then,
 //! journaled phase by phase: groups, users, packages, directories, files, symlinks, absent,
 //! services (enable/disable), commands, dynamic (Consul and Vault into the dynamic templates,
-//! see [`crate::dynamic`]), runtime (live systems only); finally the state file, the Consul
+//! see [`dynamic`]), runtime (live systems only); finally the state file, the Consul
 //! report (when Consul is configured), and the journal and staging area are removed.
 
 pub(crate) mod accounts;
 pub(crate) mod commands;
 pub(crate) mod conflicts;
 pub(crate) mod contain;
+pub mod dynamic;
 pub(crate) mod entries;
-pub mod fsroot;
 pub mod health;
 pub mod journal;
 pub(crate) mod packages;
+pub(crate) mod passwd;
 pub(crate) mod process;
 pub(crate) mod services;
 pub(crate) mod track;
@@ -38,12 +39,12 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use thiserror::Error;
 
+use crate::fsroot::{self, Root};
 use crate::log::Log;
 use crate::state::{now_rfc3339, CommandResult, Outcome, State, Step};
-use accounts::Accounts;
 use entries::Action;
-use fsroot::Root;
 use journal::{secs, Journal, Record};
+use passwd::Accounts;
 
 /// How the state file marks a phase finished by an earlier run (a crash, or `kiln bake`).
 pub const EARLIER_RUN: &str = "earlier run: ";
@@ -156,11 +157,11 @@ pub enum ApplyError {
     /// The dynamic step: a source unreachable or refusing, a missing value, a template.
     // Not a `#[source]`: the message already holds it, and a chain would print it twice.
     #[error("dynamic: {0}")]
-    Dynamic(crate::dynamic::DynamicError),
+    Dynamic(crate::engine::dynamic::DynamicError),
 }
 
-impl From<crate::dynamic::DynamicError> for ApplyError {
-    fn from(e: crate::dynamic::DynamicError) -> Self {
+impl From<crate::engine::dynamic::DynamicError> for ApplyError {
+    fn from(e: crate::engine::dynamic::DynamicError) -> Self {
         ApplyError::Dynamic(e)
     }
 }
@@ -223,7 +224,7 @@ impl From<ApplyError> for ApplyFailure {
     }
 }
 
-/// What the phases share (a [`crate::dynamic::Sources`] sees it through its methods).
+/// What the phases share (a [`crate::engine::dynamic::Sources`] sees it through its methods).
 pub struct Ctx<'a> {
     pub(crate) root: &'a Root,
     /// The manifest, its `blobs` list left empty (the bundle's reader has it; staging is done
@@ -236,13 +237,13 @@ pub struct Ctx<'a> {
     pub(crate) warnings: RefCell<Vec<String>>,
     /// Where Consul and Vault are and who reads them; `None`: the dynamic step is skipped
     /// (`kiln bake`).
-    pub(crate) dynamic: Option<crate::dynamic::Setup<'a>>,
+    pub(crate) dynamic: Option<crate::engine::dynamic::Setup<'a>>,
     /// Filled by the dynamic step, for the state file.
-    pub(crate) dynamic_summary: RefCell<Option<crate::dynamic::DynamicSummary>>,
+    pub(crate) dynamic_summary: RefCell<Option<crate::state::DynamicSummary>>,
     /// `systemctl --no-block` for start/stop/restart ([`ApplyOptions::no_block`]).
     pub(crate) no_block: bool,
     /// Filled by the health step, for the state file and the report.
-    pub(crate) health: RefCell<Option<health::Health>>,
+    pub(crate) health: RefCell<Option<crate::state::Health>>,
     /// Files staged in their new directory's tree (see [`entries::Trees`]): planned by the
     /// staging, placed by the directories phase.
     pub(crate) trees: RefCell<entries::Trees>,
@@ -301,7 +302,7 @@ pub fn apply_with<R: Read>(
     bundle: VerifiedBundle<R>,
     root: &Path,
     opts: &ApplyOptions,
-    dynamic: Option<crate::dynamic::Setup<'_>>,
+    dynamic: Option<crate::engine::dynamic::Setup<'_>>,
 ) -> Result<ApplyReport, ApplyFailure> {
     validate::check_manifest(&bundle.manifest).map_err(ApplyError::Invalid)?;
     // The engine keeps the manifest but its blob list, which stays with the bundle's reader
@@ -534,7 +535,7 @@ pub fn apply_with<R: Read>(
     state.dynamic = ctx.dynamic_summary.borrow().clone();
     state.health = ctx.health.borrow().clone();
     if let Some(setup) = dynamic {
-        state.hostname = crate::dynamic::hostname(setup.config, &root_fs).ok();
+        state.hostname = crate::engine::dynamic::hostname(setup.config, &root_fs).ok();
     }
     if let Err(error) = &result {
         state.result = Outcome::Failure;
@@ -725,7 +726,7 @@ fn run_phase(
             _ if ctx.manifest.templates.is_empty() && ctx.manifest.dynamic.is_none() => {
                 "none".to_string()
             }
-            Some(setup) => crate::dynamic::run_phase(ctx, setup, journal)?,
+            Some(setup) => crate::engine::dynamic::run_phase(ctx, setup, journal)?,
             None => {
                 ctx.warn(&format!(
                         "{} dynamic template(s) not rendered: no dynamic sources given (an offline apply)",

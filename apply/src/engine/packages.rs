@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use kiln_signing::Package;
 
-use super::fsroot::Kind;
 use super::journal::Journal;
 use super::process::Program;
 use super::{ApplyError, Ctx};
+use crate::fsroot::Kind;
 
 /// Where packages write: each of these that exists in the root gets a `syncfs` (once per
 /// filesystem) at the end of the phase.
@@ -331,7 +331,7 @@ fn restore_policy_rc_d(ctx: &Ctx) -> Result<(), ApplyError> {
 }
 
 /// Whether the policy-rc.d in place is the one this engine writes.
-fn is_ours(ctx: &Ctx, parent: &super::fsroot::Parent) -> std::io::Result<bool> {
+fn is_ours(ctx: &Ctx, parent: &crate::fsroot::Parent) -> std::io::Result<bool> {
     Ok(match parent.lstat()? {
         Some(m) if m.kind == Kind::File => ctx
             .root

@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_signing::{EntryKind, Manifest};
 
-/// Where the engine keeps its journal, staging area and state: no entry may touch it.
-pub const STATE_DIR: &str = "/var/lib/kiln";
+use crate::state::STATE_DIR;
 
 /// Parses an octal mode string such as `0644` or `4755` (at most 0o7777).
 pub fn parse_mode(s: &str) -> Result<u32, String> {

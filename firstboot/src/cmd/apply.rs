@@ -17,8 +17,8 @@ use serde_json::json;
 use super::Exit;
 use crate::fetch::{self, Source};
 use kiln_apply::cli::ApplyArgs;
-use kiln_apply::engine::fsroot::Root;
 use kiln_apply::engine::{self, ApplyOptions, STAGING_DIR};
+use kiln_apply::fsroot::Root;
 use kiln_apply::host;
 use kiln_apply::log::Log;
 use kiln_apply::state::{now_rfc3339, Outcome, State, Step};
@@ -552,7 +552,7 @@ impl Tidy<'_> {
         let mut path = STAGING_DIR.to_string();
         for _ in 0..self.created {
             if let Ok(Some(p)) = self.root.parent(&path, false) {
-                if p.remove(engine::fsroot::Kind::Dir).is_err() {
+                if p.remove(kiln_apply::fsroot::Kind::Dir).is_err() {
                     return;
                 }
             }

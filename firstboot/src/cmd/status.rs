@@ -7,8 +7,8 @@ use kiln_signing::exit;
 use serde_json::json;
 
 use kiln_apply::cli::StatusArgs;
-use kiln_apply::engine::fsroot::Root;
 use kiln_apply::engine::journal;
+use kiln_apply::fsroot::Root;
 use kiln_apply::state::{Outcome, State};
 
 pub fn run(args: StatusArgs) -> Result<i32> {

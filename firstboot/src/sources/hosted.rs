@@ -7,8 +7,8 @@ use kiln_apply::dynamic::{
     check_consul_keys, render_common_name, DynamicError, DynamicSummary, FileRef, Finish, Reported,
     Want,
 };
-use kiln_apply::engine::fsroot::Root;
 use kiln_apply::engine::{ApplyError, Ctx};
+use kiln_apply::fsroot::Root;
 use kiln_apply::http;
 use kiln_apply::log::Log;
 use kiln_apply::secret::{Redactor, Secret};

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::DynamicSource;
 use kiln_apply::dynamic::DynamicError;
-use kiln_apply::engine::fsroot::{Kind, Root};
+use kiln_apply::fsroot::{Kind, Root};
 use kiln_apply::http::{excerpt, sensitive, Http, TlsFiles, Verdict};
 use kiln_apply::log::Log;
 use kiln_apply::secret::{Redactor, Secret};
@@ -99,12 +99,7 @@ impl<'a> Vault<'a> {
         };
         let result = (|| -> std::io::Result<()> {
             let dir = root.mkdir_p("/run/kiln")?;
-            kiln_apply::engine::fsroot::set_owner_mode(
-                std::os::fd::AsFd::as_fd(&dir),
-                0,
-                0,
-                0o700,
-            )?;
+            kiln_apply::fsroot::set_owner_mode(std::os::fd::AsFd::as_fd(&dir), 0, 0, 0o700)?;
             let parent = root
                 .parent(TOKEN_CACHE, true)?
                 .ok_or_else(|| std::io::Error::other("no /run/kiln"))?;

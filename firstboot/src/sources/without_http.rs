@@ -4,8 +4,8 @@
 use kiln_apply::dynamic::{
     check_consul_keys, DynamicError, DynamicSummary, Finish, Reported, Want,
 };
-use kiln_apply::engine::fsroot::Root;
 use kiln_apply::engine::ApplyError;
+use kiln_apply::fsroot::Root;
 use kiln_apply::log::Log;
 use kiln_apply::secret::Redactor;
 use kiln_apply::state::State;

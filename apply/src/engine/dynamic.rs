@@ -20,17 +20,18 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::engine::accounts::Accounts;
-use crate::engine::fsroot::{self, Kind, Parent, Root};
 use crate::engine::journal::Journal;
+use crate::engine::passwd::Accounts;
 use crate::engine::validate::parse_mode;
 use crate::engine::{entries, ApplyError, Ctx};
+use crate::fsroot::{self, Kind, Parent, Root};
 use crate::log::Log;
 use crate::secret::{Redactor, Secret};
+pub use crate::state::DynamicSummary;
 use crate::state::State;
 use crate::template::{self, Read as TRead, RenderError, Values};
 
@@ -292,20 +293,6 @@ pub fn consul_url(addr: &str, http_ssl: Option<&str>) -> Result<String, String> 
         return Err(format!("Consul address {addr:?} names no host"));
     }
     Ok(format!("{scheme}://{rest}"))
-}
-
-/// What the dynamic step did, for the state file and the report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DynamicSummary {
-    pub templates: usize,
-    pub changed: usize,
-    /// HTTP requests to Consul (the report included), every attempt counted.
-    pub consul_requests: u32,
-    /// HTTP requests to Vault, every attempt counted.
-    pub vault_requests: u32,
-    /// Where the result was reported (`consul kiln/nodes/web/web-1`), or why not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<String>,
 }
 
 /// `[A-Za-z0-9-]` labels joined by `.`: the hostname goes into a Consul key and a certificate.
@@ -703,7 +690,7 @@ struct Report<'a> {
     error: Option<&'a str>,
     /// `healthy` or `unhealthy` with each check, when the bundle has checks and they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    health: Option<&'a crate::engine::health::Health>,
+    health: Option<&'a crate::state::Health>,
     firstboot: &'static str,
 }
 
