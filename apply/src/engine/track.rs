@@ -114,27 +114,32 @@ impl Tracked {
     /// processes that was (only its process group left: at least 1, the count unknown).
     pub fn end(mut self, pgid: Pid) -> u32 {
         self.procs = None;
-        // The process group outlives its leader while any member lives.
-        let group_left = killpg(pgid, None).is_ok();
-        if group_left {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
-        let Some(dir) = self.cgroup.take() else {
-            return u32::from(group_left);
-        };
-        let procs = dir.join("cgroup.procs");
+        let dir = self.cgroup.take();
+        let procs = dir.as_ref().map(|d| d.join("cgroup.procs"));
         let list = || -> Vec<i32> {
-            std::fs::read_to_string(&procs)
+            procs
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect()
         };
+        // Counted before anything is killed: a killed member may be gone (reaped by init)
+        // before the cgroup is read.
         let left = list();
+        // The process group outlives its leader while any member lives.
+        let group_left = killpg(pgid, None).is_ok();
+        if group_left {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
         let count = u32::try_from(left.len())
             .unwrap_or(u32::MAX)
             .max(u32::from(group_left));
-        if !left.is_empty() {
+        let Some(dir) = dir else {
+            return count;
+        };
+        if !left.is_empty() || !list().is_empty() {
             // cgroup.kill (Linux 5.14) kills every member at once, forks racing included;
             // before it, kill them one by one until none is left.
             if std::fs::write(dir.join("cgroup.kill"), b"1").is_err() {
