@@ -374,10 +374,9 @@ impl Parent {
         if self.name.len() <= 200 {
             format!(".{}.kiln-tmp", self.name)
         } else {
-            use sha2::{Digest, Sha256};
             format!(
                 ".kiln-tmp.{}",
-                &hex::encode(Sha256::digest(self.name.as_bytes()))[..16]
+                &kiln_signing::sha256_hex(self.name.as_bytes())[..16]
             )
         }
     }

@@ -13,6 +13,7 @@ use reqwest::blocking::{Client, RequestBuilder};
 
 use crate::engine::dynamic::DynamicError;
 use crate::log::Log;
+use crate::retry::Backoff;
 use crate::secret::Secret;
 
 /// First pause between attempts; doubles each time up to [`MAX_BACKOFF`], with jitter.
@@ -65,42 +66,13 @@ impl Http {
                 "{source} address {addr:?} is not an http:// or https:// URL"
             )));
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut b = Client::builder()
-            .connect_timeout(request_timeout)
-            .user_agent(concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = tls.ca {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                DynamicError::Config(format!("{source} CA: not PEM certificates: {e}"))
-            })?;
-            if certs.is_empty() {
-                return Err(DynamicError::Config(format!(
-                    "{source} CA: no certificate in the file"
-                )));
-            }
-            b = b.tls_certs_only(certs);
-        }
-        if let Some((cert, key)) = tls.client {
-            let bad = |e: &dyn std::error::Error| {
-                DynamicError::Config(format!(
-                    "{source} client certificate: {} (expected PEM certificates and a PEM private key)",
-                    chain(e)
-                ))
-            };
-            // One buffer holding both, as reqwest reads an identity; it holds the key, so it
-            // is a Secret (zeroed when dropped).
-            let mut pem = Vec::with_capacity(cert.len() + key.len() + 1);
-            pem.extend_from_slice(cert);
-            pem.push(b'\n');
-            pem.extend_from_slice(key);
-            let pem = Secret::new(pem);
-            let identity = reqwest::Identity::from_pem(pem.expose()).map_err(|e| bad(&e))?;
-            b = b.identity(identity);
-        }
-        let client = b
-            .build()
-            .map_err(|e| DynamicError::Config(format!("{source} HTTP client: {}", chain(&e))))?;
+        let client = client(
+            concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")),
+            tls,
+            request_timeout,
+            0,
+        )
+        .map_err(|e| DynamicError::Config(format!("{source} {e}")))?;
         Ok(Http {
             client,
             base: addr.trim_end_matches('/').to_string(),
@@ -135,7 +107,7 @@ impl Http {
         build: &dyn Fn(&Client) -> RequestBuilder,
         mut parse: impl FnMut(u16, &[u8]) -> Verdict<T>,
     ) -> Result<T, DynamicError> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut attempts = 0u32;
         let mut last = String::from("no time left before the first attempt");
         loop {
@@ -193,21 +165,68 @@ impl Http {
                     }
                 }
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some(pause) = backoff.next(deadline) else {
                 continue;
-            }
-            let pause = jitter(backoff).min(left);
+            };
             log.info(&format!(
                 "{}: {what}: {last}; retrying in {:.1}s ({:.0}s left)",
                 self.source,
                 pause.as_secs_f64(),
-                left.as_secs_f64()
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
             ));
             std::thread::sleep(pause);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// The one HTTP(S) client setup of Kiln (kiln-firstboot's fetch and sources, `kiln rollout`):
+/// rustls with ring (small, and built with any C compiler), the system's roots or only
+/// `tls.ca`, and `tls.client` presented when the server asks; at most `redirects` redirects
+/// followed (none for Consul and Vault, whose answers are never redirects; a few for a bundle
+/// URL on a web server or object store). Errors name the file that is wrong (`CA: not PEM
+/// certificates: ...`).
+pub fn client(
+    user_agent: &str,
+    tls: TlsFiles<'_>,
+    connect_timeout: Duration,
+    redirects: usize,
+) -> Result<Client, String> {
+    // Installing twice is harmless (the first one stays).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = Client::builder()
+        .connect_timeout(connect_timeout)
+        .user_agent(user_agent)
+        .redirect(match redirects {
+            0 => reqwest::redirect::Policy::none(),
+            n => reqwest::redirect::Policy::limited(n),
+        });
+    if let Some(pem) = tls.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("CA: not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err("CA: no certificate in the file".into());
+        }
+        b = b.tls_certs_only(certs);
+    }
+    if let Some((cert, key)) = tls.client {
+        // One buffer holding both, as reqwest reads an identity; it holds the key, so it is a
+        // Secret (zeroed when dropped).
+        let mut pem = Vec::with_capacity(cert.len() + key.len() + 1);
+        pem.extend_from_slice(cert);
+        pem.push(b'\n');
+        pem.extend_from_slice(key);
+        let pem = Secret::new(pem);
+        let identity = reqwest::Identity::from_pem(pem.expose()).map_err(|e| {
+            format!(
+                "client certificate: {} (expected PEM certificates and a PEM private key)",
+                chain(&e)
+            )
+        })?;
+        b = b.identity(identity);
+    }
+    b.build().map_err(|e| format!("HTTP client: {}", chain(&e)))
 }
 
 /// How Consul (1.21.5 and later patch releases) answers a key name it will never accept:
@@ -251,16 +270,6 @@ pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
-}
-
-/// `d/2 + random(0..d/2)`: spreads the retries of a fleet booting at once.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 4];
-    let r = match getrandom::fill(&mut b) {
-        Ok(()) => u32::from_le_bytes(b) as f64 / u32::MAX as f64,
-        Err(_) => 0.5,
-    };
-    d / 2 + d.mul_f64(0.5 * r)
 }
 
 /// `": <first line of the body>"`, short and printable, for messages (error bodies are

@@ -8,7 +8,8 @@
 //! - [`template`], [`facts`], [`secret`]: templates, host facts, values that must not leak;
 //! - the host contract, defined once: [`cli`] (kiln-firstboot's command line), [`conf`]
 //!   (`/etc/kiln/firstboot.conf`), [`host`] (what the host's files say), [`state`]
-//!   (`/var/lib/kiln/state.json`);
+//!   (`/var/lib/kiln/state.json`), [`report`] (what a host reports to Consul, what
+//!   `kiln rollout` reads);
 //! - [`http`] (feature `http`): the retrying HTTP(S) client kiln-firstboot's sources and
 //!   `kiln rollout` share.
 
@@ -21,6 +22,8 @@ pub mod host;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod log;
+pub mod report;
+pub mod retry;
 pub mod secret;
 pub mod state;
 pub mod template;

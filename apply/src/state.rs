@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsroot::Root;
 
 /// Where the engine keeps its journal, staging area and state: no entry may touch it.
-pub const STATE_DIR: &str = "/var/lib/kiln";
+pub const STATE_DIR: &str = kiln_signing::spec::STATE_DIR;
 
 /// The state file's path inside the root.
 pub const STATE_FILE: &str = "/var/lib/kiln/state.json";
@@ -21,6 +21,16 @@ const STATE_LIMIT: u64 = 64 << 20;
 pub enum Outcome {
     Success,
     Failure,
+}
+
+impl Outcome {
+    /// `success` or `failure`, as the state file and the report write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        }
+    }
 }
 
 /// One phase of an apply and how long it took.
@@ -139,15 +149,20 @@ pub struct DynamicSummary {
 pub struct Health {
     /// `healthy` (every check passed) or `unhealthy`.
     pub status: String,
+    #[serde(default)]
     pub checks: Vec<CheckResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub name: String,
+    // Defaults: a report written by another kiln-firstboot is still read (crate::report).
+    #[serde(default)]
     pub passed: bool,
     /// Seconds from the start of the health step to the pass (or to the deadline).
+    #[serde(default)]
     pub seconds: f64,
+    #[serde(default)]
     pub tries: u32,
     /// What the last try saw, when it failed (`connection refused`, `status 502`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]

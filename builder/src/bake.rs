@@ -194,7 +194,7 @@ pub fn bake(o: &BakeOptions) -> Result<Baked> {
     }
 
     // 1. The bundle: signature and trust, expiry, and the base it targets.
-    let (sha256, _) = crate::packages::file_sha256(o.bundle)
+    let (sha256, _) = kiln_signing::sha256_file(o.bundle)
         .with_context(|| format!("reading {}", o.bundle.display()))?;
     let file = File::open(o.bundle).with_context(|| format!("opening {}", o.bundle.display()))?;
     let bundle = kiln_signing::open_spooled(

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ResolvedBase};
 
@@ -70,7 +69,7 @@ pub fn definition(b: &ResolvedBase) -> serde_json::Value {
 /// sha256 (hex) of the canonical JSON of [`definition`].
 pub fn definition_digest(b: &ResolvedBase) -> String {
     let bytes = serde_json::to_vec(&definition(b)).expect("definition serializes");
-    hex::encode(Sha256::digest(&bytes))
+    kiln_signing::sha256_hex(&bytes)
 }
 
 /// The base named `name` in the configuration. Every hostgroup that targets it must define
@@ -816,7 +815,7 @@ mod tests {
                     Package: c\nStatus: deinstall ok config-files\nVersion: 3\nArchitecture: amd64\n";
         let s = parse_status(text);
         assert_eq!(s.keys().collect::<Vec<_>>(), ["a", "b"]);
-        let expected = hex::encode(Sha256::digest(b"a 1:1.0 amd64\nb 2 all\n"));
+        let expected = kiln_signing::sha256_hex(b"a 1:1.0 amd64\nb 2 all\n");
         assert_eq!(packages_digest(&s), expected);
     }
 

@@ -121,7 +121,7 @@ pub fn check(s: &Spec) -> Result<(), String> {
     if !crate::config::check::is_hostgroup_name(&s.hostgroup) {
         return Err(format!("hostgroup {:?} is not a valid name", s.hostgroup));
     }
-    if s.sha256.len() != 64 || !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if kiln_signing::spec::sha256_hex_any_case(&s.sha256).is_none() {
         return Err(format!("--sha256 {:?} is not 64 hex digits", s.sha256));
     }
     match &s.source {

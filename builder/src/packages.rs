@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -333,7 +333,7 @@ impl Resolver {
         let mut missing = Vec::new();
         for d in unique.values() {
             let path = self.debs.join(&d.file_name);
-            match file_sha256(&path) {
+            match kiln_signing::sha256_file(&path) {
                 Ok((sha, size)) if sha == d.sha256 && size == d.size => {}
                 Ok(_) => {
                     // Truncated by an interrupted download, or another build of the same
@@ -383,7 +383,7 @@ impl Resolver {
         let mut paths = BTreeMap::new();
         for d in unique.values() {
             let path = self.debs.join(&d.file_name);
-            let (sha, size) = file_sha256(&path)
+            let (sha, size) = kiln_signing::sha256_file(&path)
                 .with_context(|| format!("apt-get download left no {}", path.display()))?;
             if sha != d.sha256 || size != d.size {
                 bail!(
@@ -414,22 +414,6 @@ fn output_text(o: &Output) -> String {
     s
 }
 
-pub(crate) fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 /// `%xx` escapes (apt quotes `:` as `%3a` in file names).
 fn unescape(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
@@ -458,11 +442,8 @@ fn parse_uri_line(line: &str) -> Result<Deb, String> {
     let hash = f.next().ok_or("no hash")?;
     let sha256 = hash
         .strip_prefix("SHA256:")
-        .ok_or("not a SHA256 hash (Acquire::ForceHash)")?
-        .to_ascii_lowercase();
-    if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err("bad SHA256".into());
-    }
+        .ok_or("not a SHA256 hash (Acquire::ForceHash)")?;
+    let sha256 = kiln_signing::spec::sha256_hex_any_case(sha256).ok_or("bad SHA256")?;
     let stem = file_name.strip_suffix(".deb").ok_or("not a .deb")?;
     let mut parts = stem.splitn(3, '_');
     let (name, version, arch) = match (parts.next(), parts.next(), parts.next()) {

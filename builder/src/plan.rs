@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use kiln_signing::manifest as m;
-use sha2::{Digest, Sha256};
 
 use crate::config::{FileSource, Resolved};
 
@@ -76,21 +75,6 @@ fn mode_string(mode: u32) -> String {
     format!("{mode:04o}")
 }
 
-fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 /// Collects blobs by digest.
 #[derive(Default)]
 struct Blobs {
@@ -99,7 +83,7 @@ struct Blobs {
 
 impl Blobs {
     fn add_bytes(&mut self, bytes: &[u8]) -> (String, u64) {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = kiln_signing::sha256_hex(bytes);
         let size = bytes.len() as u64;
         self.map
             .entry(digest.clone())
@@ -116,8 +100,8 @@ impl Blobs {
 
     fn add_path(&mut self, path: &std::path::Path) -> Result<(String, u64)> {
         let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let (digest, size) =
-            hash_reader(f).with_context(|| format!("reading {}", path.display()))?;
+        let (digest, size) = kiln_signing::sha256_reader(f)
+            .with_context(|| format!("reading {}", path.display()))?;
         self.map
             .entry(digest.clone())
             .or_insert_with(|| (BlobSource::Path(path.to_path_buf()), size));

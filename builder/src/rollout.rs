@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use base64::Engine;
 use kiln_apply::http::{chain, tls_refusal};
+use kiln_apply::retry::Backoff;
 use serde::{Deserialize, Serialize};
 
 /// `kiln rollout wait`: a node of the version reported failure.
@@ -24,65 +25,8 @@ pub const EXIT_NODE_FAILED: i32 = 3;
 /// `kiln rollout wait`: the timeout passed before enough nodes succeeded.
 pub const EXIT_TIMEOUT: i32 = 4;
 
-/// One node's report, as kiln-firstboot writes it (fields it may add later are ignored).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeReport {
-    /// The Consul key (`kiln/nodes/web/web-01`).
-    #[serde(default)]
-    pub key: String,
-    #[serde(default)]
-    pub hostname: String,
-    #[serde(default)]
-    pub hostgroup: String,
-    /// 0 when the node refused its bundle before it could read a version (bad pin,
-    /// signature, a fetch that failed).
-    #[serde(default)]
-    pub version: u64,
-    #[serde(default)]
-    pub bundle_sha256: String,
-    /// `success` or `failure` (anything else is shown as it is and counts as neither).
-    pub result: String,
-    #[serde(default)]
-    pub exit_code: i32,
-    #[serde(default)]
-    pub started_at: String,
-    #[serde(default)]
-    pub finished_at: String,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub steps: Vec<ReportStep>,
-    /// The health checks' verdict, when the bundle has checks (an unhealthy node's `result`
-    /// is `failure` too).
-    #[serde(default)]
-    pub health: Option<NodeHealth>,
-    /// The report's ModifyIndex in Consul.
-    #[serde(default)]
-    pub modify_index: u64,
-}
-
-/// `healthy` or `unhealthy`, and each check (kept as the node wrote it).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeHealth {
-    pub status: String,
-    #[serde(default)]
-    pub checks: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReportStep {
-    pub name: String,
-    pub seconds: f64,
-}
-
-impl NodeReport {
-    pub fn succeeded(&self) -> bool {
-        self.result == "success"
-    }
-    pub fn failed(&self) -> bool {
-        self.result == "failure"
-    }
-}
+/// One node's report, as kiln-firstboot writes it (one type for both sides).
+pub use kiln_apply::report::NodeReport;
 
 /// An error that will be the same however often the request is sent: `wait` stops at once.
 #[derive(Debug)]
@@ -131,34 +75,18 @@ impl Consul {
         tls: Tls<'_>,
     ) -> Result<Consul> {
         let addr = kiln_apply::dynamic::consul_url(addr, http_ssl).map_err(|e| anyhow!(e))?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut b = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = tls.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .context("the Consul CA file is not PEM certificates")?;
-            b = b.tls_certs_only(certs);
-        }
-        if let Some((cert, key)) = tls.client {
-            let mut pem = Vec::with_capacity(cert.len() + key.len() + 1);
-            pem.extend_from_slice(cert);
-            pem.push(b'\n');
-            pem.extend_from_slice(key);
-            let identity = reqwest::Identity::from_pem(&pem);
-            // The buffer held the private key.
-            pem.iter_mut().for_each(|b| *b = 0);
-            let identity = identity.map_err(|e| {
-                anyhow!(
-                    "the Consul client certificate and key: {} (expected PEM certificates and a PEM private key)",
-                    chain(&e)
-                )
-            })?;
-            b = b.identity(identity);
-        }
+        let client = kiln_apply::http::client(
+            concat!("kiln/", env!("CARGO_PKG_VERSION")),
+            kiln_apply::http::TlsFiles {
+                ca: tls.ca_pem,
+                client: tls.client,
+            },
+            Duration::from_secs(10),
+            0,
+        )
+        .map_err(|e| anyhow!("Consul {e}"))?;
         Ok(Consul {
-            client: b.build().context("building the HTTP client")?,
+            client,
             base: addr.trim_end_matches('/').to_string(),
             token,
             requests: 0,
@@ -265,6 +193,7 @@ pub fn parse(prefix: &str, body: &[u8]) -> Result<Vec<NodeReport>> {
             error: Some("the value is not a kiln-firstboot report".into()),
             steps: Vec::new(),
             health: None,
+            firstboot: String::new(),
             modify_index: 0,
         });
         r.key = e.key.clone();
@@ -360,7 +289,8 @@ pub fn wait(
     let end = start + timeout;
     let mut index: u64 = 0;
     let mut nodes: Vec<NodeReport> = Vec::new();
-    let mut backoff = Duration::from_millis(500);
+    let first = Duration::from_millis(500);
+    let mut backoff = Backoff::new(first, Duration::from_secs(10));
     let mut last_error: Option<String> = None;
     let mut last_line = String::new();
     loop {
@@ -383,7 +313,7 @@ pub fn wait(
         match consul.read(hostgroup, q) {
             Ok(r) => {
                 last_error = None;
-                backoff = Duration::from_millis(500);
+                backoff.reset(first);
                 // An index that goes backwards (a restored snapshot, another cluster) restarts.
                 index = if r.index < index { 0 } else { r.index.max(1) };
                 nodes = r.nodes;
@@ -410,9 +340,9 @@ pub fn wait(
                     progress(&format!("reading Consul: {msg}; retrying"));
                 }
                 last_error = Some(msg);
-                let left = end.saturating_duration_since(Instant::now());
-                std::thread::sleep(backoff.min(left));
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if let Some(pause) = backoff.next(end) {
+                    std::thread::sleep(pause);
+                }
             }
         }
     }
@@ -528,6 +458,7 @@ mod tests {
             error: None,
             steps: Vec::new(),
             health: None,
+            firstboot: String::new(),
             modify_index: 1,
         }
     }

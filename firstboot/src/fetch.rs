@@ -13,6 +13,7 @@ use kiln_signing::{exit, HashingWriter};
 use thiserror::Error;
 
 use kiln_apply::log::Log;
+use kiln_apply::retry::Backoff;
 
 /// First pause between attempts; doubles each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -132,7 +133,7 @@ pub fn download(
         url: url.into(),
         status,
     })?;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -155,22 +156,19 @@ pub fn download(
             Err(Attempt::Io(what, source)) => return Err(FetchError::Io { what, source }),
             Err(Attempt::Retry(why)) => why,
         };
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some(pause) = backoff.next(end) else {
             return Err(FetchError::Deadline {
                 url: url.into(),
                 attempts,
                 deadline,
                 last,
             });
-        }
-        let pause = backoff.min(left);
+        };
         log.info(&format!(
-            "fetch attempt {attempts} failed: {last}; retrying in {}s",
-            pause.as_secs_f64().ceil()
+            "fetch attempt {attempts} failed: {last}; retrying in {:.1}s",
+            pause.as_secs_f64()
         ));
         std::thread::sleep(pause);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
         if Instant::now() >= end {
             return Err(FetchError::Deadline {
                 url: url.into(),
@@ -194,14 +192,13 @@ type Client = reqwest::blocking::Client;
 
 #[cfg(feature = "http")]
 fn client() -> Result<Client, String> {
-    // ring: small, and builds with any C compiler; reqwest's default provider (aws-lc-rs) is
-    // neither. Installing twice is harmless (the first one stays).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client: {}", kiln_apply::http::chain(&e)))
+    kiln_apply::http::client(
+        concat!("kiln-firstboot/", env!("CARGO_PKG_VERSION")),
+        kiln_apply::http::TlsFiles::default(),
+        CONNECT_TIMEOUT,
+        // reqwest's own default: a bundle URL may be a redirect to where it is stored.
+        10,
+    )
 }
 
 #[cfg(not(feature = "http"))]

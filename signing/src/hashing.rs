@@ -10,6 +10,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Lowercase hex sha256 of everything `r` gives, and how many bytes that was.
+pub fn sha256_reader(r: impl Read) -> io::Result<(String, u64)> {
+    let mut r = HashingReader::new(r);
+    io::copy(&mut r, &mut io::sink())?;
+    let n = r.count();
+    Ok((r.finish().0, n))
+}
+
+/// [`sha256_reader`] of the file at `path`.
+pub fn sha256_file(path: &std::path::Path) -> io::Result<(String, u64)> {
+    sha256_reader(std::fs::File::open(path)?)
+}
+
 /// A reader that hashes every byte it returns and counts them.
 pub struct HashingReader<R> {
     inner: R,

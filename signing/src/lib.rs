@@ -12,9 +12,11 @@ pub mod dynamic;
 pub mod error;
 pub mod hashing;
 pub mod keys;
+pub mod limits;
 pub mod manifest;
 pub mod policy;
 pub mod reader;
+pub mod spec;
 pub mod sshsig;
 pub mod trust;
 pub mod validate;
@@ -27,10 +29,11 @@ mod testutil;
 pub use error::{exit, BundleError};
 pub use hashing::*;
 pub use keys::*;
+pub use limits::Limits;
 pub use manifest::*;
 pub use policy::*;
 pub use reader::{
-    open, open_lean, open_spooled, read_manifest_unverified, Limits, VerifiedBundle, MANIFEST_NAME,
+    open, open_lean, open_spooled, read_manifest_unverified, VerifiedBundle, MANIFEST_NAME,
     SIGNATURE_NAME,
 };
 pub use sshsig::NAMESPACE;

@@ -1,25 +1,25 @@
-//! Structural validation of a manifest, shared by the writer (so a builder cannot write a
-//! bundle the reader refuses) and the reader (after the signature is checked). It enforces the
-//! mix-and-match and size defences: every blob listed once, referenced, and within limits.
+//! Validation of a manifest, defined once and made by the writer (so a builder cannot write a
+//! bundle a host refuses), by the reader (after the signature is checked) and again by the
+//! applier before it changes anything (a signed manifest is trusted to be what the builder
+//! meant, not to be well-formed). It enforces the mix-and-match and size defences (every blob
+//! listed once, referenced and within limits) and the rules of [`spec`](crate::spec) on every
+//! path, mode, name and digest: every name that reaches a command line is checked, so nothing
+//! from the manifest can be taken for an option.
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use crate::error::BundleError;
-use crate::manifest::{EntryKind, Manifest, FORMAT_VERSION};
-use crate::reader::Limits;
-
-/// Longest target path accepted (Linux PATH_MAX, less the NUL).
-const MAX_PATH: usize = 4095;
-/// Longest path component accepted (Linux NAME_MAX).
-const MAX_NAME: usize = 255;
+use crate::limits::Limits;
+use crate::manifest::{Check, EntryKind, Manifest, Probe, FORMAT_VERSION};
+use crate::spec::{self, STATE_DIR};
 
 fn corrupt(msg: impl Into<String>) -> BundleError {
     BundleError::Corrupt(msg.into())
 }
 
 /// Checks everything about a manifest that does not depend on the host: format, times,
-/// paths, modes, digests, blob list and limits.
+/// paths, modes, names, digests, blob list and limits.
 pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
     if m.format != FORMAT_VERSION {
         return Err(corrupt(format!(
@@ -99,41 +99,107 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
         Ok(())
     };
 
-    let mut seen: HashSet<&str> = HashSet::with_capacity(paths);
+    let mut kinds: HashMap<&str, &EntryKind> = HashMap::with_capacity(m.entries.len());
     for e in &m.entries {
         check_path(&e.path)?;
-        if !seen.insert(&e.path) {
+        if spec::is_under(&e.path, STATE_DIR) {
+            return Err(corrupt(format!(
+                "{}: {STATE_DIR} is kiln's own state, not bundle content",
+                e.path
+            )));
+        }
+        if kinds.insert(&e.path, &e.kind).is_some() {
             return Err(corrupt(format!("duplicate path {:?}", e.path)));
         }
+        let at = |x: String| corrupt(format!("{}: {x}", e.path));
         match &e.kind {
             EntryKind::File {
-                mode, digest, size, ..
+                mode,
+                owner,
+                group,
+                digest,
+                size,
+                restart,
+                reload,
             } => {
                 check_mode(&e.path, mode)?;
+                check_owner("owner", owner).map_err(at)?;
+                check_owner("group", group).map_err(at)?;
                 reference(&|| format!("file {:?}", e.path), digest, Some(*size))?;
+                for s in restart.iter().chain(reload) {
+                    check_unit_name(s).map_err(at)?;
+                }
             }
-            EntryKind::Directory { mode, .. } => check_mode(&e.path, mode)?,
+            EntryKind::Directory { mode, owner, group } => {
+                check_mode(&e.path, mode)?;
+                check_owner("owner", owner).map_err(at)?;
+                check_owner("group", group).map_err(at)?;
+            }
             EntryKind::Symlink { target } => {
-                if target.is_empty() || target.contains('\0') {
-                    return Err(corrupt(format!(
-                        "symlink {:?}: empty target or NUL",
-                        e.path
-                    )));
+                if let Some(why) = spec::symlink_target_problem(target) {
+                    return Err(corrupt(format!("symlink {:?}: {why}", e.path)));
                 }
             }
             EntryKind::Absent => {}
         }
     }
+    // Nothing may live below a path that is a file, a symlink or absent: below a symlink it
+    // would be written through the bundle's own link (a pivot); below a file or absent it
+    // cannot exist.
+    for e in &m.entries {
+        let below_absent_ok = matches!(e.kind, EntryKind::Absent);
+        parent_problem(&e.path, &kinds, below_absent_ok)?;
+    }
     for t in &m.templates {
         check_path(&t.path)?;
-        if !seen.insert(&t.path) {
+        if kinds.contains_key(t.path.as_str()) {
             return Err(corrupt(format!("duplicate path {:?} (template)", t.path)));
         }
+        // Likewise a template (often a secret) below the bundle's own symlink, file or absent.
+        parent_problem(&t.path, &kinds, false)?;
+        if spec::is_under(&t.path, STATE_DIR) {
+            return Err(corrupt(format!(
+                "{}: {STATE_DIR} is kiln's own state",
+                t.path
+            )));
+        }
         check_mode(&t.path, &t.mode)?;
+        let at = |x: String| corrupt(format!("{}: {x}", t.path));
+        check_owner("owner", &t.owner).map_err(at)?;
+        check_owner("group", &t.group).map_err(at)?;
+        for s in t.restart.iter().chain(&t.reload) {
+            check_unit_name(s).map_err(at)?;
+        }
         reference(&|| format!("template {:?}", t.path), &t.digest, None)?;
     }
+    let mut seen = HashSet::with_capacity(m.templates.len());
+    for t in &m.templates {
+        if !seen.insert(t.path.as_str()) {
+            return Err(corrupt(format!("duplicate path {:?} (template)", t.path)));
+        }
+    }
+    // Its names become URLs the host requests.
     crate::dynamic::check(m).map_err(corrupt)?;
+
+    let mut names = HashSet::new();
     for p in &m.packages {
+        if !spec::is_package_name(&p.name) {
+            return Err(corrupt(format!(
+                "package name {:?} is not a Debian package name",
+                p.name
+            )));
+        }
+        if !names.insert(p.name.as_str()) {
+            return Err(corrupt(format!("package {} listed twice", p.name)));
+        }
+        if let Some(v) = &p.version {
+            if !spec::is_package_version(v) {
+                return Err(corrupt(format!(
+                    "package {}: version {v:?} is not a Debian version",
+                    p.name
+                )));
+            }
+        }
         match (&p.digest, p.size) {
             (Some(d), size) => reference(&|| format!("package {:?}", p.name), d, size)?,
             (None, Some(_)) => {
@@ -155,7 +221,225 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
             b.digest
         )));
     }
+    check_accounts(m).map_err(corrupt)?;
+    check_services_checks_commands(m).map_err(corrupt)?;
     Ok(())
+}
+
+fn kind_name(k: &EntryKind) -> &'static str {
+    match k {
+        EntryKind::File { .. } => "a file",
+        EntryKind::Symlink { .. } => "a symlink",
+        EntryKind::Directory { .. } => "a directory",
+        EntryKind::Absent => "absent",
+    }
+}
+
+/// The first ancestor of `path` that the bundle makes something other than a directory
+/// (an absent path may be below another absent one).
+fn parent_problem(
+    path: &str,
+    kinds: &HashMap<&str, &EntryKind>,
+    below_absent_ok: bool,
+) -> Result<(), BundleError> {
+    let mut dir = path;
+    while let Some(i) = dir.rfind('/') {
+        dir = &dir[..i];
+        if dir.is_empty() {
+            break;
+        }
+        match kinds.get(dir) {
+            Some(EntryKind::Directory { .. }) | None => {}
+            Some(EntryKind::Absent) if below_absent_ok => {}
+            Some(k) => {
+                return Err(corrupt(format!(
+                    "{path}: its parent {dir} is {} in the same bundle",
+                    kind_name(k)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_account_name(what: &str, n: &str) -> Result<(), String> {
+    if spec::is_account_name(n) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {n:?} does not match {}",
+            spec::ACCOUNT_NAME_PATTERN
+        ))
+    }
+}
+
+/// Owner fields: an account name or a number.
+fn check_owner(what: &str, n: &str) -> Result<(), String> {
+    if spec::is_owner(n) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {n:?} is neither an account name nor a uid/gid"
+        ))
+    }
+}
+
+fn check_unit_name(n: &str) -> Result<(), String> {
+    if spec::is_unit_name(n) {
+        Ok(())
+    } else {
+        Err(format!("service name {n:?} is not a systemd unit name"))
+    }
+}
+
+/// A passwd field (comment, home, shell): no `:` or newline, which would corrupt /etc/passwd.
+fn check_passwd_field(what: &str, v: &str) -> Result<(), String> {
+    if v.contains([':', '\n', '\0']) || v.starts_with('-') {
+        return Err(format!(
+            "{what} {v:?} contains ':', a newline or NUL, or starts with '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_accounts(m: &Manifest) -> Result<(), String> {
+    let mut names = HashSet::new();
+    for g in &m.groups {
+        check_account_name("group", &g.name)?;
+        if !names.insert(g.name.as_str()) {
+            return Err(format!("group {} listed twice", g.name));
+        }
+    }
+    let mut names = HashSet::new();
+    for u in &m.users {
+        check_account_name("user", &u.name)?;
+        if !names.insert(u.name.as_str()) {
+            return Err(format!("user {} listed twice", u.name));
+        }
+        if let Some(g) = &u.group {
+            check_owner("primary group of", g).map_err(|x| format!("user {}: {x}", u.name))?;
+        }
+        for g in &u.groups {
+            check_account_name("group", g).map_err(|x| format!("user {}: {x}", u.name))?;
+        }
+        for (what, v) in [
+            ("home", &u.home),
+            ("shell", &u.shell),
+            ("comment", &u.comment),
+        ] {
+            if let Some(v) = v {
+                check_passwd_field(what, v).map_err(|x| format!("user {}: {x}", u.name))?;
+                if what != "comment" {
+                    spec::check_path(v).map_err(|x| format!("user {} {what}: {x}", u.name))?;
+                }
+            }
+        }
+        for k in &u.authorized_keys {
+            if k.contains(['\n', '\r', '\0']) {
+                return Err(format!("user {}: an authorized key spans lines", u.name));
+            }
+        }
+    }
+    let mut names = HashSet::new();
+    for a in &m.system_accounts {
+        check_account_name("system account", a)?;
+        if !names.insert(a.as_str()) {
+            return Err(format!("system account {a} listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_services_checks_commands(m: &Manifest) -> Result<(), String> {
+    let mut names = HashSet::new();
+    for s in &m.services {
+        check_unit_name(&s.name)?;
+        if !names.insert(s.name.as_str()) {
+            return Err(format!("service {} listed twice", s.name));
+        }
+    }
+    let mut names = HashSet::new();
+    for c in &m.checks {
+        check_health_check(c)?;
+        if !names.insert(c.name.as_str()) {
+            return Err(format!("check {} listed twice", c.name));
+        }
+    }
+    let mut names = HashSet::new();
+    for c in &m.commands {
+        if !names.insert(c.name.as_str()) {
+            return Err(format!("command {} listed twice", c.name));
+        }
+        if c.argv.first().is_none_or(|a| a.is_empty()) {
+            return Err(format!("command {}: empty argv", c.name));
+        }
+        if c.argv.iter().any(|a| a.contains('\0')) {
+            return Err(format!("command {}: NUL in argv", c.name));
+        }
+        if c.timeout_secs == 0 || c.timeout_secs > 24 * 3600 {
+            return Err(format!(
+                "command {}: timeout_secs must be between 1 and 86400",
+                c.name
+            ));
+        }
+        if let Some(p) = &c.creates {
+            spec::check_path(p).map_err(|x| format!("command {} creates: {x}", c.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// A health check: a usable name, a probe whose target cannot be taken for an option, a
+/// deadline of at most an hour.
+fn check_health_check(c: &Check) -> Result<(), String> {
+    if !spec::is_command_name(&c.name) {
+        return Err(format!(
+            "check name {:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}",
+            c.name
+        ));
+    }
+    if c.deadline_secs == 0 || c.deadline_secs > 3600 {
+        return Err(format!(
+            "check {}: deadline_secs must be between 1 and 3600",
+            c.name
+        ));
+    }
+    let bad = |what: &str| Err(format!("check {}: {what}", c.name));
+    match &c.probe {
+        Probe::Unit { unit } => check_unit_name(unit).map_err(|x| format!("check {}: {x}", c.name)),
+        Probe::Tcp { address } => match address.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && !host.starts_with('-')
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
+                    && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+            {
+                Ok(())
+            }
+            _ => bad(&format!("tcp address {address:?} is not host:port")),
+        },
+        Probe::Http { url, status } => {
+            if !url.starts_with("http://") || url.len() > 2048 || url.contains(char::is_whitespace)
+            {
+                return bad(&format!("http URL {url:?} is not an http:// URL"));
+            }
+            if !(100..=599).contains(status) {
+                return bad(&format!("http status {status} is not between 100 and 599"));
+            }
+            Ok(())
+        }
+        Probe::Command { argv, timeout_secs } => {
+            if argv.first().is_none_or(|a| a.is_empty()) || argv.iter().any(|a| a.contains('\0')) {
+                return bad("empty argv or NUL in it");
+            }
+            if *timeout_secs == 0 || *timeout_secs > 3600 {
+                return bad("timeout_secs must be between 1 and 3600");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// An RFC 3339 UTC time as the manifest writes it: `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
@@ -186,61 +470,114 @@ pub(crate) fn parse_time(field: &str, value: &str) -> Result<SystemTime, BundleE
     humantime::parse_rfc3339(value).map_err(|_| bad())
 }
 
-/// Absolute and normalized: no `.`/`..`/empty components, no trailing `/`, no NUL, not `/`.
+/// [`spec::path_problem`], as the reader says it.
 pub(crate) fn check_path(path: &str) -> Result<(), BundleError> {
-    let bad = |why: &str| corrupt(format!("path {path:?}: {why}"));
-    let Some(rel) = path.strip_prefix('/') else {
-        return Err(bad("not absolute"));
-    };
-    if rel.is_empty() {
-        return Err(bad("the root itself cannot be an entry"));
-    }
-    if path.contains('\0') {
-        return Err(bad("contains NUL"));
-    }
-    if path.len() > MAX_PATH {
-        return Err(bad("too long"));
-    }
-    for c in rel.split('/') {
-        match c {
-            "" => return Err(bad("empty component (// or trailing /)")),
-            "." | ".." => return Err(bad("contains . or ..")),
-            c if c.len() > MAX_NAME => return Err(bad("component too long")),
-            _ => {}
-        }
-    }
-    Ok(())
+    spec::check_path(path).map_err(corrupt)
 }
 
-/// Three or four octal digits, e.g. `644` or `0755`.
+/// [`spec::parse_mode`], naming the path.
 pub(crate) fn check_mode(path: &str, mode: &str) -> Result<(), BundleError> {
-    if (3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-        Ok(())
-    } else {
-        Err(corrupt(format!(
-            "path {path:?}: mode {mode:?} is not 3-4 octal digits"
-        )))
-    }
+    spec::parse_mode(mode)
+        .map(|_| ())
+        .map_err(|e| corrupt(format!("{path}: {e}")))
 }
 
-/// 64 lowercase hex digits.
+/// [`spec::check_digest`].
 pub(crate) fn check_digest(what: &str, digest: &str) -> Result<(), BundleError> {
-    if digest.len() == 64
-        && digest
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        Ok(())
-    } else {
-        Err(corrupt(format!(
-            "{what} digest {digest:?} is not 64 lowercase hex digits"
-        )))
-    }
+    spec::check_digest(what, digest).map_err(corrupt)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{Command, Entry, User};
+    use crate::testutil::{manifest_for, noise};
+
+    /// Rules the applier alone used to make (a writer wrote such bundles, a host refused them
+    /// at apply time) are now the writer's and the reader's too; and the one account-name rule
+    /// takes a Samba machine account, as useradd does.
+    #[test]
+    fn what_a_host_refuses_no_writer_writes() {
+        let blobs: Vec<Vec<u8>> = (0..4).map(|i| noise(i, 100 + i as usize)).collect();
+        let limits = Limits::default();
+        let refused = |edit: &dyn Fn(&mut Manifest), why: &str| {
+            let mut m = manifest_for(&blobs);
+            edit(&mut m);
+            match validate_manifest(&m, &limits) {
+                Err(BundleError::Corrupt(msg)) => assert!(msg.contains(why), "{why}: {msg}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        };
+        assert!(validate_manifest(&manifest_for(&blobs), &limits).is_ok());
+        refused(
+            &|m| m.services[0].name = "--now".into(),
+            "service name \"--now\" is not a systemd unit name",
+        );
+        refused(
+            &|m| m.entries[1].path = "/var/lib/kiln/state.json".into(),
+            "/var/lib/kiln is kiln's own state",
+        );
+        refused(
+            &|m| {
+                if let EntryKind::File { mode, .. } = &mut m.entries[1].kind {
+                    *mode = "04755".into();
+                }
+            },
+            "mode \"04755\" is not an octal mode",
+        );
+        refused(
+            &|m| {
+                if let EntryKind::File { owner, .. } = &mut m.entries[1].kind {
+                    *owner = "-root".into();
+                }
+            },
+            "owner \"-root\" is neither",
+        );
+        refused(
+            &|m| m.groups[0].name = "--help".into(),
+            "group name \"--help\" does not match",
+        );
+        refused(
+            &|m| m.packages[0].version = Some("latest".into()),
+            "version \"latest\" is not a Debian version",
+        );
+        refused(
+            &|m| {
+                m.entries.push(Entry {
+                    path: "/etc/web/index.html".into(),
+                    kind: EntryKind::Absent,
+                })
+            },
+            "its parent /etc/web is a symlink in the same bundle",
+        );
+        refused(
+            &|m| {
+                m.commands.push(Command {
+                    name: "x".into(),
+                    argv: vec![],
+                    timeout_secs: 10,
+                    creates: None,
+                })
+            },
+            "command x: empty argv",
+        );
+        let mut m = manifest_for(&blobs);
+        m.users.push(User {
+            name: "host$".into(),
+            uid: None,
+            group: Some("machines$".into()),
+            groups: vec![],
+            home: Some("/nonexistent".into()),
+            shell: Some("/usr/sbin/nologin".into()),
+            comment: None,
+            system: true,
+            create_home: false,
+            authorized_keys: vec![],
+        });
+        m.groups[0].name = "machines$".into();
+        m.templates[0].group = "machines$".into();
+        assert!(validate_manifest(&m, &limits).is_ok());
+    }
 
     #[test]
     fn paths() {

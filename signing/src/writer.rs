@@ -8,8 +8,9 @@ use zstd::zstd_safe::CParameter;
 
 use crate::error::BundleError;
 use crate::keys::SigningKey;
+use crate::limits::Limits;
 use crate::manifest::{Blob, Manifest};
-use crate::reader::{Limits, MANIFEST_NAME, SIGNATURE_NAME};
+use crate::reader::{MANIFEST_NAME, SIGNATURE_NAME};
 use crate::sshsig::{self, NAMESPACE};
 use crate::validate::validate_manifest;
 

@@ -20,13 +20,10 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::engine::journal::Journal;
 use crate::engine::passwd::Accounts;
-use crate::engine::validate::parse_mode;
 use crate::engine::{entries, ApplyError, Ctx};
 use crate::fsroot::{self, Kind, Parent, Root};
 use crate::log::Log;
@@ -34,6 +31,7 @@ use crate::secret::{Redactor, Secret};
 pub use crate::state::DynamicSummary;
 use crate::state::State;
 use crate::template::{self, Read as TRead, RenderError, Values};
+use kiln_signing::spec::parse_mode;
 
 /// Why the dynamic step failed. [`exit_code`](Self::exit_code): 20 (DYNAMIC) for the sources
 /// and their data, 21 (APPLY) for a template that cannot render.
@@ -355,7 +353,7 @@ fn load_templates<'m>(ctx: &Ctx<'m>) -> Result<Vec<Loaded<'m>>, ApplyError> {
             .take(16 << 20)
             .read_to_end(&mut buf)
             .map_err(|e| err(format!("reading staged template {blob}: {e}")))?;
-        if hex::encode(Sha256::digest(&buf)) != t.digest {
+        if kiln_signing::sha256_hex(&buf) != t.digest {
             return Err(err(
                 "staged template does not match its digest (staging area corrupted?)".into(),
             ));
@@ -675,35 +673,7 @@ fn commit(
     Ok(changed)
 }
 
-/// The report Kiln writes to Consul, in the state file's terms.
-#[derive(Debug, Serialize)]
-struct Report<'a> {
-    hostgroup: &'a str,
-    hostname: &'a str,
-    version: u64,
-    bundle_sha256: &'a str,
-    result: crate::state::Outcome,
-    exit_code: i32,
-    started_at: &'a str,
-    finished_at: &'a str,
-    steps: Vec<ReportStep<'a>>,
-    error: Option<&'a str>,
-    /// `healthy` or `unhealthy` with each check, when the bundle has checks and they ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    health: Option<&'a crate::state::Health>,
-    firstboot: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-struct ReportStep<'a> {
-    name: &'a str,
-    seconds: f64,
-}
-
-/// The report's key: `kiln/nodes/<hostgroup>/<hostname>`.
-pub fn report_key(hostgroup: &str, hostname: &str) -> String {
-    format!("kiln/nodes/{hostgroup}/{hostname}")
-}
+pub use crate::report::report_key;
 
 /// How the report went.
 #[derive(Debug)]
@@ -728,27 +698,7 @@ pub fn report_of(
         .unwrap_or_else(|| hostname(cfg, root))
         .map_err(|e| e.to_string())?;
     let key = report_key(&state.hostgroup, &hostname);
-    let body = Report {
-        hostgroup: &state.hostgroup,
-        hostname: &hostname,
-        version: state.version,
-        bundle_sha256: &state.sha256,
-        result: state.result,
-        exit_code: state.exit_code,
-        started_at: &state.started_at,
-        finished_at: &state.applied_at,
-        steps: state
-            .steps
-            .iter()
-            .map(|s| ReportStep {
-                name: &s.name,
-                seconds: s.seconds,
-            })
-            .collect(),
-        error: state.error.as_deref(),
-        health: state.health.as_ref(),
-        firstboot: env!("CARGO_PKG_VERSION"),
-    };
+    let body = crate::report::NodeReport::of(state, &hostname);
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok((key, body))
 }

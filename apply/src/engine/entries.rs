@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::journal::Journal;
 use super::passwd::Accounts;
-use super::validate::parse_mode;
 use super::{ApplyError, Ctx};
 use crate::fsroot::{self, Kind, Meta, Parent, ParentCache, Root};
+use kiln_signing::spec::parse_mode;
 
 /// What applying one entry does to the current root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,22 +169,8 @@ fn same_content(parent: &Parent, digest: &str) -> io::Result<bool> {
     if fsroot::fmeta(fd.as_fd())?.kind != Kind::File {
         return Ok(false);
     }
-    let mut file = std::fs::File::from(fd);
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut HashWriter(&mut hasher))?;
-    Ok(hex::encode(hasher.finalize()) == digest)
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    let (have, _) = kiln_signing::sha256_reader(std::fs::File::from(fd))?;
+    Ok(have == digest)
 }
 
 /// Resolves an entry's owner and group against the root's accounts.
@@ -284,7 +270,7 @@ pub fn write_bytes(
     uid: u32,
     gid: u32,
 ) -> io::Result<bool> {
-    let digest = hex::encode(Sha256::digest(bytes));
+    let digest = kiln_signing::sha256_hex(bytes);
     if let Some(m) = parent.lstat()? {
         if m.kind == Kind::File
             && m.nlink == 1
@@ -938,7 +924,7 @@ mod tests {
     #[test]
     fn copy_verified_refuses_wrong_bytes() {
         let data = b"hello";
-        let digest = hex::encode(Sha256::digest(data));
+        let digest = kiln_signing::sha256_hex(data);
         let mut out = Vec::new();
         copy_verified(&mut &data[..], &mut out, &digest, 5).unwrap();
         assert_eq!(out, data);

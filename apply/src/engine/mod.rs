@@ -23,7 +23,6 @@ pub(crate) mod passwd;
 pub(crate) mod process;
 pub(crate) mod services;
 pub(crate) mod track;
-pub mod validate;
 
 use nix::libc;
 use std::cell::RefCell;
@@ -304,7 +303,17 @@ pub fn apply_with<R: Read>(
     opts: &ApplyOptions,
     dynamic: Option<crate::engine::dynamic::Setup<'_>>,
 ) -> Result<ApplyReport, ApplyFailure> {
-    validate::check_manifest(&bundle.manifest).map_err(ApplyError::Invalid)?;
+    // The reader's validation, made again: the engine relies on every rule of it (no path
+    // under the state directory, no name that could be taken for an option) whoever handed it
+    // the manifest.
+    kiln_signing::validate_manifest(&bundle.manifest, &kiln_signing::Limits::default()).map_err(
+        |e| match e {
+            kiln_signing::BundleError::Corrupt(m) | kiln_signing::BundleError::Limit(m) => {
+                ApplyError::Invalid(m)
+            }
+            other => ApplyError::Invalid(other.to_string()),
+        },
+    )?;
     // The engine keeps the manifest but its blob list, which stays with the bundle's reader
     // (the one user of it); the entries are moved, not copied. Memory per entry is what
     // bounds an apply's, and this halves it.
@@ -319,7 +328,7 @@ pub fn apply_with<R: Read>(
     let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment)
         .trim()
         .to_string();
-    if !is_sha256(&opts.bundle_sha256) {
+    if !kiln_signing::spec::is_sha256_hex(&opts.bundle_sha256) {
         return Err(ApplyError::Invalid(format!(
             "bundle sha256 {:?} is not 64 lowercase hex digits",
             opts.bundle_sha256
@@ -1360,10 +1369,4 @@ fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, Ap
         return Err(ApplyError::Conflicts(conflicts));
     }
     Ok(out)
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

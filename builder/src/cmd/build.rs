@@ -406,7 +406,7 @@ fn place(tmp: &Path, path: &Path, sha256: &str) -> Result<bool> {
     match std::fs::hard_link(tmp, path) {
         Ok(()) => Ok(false),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let (existing, _) = crate::packages::file_sha256(path)
+            let (existing, _) = kiln_signing::sha256_file(path)
                 .with_context(|| format!("reading the existing {}", path.display()))?;
             if existing == sha256 {
                 return Ok(true);

@@ -40,8 +40,8 @@ pub fn run(a: CloudInitArgs) -> Result<()> {
                     a.hostgroup
                 );
             }
-            let (sha, _) = crate::packages::file_sha256(p)
-                .with_context(|| format!("reading {}", p.display()))?;
+            let (sha, _) =
+                kiln_signing::sha256_file(p).with_context(|| format!("reading {}", p.display()))?;
             Some((p.clone(), m, sha))
         }
         None => None,

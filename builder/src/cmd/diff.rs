@@ -428,9 +428,7 @@ fn unified_diff(path: &str, old: &str, new: &str) -> String {
 
 fn short(v: &Value) -> String {
     match v {
-        Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            s[..12].to_string()
-        }
+        Value::String(s) if kiln_signing::spec::is_sha256_hex(s) => s[..12].to_string(),
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
         other => other.to_string(),

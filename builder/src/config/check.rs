@@ -14,24 +14,11 @@ pub fn is_hostgroup_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-/// `[a-z_][a-z0-9_-]{0,31}`: user and group names.
-pub fn is_account_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-}
+/// User and group names ([`kiln_signing::spec::is_account_name`]).
+pub use kiln_signing::spec::is_account_name;
 
-/// Debian package names: `[a-z0-9][a-z0-9+.-]+`.
-pub fn is_package_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 2
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
-}
+/// Debian package names and versions ([`kiln_signing::spec`]).
+pub use kiln_signing::spec::{is_package_name, is_package_version};
 
 /// Debian suite (or codename) names: `bookworm`, `bookworm-updates`, `bookworm-security`.
 pub fn is_suite_name(s: &str) -> bool {
@@ -41,26 +28,6 @@ pub fn is_suite_name(s: &str) -> bool {
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(c))
-}
-
-/// Debian version strings: `[epoch:]upstream[-revision]` from `[A-Za-z0-9.+~:-]`, starting
-/// with a digit after the epoch.
-pub fn is_package_version(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b".+~:-".contains(c))
-        && {
-            let upstream = s.split_once(':').map_or(s, |(epoch, rest)| {
-                if epoch.bytes().all(|c| c.is_ascii_digit()) && !epoch.is_empty() {
-                    rest
-                } else {
-                    "!"
-                }
-            });
-            upstream.as_bytes().first().is_some_and(u8::is_ascii_digit)
-        }
 }
 
 /// Suffixes a unit file may have.
@@ -87,15 +54,11 @@ fn unit_chars_ok(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b":_.@-\\".contains(&c))
 }
 
-/// `name.suffix` with systemd's characters and one of `suffixes`.
+/// A unit name ([`kiln_signing::spec::is_unit_name`]) with one of `suffixes`.
 fn has_unit_form(s: &str, suffixes: &[&str]) -> bool {
-    if s.len() > 255 || !unit_chars_ok(s) {
-        return false;
-    }
-    match s.rsplit_once('.') {
-        Some((stem, suffix)) => !stem.is_empty() && suffixes.contains(&suffix),
-        None => false,
-    }
+    kiln_signing::spec::is_unit_name(s)
+        && s.rsplit_once('.')
+            .is_some_and(|(_, suffix)| suffixes.contains(&suffix))
 }
 
 /// A service name: `nginx.service`, `app@1.service`, `backup.timer`...
@@ -118,15 +81,8 @@ pub fn is_unit_key(s: &str) -> bool {
     }
 }
 
-/// Command names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
-pub fn is_command_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
-}
+/// Command and check names: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub use kiln_signing::spec::is_command_name;
 
 /// Parameter names, usable as `params.<name>` in templates: `[a-z_][a-z0-9_]*`.
 pub fn is_param_name(s: &str) -> bool {
@@ -139,30 +95,7 @@ pub fn is_param_name(s: &str) -> bool {
 }
 
 /// Why `s` is not a normalized absolute path on the target, if it is not.
-pub fn abs_path_problem(s: &str) -> Option<String> {
-    if s.contains('\0') || s.contains('\n') || s.contains('\r') {
-        return Some(format!("path {s:?} contains a NUL or newline character"));
-    }
-    if !s.starts_with('/') {
-        return Some(format!("path {s:?} is not absolute"));
-    }
-    if s == "/" {
-        return Some("path \"/\" is the root directory itself".into());
-    }
-    if s.ends_with('/') {
-        return Some(format!("path {s:?} ends with \"/\""));
-    }
-    if s.contains("//") {
-        return Some(format!("path {s:?} contains \"//\""));
-    }
-    if s.split('/').any(|c| c == "." || c == "..") {
-        return Some(format!("path {s:?} has a \".\" or \"..\" component"));
-    }
-    if s.len() > 4096 {
-        return Some("path is longer than 4096 bytes".into());
-    }
-    None
-}
+pub use kiln_signing::spec::path_problem as abs_path_problem;
 
 /// Why `s` is not a plain relative path inside a directory of the configuration, if it is not.
 pub fn rel_path_problem(s: &str) -> Option<String> {
@@ -196,17 +129,13 @@ pub fn rel_path_problem(s: &str) -> Option<String> {
 /// be written as the first of 4 digits, so they are never set by accident.
 pub fn mode(node: &Node, d: &mut Sink) -> Option<u32> {
     match &node.kind {
-        NodeKind::Str(s) => {
-            let ok = (3..=4).contains(&s.len()) && s.bytes().all(|c| (b'0'..=b'7').contains(&c));
-            if !ok {
-                d.err(
-                    &node.span,
-                    format!("mode {s:?} is not an octal mode such as \"0644\" (3 or 4 digits 0-7)"),
-                );
-                return None;
+        NodeKind::Str(s) => match kiln_signing::spec::parse_mode(s) {
+            Ok(mode) => Some(mode),
+            Err(e) => {
+                d.err(&node.span, e);
+                None
             }
-            u32::from_str_radix(s, 8).ok()
-        }
+        },
         NodeKind::Int(_) => {
             let raw = node.text();
             let message = match unquoted_mode(&raw) {

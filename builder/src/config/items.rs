@@ -123,7 +123,7 @@ pub fn check_name(kind: Kind, key: &Node, d: &mut Sink) -> bool {
     let problem = match kind {
         Kind::Files | Kind::Directories => check::abs_path_problem(name),
         Kind::Users | Kind::Groups if !check::is_account_name(name) => {
-            Some(format!("{} name {name:?} does not match [a-z_][a-z0-9_-]{{0,31}}", kind.singular()))
+            Some(format!("{} name {name:?} does not match {}", kind.singular(), kiln_signing::spec::ACCOUNT_NAME_PATTERN))
         }
         Kind::Packages if !check::is_package_name(name) => {
             Some(format!("package name {name:?} does not match Debian's [a-z0-9][a-z0-9+.-]+"))
@@ -196,7 +196,10 @@ fn account_ref(key: &str, node: &Node, what: &str, d: &mut Sink) -> Option<(Stri
     if !check::is_account_name(s) {
         d.err(
             &node.span,
-            format!("{what} {s:?} is not a valid {what} name ([a-z_][a-z0-9_-]{{0,31}})"),
+            format!(
+                "{what} {s:?} is not a valid {what} name ({})",
+                kiln_signing::spec::ACCOUNT_NAME_PATTERN
+            ),
         );
         return None;
     }

@@ -456,7 +456,10 @@ pub fn check_section(key: &str, value: &Node, d: &mut Sink) {
                 if !check::is_account_name(name) {
                     d.err(
                         &item.span,
-                        format!("system account {name:?} does not match [a-z_][a-z0-9_-]{{0,31}}"),
+                        format!(
+                            "system account {name:?} does not match {}",
+                            kiln_signing::spec::ACCOUNT_NAME_PATTERN
+                        ),
                     );
                 }
             }

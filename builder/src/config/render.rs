@@ -4,8 +4,6 @@
 
 use std::fmt::Write as _;
 
-use sha2::{Digest, Sha256};
-
 use super::diag::Span;
 use super::model::*;
 use super::resolve::layer_of;
@@ -87,7 +85,7 @@ fn content(bytes: &[u8]) -> Vec<String> {
     }
     vec![format!(
         "  content: sha256:{} ({} bytes)",
-        hex::encode(Sha256::digest(bytes)),
+        kiln_signing::sha256_hex(bytes),
         bytes.len()
     )]
 }
@@ -384,7 +382,7 @@ impl Resolved {
                         }
                     }
                     Ok(_) => {
-                        if let Ok((sha, size)) = crate::packages::file_sha256(p) {
+                        if let Ok((sha, size)) = kiln_signing::sha256_file(p) {
                             lines.push(format!("  content: sha256:{sha} ({size} bytes)"));
                         }
                     }

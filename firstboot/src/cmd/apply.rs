@@ -33,7 +33,7 @@ pub fn run(args: ApplyArgs, log: &dyn Log) -> Result<i32> {
         Source::Url(u) => u.clone(),
     };
     if let Some(pin) = &args.sha256 {
-        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if kiln_signing::spec::sha256_hex_any_case(pin).is_none() {
             return Err(Exit {
                 code: exit::USAGE,
                 message: format!("--sha256 {pin:?} is not 64 hex digits"),
