@@ -5,36 +5,24 @@
 use std::collections::BTreeMap;
 
 use minijinja::value::ValueKind;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Value};
 
 use super::diag::Span;
 use super::yaml::{Node, NodeKind, MAX_DEPTH};
 
-/// The environment every static template and layer parameter is rendered in. Dynamic
-/// templates are rendered on the host with the same settings plus the Consul/Vault functions.
+/// The environment every static template and layer parameter is rendered in: the host's own
+/// ([`kiln_apply::template::environment`], which dynamic templates are rendered in, plus the
+/// Consul/Vault functions there), with debug info on.
 pub fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
+    let mut env = kiln_apply::template::environment();
     // Debug info names the undefined variable in errors ("`params.nope` is undefined"); minijinja
     // turns it on only in debug builds, and operators run release builds.
     env.set_debug(true);
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|_| AutoEscape::None);
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-        .keep_trailing_newline(true)
-        .build()
-    {
-        env.set_syntax(syntax);
-    }
     env
 }
 
 /// minijinja's reason, without its own location (the caller says where).
-pub fn reason(e: &minijinja::Error) -> String {
-    match e.detail() {
-        Some(detail) => format!("{}: {detail}", e.kind()),
-        None => e.kind().to_string(),
-    }
-}
+pub use kiln_apply::template::reason;
 
 /// A map value from pairs.
 pub fn map_value<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
