@@ -9,6 +9,7 @@
 
 pub mod debian;
 pub mod dynamic;
+pub mod entries;
 pub mod error;
 pub mod hashing;
 pub mod keys;
@@ -38,5 +39,6 @@ pub use reader::{
 };
 pub use sshsig::NAMESPACE;
 pub use trust::*;
-pub use validate::validate_manifest;
+pub use entries::{EntryList, EntrySpool};
+pub use validate::{validate_entries, validate_manifest};
 pub use writer::*;

@@ -3,15 +3,21 @@
 //! no insignificant whitespace) so that the same inputs give the same bytes.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+use crate::error::BundleError;
 
 /// The manifest format this code writes and the only one it accepts.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Everything a bundle carries, in the order a host applies it.
+///
+/// `E` is how the entries are held: in memory (the default), or
+/// [`Streamed`](crate::entries::Streamed) while a reader parses them into a spool file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Manifest {
+pub struct Manifest<E = Vec<Entry>> {
     /// Always [`FORMAT_VERSION`].
     pub format: u32,
     /// The hostgroup this bundle configures (a host refuses a bundle for another group).
@@ -28,8 +34,8 @@ pub struct Manifest {
     pub builder: String,
     /// The base image the bundle targets (wrong-software defence).
     pub base: Base,
-    /// Every path the bundle creates, changes or removes, sorted by path.
-    pub entries: Vec<Entry>,
+    /// Every path the bundle creates, changes or removes, sorted by path (byte order).
+    pub entries: E,
     /// Groups to create, sorted by name.
     pub groups: Vec<Group>,
     /// Users to create, sorted by name.
@@ -362,6 +368,23 @@ impl Manifest {
     /// compared with the hash of signed bytes read in pieces, it says whether they were
     /// exactly the canonical form without the bytes being whole in memory.
     pub fn canonical_json_sha512(&self) -> [u8; 64] {
+        self.canonical_sha512_with(self.entries.iter().map(|e| Ok(Cow::Borrowed(e))))
+            .expect("hashing does not fail")
+    }
+
+    /// Writes the canonical JSON (keys sorted, compact, a final newline).
+    pub fn write_canonical_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.write_canonical_json_with(out, self.entries.iter().map(|e| Ok(Cow::Borrowed(e))))
+    }
+}
+
+impl<E> Manifest<E> {
+    /// [`Manifest::canonical_json_sha512`] of this manifest with `entries` as its entries
+    /// (its own, whatever they are, are not looked at).
+    pub fn canonical_sha512_with<'a>(
+        &self,
+        entries: impl Iterator<Item = Result<Cow<'a, Entry>, BundleError>>,
+    ) -> Result<[u8; 64], BundleError> {
         use sha2::Digest;
         struct Hasher(sha2::Sha512);
         impl std::io::Write for Hasher {
@@ -374,34 +397,53 @@ impl Manifest {
             }
         }
         let mut h = Hasher(sha2::Sha512::new());
-        self.write_canonical_json(&mut h)
-            .expect("hashing does not fail");
-        h.0.finalize().into()
+        let mut failed = None;
+        let entries = entries.map_while(|e| match e {
+            Ok(e) => Some(e),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        let wrote = self.write_canonical_json_with(&mut h, entries.map(Ok));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        wrote.map_err(BundleError::Io)?;
+        Ok(h.0.finalize().into())
     }
 
-    /// Writes the canonical JSON (keys sorted, compact, a final newline).
-    pub fn write_canonical_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    /// [`Manifest::write_canonical_json`] with `entries` as the entries.
+    pub fn write_canonical_json_with<'a>(
+        &self,
+        out: &mut impl std::io::Write,
+        entries: impl Iterator<Item = std::io::Result<Cow<'a, Entry>>>,
+    ) -> std::io::Result<()> {
         // serde_json::Value keeps object keys in a BTreeMap (no preserve_order feature in this
         // workspace), so going through Value sorts every object's keys. The two long arrays go
         // through it one element at a time: a Value of the whole manifest takes ~2.5 KB per
         // entry, which made it the largest allocation of an apply (80 MB for 20,000 files).
-        let shell = self.clone_without_lists();
+        let shell = self.head();
         let serde_json::Value::Object(top) =
             serde_json::to_value(&shell).expect("manifest serializes")
         else {
             unreachable!("a manifest serializes to an object")
         };
-        fn each<T: Serialize>(out: &mut impl std::io::Write, items: &[T]) -> std::io::Result<()> {
+        fn each<T: Serialize, B: std::borrow::Borrow<T>>(
+            out: &mut impl std::io::Write,
+            items: impl Iterator<Item = std::io::Result<B>>,
+        ) -> std::io::Result<()> {
             out.write_all(b"[")?;
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.enumerate() {
                 if i > 0 {
                     out.write_all(b",")?;
                 }
-                let v = serde_json::to_value(item).expect("manifest serializes");
+                let v = serde_json::to_value(item?.borrow()).expect("manifest serializes");
                 serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
             }
             out.write_all(b"]")
         }
+        let mut entries = Some(entries);
         out.write_all(b"{")?;
         for (i, (key, value)) in top.iter().enumerate() {
             if i > 0 {
@@ -410,16 +452,46 @@ impl Manifest {
             serde_json::to_writer(&mut *out, key).map_err(std::io::Error::other)?;
             out.write_all(b":")?;
             match key.as_str() {
-                "entries" => each(out, &self.entries)?,
-                "blobs" => each(out, &self.blobs)?,
+                "entries" => {
+                    if let Some(entries) = entries.take() {
+                        each::<Entry, _>(out, entries)?
+                    }
+                }
+                "blobs" => each::<Blob, _>(out, self.blobs.iter().map(Ok))?,
                 _ => serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?,
             }
         }
         out.write_all(b"}\n")
     }
 
-    /// A copy of everything but `entries` and `blobs` (left empty).
-    fn clone_without_lists(&self) -> Manifest {
+    /// Everything but the entries (and the blobs, moved): a manifest whose entries are held
+    /// elsewhere.
+    pub fn with_entries<F>(self, entries: F) -> Manifest<F> {
+        Manifest {
+            format: self.format,
+            hostgroup: self.hostgroup,
+            version: self.version,
+            created: self.created,
+            expires: self.expires,
+            source_commit: self.source_commit,
+            builder: self.builder,
+            base: self.base,
+            entries,
+            groups: self.groups,
+            users: self.users,
+            packages: self.packages,
+            system_accounts: self.system_accounts,
+            services: self.services,
+            commands: self.commands,
+            templates: self.templates,
+            checks: self.checks,
+            dynamic: self.dynamic,
+            blobs: self.blobs,
+        }
+    }
+
+    /// A copy of everything but the entries and the blobs (left empty).
+    pub fn head(&self) -> Manifest {
         Manifest {
             format: self.format,
             hostgroup: self.hostgroup.clone(),

@@ -8,13 +8,14 @@ use std::io::{self, BufReader, Chain, Cursor, Read};
 
 use sha2::{Digest, Sha256};
 
+use crate::entries::{EntryList, EntrySpool};
 use crate::error::BundleError;
 use crate::keys::PublicKey;
 use crate::limits::Limits;
 use crate::manifest::{Blob, Manifest, FORMAT_VERSION};
 use crate::sshsig::{self, NAMESPACE};
 use crate::trust::TrustStore;
-use crate::validate::validate_manifest;
+use crate::validate::{validate_entries, validate_manifest};
 
 pub use crate::hashing::{sha256_hex, HashingReader, HashingWriter};
 pub use crate::policy::{check_policy, read_os_release, BaseIdentity, Policy};
@@ -359,7 +360,7 @@ impl<R: Read> Tar<R> {
                 }
                 out.flush().map_err(spool_err)?;
                 drop(out);
-                Store::Spool(file)
+                Store::Spool(file, h.size)
             }
         };
         self.padding(h.size, MANIFEST_NAME)?;
@@ -433,7 +434,8 @@ struct ManifestBytes {
 
 enum Store {
     Pieces(std::collections::VecDeque<Vec<u8>>),
-    Spool(std::fs::File),
+    /// The file and the manifest's length in it (the entries are spooled after it).
+    Spool(std::fs::File, u64),
 }
 
 fn spool_read_err(e: io::Error) -> BundleError {
@@ -501,7 +503,7 @@ impl ManifestBytes {
                 pieces: pieces.iter().map(|p| p.as_slice()).collect(),
                 pos: 0,
             })),
-            Store::Spool(file) => {
+            Store::Spool(file, _) => {
                 use std::io::Seek;
                 let mut f = file;
                 f.seek(io::SeekFrom::Start(0)).map_err(spool_read_err)?;
@@ -514,7 +516,7 @@ impl ManifestBytes {
     fn into_reader(self) -> Result<Box<dyn Read>, BundleError> {
         match self.store {
             Store::Pieces(pieces) => Ok(Box::new(Pieces { pieces, pos: 0 })),
-            Store::Spool(mut file) => {
+            Store::Spool(mut file, _) => {
                 use std::io::Seek;
                 file.seek(io::SeekFrom::Start(0)).map_err(spool_read_err)?;
                 Ok(Box::new(file))
@@ -589,7 +591,12 @@ fn read_head<R: Read>(
 }
 
 /// Parses and structurally validates signed manifest bytes, freeing them as they are parsed.
-fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, BundleError> {
+/// Spooled bytes are parsed with the entries going to the spool file (after the bytes), one
+/// at a time: the manifest comes back without them, and they come back as a spool.
+fn parse_manifest(
+    bytes: ManifestBytes,
+    limits: &Limits,
+) -> Result<(Manifest, Option<EntrySpool>), BundleError> {
     // Look at the format first, so a newer manifest gets a clear message rather than a
     // complaint about a field this version does not know.
     if let Some(format) = bytes.declared_format()? {
@@ -600,16 +607,37 @@ fn parse_manifest(bytes: ManifestBytes, limits: &Limits) -> Result<Manifest, Bun
         }
     }
     let sha512 = bytes.sha512;
+    let does_not_parse = |e: serde_json::Error| corrupt(format!("manifest does not parse: {e}"));
+    if let Store::Spool(file, len) = &bytes.store {
+        let entries_file = file.try_clone().map_err(spool_read_err)?;
+        let len = *len;
+        // The entries are appended after the manifest's bytes while those are read.
+        let reader = BufReader::with_capacity(MANIFEST_PIECE, bytes.into_reader()?.take(len));
+        let (m, spool) = crate::entries::parse_into_spool(entries_file, len, || {
+            serde_json::from_reader::<_, Manifest<crate::entries::Streamed>>(reader)
+        })?
+        .map_err(does_not_parse)?;
+        let m = m.with_entries(Vec::new());
+        let entries = EntryList::Spool(spool);
+        if m.canonical_sha512_with(entries.iter())? != sha512 {
+            return Err(corrupt("manifest is not in canonical form"));
+        }
+        validate_entries(&m, &entries, limits)?;
+        let EntryList::Spool(spool) = entries else {
+            unreachable!("made a spool above")
+        };
+        return Ok((m, Some(spool)));
+    }
     let m: Manifest = serde_json::from_reader(BufReader::with_capacity(
         MANIFEST_PIECE,
         bytes.into_reader()?,
     ))
-    .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
+    .map_err(does_not_parse)?;
     if m.canonical_json_sha512() != sha512 {
         return Err(corrupt("manifest is not in canonical form"));
     }
     validate_manifest(&m, limits)?;
-    Ok(m)
+    Ok((m, None))
 }
 
 /// Opens a bundle: checks the zstd header, reads the manifest and its signature, verifies the
@@ -671,9 +699,10 @@ fn open_with<R: Read>(
     } else {
         Vec::new()
     };
-    let manifest = parse_manifest(manifest, limits)?;
+    let (manifest, spooled_entries) = parse_manifest(manifest, limits)?;
     Ok(VerifiedBundle {
         manifest,
+        spooled_entries,
         manifest_bytes,
         signature,
         signer,
@@ -693,7 +722,7 @@ pub fn read_manifest_unverified<R: Read>(
         ..
     } = read_head(src, limits, None)?;
     let kept = bytes.to_vec()?;
-    let manifest = parse_manifest(bytes, limits)?;
+    let (manifest, _) = parse_manifest(bytes, limits)?;
     Ok((manifest, kept, signature))
 }
 
@@ -701,7 +730,11 @@ pub fn read_manifest_unverified<R: Read>(
 /// still unread: consume it with [`for_each_blob`](Self::for_each_blob) or
 /// [`verify_blobs`](Self::verify_blobs) before trusting any of them.
 pub struct VerifiedBundle<R> {
+    /// The manifest; from [`open_spooled`] without its entries, which are in
+    /// [`spooled_entries`](Self::spooled_entries).
     pub manifest: Manifest,
+    /// From [`open_spooled`]: the manifest's entries, in its spool file.
+    pub spooled_entries: Option<EntrySpool>,
     pub manifest_bytes: Vec<u8>,
     pub signature: Vec<u8>,
     /// The key that signed the manifest (with its comment from the trust store).
@@ -1055,15 +1088,19 @@ mod tests {
             "{e}"
         );
         let spool = tempfile::tempfile().unwrap();
-        let b = open_spooled(&bundle[..], &trust(), &limits, spool.try_clone().unwrap()).unwrap();
-        assert_eq!(b.manifest, m);
+        let mut b =
+            open_spooled(&bundle[..], &trust(), &limits, spool.try_clone().unwrap()).unwrap();
+        let mut without_entries = m.clone();
+        without_entries.entries.clear();
+        assert_eq!(b.manifest, without_entries);
+        let entries = crate::EntryList::Spool(b.spooled_entries.take().unwrap());
+        let back: Vec<_> = entries.iter().map(|e| e.unwrap().into_owned()).collect();
+        assert_eq!(back, m.entries, "the entries are in the spool, after the bytes");
         assert!(b.manifest_bytes.is_empty());
         b.verify_blobs().unwrap();
-        assert_eq!(
-            spool.metadata().unwrap().len(),
-            size,
-            "the bytes went to the spool"
-        );
+        let mut head = vec![0u8; size as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&spool, &mut head, 0).unwrap();
+        assert_eq!(head, m.to_canonical_json(), "the bytes went to the spool");
         let tight = Limits {
             max_spooled_manifest_bytes: size - 1,
             ..limits
@@ -1535,7 +1572,7 @@ mod tests {
         expect_corrupt(
             with(&|m| {
                 let dup = m.entries[1].clone();
-                m.entries.push(dup)
+                m.entries.insert(1, dup)
             }),
             "duplicate path",
         );

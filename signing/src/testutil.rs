@@ -94,6 +94,7 @@ pub(crate) fn manifest_for(blobs: &[Vec<u8>]) -> Manifest {
     for (i, b) in blobs.iter().enumerate().skip(4) {
         entries.push(file(&format!("/srv/file{i}"), b, "0600"));
     }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut list: Vec<Blob> = blobs
         .iter()
         .map(|b| Blob {

@@ -6,12 +6,14 @@
 //! path, mode, name and digest: every name that reaches a command line is checked, so nothing
 //! from the manifest can be taken for an option.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
+use crate::entries::EntryList;
 use crate::error::BundleError;
 use crate::limits::Limits;
-use crate::manifest::{Check, EntryKind, Manifest, Probe, FORMAT_VERSION};
+use crate::manifest::{Check, Entry, EntryKind, Manifest, Probe, FORMAT_VERSION};
 use crate::spec::{self, STATE_DIR};
 
 fn corrupt(msg: impl Into<String>) -> BundleError {
@@ -21,6 +23,30 @@ fn corrupt(msg: impl Into<String>) -> BundleError {
 /// Checks everything about a manifest that does not depend on the host: format, times,
 /// paths, modes, names, digests, blob list and limits.
 pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
+    validate_with(
+        m,
+        m.entries.len(),
+        m.entries.iter().map(|e| Ok(Cow::Borrowed(e))),
+        limits,
+    )
+}
+
+/// [`validate_manifest`] of `m` with `entries` as its entries (its own are not looked at):
+/// one pass over them, holding none.
+pub fn validate_entries(
+    m: &Manifest,
+    entries: &EntryList,
+    limits: &Limits,
+) -> Result<(), BundleError> {
+    validate_with(m, entries.len(), entries.iter(), limits)
+}
+
+fn validate_with<'a>(
+    m: &Manifest,
+    count: usize,
+    entries: impl Iterator<Item = Result<Cow<'a, Entry>, BundleError>>,
+    limits: &Limits,
+) -> Result<(), BundleError> {
     if m.format != FORMAT_VERSION {
         return Err(corrupt(format!(
             "manifest format {} is not supported (this kiln reads format {FORMAT_VERSION})",
@@ -33,7 +59,7 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
         check_digest("base packages_digest", d)?;
     }
 
-    let paths = m.entries.len().saturating_add(m.templates.len());
+    let paths = count.saturating_add(m.templates.len());
     if paths > limits.max_entries {
         return Err(BundleError::Limit(format!(
             "{paths} entries and templates, more than the limit {}",
@@ -99,17 +125,47 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
         Ok(())
     };
 
-    let mut kinds: HashMap<&str, &EntryKind> = HashMap::with_capacity(m.entries.len());
-    for e in &m.entries {
+    // The templates' paths, and the directories above them, by path: an entry may be neither
+    // a template's path nor anything but a directory above one.
+    let mut above_templates: HashMap<&str, &str> = HashMap::new();
+    for t in &m.templates {
+        check_path(&t.path)?;
+        let mut dir = t.path.as_str();
+        while let Some(i) = dir.rfind('/') {
+            dir = &dir[..i];
+            if dir.is_empty() {
+                break;
+            }
+            above_templates.entry(dir).or_insert(&t.path);
+        }
+    }
+    let templates: HashSet<&str> = m.templates.iter().map(|t| t.path.as_str()).collect();
+
+    // Entries come sorted by path, so a path's ancestors among them came before it: the
+    // entries that are a prefix of the current path are kept on a stack (by string prefix,
+    // not only by path: byte order puts `/etc/a-b` between `/etc/a` and `/etc/a/x`, and the
+    // paths starting with a prefix are together in the order).
+    let mut stack: Vec<(String, Kind)> = Vec::new();
+    let mut prev = String::new();
+    for (i, e) in entries.enumerate() {
+        let e = e?;
         check_path(&e.path)?;
+        if i > 0 && e.path <= prev {
+            return Err(corrupt(if e.path == prev {
+                format!("duplicate path {:?}", e.path)
+            } else {
+                format!("entries not sorted by path: {:?} after {prev:?}", e.path)
+            }));
+        }
+        prev.clone_from(&e.path);
         if spec::is_under(&e.path, STATE_DIR) {
             return Err(corrupt(format!(
                 "{}: {STATE_DIR} is kiln's own state, not bundle content",
                 e.path
             )));
         }
-        if kinds.insert(&e.path, &e.kind).is_some() {
-            return Err(corrupt(format!("duplicate path {:?}", e.path)));
+        if templates.contains(e.path.as_str()) {
+            return Err(corrupt(format!("duplicate path {:?} (template)", e.path)));
         }
         let at = |x: String| corrupt(format!("{}: {x}", e.path));
         match &e.kind {
@@ -142,21 +198,38 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
             }
             EntryKind::Absent => {}
         }
-    }
-    // Nothing may live below a path that is a file, a symlink or absent: below a symlink it
-    // would be written through the bundle's own link (a pivot); below a file or absent it
-    // cannot exist.
-    for e in &m.entries {
-        let below_absent_ok = matches!(e.kind, EntryKind::Absent);
-        parent_problem(&e.path, &kinds, below_absent_ok)?;
+        let kind = Kind::of(&e.kind);
+        // Nothing may live below a path that is a file, a symlink or absent: below a symlink
+        // it would be written through the bundle's own link (a pivot); below a file or absent
+        // it cannot exist. An absent path may be below another absent one.
+        while stack.last().is_some_and(|(p, _)| !e.path.starts_with(p.as_str())) {
+            stack.pop();
+        }
+        let parent = stack.iter().rev().find(|(p, k)| {
+            e.path.as_bytes().get(p.len()) == Some(&b'/')
+                && !(*k == Kind::Directory || (*k == Kind::Absent && kind == Kind::Absent))
+        });
+        if let Some((p, k)) = parent {
+            return Err(corrupt(format!(
+                "{}: its parent {p} is {} in the same bundle",
+                e.path,
+                k.name()
+            )));
+        }
+        if kind != Kind::Directory {
+            if let Some(t) = above_templates.get(e.path.as_str()) {
+                // Likewise a template (often a secret) below the bundle's own symlink, file or
+                // absent.
+                return Err(corrupt(format!(
+                    "{t}: its parent {} is {} in the same bundle",
+                    e.path,
+                    kind.name()
+                )));
+            }
+        }
+        stack.push((e.path.clone(), kind));
     }
     for t in &m.templates {
-        check_path(&t.path)?;
-        if kinds.contains_key(t.path.as_str()) {
-            return Err(corrupt(format!("duplicate path {:?} (template)", t.path)));
-        }
-        // Likewise a template (often a secret) below the bundle's own symlink, file or absent.
-        parent_problem(&t.path, &kinds, false)?;
         if spec::is_under(&t.path, STATE_DIR) {
             return Err(corrupt(format!(
                 "{}: {STATE_DIR} is kiln's own state",
@@ -226,40 +299,33 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
     Ok(())
 }
 
-fn kind_name(k: &EntryKind) -> &'static str {
-    match k {
-        EntryKind::File { .. } => "a file",
-        EntryKind::Symlink { .. } => "a symlink",
-        EntryKind::Directory { .. } => "a directory",
-        EntryKind::Absent => "absent",
-    }
+/// What an entry makes of its path, as far as the paths below it care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Symlink,
+    Directory,
+    Absent,
 }
 
-/// The first ancestor of `path` that the bundle makes something other than a directory
-/// (an absent path may be below another absent one).
-fn parent_problem(
-    path: &str,
-    kinds: &HashMap<&str, &EntryKind>,
-    below_absent_ok: bool,
-) -> Result<(), BundleError> {
-    let mut dir = path;
-    while let Some(i) = dir.rfind('/') {
-        dir = &dir[..i];
-        if dir.is_empty() {
-            break;
-        }
-        match kinds.get(dir) {
-            Some(EntryKind::Directory { .. }) | None => {}
-            Some(EntryKind::Absent) if below_absent_ok => {}
-            Some(k) => {
-                return Err(corrupt(format!(
-                    "{path}: its parent {dir} is {} in the same bundle",
-                    kind_name(k)
-                )));
-            }
+impl Kind {
+    fn of(k: &EntryKind) -> Kind {
+        match k {
+            EntryKind::File { .. } => Kind::File,
+            EntryKind::Symlink { .. } => Kind::Symlink,
+            EntryKind::Directory { .. } => Kind::Directory,
+            EntryKind::Absent => Kind::Absent,
         }
     }
-    Ok(())
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::File => "a file",
+            Kind::Symlink => "a symlink",
+            Kind::Directory => "a directory",
+            Kind::Absent => "absent",
+        }
+    }
 }
 
 fn check_account_name(what: &str, n: &str) -> Result<(), String> {
@@ -503,6 +569,7 @@ mod tests {
         let refused = |edit: &dyn Fn(&mut Manifest), why: &str| {
             let mut m = manifest_for(&blobs);
             edit(&mut m);
+            m.entries.sort_by(|a, b| a.path.cmp(&b.path));
             match validate_manifest(&m, &limits) {
                 Err(BundleError::Corrupt(msg)) => assert!(msg.contains(why), "{why}: {msg}"),
                 other => panic!("{why}: {other:?}"),
@@ -639,5 +706,65 @@ mod tests {
         ] {
             assert!(parse_time("t", bad).is_err(), "{bad}");
         }
+    }
+
+    /// The parent rule holds in one pass over sorted entries, also where byte order puts a
+    /// sibling between a path and its children (`-` sorts before `/`); unsorted entries are
+    /// refused.
+    #[test]
+    fn parents_are_checked_in_one_sorted_pass() {
+        let blobs: Vec<Vec<u8>> = (0..4).map(|i| noise(i, 100 + i as usize)).collect();
+        let limits = Limits::default();
+        let with = |extra: &[(&str, EntryKind)], sort: bool| {
+            let mut m = manifest_for(&blobs);
+            for (p, k) in extra {
+                m.entries.push(Entry {
+                    path: p.to_string(),
+                    kind: k.clone(),
+                });
+            }
+            if sort {
+                m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+            }
+            validate_manifest(&m, &limits).map_err(|e| e.to_string())
+        };
+        let link = || EntryKind::Symlink {
+            target: "/x".into(),
+        };
+        let dir = || EntryKind::Directory {
+            mode: "0755".into(),
+            owner: "root".into(),
+            group: "root".into(),
+        };
+        let err = with(
+            &[
+                ("/opt/a", link()),
+                ("/opt/a-b", dir()),
+                ("/opt/a.c", dir()),
+                ("/opt/a/x", EntryKind::Absent),
+            ],
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("/opt/a/x: its parent /opt/a is a symlink in the same bundle"),
+            "{err}"
+        );
+        with(
+            &[
+                ("/opt/a", dir()),
+                ("/opt/a-b", link()),
+                ("/opt/a/x", link()),
+                ("/opt/a/y", EntryKind::Absent),
+                ("/opt/a/y/z", EntryKind::Absent),
+            ],
+            true,
+        )
+        .unwrap();
+        let err = with(&[("/zz/a", dir()), ("/zz/0", dir())], false).unwrap_err();
+        assert!(
+            err.contains("entries not sorted by path: \"/zz/0\" after \"/zz/a\""),
+            "{err}"
+        );
     }
 }
