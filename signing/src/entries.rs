@@ -38,6 +38,17 @@ pub struct EntrySpool {
     count: usize,
 }
 
+impl EntrySpool {
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 impl EntryList {
     pub fn len(&self) -> usize {
         match self {

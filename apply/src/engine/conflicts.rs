@@ -28,9 +28,9 @@ pub(crate) enum Debs {
 
 /// Every conflict of the kinds below; `Err` only when the check itself could not be made.
 pub(crate) fn find(ctx: &Ctx, have: &Accounts, debs: &Debs) -> Result<Vec<String>, ApplyError> {
-    let mut out = directories(ctx);
+    let mut out = directories(ctx)?;
     out.extend(accounts(ctx, have));
-    out.extend(homes(ctx, have));
+    out.extend(homes(ctx, have)?);
     out.extend(templates(ctx));
     out.extend(packages(ctx, debs)?);
     Ok(out)
@@ -85,26 +85,27 @@ fn dir_state(root: &Root, path: &str) -> DirState {
 struct DirWalk<'a> {
     root: &'a Root,
     /// Paths the bundle lists as directories: a conflict there is reported by its own entry.
-    listed: HashSet<&'a str>,
+    listed: HashSet<String>,
     /// Directories looked at: whether each is one.
     seen: HashMap<String, bool>,
     out: Vec<String>,
 }
 
 impl<'a> DirWalk<'a> {
-    fn new(ctx: &'a Ctx) -> DirWalk<'a> {
-        DirWalk {
+    fn new(ctx: &'a Ctx) -> Result<DirWalk<'a>, ApplyError> {
+        let mut listed = HashSet::new();
+        for e in ctx.entries() {
+            let e = e?;
+            if matches!(e.kind, EntryKind::Directory { .. }) {
+                listed.insert(e.into_owned().path);
+            }
+        }
+        Ok(DirWalk {
             root: ctx.root,
-            listed: ctx
-                .manifest
-                .entries
-                .iter()
-                .filter(|e| matches!(e.kind, EntryKind::Directory { .. }))
-                .map(|e| e.path.as_str())
-                .collect(),
+            listed,
             seen: HashMap::new(),
             out: Vec::new(),
-        }
+        })
     }
 
     /// `dir` and every directory above it, from the top; `what` needs them (for the message).
@@ -148,22 +149,25 @@ impl<'a> DirWalk<'a> {
 
 /// (a) The directories above the bundle's files, directories and symlinks: a regular file, a
 /// dangling symlink or one to a file there would stop the apply half-way.
-fn directories(ctx: &Ctx) -> Vec<String> {
-    let mut walk = DirWalk::new(ctx);
+fn directories(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
+    let mut walk = DirWalk::new(ctx)?;
     // Each directory once, named after the first path that needs it.
-    let mut parents: BTreeMap<&str, &str> = BTreeMap::new();
-    for e in &ctx.manifest.entries {
+    let mut parents: BTreeMap<String, String> = BTreeMap::new();
+    for e in ctx.entries() {
+        let e = e?;
         if matches!(e.kind, EntryKind::Absent) {
             continue;
         }
         if let Some(i) = e.path.rfind('/') {
-            parents.entry(&e.path[..i]).or_insert(&e.path);
+            if !parents.contains_key(&e.path[..i]) {
+                parents.insert(e.path[..i].to_string(), e.path.clone());
+            }
         }
     }
     for (dir, path) in parents {
-        walk.dir(dir, path);
+        walk.dir(&dir, &path);
     }
-    walk.out
+    Ok(walk.out)
 }
 
 /// (b) uid 0 and gid 0 are root's alone, and the shadow tools refuse a uid or gid that is taken
@@ -282,9 +286,12 @@ fn home_base(root: &Root) -> String {
 /// (c) The home and `~/.ssh` of every user given authorized_keys: a symlink at either would
 /// have the keys (and the owner change of `.ssh`) go through it, to another user's `.ssh` or
 /// anywhere; something that is not a directory there would stop the apply half-way.
-fn homes(ctx: &Ctx, have: &Accounts) -> Vec<String> {
+fn homes(ctx: &Ctx, have: &Accounts) -> Result<Vec<String>, ApplyError> {
     let mut out = Vec::new();
-    let mut walk = DirWalk::new(ctx);
+    if ctx.manifest.users.iter().all(|u| u.authorized_keys.is_empty()) {
+        return Ok(out);
+    }
+    let mut walk = DirWalk::new(ctx)?;
     let mut base = None;
     for u in ctx.manifest.users.iter() {
         if u.authorized_keys.is_empty() {
@@ -322,7 +329,7 @@ fn homes(ctx: &Ctx, have: &Accounts) -> Vec<String> {
         }
     }
     out.extend(walk.out);
-    out
+    Ok(out)
 }
 
 /// Whether the home (or `.ssh`) at `path` is a directory; a conflict in `out` if it is something

@@ -37,7 +37,7 @@ pub fn plan_entry(
     root: &Root,
     e: &Entry,
     ids: Option<(u32, u32)>,
-    absent: &BTreeSet<&str>,
+    absent: &BTreeSet<String>,
     hash: bool,
 ) -> Result<Action, String> {
     let parent = match root.parent(&e.path, false) {
@@ -334,15 +334,16 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
                 .map_err(|x| ApplyError::step("directories", &blobs_dir, x))?,
         )
     };
-    for (i, e) in ctx.manifest.entries.iter().enumerate() {
+    for (i, e) in ctx.entries().enumerate() {
+        let e = e?;
         let EntryKind::Directory { mode, owner, group } = &e.kind else {
             continue;
         };
-        let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
+        let (uid, gid) = entry_ids(ctx, &accounts, &e, owner, group)?;
         let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
         if let (Some(staging), Some(files)) = (&staging, trees.dirs.get(&i)) {
             let placed = place_tree(
-                ctx,
+                ctx.root,
                 staging,
                 &accounts,
                 (i, &e.path),
@@ -352,7 +353,7 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
             )
             .map_err(|err| ApplyError::step("directories", &e.path, err))?;
             if placed {
-                let files: Vec<usize> = files.iter().map(|(j, _)| *j).collect();
+                let files: Vec<usize> = files.iter().map(|f| f.index).collect();
                 trees.placed.extend(files);
                 counts.changed += 1;
                 continue;
@@ -372,15 +373,18 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
     Ok(counts)
 }
 
-/// Files, in three passes so that a whole tree costs two `syncfs` rather than two fsyncs per file:
+/// Files, in three passes so that a batch of up to [`FILES_BATCH`] files costs two `syncfs`
+/// rather than two fsyncs per file (the entries are read one at a time; only a batch is held):
 ///
 /// 1. what changes: a file with the right size and sha256 already is left alone (mode and owner
 ///    fixed); the paths with restart/reload hooks among the others are journaled, in one record
-///    batch, before anything is renamed (so a crash after a rename still restarts them);
-/// 2. the new content beside its target, not yet visible: a blob only one changing path uses is
-///    taken from the staging area as it is (owner and mode set on it, then renamed in pass 3:
-///    staging is on the root's filesystem, the rename costs nothing); a blob several paths use is
-///    copied to the temporary name in each target's directory, its digest checked again;
+///    batch, before anything of their batch is renamed (so a crash after a rename still
+///    restarts them);
+/// 2. the new content beside its target, not yet visible: the last file (in manifest order)
+///    that uses a blob takes it from the staging area as it is (owner and mode set on it, then
+///    renamed in pass 3: staging is on the root's filesystem, the rename costs nothing); the
+///    others get a copy at the temporary name in their target's directory, its digest checked
+///    again;
 /// 3. `syncfs` (every byte and inode of pass 2 on disk), every rename, `syncfs` again.
 ///
 /// Files staged in their new directory's tree (see [`Trees`]) are already in place when this
@@ -398,29 +402,34 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
 /// packages read are always copied, never moved. A target on another filesystem than the
 /// staging area (EXDEV) gets a copy, written and synced the slow way.
 pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyError> {
-    struct Todo<'m> {
-        e: &'m Entry,
-        digest: &'m str,
-        size: u64,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        hooks: bool,
-        /// Pass 2 renames the staged blob itself (else: a temporary copy).
-        staged: bool,
-    }
     let accounts =
         Accounts::load(ctx.root).map_err(|e| ApplyError::step("files", "/etc/passwd", e))?;
     let mut counts = Counts::default();
-    let mut parents = ParentCache::new(ctx.root);
-    let mut todo: Vec<Todo> = Vec::new();
-    let trees = ctx.trees.borrow();
-    for (j, e) in ctx.manifest.entries.iter().enumerate() {
-        if trees.placed.contains(&j) {
-            // Written, checked and renamed into place with its new directory this run.
-            counts.changed += 1;
-            continue;
+    // How many file entries, from the current one on, still use each blob: the last user of
+    // a blob takes the staged file itself (when it changes) rather than a copy.
+    let mut users: HashMap<String, usize> = HashMap::new();
+    for e in ctx.entries() {
+        if let EntryKind::File { digest, .. } = &e?.kind {
+            match users.get_mut(digest.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    users.insert(digest.clone(), 1);
+                }
+            }
         }
+    }
+    let pinned = pinned_blobs(ctx);
+    let trees = ctx.trees.borrow();
+    let blobs_dir = format!("{}/blobs", ctx.staging);
+    let mut batch = FilesBatch {
+        trees: &trees,
+        staging: None,
+        parents: ParentCache::new(ctx.root),
+        todo: Vec::new(),
+    };
+    let mut parents = ParentCache::new(ctx.root);
+    for (j, e) in ctx.entries().enumerate() {
+        let e = e?;
         let EntryKind::File {
             mode,
             owner,
@@ -433,8 +442,20 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         else {
             continue;
         };
+        let last_user = match users.get_mut(digest.as_str()) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
+        if trees.placed.contains(&j) {
+            // Written, checked and renamed into place with its new directory this run.
+            counts.changed += 1;
+            continue;
+        }
         let err = |m: String| ApplyError::step("files", &e.path, m);
-        let (uid, gid) = entry_ids(ctx, &accounts, e, owner, group)?;
+        let (uid, gid) = entry_ids(ctx, &accounts, &e, owner, group)?;
         let mode = parse_mode(mode).map_err(err)?;
         let parent = parents.get(&e.path).map_err(|x| err(x.to_string()))?;
         match parent.lstat().map_err(|x| err(x.to_string()))? {
@@ -456,115 +477,152 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
             }
             _ => {}
         }
-        todo.push(Todo {
-            e,
-            digest,
+        if batch.staging.is_none() {
+            let staging = ctx
+                .root
+                .open_dir(&blobs_dir)
+                .map_err(|x| ApplyError::step("files", &blobs_dir, x))?;
+            batch
+                .parents
+                .note_filesystem(staging.as_fd())
+                .map_err(|x| ApplyError::step("files", &blobs_dir, x))?;
+            batch.staging = Some(staging);
+        }
+        batch.todo.push(Todo {
+            staged: last_user && !pinned.contains(digest.as_str()),
+            path: e.path.clone(),
+            digest: digest.clone(),
             size: *size,
             mode,
             uid,
             gid,
             hooks: !restart.is_empty() || !reload.is_empty(),
-            staged: false,
         });
-    }
-    if todo.is_empty() {
-        return Ok(counts);
-    }
-    journal
-        .changed_all(todo.iter().filter(|t| t.hooks).map(|t| t.e.path.as_str()))
-        .map_err(ApplyError::journal)?;
-
-    // Pass 2. The last changing user of a blob takes the staged file itself.
-    let pinned = pinned_blobs(ctx);
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for t in &todo {
-        *uses.entry(t.digest).or_default() += 1;
-    }
-    for t in &mut todo {
-        let n = uses.get_mut(t.digest).expect("counted");
-        *n -= 1;
-        t.staged = *n == 0 && !pinned.contains(t.digest);
-    }
-    let blobs_dir = format!("{}/blobs", ctx.staging);
-    let staging = ctx
-        .root
-        .open_dir(&blobs_dir)
-        .map_err(|x| ApplyError::step("files", &blobs_dir, x))?;
-    parents
-        .note_filesystem(staging.as_fd())
-        .map_err(|x| ApplyError::step("files", &blobs_dir, x))?;
-    let mut written = 0;
-    let prepared = (|| {
-        for t in &todo {
-            let err = |m: String| ApplyError::step("files", &t.e.path, m);
-            let parent = parents.get(&t.e.path).map_err(|x| err(x.to_string()))?;
-            if t.staged {
-                if journal.resumed() {
-                    // A copy an interrupted run left here, when this path was not the last user.
-                    parent
-                        .remove_temp(&parent.temp_name())
-                        .map_err(|x| err(x.to_string()))?;
-                }
-                prepare_staged(&staging, &trees, t.digest, t.size, t.mode, t.uid, t.gid)
-                    .map_err(|x| err(format!("staged blob {}: {x}", t.digest)))?;
-            } else {
-                let mut src = open_staged(&staging, &trees, t.digest)
-                    .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
-                parent
-                    .write_temp(t.mode, t.uid, t.gid, |f| {
-                        copy_verified(&mut src, f, t.digest, t.size)
-                    })
-                    .map_err(|x| err(x.to_string()))?;
-            }
-            written += 1;
+        if batch.todo.len() >= FILES_BATCH {
+            counts.changed += batch.write(journal)?;
         }
-        Ok(())
-    })();
-    if let Err(e) = prepared {
-        // Leave no temporary behind (the staged blobs are staging's, removed with it).
-        for t in todo[..written].iter().filter(|t| !t.staged) {
-            if let Ok(p) = parents.get(&t.e.path) {
-                let _ = p.remove_temp(&p.temp_name());
-            }
-        }
-        return Err(e);
     }
+    counts.changed += batch.write(journal)?;
+    Ok(counts)
+}
 
-    // Pass 3.
-    parents
-        .sync()
-        .map_err(|x| ApplyError::step("files", "syncfs", x))?;
-    for t in &todo {
-        let err = |m: String| ApplyError::step("files", &t.e.path, m);
-        let parent = parents.get(&t.e.path).map_err(|x| err(x.to_string()))?;
-        if !t.staged {
-            parent.rename_temp().map_err(|x| err(x.to_string()))?;
-        } else {
-            let staged = trees.staged_name(t.digest);
-            match fcntl::renameat(&staging, staged.as_str(), &parent.dir, parent.name.as_str()) {
-                Ok(()) => {}
-                Err(Errno::EXDEV) => {
-                    let mut src = open_staged(&staging, &trees, t.digest)
+/// Files written per batch by the files phase (passes 2 and 3, two `syncfs`): what it holds
+/// in memory at most, whatever the number of files.
+const FILES_BATCH: usize = 16 * 1024;
+
+/// A file the files phase writes.
+struct Todo {
+    path: String,
+    digest: String,
+    size: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    hooks: bool,
+    /// Pass 2 renames the staged blob itself (else: a temporary copy).
+    staged: bool,
+}
+
+/// The files of the files phase that change, up to [`FILES_BATCH`] at a time.
+struct FilesBatch<'c, 'a> {
+    trees: &'c Trees,
+    /// The staging area's blobs directory, opened at the first file that changes.
+    staging: Option<OwnedFd>,
+    parents: ParentCache<'a>,
+    todo: Vec<Todo>,
+}
+
+impl FilesBatch<'_, '_> {
+    /// Passes 2 and 3 for the batch (see [`apply_files`]); returns how many files it wrote.
+    fn write(&mut self, journal: &mut Journal) -> Result<usize, ApplyError> {
+        let todo = std::mem::take(&mut self.todo);
+        let Some(staging) = &self.staging else {
+            return Ok(0);
+        };
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let (trees, parents) = (self.trees, &mut self.parents);
+        journal
+            .changed_all(todo.iter().filter(|t| t.hooks).map(|t| t.path.as_str()))
+            .map_err(ApplyError::journal)?;
+
+        // Pass 2.
+        let mut written = 0;
+        let prepared = (|| {
+            for t in &todo {
+                let err = |m: String| ApplyError::step("files", &t.path, m);
+                let parent = parents.get(&t.path).map_err(|x| err(x.to_string()))?;
+                if t.staged {
+                    if journal.resumed() {
+                        // A copy an interrupted run left here, when this path was not the
+                        // last user.
+                        parent
+                            .remove_temp(&parent.temp_name())
+                            .map_err(|x| err(x.to_string()))?;
+                    }
+                    prepare_staged(staging, trees, &t.digest, t.size, t.mode, t.uid, t.gid)
+                        .map_err(|x| err(format!("staged blob {}: {x}", t.digest)))?;
+                } else {
+                    let mut src = open_staged(staging, trees, &t.digest)
                         .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
                     parent
-                        .write_atomic(
-                            t.mode,
-                            t.uid,
-                            t.gid,
-                            |f| copy_verified(&mut src, f, t.digest, t.size),
-                            || Ok(()),
-                        )
+                        .write_temp(t.mode, t.uid, t.gid, |f| {
+                            copy_verified(&mut src, f, &t.digest, t.size)
+                        })
                         .map_err(|x| err(x.to_string()))?;
                 }
-                Err(x) => return Err(err(x.to_string())),
+                written += 1;
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            // Leave no temporary behind (the staged blobs are staging's, removed with it).
+            for t in todo[..written].iter().filter(|t| !t.staged) {
+                if let Ok(p) = parents.get(&t.path) {
+                    let _ = p.remove_temp(&p.temp_name());
+                }
+            }
+            return Err(e);
+        }
+
+        // Pass 3.
+        parents
+            .sync()
+            .map_err(|x| ApplyError::step("files", "syncfs", x))?;
+        for t in &todo {
+            let err = |m: String| ApplyError::step("files", &t.path, m);
+            let parent = parents.get(&t.path).map_err(|x| err(x.to_string()))?;
+            if !t.staged {
+                parent.rename_temp().map_err(|x| err(x.to_string()))?;
+            } else {
+                let staged = trees.staged_name(&t.digest);
+                match fcntl::renameat(staging, staged.as_str(), &parent.dir, parent.name.as_str())
+                {
+                    Ok(()) => {}
+                    Err(Errno::EXDEV) => {
+                        let mut src = open_staged(staging, trees, &t.digest).map_err(|x| {
+                            err(format!("opening staged blob {}: {x}", t.digest))
+                        })?;
+                        parent
+                            .write_atomic(
+                                t.mode,
+                                t.uid,
+                                t.gid,
+                                |f| copy_verified(&mut src, f, &t.digest, t.size),
+                                || Ok(()),
+                            )
+                            .map_err(|x| err(x.to_string()))?;
+                    }
+                    Err(x) => return Err(err(x.to_string())),
+                }
             }
         }
-        counts.changed += 1;
+        parents
+            .sync()
+            .map_err(|x| ApplyError::step("files", "syncfs", x))?;
+        Ok(todo.len())
     }
-    parents
-        .sync()
-        .map_err(|x| ApplyError::step("files", "syncfs", x))?;
-    Ok(counts)
 }
 
 /// A blob's file in the staging area, relative to its `blobs` directory: fanned out by the
@@ -580,13 +638,14 @@ pub fn staged_name(digest: &str) -> String {
 /// Owner and mode (uid, gid, mode) to give staged blobs as they are written: those of the one
 /// file that uses each blob, for blobs no other file, template or package uses and whose owner
 /// and group exist in the root now. The files phase checks them again before the rename.
-pub fn staged_metas<'m>(ctx: &Ctx<'m>) -> HashMap<&'m str, OwnerMode> {
+pub fn staged_metas(ctx: &Ctx) -> Result<HashMap<String, OwnerMode>, ApplyError> {
     let Ok(accounts) = Accounts::load(ctx.root) else {
-        return HashMap::new();
+        return Ok(HashMap::new());
     };
     let pinned = pinned_blobs(ctx);
-    let mut users: HashMap<&'m str, Option<OwnerMode>> = HashMap::new();
-    for e in &ctx.manifest.entries {
+    let mut users: HashMap<String, Option<OwnerMode>> = HashMap::new();
+    for e in ctx.entries() {
+        let e = e?;
         let EntryKind::File {
             mode,
             owner,
@@ -597,21 +656,22 @@ pub fn staged_metas<'m>(ctx: &Ctx<'m>) -> HashMap<&'m str, OwnerMode> {
         else {
             continue;
         };
+        if let Some(m) = users.get_mut(digest.as_str()) {
+            *m = None;
+            continue;
+        }
         let meta = match (ids(&accounts, owner, group), parse_mode(mode)) {
             (Ok((uid, gid)), Ok(mode)) if !pinned.contains(digest.as_str()) => {
                 Some((uid, gid, mode))
             }
             _ => None,
         };
-        users
-            .entry(digest.as_str())
-            .and_modify(|m| *m = None)
-            .or_insert(meta);
+        users.insert(digest.clone(), meta);
     }
-    users
+    Ok(users
         .into_iter()
         .filter_map(|(d, m)| m.map(|m| (d, m)))
-        .collect()
+        .collect())
 }
 
 /// The owner and mode a staged file was given: (uid, gid, mode).
@@ -633,11 +693,22 @@ pub type OwnerMode = (u32, u32, u32);
 pub struct Trees {
     /// Digest -> the blob's staged name in the blobs directory, for blobs staged in a tree.
     pub names: HashMap<String, String>,
-    /// Index of a directory entry -> the file entries staged in its tree, each with the owner
-    /// and mode (uid, gid, mode) it was given.
-    pub dirs: HashMap<usize, Vec<(usize, OwnerMode)>>,
+    /// Index of a directory entry -> the file entries staged in its tree.
+    pub dirs: HashMap<usize, Vec<TreeFile>>,
     /// File entries the directories phase placed (in a tree it renamed into place) this run.
     pub placed: HashSet<usize>,
+}
+
+/// A file staged in its directory's tree.
+#[derive(Debug)]
+pub struct TreeFile {
+    /// The file entry's index in the manifest.
+    pub index: usize,
+    /// The owner and mode it was given.
+    pub meta: OwnerMode,
+    /// The names its entry gives them (the accounts may change before the tree is placed).
+    pub owner: String,
+    pub group: String,
 }
 
 impl Trees {
@@ -656,28 +727,35 @@ pub fn tree_name(i: usize) -> String {
 }
 
 /// Plans the trees (see [`Trees`]) for the root as it is now; `metas` from [`staged_metas`].
-pub fn plan_trees(ctx: &Ctx, metas: &HashMap<&str, OwnerMode>) -> Trees {
-    let entries = &ctx.manifest.entries;
+pub fn plan_trees(ctx: &Ctx, metas: &HashMap<String, OwnerMode>) -> Result<Trees, ApplyError> {
+    let mut trees = Trees::default();
+    if metas.is_empty() {
+        return Ok(trees);
+    }
     let missing = |path: &str| match ctx.root.parent(path, false) {
         Ok(Some(p)) => matches!(p.lstat(), Ok(None)),
         Ok(None) => true,
         Err(e) => fsroot::is_missing(&e),
     };
-    let new_dirs: HashMap<&str, usize> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| matches!(e.kind, EntryKind::Directory { .. }) && missing(&e.path))
-        .map(|(i, e)| (e.path.as_str(), i))
-        .collect();
-    let mut trees = Trees::default();
-    if new_dirs.is_empty() {
-        return trees;
+    // The directories of the manifest missing from the root, by path.
+    let mut new_dirs: HashMap<String, usize> = HashMap::new();
+    for (i, e) in ctx.entries().enumerate() {
+        let e = e?;
+        if matches!(e.kind, EntryKind::Directory { .. }) && missing(&e.path) {
+            new_dirs.insert(e.into_owned().path, i);
+        }
     }
-    for (j, e) in entries.iter().enumerate() {
+    if new_dirs.is_empty() {
+        return Ok(trees);
+    }
+    for (j, e) in ctx.entries().enumerate() {
+        let e = e?;
         let EntryKind::File {
             digest,
             restart,
             reload,
+            owner,
+            group,
             ..
         } = &e.kind
         else {
@@ -698,37 +776,35 @@ pub fn plan_trees(ctx: &Ctx, metas: &HashMap<&str, OwnerMode>) -> Trees {
         trees
             .names
             .insert(digest.clone(), format!("{}/{name}", tree_name(i)));
-        trees.dirs.entry(i).or_default().push((j, *meta));
+        trees.dirs.entry(i).or_default().push(TreeFile {
+            index: j,
+            meta: *meta,
+            owner: owner.clone(),
+            group: group.clone(),
+        });
     }
-    trees
+    Ok(trees)
 }
 
 /// Renames directory entry `i`'s tree into place at `path` if the directory is still missing
 /// and every file staged in the tree has the owner and mode the files phase would give it now;
 /// the directory gets its own owner and mode (`dir_meta`) first. Returns whether it did.
 fn place_tree(
-    ctx: &Ctx,
+    root: &Root,
     staging: &OwnedFd,
     accounts: &Accounts,
     (i, path): (usize, &str),
-    files: &[(usize, OwnerMode)],
+    files: &[TreeFile],
     (uid, gid, mode): OwnerMode,
     batch: &mut ParentCache,
 ) -> io::Result<bool> {
-    for (j, meta) in files {
-        let EntryKind::File {
-            mode, owner, group, ..
-        } = &ctx.manifest.entries[*j].kind
-        else {
-            return Ok(false);
-        };
-        match (ids(accounts, owner, group), parse_mode(mode)) {
-            (Ok((u, g)), Ok(m)) if (u, g, m) == *meta => {}
+    for f in files {
+        match ids(accounts, &f.owner, &f.group) {
+            Ok((u, g)) if (u, g) == (f.meta.0, f.meta.1) => {}
             _ => return Ok(false),
         }
     }
-    let parent = ctx
-        .root
+    let parent = root
         .parent(path, true)?
         .ok_or_else(|| io::Error::other("parent missing"))?;
     if parent.lstat()?.is_some() {
@@ -845,7 +921,8 @@ fn copy_verified(
 
 pub fn apply_symlinks(ctx: &Ctx) -> Result<Counts, ApplyError> {
     let mut counts = Counts::default();
-    for e in &ctx.manifest.entries {
+    for e in ctx.entries() {
+        let e = e?;
         let EntryKind::Symlink { target } = &e.kind else {
             continue;
         };
@@ -885,12 +962,17 @@ pub fn apply_symlinks(ctx: &Ctx) -> Result<Counts, ApplyError> {
 /// before it is removed. A non-empty directory is an error, never a recursive delete.
 pub fn apply_absent(ctx: &Ctx) -> Result<Counts, ApplyError> {
     let mut counts = Counts::default();
-    for e in ctx.manifest.entries.iter().rev() {
-        if !matches!(e.kind, EntryKind::Absent) {
-            continue;
+    // Few: held, to go through them from the last.
+    let mut absent = Vec::new();
+    for e in ctx.entries() {
+        let e = e?;
+        if matches!(e.kind, EntryKind::Absent) {
+            absent.push(e.into_owned().path);
         }
-        let err = |m: String| ApplyError::step("absent", &e.path, m);
-        let parent = match ctx.root.parent(&e.path, false) {
+    }
+    for path in absent.iter().rev() {
+        let err = |m: String| ApplyError::step("absent", path, m);
+        let parent = match ctx.root.parent(path, false) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 counts.unchanged += 1;

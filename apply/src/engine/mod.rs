@@ -25,6 +25,7 @@ pub(crate) mod services;
 pub(crate) mod track;
 
 use nix::libc;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -33,7 +34,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
-use kiln_signing::{exit, BundleError, EntryKind, Manifest, VerifiedBundle};
+use kiln_signing::{exit, BundleError, Entry, EntryKind, EntryList, Manifest, VerifiedBundle};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use thiserror::Error;
@@ -229,6 +230,9 @@ pub struct Ctx<'a> {
     /// The manifest, its `blobs` list left empty (the bundle's reader has it; staging is done
     /// with it). Entries, packages and templates name their blobs by digest.
     pub(crate) manifest: &'a Manifest,
+    /// The manifest's entries (the manifest's own list is empty): a spooled bundle's are read
+    /// again on each pass, one at a time, so an apply's memory does not grow with them.
+    pub(crate) entries: &'a EntryList,
     pub(crate) log: &'a dyn Log,
     pub(crate) live: bool,
     /// In-root path of this bundle's staging directory.
@@ -261,6 +265,11 @@ impl<'a> Ctx<'a> {
 
     pub fn log(&self) -> &'a dyn Log {
         self.log
+    }
+
+    /// The manifest's entries, in order (sorted by path), one pass.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = Result<Cow<'a, Entry>, ApplyError>> {
+        self.entries.iter().map(|e| e.map_err(ApplyError::Bundle))
     }
 
     /// In-root path of a staged blob.
@@ -303,28 +312,31 @@ pub fn apply_with<R: Read>(
     opts: &ApplyOptions,
     dynamic: Option<crate::engine::dynamic::Setup<'_>>,
 ) -> Result<ApplyReport, ApplyFailure> {
-    // The reader's validation, made again: the engine relies on every rule of it (no path
-    // under the state directory, no name that could be taken for an option) whoever handed it
-    // the manifest.
-    kiln_signing::validate_manifest(&bundle.manifest, &kiln_signing::Limits::default()).map_err(
-        |e| match e {
-            kiln_signing::BundleError::Corrupt(m) | kiln_signing::BundleError::Limit(m) => {
-                ApplyError::Invalid(m)
-            }
-            other => ApplyError::Invalid(other.to_string()),
-        },
-    )?;
     // The engine keeps the manifest but its blob list, which stays with the bundle's reader
-    // (the one user of it); the entries are moved, not copied. Memory per entry is what
-    // bounds an apply's, and this halves it.
+    // (the one user of it), and its entries, which it reads from the bundle's spool (or
+    // takes, from a bundle read into memory).
     let mut bundle = bundle;
     bundle.manifest_bytes = Vec::new();
+    let entry_list = match bundle.spooled_entries.take() {
+        Some(spool) => EntryList::Spool(spool),
+        None => EntryList::Mem(std::mem::take(&mut bundle.manifest.entries)),
+    };
+    // The reader's validation, made again: the engine relies on every rule of it (no path
+    // under the state directory, no name that could be taken for an option, entries sorted)
+    // whoever handed it the manifest.
+    kiln_signing::validate_entries(
+        &bundle.manifest,
+        &entry_list,
+        &kiln_signing::Limits::default(),
+    )
+    .map_err(|e| match e {
+        kiln_signing::BundleError::Corrupt(m) | kiln_signing::BundleError::Limit(m) => {
+            ApplyError::Invalid(m)
+        }
+        other => ApplyError::Invalid(other.to_string()),
+    })?;
     let blob_count = bundle.manifest.blobs.len();
-    let entries = std::mem::take(&mut bundle.manifest.entries);
-    let blobs = std::mem::take(&mut bundle.manifest.blobs);
-    let mut m = bundle.manifest.clone();
-    bundle.manifest.blobs = blobs;
-    m.entries = entries;
+    let m = bundle.manifest.head();
     let signer = format!("{} {}", bundle.signer.fingerprint(), bundle.signer.comment)
         .trim()
         .to_string();
@@ -344,6 +356,7 @@ pub fn apply_with<R: Read>(
     let ctx = Ctx {
         root: &root_fs,
         manifest: &m,
+        entries: &entry_list,
         log: opts.log,
         live,
         staging: staging_dir(&opts.bundle_sha256),
@@ -823,8 +836,8 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
     // place, and no one else may reach them meanwhile.
     nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(0o700))
         .map_err(|e| (staging_err(e.into()), created))?;
-    let metas = entries::staged_metas(ctx);
-    let trees = entries::plan_trees(ctx, &metas);
+    let metas = entries::staged_metas(ctx).map_err(|e| (e, created))?;
+    let trees = entries::plan_trees(ctx, &metas).map_err(|e| (e, created))?;
     if created == 0 {
         // Trees an interrupted run left: each is staged again from scratch, with no file
         // that is not this run's.
@@ -1071,7 +1084,7 @@ pub fn tidy_applied(root: &Path, sha256: &str, log: &dyn Log) {
 /// created by the bundle, or be one of its `system_accounts` (made by its packages; checked
 /// once they are installed, see [`check_system_accounts`]). Users and groups are created before
 /// packages, so a user's groups may not be system accounts.
-fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
+fn check_owners(ctx: &Ctx, have: &Accounts) -> Result<Vec<String>, ApplyError> {
     let m = ctx.manifest;
     let system: HashSet<&str> = m.system_accounts.iter().map(String::as_str).collect();
     let users: HashSet<&str> = m.users.iter().map(|u| u.name.as_str()).collect();
@@ -1087,19 +1100,8 @@ fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
                 .map(|u| u.name.as_str()),
         )
         .collect();
-    let owned =
-        m.entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::File { owner, group, .. }
-                | EntryKind::Directory { owner, group, .. } => Some((&e.path, owner, group)),
-                _ => None,
-            })
-            .chain(m.templates.iter().map(|t| (&t.path, &t.owner, &t.group)));
     let mut out = Vec::new();
-    for (path, owner, group) in owned {
-        let owner = owner.as_str();
-        let group = group.as_str();
+    let mut check = |path: &str, owner: &str, group: &str| {
         if have.uid(owner).is_none() && !users.contains(owner) && !system.contains(owner) {
             out.push(format!(
                 "{path}: owner {owner:?} exists neither in the root nor in the bundle"
@@ -1110,6 +1112,17 @@ fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
                 "{path}: group {group:?} exists neither in the root nor in the bundle"
             ));
         }
+    };
+    for e in ctx.entries() {
+        let e = e?;
+        if let EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } =
+            &e.kind
+        {
+            check(&e.path, owner, group);
+        }
+    }
+    for t in &m.templates {
+        check(&t.path, &t.owner, &t.group);
     }
     for u in &m.users {
         for g in u.group.iter().chain(&u.groups) {
@@ -1129,7 +1142,7 @@ fn check_owners(ctx: &Ctx, have: &Accounts) -> Vec<String> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// After the packages phase: every system account the bundle's files are owned by exists now,
@@ -1141,14 +1154,32 @@ fn check_system_accounts(ctx: &Ctx) -> Result<(), ApplyError> {
     }
     let have =
         Accounts::load(ctx.root).map_err(|e| ApplyError::step("packages", "/etc/passwd", e))?;
+    // Which of them the entries and templates use as an owner, and which as a group.
+    let mut as_user: HashSet<&str> = HashSet::new();
+    let mut as_group: HashSet<&str> = HashSet::new();
+    let mut note = |owner: &str, group: &str| {
+        if let Some(a) = m.system_accounts.iter().find(|a| *a == owner) {
+            as_user.insert(a);
+        }
+        if let Some(a) = m.system_accounts.iter().find(|a| *a == group) {
+            as_group.insert(a);
+        }
+    };
+    for e in ctx.entries() {
+        let e = e?;
+        if let EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } =
+            &e.kind
+        {
+            note(owner, group);
+        }
+    }
+    for t in &m.templates {
+        note(&t.owner, &t.group);
+    }
     let mut missing: Vec<String> = Vec::new();
     for a in &m.system_accounts {
-        let used_as_user = m.entries.iter().any(|e| {
-            matches!(&e.kind, EntryKind::File { owner, .. } | EntryKind::Directory { owner, .. } if owner == a)
-        }) || m.templates.iter().any(|t| &t.owner == a);
-        let used_as_group = m.entries.iter().any(|e| {
-            matches!(&e.kind, EntryKind::File { group, .. } | EntryKind::Directory { group, .. } if group == a)
-        }) || m.templates.iter().any(|t| &t.group == a);
+        let used_as_user = as_user.contains(a.as_str());
+        let used_as_group = as_group.contains(a.as_str());
         let user_ok = !used_as_user || have.uid(a).is_some();
         let group_ok = !used_as_group || have.gid(a).is_some();
         // Named but owning nothing: it must still exist in some form.
@@ -1195,16 +1226,17 @@ fn check_system_accounts(ctx: &Ctx) -> Result<(), ApplyError> {
 fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
     let have =
         Accounts::load(ctx.root).map_err(|e| ApplyError::step("preflight", "/etc/passwd", e))?;
-    let mut out = check_owners(ctx, &have);
+    let mut out = check_owners(ctx, &have)?;
     if let Err(e) = accounts::plan_groups(&have, &ctx.manifest.groups) {
         out.push(e);
     }
     if let Err(e) = accounts::plan_users(&have, &ctx.manifest.users) {
         out.push(e);
     }
-    let absent = absent_paths(ctx.manifest);
-    for e in &ctx.manifest.entries {
-        if let Err(why) = entries::plan_entry(ctx.root, e, None, &absent, false) {
+    let absent = absent_paths(ctx)?;
+    for e in ctx.entries() {
+        let e = e?;
+        if let Err(why) = entries::plan_entry(ctx.root, &e, None, &absent, false) {
             out.push(format!("{}: {why}", e.path));
         }
     }
@@ -1212,18 +1244,22 @@ fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
     Ok(out)
 }
 
-fn absent_paths(m: &Manifest) -> BTreeSet<&str> {
-    m.entries
-        .iter()
-        .filter(|e| matches!(e.kind, EntryKind::Absent))
-        .map(|e| e.path.as_str())
-        .collect()
+/// The paths the bundle makes absent (few: held in memory).
+fn absent_paths(ctx: &Ctx) -> Result<BTreeSet<String>, ApplyError> {
+    let mut out = BTreeSet::new();
+    for e in ctx.entries() {
+        let e = e?;
+        if matches!(e.kind, EntryKind::Absent) {
+            out.insert(e.into_owned().path);
+        }
+    }
+    Ok(out)
 }
 
 /// Dry run: what applying would change, one line each; conflicts are errors.
 fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, ApplyError> {
     let have = Accounts::load(ctx.root).map_err(|e| ApplyError::step("plan", "/etc/passwd", e))?;
-    let mut conflicts = check_owners(ctx, &have);
+    let mut conflicts = check_owners(ctx, &have)?;
     let mut out = Vec::new();
     match accounts::plan_groups(&have, &ctx.manifest.groups) {
         Ok(v) => out.extend(v),
@@ -1258,25 +1294,10 @@ fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, Ap
             ));
         }
     }
-    let absent = absent_paths(ctx.manifest);
-    // In the order the phases apply them: directories, files, symlinks, absent (deepest first).
-    let phase_of = |k: &EntryKind| match k {
-        EntryKind::Directory { .. } => 0,
-        EntryKind::File { .. } => 1,
-        EntryKind::Symlink { .. } => 2,
-        EntryKind::Absent => 3,
-    };
-    let mut ordered: Vec<&kiln_signing::Entry> = ctx.manifest.entries.iter().collect();
-    ordered.sort_by(|a, b| {
-        phase_of(&a.kind).cmp(&phase_of(&b.kind)).then_with(|| {
-            if matches!(a.kind, EntryKind::Absent) {
-                b.path.cmp(&a.path)
-            } else {
-                a.path.cmp(&b.path)
-            }
-        })
-    });
-    for e in ordered {
+    let absent = absent_paths(ctx)?;
+    // In the order the phases apply them: directories, files, symlinks (one pass each over
+    // the entries, which are sorted by path), absent (deepest first).
+    let mut plan_one = |e: &Entry| {
         let ids = match &e.kind {
             EntryKind::File { owner, group, .. } | EntryKind::Directory { owner, group, .. } => {
                 entries::ids(&have, owner, group).ok()
@@ -1297,6 +1318,25 @@ fn plan(ctx: &Ctx, hash: bool, debs: &conflicts::Debs) -> Result<Vec<String>, Ap
             Ok(Action::Remove) => out.push(format!("remove {}", e.path)),
             Err(why) => conflicts.push(format!("{}: {why}", e.path)),
         }
+    };
+    let in_phase: [fn(&EntryKind) -> bool; 3] = [
+        |k| matches!(k, EntryKind::Directory { .. }),
+        |k| matches!(k, EntryKind::File { .. }),
+        |k| matches!(k, EntryKind::Symlink { .. }),
+    ];
+    for wanted in in_phase {
+        for e in ctx.entries() {
+            let e = e?;
+            if wanted(&e.kind) {
+                plan_one(&e);
+            }
+        }
+    }
+    for path in absent.iter().rev() {
+        plan_one(&Entry {
+            path: path.clone(),
+            kind: EntryKind::Absent,
+        });
     }
     conflicts.extend(conflicts::find(ctx, &have, debs)?);
     for s in &ctx.manifest.services {

@@ -123,10 +123,14 @@ pub fn apply_enablement(ctx: &Ctx) -> Result<String, ApplyError> {
 
 /// Services to restart and to reload because a file or rendered template naming them changed
 /// content (in this run or, per the journal, in an interrupted earlier one).
-pub fn hooks(ctx: &Ctx, changed: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
+pub fn hooks(
+    ctx: &Ctx,
+    changed: &BTreeSet<String>,
+) -> Result<(BTreeSet<String>, BTreeSet<String>), ApplyError> {
     let mut restart = BTreeSet::new();
     let mut reload = BTreeSet::new();
-    for e in &ctx.manifest.entries {
+    for e in ctx.entries() {
+        let e = e?;
         if let EntryKind::File {
             restart: r,
             reload: l,
@@ -147,14 +151,14 @@ pub fn hooks(ctx: &Ctx, changed: &BTreeSet<String>) -> (BTreeSet<String>, BTreeS
         }
     }
     let reload = reload.difference(&restart).cloned().collect();
-    (restart, reload)
+    Ok((restart, reload))
 }
 
 /// On a live system: daemon-reload, then each declared service to its state (a running one that
 /// must restart is restarted), then the other restarts and reloads of changed files (only for
 /// services that are running: try-restart, try-reload-or-restart).
 pub fn apply_runtime(ctx: &Ctx, changed: &BTreeSet<String>) -> Result<String, ApplyError> {
-    let (restart, reload) = hooks(ctx, changed);
+    let (restart, reload) = hooks(ctx, changed)?;
     run(ctx, "runtime", &["daemon-reload"])?;
     let mut done = Vec::new();
     let mut handled = BTreeSet::new();

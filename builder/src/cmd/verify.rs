@@ -23,6 +23,8 @@ pub(crate) fn load_trust(args: &TrustArgs) -> Result<TrustStore> {
 
 struct Verified {
     manifest: kiln_signing::Manifest,
+    /// How many entries the manifest has (they are in the spool, not in `manifest`).
+    entries: usize,
     signer: String,
 }
 
@@ -42,9 +44,14 @@ fn verify(args: &VerifyArgs, trust: &TrustStore) -> Result<Verified, BundleError
     };
     kiln_signing::check_policy(&bundle.manifest, &policy)?;
     let manifest = bundle.manifest.clone();
+    let entries = bundle.spooled_entries.as_ref().map_or(0, |s| s.len()) + manifest.entries.len();
     let signer = bundle.signer.fingerprint();
     bundle.verify_blobs()?;
-    Ok(Verified { manifest, signer })
+    Ok(Verified {
+        manifest,
+        entries,
+        signer,
+    })
 }
 
 pub fn run(args: VerifyArgs) -> Result<()> {
@@ -62,7 +69,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     "signer": v.signer,
                     "created": m.created,
                     "expires": m.expires,
-                    "entries": m.entries.len() + m.templates.len(),
+                    "entries": v.entries + m.templates.len(),
                     "blobs": m.blobs.len(),
                 });
                 super::print_json(&out)?;
@@ -72,7 +79,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     m.hostgroup,
                     m.version,
                     v.signer,
-                    m.entries.len() + m.templates.len(),
+                    v.entries + m.templates.len(),
                     m.blobs.len(),
                     m.expires
                 );
