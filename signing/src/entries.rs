@@ -288,14 +288,20 @@ impl SpoolWriter {
     }
 }
 
+/// Where [`Streamed`] puts the entries it parses.
+enum Sink {
+    Spool(SpoolWriter),
+    Mem(Vec<Entry>),
+}
+
 thread_local! {
     /// Where [`Streamed`] puts the entries it parses (a deserializer has no other way to be
     /// handed a destination).
-    static SINK: RefCell<Option<SpoolWriter>> = const { RefCell::new(None) };
+    static SINK: RefCell<Option<Sink>> = const { RefCell::new(None) };
 }
 
-/// Stands for a manifest's entries while they are parsed straight into a spool file
-/// ([`parse_into_spool`]).
+/// Stands for a manifest's entries while they are parsed into an [`EntryList`]
+/// ([`parse_entries`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Streamed;
 
@@ -310,11 +316,15 @@ impl<'de> Deserialize<'de> for Streamed {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Streamed, A::Error> {
                 while let Some(e) = seq.next_element::<Entry>()? {
                     SINK.with(|s| match s.borrow_mut().as_mut() {
-                        Some(w) => {
+                        Some(Sink::Spool(w)) => {
                             w.push(&e);
                             Ok(())
                         }
-                        None => Err(A::Error::custom("entries parsed without a spool")),
+                        Some(Sink::Mem(v)) => {
+                            v.push(e);
+                            Ok(())
+                        }
+                        None => Err(A::Error::custom("entries parsed with nowhere to go")),
                     })?;
                 }
                 Ok(Streamed)
@@ -324,35 +334,40 @@ impl<'de> Deserialize<'de> for Streamed {
     }
 }
 
-/// Parses what `parse` parses with every [`Streamed`] in it writing its entries to `file`
-/// from byte `start` on, and returns them as a spool. The result of `parse` is kept when it
-/// failed (its error says where); a failure to write the spool is an I/O error.
-pub(crate) fn parse_into_spool<T, E>(
-    file: File,
-    start: u64,
+/// Parses what `parse` parses with every [`Streamed`] in it putting its entries in an
+/// [`EntryList`]: written to `spool` (a file, from the given byte on) one at a time, or, with
+/// `None`, collected in memory. The result of `parse` is kept when it failed (its error says
+/// where); a failure to write the spool is an I/O error.
+pub(crate) fn parse_entries<T, E>(
+    spool: Option<(File, u64)>,
     parse: impl FnOnce() -> Result<T, E>,
-) -> Result<Result<(T, EntrySpool), E>, BundleError> {
-    let writer = SpoolWriter {
-        out: BufWriter::with_capacity(BUFFER, WriteAt { file, pos: start }),
-        start,
-        count: 0,
-        failed: None,
+) -> Result<Result<(T, EntryList), E>, BundleError> {
+    let sink = match spool {
+        Some((file, start)) => Sink::Spool(SpoolWriter {
+            out: BufWriter::with_capacity(BUFFER, WriteAt { file, pos: start }),
+            start,
+            count: 0,
+            failed: None,
+        }),
+        None => Sink::Mem(Vec::new()),
     };
-    SINK.with(|s| *s.borrow_mut() = Some(writer));
+    SINK.with(|s| *s.borrow_mut() = Some(sink));
     let parsed = parse();
-    let writer = SINK.with(|s| s.borrow_mut().take());
-    let Some(writer) = writer else {
-        return Err(BundleError::Io(io::Error::other(
-            "the entries' spool went missing while parsing",
-        )));
+    let list = match SINK.with(|s| s.borrow_mut().take()) {
+        Some(Sink::Spool(writer)) => EntryList::Spool(writer.finish().map_err(|e| {
+            BundleError::Io(io::Error::new(
+                e.kind(),
+                format!("writing the manifest's entries to their spool file: {e}"),
+            ))
+        })?),
+        Some(Sink::Mem(v)) => EntryList::Mem(v),
+        None => {
+            return Err(BundleError::Io(io::Error::other(
+                "the manifest's entries went missing while parsing",
+            )))
+        }
     };
-    let spool = writer.finish().map_err(|e| {
-        BundleError::Io(io::Error::new(
-            e.kind(),
-            format!("writing the manifest's entries to their spool file: {e}"),
-        ))
-    })?;
-    Ok(parsed.map(|t| (t, spool)))
+    Ok(parsed.map(|t| (t, list)))
 }
 
 #[cfg(test)]
@@ -366,13 +381,13 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         file.write_all_at(b"manifest bytes", 0).unwrap();
         let json = serde_json::to_vec(&m.entries).unwrap();
-        let (streamed, spool) = parse_into_spool(file, 14, || {
+        let (streamed, list) = parse_entries(Some((file, 14)), || {
             serde_json::from_slice::<Streamed>(&json)
         })
         .unwrap()
         .unwrap();
         assert_eq!(streamed, Streamed);
-        let list = EntryList::Spool(spool);
+        assert!(matches!(list, EntryList::Spool(_)));
         assert_eq!(list.len(), m.entries.len());
         let back: Vec<Entry> = list.iter().map(|e| e.unwrap().into_owned()).collect();
         assert_eq!(back, m.entries);
@@ -381,6 +396,12 @@ mod tests {
         a.next();
         assert_eq!(list.iter().count(), m.entries.len());
         assert_eq!(a.count(), m.entries.len() - 1);
+        let (_, in_memory) =
+            parse_entries(None, || serde_json::from_slice::<Streamed>(&json)).unwrap().unwrap();
+        let EntryList::Mem(v) = in_memory else {
+            unreachable!()
+        };
+        assert_eq!(v, m.entries);
         // The bytes before the entries are left alone.
         let EntryList::Spool(s) = &list else { unreachable!() };
         let mut head = [0u8; 14];
@@ -392,13 +413,15 @@ mod tests {
     fn a_damaged_spool_ends_the_pass_with_an_error() {
         let m = sample_manifest();
         let json = serde_json::to_vec(&m.entries).unwrap();
-        let (_, spool) = parse_into_spool(tempfile::tempfile().unwrap(), 0, || {
+        let (_, list) = parse_entries(Some((tempfile::tempfile().unwrap(), 0)), || {
             serde_json::from_slice::<Streamed>(&json)
         })
         .unwrap()
         .unwrap();
+        let EntryList::Spool(spool) = &list else {
+            unreachable!()
+        };
         spool.file.write_all_at(b"x", 0).unwrap();
-        let list = EntryList::Spool(spool);
         let mut it = list.iter();
         let err = it.next().unwrap().unwrap_err().to_string();
         assert!(err.contains("spool file"), "{err}");

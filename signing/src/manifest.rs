@@ -368,13 +368,13 @@ impl Manifest {
     /// compared with the hash of signed bytes read in pieces, it says whether they were
     /// exactly the canonical form without the bytes being whole in memory.
     pub fn canonical_json_sha512(&self) -> [u8; 64] {
-        self.canonical_sha512_with(self.entries.iter().map(|e| Ok(Cow::Borrowed(e))))
+        self.canonical_sha512_with(&mut self.entries.iter().map(|e| Ok(Cow::Borrowed(e))))
             .expect("hashing does not fail")
     }
 
     /// Writes the canonical JSON (keys sorted, compact, a final newline).
     pub fn write_canonical_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        self.write_canonical_json_with(out, self.entries.iter().map(|e| Ok(Cow::Borrowed(e))))
+        self.write_canonical_json_with(out, &mut self.entries.iter().map(|e| Ok(Cow::Borrowed(e))))
     }
 }
 
@@ -383,7 +383,7 @@ impl<E> Manifest<E> {
     /// (its own, whatever they are, are not looked at).
     pub fn canonical_sha512_with<'a>(
         &self,
-        entries: impl Iterator<Item = Result<Cow<'a, Entry>, BundleError>>,
+        entries: &mut dyn Iterator<Item = Result<Cow<'a, Entry>, BundleError>>,
     ) -> Result<[u8; 64], BundleError> {
         use sha2::Digest;
         struct Hasher(sha2::Sha512);
@@ -405,7 +405,7 @@ impl<E> Manifest<E> {
                 None
             }
         });
-        let wrote = self.write_canonical_json_with(&mut h, entries.map(Ok));
+        let wrote = self.write_canonical_json_with(&mut h, &mut entries.map(Ok));
         if let Some(e) = failed {
             return Err(e);
         }
@@ -416,8 +416,8 @@ impl<E> Manifest<E> {
     /// [`Manifest::write_canonical_json`] with `entries` as the entries.
     pub fn write_canonical_json_with<'a>(
         &self,
-        out: &mut impl std::io::Write,
-        entries: impl Iterator<Item = std::io::Result<Cow<'a, Entry>>>,
+        out: &mut dyn std::io::Write,
+        entries: &mut dyn Iterator<Item = std::io::Result<Cow<'a, Entry>>>,
     ) -> std::io::Result<()> {
         // serde_json::Value keeps object keys in a BTreeMap (no preserve_order feature in this
         // workspace), so going through Value sorts every object's keys. The two long arrays go
@@ -430,8 +430,8 @@ impl<E> Manifest<E> {
             unreachable!("a manifest serializes to an object")
         };
         fn each<T: Serialize, B: std::borrow::Borrow<T>>(
-            out: &mut impl std::io::Write,
-            items: impl Iterator<Item = std::io::Result<B>>,
+            out: &mut dyn std::io::Write,
+            items: &mut dyn Iterator<Item = std::io::Result<B>>,
         ) -> std::io::Result<()> {
             out.write_all(b"[")?;
             for (i, item) in items.enumerate() {
@@ -457,7 +457,7 @@ impl<E> Manifest<E> {
                         each::<Entry, _>(out, entries)?
                     }
                 }
-                "blobs" => each::<Blob, _>(out, self.blobs.iter().map(Ok))?,
+                "blobs" => each::<Blob, _>(out, &mut self.blobs.iter().map(Ok))?,
                 _ => serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?,
             }
         }

@@ -15,7 +15,7 @@ use crate::limits::Limits;
 use crate::manifest::{Blob, Manifest, FORMAT_VERSION};
 use crate::sshsig::{self, NAMESPACE};
 use crate::trust::TrustStore;
-use crate::validate::{validate_entries, validate_manifest};
+use crate::validate::validate_entries;
 
 pub use crate::hashing::{sha256_hex, HashingReader, HashingWriter};
 pub use crate::policy::{check_policy, read_os_release, BaseIdentity, Policy};
@@ -607,37 +607,29 @@ fn parse_manifest(
         }
     }
     let sha512 = bytes.sha512;
-    let does_not_parse = |e: serde_json::Error| corrupt(format!("manifest does not parse: {e}"));
-    if let Store::Spool(file, len) = &bytes.store {
-        let entries_file = file.try_clone().map_err(spool_read_err)?;
-        let len = *len;
-        // The entries are appended after the manifest's bytes while those are read.
-        let reader = BufReader::with_capacity(MANIFEST_PIECE, bytes.into_reader()?.take(len));
-        let (m, spool) = crate::entries::parse_into_spool(entries_file, len, || {
-            serde_json::from_reader::<_, Manifest<crate::entries::Streamed>>(reader)
-        })?
-        .map_err(does_not_parse)?;
-        let m = m.with_entries(Vec::new());
-        let entries = EntryList::Spool(spool);
-        if m.canonical_sha512_with(entries.iter())? != sha512 {
-            return Err(corrupt("manifest is not in canonical form"));
-        }
-        validate_entries(&m, &entries, limits)?;
-        let EntryList::Spool(spool) = entries else {
-            unreachable!("made a spool above")
-        };
-        return Ok((m, Some(spool)));
-    }
-    let m: Manifest = serde_json::from_reader(BufReader::with_capacity(
-        MANIFEST_PIECE,
-        bytes.into_reader()?,
-    ))
-    .map_err(does_not_parse)?;
-    if m.canonical_json_sha512() != sha512 {
+    let spool = match &bytes.store {
+        Store::Spool(file, len) => Some((file.try_clone().map_err(spool_read_err)?, *len)),
+        Store::Pieces(_) => None,
+    };
+    // The entries are appended after the manifest's bytes while those are read.
+    let len = spool.as_ref().map_or(u64::MAX, |(_, len)| *len);
+    let reader = BufReader::with_capacity(MANIFEST_PIECE, bytes.into_reader()?.take(len));
+    let (m, entries) = crate::entries::parse_entries(spool, || {
+        serde_json::from_reader::<_, Manifest<crate::entries::Streamed>>(reader)
+    })?
+    .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
+    let mut m = m.with_entries(Vec::new());
+    if m.canonical_sha512_with(&mut entries.iter())? != sha512 {
         return Err(corrupt("manifest is not in canonical form"));
     }
-    validate_manifest(&m, limits)?;
-    Ok((m, None))
+    validate_entries(&m, &entries, limits)?;
+    Ok(match entries {
+        EntryList::Spool(spool) => (m, Some(spool)),
+        EntryList::Mem(v) => {
+            m.entries = v;
+            (m, None)
+        }
+    })
 }
 
 /// Opens a bundle: checks the zstd header, reads the manifest and its signature, verifies the

@@ -26,7 +26,7 @@ pub fn validate_manifest(m: &Manifest, limits: &Limits) -> Result<(), BundleErro
     validate_with(
         m,
         m.entries.len(),
-        m.entries.iter().map(|e| Ok(Cow::Borrowed(e))),
+        &mut m.entries.iter().map(|e| Ok(Cow::Borrowed(e))),
         limits,
     )
 }
@@ -38,13 +38,13 @@ pub fn validate_entries(
     entries: &EntryList,
     limits: &Limits,
 ) -> Result<(), BundleError> {
-    validate_with(m, entries.len(), entries.iter(), limits)
+    validate_with(m, entries.len(), &mut entries.iter(), limits)
 }
 
 fn validate_with<'a>(
     m: &Manifest,
     count: usize,
-    entries: impl Iterator<Item = Result<Cow<'a, Entry>, BundleError>>,
+    entries: &mut dyn Iterator<Item = Result<Cow<'a, Entry>, BundleError>>,
     limits: &Limits,
 ) -> Result<(), BundleError> {
     if m.format != FORMAT_VERSION {
