@@ -396,14 +396,17 @@ mod tests {
         a.next();
         assert_eq!(list.iter().count(), m.entries.len());
         assert_eq!(a.count(), m.entries.len() - 1);
-        let (_, in_memory) =
-            parse_entries(None, || serde_json::from_slice::<Streamed>(&json)).unwrap().unwrap();
+        let (_, in_memory) = parse_entries(None, || serde_json::from_slice::<Streamed>(&json))
+            .unwrap()
+            .unwrap();
         let EntryList::Mem(v) = in_memory else {
             unreachable!()
         };
         assert_eq!(v, m.entries);
         // The bytes before the entries are left alone.
-        let EntryList::Spool(s) = &list else { unreachable!() };
+        let EntryList::Spool(s) = &list else {
+            unreachable!()
+        };
         let mut head = [0u8; 14];
         s.file.read_exact_at(&mut head, 0).unwrap();
         assert_eq!(&head, b"manifest bytes");

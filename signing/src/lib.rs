@@ -27,6 +27,7 @@ pub mod writer;
 #[cfg(test)]
 mod testutil;
 
+pub use entries::{EntryList, EntrySpool};
 pub use error::{exit, BundleError};
 pub use hashing::*;
 pub use keys::*;
@@ -39,6 +40,5 @@ pub use reader::{
 };
 pub use sshsig::NAMESPACE;
 pub use trust::*;
-pub use entries::{EntryList, EntrySpool};
 pub use validate::{validate_entries, validate_manifest};
 pub use writer::*;

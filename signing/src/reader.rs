@@ -1087,7 +1087,10 @@ mod tests {
         assert_eq!(b.manifest, without_entries);
         let entries = crate::EntryList::Spool(b.spooled_entries.take().unwrap());
         let back: Vec<_> = entries.iter().map(|e| e.unwrap().into_owned()).collect();
-        assert_eq!(back, m.entries, "the entries are in the spool, after the bytes");
+        assert_eq!(
+            back, m.entries,
+            "the entries are in the spool, after the bytes"
+        );
         assert!(b.manifest_bytes.is_empty());
         b.verify_blobs().unwrap();
         let mut head = vec![0u8; size as usize];

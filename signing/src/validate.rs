@@ -202,7 +202,10 @@ fn validate_with<'a>(
         // Nothing may live below a path that is a file, a symlink or absent: below a symlink
         // it would be written through the bundle's own link (a pivot); below a file or absent
         // it cannot exist. An absent path may be below another absent one.
-        while stack.last().is_some_and(|(p, _)| !e.path.starts_with(p.as_str())) {
+        while stack
+            .last()
+            .is_some_and(|(p, _)| !e.path.starts_with(p.as_str()))
+        {
             stack.pop();
         }
         let parent = stack.iter().rev().find(|(p, k)| {

@@ -288,7 +288,12 @@ fn home_base(root: &Root) -> String {
 /// anywhere; something that is not a directory there would stop the apply half-way.
 fn homes(ctx: &Ctx, have: &Accounts) -> Result<Vec<String>, ApplyError> {
     let mut out = Vec::new();
-    if ctx.manifest.users.iter().all(|u| u.authorized_keys.is_empty()) {
+    if ctx
+        .manifest
+        .users
+        .iter()
+        .all(|u| u.authorized_keys.is_empty())
+    {
         return Ok(out);
     }
     let mut walk = DirWalk::new(ctx)?;

@@ -597,13 +597,11 @@ impl FilesBatch<'_, '_> {
                 parent.rename_temp().map_err(|x| err(x.to_string()))?;
             } else {
                 let staged = trees.staged_name(&t.digest);
-                match fcntl::renameat(staging, staged.as_str(), &parent.dir, parent.name.as_str())
-                {
+                match fcntl::renameat(staging, staged.as_str(), &parent.dir, parent.name.as_str()) {
                     Ok(()) => {}
                     Err(Errno::EXDEV) => {
-                        let mut src = open_staged(staging, trees, &t.digest).map_err(|x| {
-                            err(format!("opening staged blob {}: {x}", t.digest))
-                        })?;
+                        let mut src = open_staged(staging, trees, &t.digest)
+                            .map_err(|x| err(format!("opening staged blob {}: {x}", t.digest)))?;
                         parent
                             .write_atomic(
                                 t.mode,
