@@ -133,3 +133,63 @@ fn no_staging_area_spools_to_the_temporary_directory() {
     assert!(err.contains("spooling the manifest to "), "{err}");
     assert!(err.contains("already applied"), "{err}");
 }
+
+/// More files than the files phase writes in one batch (16,384), most of them sharing a few
+/// blobs across batches (the last user of a blob takes the staged file, the others a copy):
+/// every file arrives with its bytes and mode, and nothing is left in the staging area.
+#[test]
+fn files_over_several_batches_sharing_blobs_all_arrive() {
+    let Some(root) = mini_root() else { return };
+    let r = root.path();
+    let key = release_key();
+    let trust = trust_dir(&[&key], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("many-1.kiln");
+    const FILES: usize = 40_000;
+    let content = |i: usize| -> Vec<u8> {
+        if i % 10 == 0 {
+            format!("unique {i}\n").into_bytes()
+        } else {
+            format!("shared {}\n", i % 3).into_bytes()
+        }
+    };
+    let mut spec = Spec::new("many", 1);
+    for d in 0..40 {
+        spec.dir(&format!("/srv/many/d{d:02}"), "0750", "root", "root");
+    }
+    spec.dir("/srv/many", "0755", "root", "root");
+    for i in 0..FILES {
+        let mode = if i % 2 == 0 { "0644" } else { "0600" };
+        spec.file(
+            &format!("/srv/many/d{:02}/f{i:05}", i % 40),
+            &content(i),
+            mode,
+            "root",
+            "root",
+        );
+    }
+    spec.write(&key, &b);
+    let out = apply(r, trust.path(), &b, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("files: {FILES} changed, 0 unchanged")),
+        "{err}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for i in 0..FILES {
+        let p = r.join(format!("srv/many/d{:02}/f{i:05}", i % 40));
+        assert_eq!(std::fs::read(&p).unwrap(), content(i), "{}", p.display());
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, if i % 2 == 0 { 0o644 } else { 0o600 }, "{}", p.display());
+    }
+    assert_eq!(
+        std::fs::metadata(r.join("srv/many/d07"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o750
+    );
+    assert!(!r.join("var/lib/kiln/staging").exists());
+}
