@@ -147,7 +147,7 @@ fn files_over_several_batches_sharing_blobs_all_arrive() {
     let b = work.path().join("many-1.kiln");
     const FILES: usize = 40_000;
     let content = |i: usize| -> Vec<u8> {
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             format!("unique {i}\n").into_bytes()
         } else {
             format!("shared {}\n", i % 3).into_bytes()
@@ -159,7 +159,7 @@ fn files_over_several_batches_sharing_blobs_all_arrive() {
     }
     spec.dir("/srv/many", "0755", "root", "root");
     for i in 0..FILES {
-        let mode = if i % 2 == 0 { "0644" } else { "0600" };
+        let mode = if i.is_multiple_of(2) { "0644" } else { "0600" };
         spec.file(
             &format!("/srv/many/d{:02}/f{i:05}", i % 40),
             &content(i),
@@ -181,7 +181,12 @@ fn files_over_several_batches_sharing_blobs_all_arrive() {
         let p = r.join(format!("srv/many/d{:02}/f{i:05}", i % 40));
         assert_eq!(std::fs::read(&p).unwrap(), content(i), "{}", p.display());
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, if i % 2 == 0 { 0o644 } else { 0o600 }, "{}", p.display());
+        assert_eq!(
+            mode,
+            if i.is_multiple_of(2) { 0o644 } else { 0o600 },
+            "{}",
+            p.display()
+        );
     }
     assert_eq!(
         std::fs::metadata(r.join("srv/many/d07"))

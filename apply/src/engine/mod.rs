@@ -330,9 +330,9 @@ pub fn apply_with<R: Read>(
         &kiln_signing::Limits::default(),
     )
     .map_err(|e| match e {
-        kiln_signing::BundleError::Corrupt(m) | kiln_signing::BundleError::Limit(m) => {
-            ApplyError::Invalid(m)
-        }
+        BundleError::Corrupt(m) | BundleError::Limit(m) => ApplyError::Invalid(m),
+        // Reading the entries' spool back failed: the host's disk, not the bundle.
+        e @ BundleError::Io(_) => ApplyError::Bundle(e),
         other => ApplyError::Invalid(other.to_string()),
     })?;
     let blob_count = bundle.manifest.blobs.len();
