@@ -7,6 +7,8 @@
 #
 # Usage: bench/memory-bench.sh [ENTRIES...]     (default 1000000)
 # FIRSTBOOT=PATH measures that kiln-firstboot binary instead of the release build of this tree.
+# DISTINCT=1 gives every file content of its own (`<i>\n`), so one blob per file: what an apply
+# holds per distinct blob.
 set -euo pipefail
 WORK=${WORK:-/var/tmp/kiln-memory-bench}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,16 +24,19 @@ MNT=$WORK/mnt
 cleanup() { mountpoint -q "$MNT" && umount "$MNT"; rm -f "$WORK/fs.img"; }
 trap cleanup EXIT
 
-bundle() { # N -> $WORK/b$N/mem-1.kiln
-  local n=$1 cfg=$WORK/config-$1 out=$WORK/b$1
+DISTINCT=${DISTINCT:-0}
+tag() { if [ "$DISTINCT" = 1 ]; then echo "d$1"; else echo "$1"; fi; }
+
+bundle() { # N -> $WORK/b$(tag N)/mem-1.kiln
+  local n=$1 cfg=$WORK/config-$(tag $1) out=$WORK/b$(tag $1)
   [ -f "$out/mem-1.kiln" ] && return 0
   echo "generating a bundle of $n entries ..." >&2
   rm -rf "$cfg" "$out"; mkdir -p "$cfg/hostgroups" "$cfg/files" "$cfg/layers"
   echo "vars: {}" > "$cfg/hostgroups/default.yaml"
   # The files go into layers of 100,000 (a configuration file is at most 8 MiB).
-  python3 - "$cfg" "$n" <<'PY'
+  python3 - "$cfg" "$n" "$DISTINCT" <<'PY'
 import sys
-cfg, n = sys.argv[1], int(sys.argv[2])
+cfg, n, distinct = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 dirs = (n + 999) // 1000
 files = n - dirs - 1
 layers = [f"m{k:02d}" for k in range((files + 99999) // 100000)]
@@ -48,7 +53,8 @@ for k, name in enumerate(layers):
             if i % 2:
                 f.write(f"    /srv/mem/d{d:04d}/s{i:07d}: {{symlink: f{i - 1:07d}}}\n")
             else:
-                f.write(f"    /srv/mem/d{d:04d}/f{i:07d}: {{content: \"\"}}\n")
+                content = f"{i}\\n" if distinct else ""
+                f.write(f"    /srv/mem/d{d:04d}/f{i:07d}: {{content: \"{content}\"}}\n")
 PY
   SOURCE_DATE_EPOCH=$(date +%s) "$KILN" build mem --config "$cfg" --key "$WORK/key" --out "$out" --version 1 > /dev/null
 }
@@ -61,10 +67,10 @@ for n in "${@:-1000000}"; do
   printf 'ID=debian\nVERSION_ID="12"\n' > "$r/etc/os-release"; echo amd64 > "$r/var/lib/dpkg/arch"
   printf 'root:x:0:0:root:/root:/bin/bash\n' > "$r/etc/passwd"; printf 'root:x:0:\n' > "$r/etc/group"
   out=$(mktemp); st=0
-  /usr/bin/time -v -o "$out.time" "$FB" apply --bundle "$WORK/b$n/mem-1.kiln" --root "$r" --trust "$WORK/trust" > /dev/null 2> "$out" || st=$?
+  /usr/bin/time -v -o "$out.time" "$FB" apply --bundle "$WORK/b$(tag $n)/mem-1.kiln" --root "$r" --trust "$WORK/trust" > /dev/null 2> "$out" || st=$?
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
   secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out.time")
   why=""; [ "$st" = 0 ] || why=" ($(grep -m1 -i 'error\|refused' "$out" | cut -c1-200))"
-  echo "entries=$n bundle $(stat -c %s "$WORK/b$n/mem-1.kiln") bytes: kiln-firstboot apply exit $st$why in ${secs}, peak RSS $rss KiB ($(python3 -c "print(f'{$rss/1024:.1f}')") MiB)"
+  echo "entries=$n$([ "$DISTINCT" = 1 ] && echo ' (a blob per file)') bundle $(stat -c %s "$WORK/b$(tag $n)/mem-1.kiln") bytes: kiln-firstboot apply exit $st$why in ${secs}, peak RSS $rss KiB ($(python3 -c "print(f'{$rss/1024:.1f}')") MiB)"
   rm -f "$out" "$out.time"
 done

@@ -74,8 +74,8 @@ fn validate_with<'a>(
         )));
     }
 
-    // Blobs: valid digests, strictly ascending (so each is listed once), within the limits.
-    let mut sizes: HashMap<&str, u64> = HashMap::with_capacity(m.blobs.len());
+    // Blobs: valid digests, strictly ascending (so each is listed once, and found by binary
+    // search: no map of them), within the limits.
     let mut total: u64 = 0;
     for (i, blob) in m.blobs.iter().enumerate() {
         check_digest("blob", &blob.digest)?;
@@ -102,26 +102,29 @@ fn validate_with<'a>(
                     limits.max_total_bytes
                 ))
             })?;
-        sizes.insert(&blob.digest, blob.size);
     }
 
-    let mut referenced: HashSet<&str> = HashSet::with_capacity(m.blobs.len());
+    let mut referenced = vec![false; m.blobs.len()];
     let mut reference = |what: &dyn Fn() -> String, digest: &str, size: Option<u64>| {
-        let (listed_digest, listed) = sizes.get_key_value(digest).ok_or_else(|| {
-            corrupt(format!(
-                "{}: blob {digest:?} is not in the blob list",
-                what()
-            ))
-        })?;
+        let i = m
+            .blobs
+            .binary_search_by(|b| b.digest.as_str().cmp(digest))
+            .map_err(|_| {
+                corrupt(format!(
+                    "{}: blob {digest:?} is not in the blob list",
+                    what()
+                ))
+            })?;
+        let listed = m.blobs[i].size;
         if let Some(size) = size {
-            if size != *listed {
+            if size != listed {
                 return Err(corrupt(format!(
                     "{}: size {size} differs from blob {digest} size {listed}",
                     what()
                 )));
             }
         }
-        referenced.insert(*listed_digest);
+        referenced[i] = true;
         Ok(())
     };
 
@@ -287,11 +290,7 @@ fn validate_with<'a>(
             (None, None) => {}
         }
     }
-    if let Some(b) = m
-        .blobs
-        .iter()
-        .find(|b| !referenced.contains(b.digest.as_str()))
-    {
+    if let Some((b, _)) = m.blobs.iter().zip(&referenced).find(|(_, used)| !**used) {
         return Err(corrupt(format!(
             "blob {} is listed but nothing uses it",
             b.digest

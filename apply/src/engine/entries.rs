@@ -341,19 +341,19 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
         };
         let (uid, gid) = entry_ids(ctx, &accounts, &e, owner, group)?;
         let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
-        if let (Some(staging), Some(files)) = (&staging, trees.dirs.get(&i)) {
+        if let (Some(staging), Some(tree)) = (&staging, trees.dirs.get(&i)) {
             let placed = place_tree(
                 ctx.root,
                 staging,
                 &accounts,
                 (i, &e.path),
-                files,
+                tree,
                 (uid, gid, mode),
                 &mut batch,
             )
             .map_err(|err| ApplyError::step("directories", &e.path, err))?;
             if placed {
-                let files: Vec<usize> = files.iter().map(|f| f.index).collect();
+                let files = tree.files.clone();
                 trees.placed.extend(files);
                 counts.changed += 1;
                 continue;
@@ -367,6 +367,7 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
             counts.unchanged += 1;
         }
     }
+    trees.placed.sort_unstable();
     batch
         .sync()
         .map_err(|x| ApplyError::step("directories", "syncfs", x))?;
@@ -407,15 +408,10 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
     let mut counts = Counts::default();
     // How many file entries, from the current one on, still use each blob: the last user of
     // a blob takes the staged file itself (when it changes) rather than a copy.
-    let mut users: HashMap<String, usize> = HashMap::new();
+    let mut users: HashMap<BlobKey, u32> = HashMap::new();
     for e in ctx.entries() {
         if let EntryKind::File { digest, .. } = &e?.kind {
-            match users.get_mut(digest.as_str()) {
-                Some(n) => *n += 1,
-                None => {
-                    users.insert(digest.clone(), 1);
-                }
-            }
+            *users.entry(blob_key(digest)).or_default() += 1;
         }
     }
     let pinned = pinned_blobs(ctx);
@@ -442,14 +438,14 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         else {
             continue;
         };
-        let last_user = match users.get_mut(digest.as_str()) {
+        let last_user = match users.get_mut(&blob_key(digest)) {
             Some(n) => {
                 *n = n.saturating_sub(1);
                 *n == 0
             }
             None => false,
         };
-        if trees.placed.contains(&j) {
+        if trees.placed.binary_search(&index(j)).is_ok() {
             // Written, checked and renamed into place with its new directory this run.
             counts.changed += 1;
             continue;
@@ -633,15 +629,33 @@ pub fn staged_name(digest: &str) -> String {
     }
 }
 
+/// A blob in the engine's maps: its digest's 32 bytes rather than its 64 hex digits (a key
+/// of 32 bytes instead of a string of 88: the maps are per distinct blob, the largest of an
+/// apply's memory). The manifest's digests are validated 64 lowercase hex digits.
+pub type BlobKey = [u8; 32];
+
+pub fn blob_key(digest: &str) -> BlobKey {
+    let mut key = [0u8; 32];
+    // Validated before the engine sees them; anything else would only share a key.
+    let _ = hex::decode_to_slice(digest, &mut key);
+    key
+}
+
+/// An entry's index in the manifest, as kept in the engine's sets (at most
+/// [`kiln_signing::Limits::max_entries`], far below `u32::MAX`).
+pub fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
 /// Owner and mode (uid, gid, mode) to give staged blobs as they are written: those of the one
 /// file that uses each blob, for blobs no other file, template or package uses and whose owner
 /// and group exist in the root now. The files phase checks them again before the rename.
-pub fn staged_metas(ctx: &Ctx) -> Result<HashMap<String, OwnerMode>, ApplyError> {
+pub fn staged_metas(ctx: &Ctx) -> Result<HashMap<BlobKey, OwnerMode>, ApplyError> {
     let Ok(accounts) = Accounts::load(ctx.root) else {
         return Ok(HashMap::new());
     };
     let pinned = pinned_blobs(ctx);
-    let mut users: HashMap<String, Option<OwnerMode>> = HashMap::new();
+    let mut users: HashMap<BlobKey, Option<OwnerMode>> = HashMap::new();
     for e in ctx.entries() {
         let e = e?;
         let EntryKind::File {
@@ -654,7 +668,8 @@ pub fn staged_metas(ctx: &Ctx) -> Result<HashMap<String, OwnerMode>, ApplyError>
         else {
             continue;
         };
-        if let Some(m) = users.get_mut(digest.as_str()) {
+        let key = blob_key(digest);
+        if let Some(m) = users.get_mut(&key) {
             *m = None;
             continue;
         }
@@ -664,7 +679,7 @@ pub fn staged_metas(ctx: &Ctx) -> Result<HashMap<String, OwnerMode>, ApplyError>
             }
             _ => None,
         };
-        users.insert(digest.clone(), meta);
+        users.insert(key, meta);
     }
     Ok(users
         .into_iter()
@@ -689,31 +704,30 @@ pub type OwnerMode = (u32, u32, u32);
 /// files phase renames its files one by one, as it does every other staged blob.
 #[derive(Debug, Default)]
 pub struct Trees {
-    /// Digest -> the blob's staged name in the blobs directory, for blobs staged in a tree.
-    pub names: HashMap<String, String>,
-    /// Index of a directory entry -> the file entries staged in its tree.
-    pub dirs: HashMap<usize, Vec<TreeFile>>,
-    /// File entries the directories phase placed (in a tree it renamed into place) this run.
-    pub placed: HashSet<usize>,
+    /// Blob -> where it is staged in a tree: the directory entry's index and the file's name.
+    pub names: HashMap<BlobKey, (u32, Box<str>)>,
+    /// Index of a directory entry -> its tree.
+    pub dirs: HashMap<usize, Tree>,
+    /// File entries the directories phase placed (in a tree it renamed into place) this run,
+    /// sorted once it is done.
+    pub placed: Vec<u32>,
 }
 
-/// A file staged in its directory's tree.
-#[derive(Debug)]
-pub struct TreeFile {
-    /// The file entry's index in the manifest.
-    pub index: usize,
-    /// The owner and mode it was given.
-    pub meta: OwnerMode,
-    /// The names its entry gives them (the accounts may change before the tree is placed).
-    pub owner: String,
-    pub group: String,
+/// The files staged in a directory's tree.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// The file entries' indexes in the manifest, ascending.
+    pub files: Vec<u32>,
+    /// The owners and groups they name and the ids those had when they were staged, each
+    /// pair once (the accounts may change before the tree is placed).
+    pub owners: Vec<(String, String, u32, u32)>,
 }
 
 impl Trees {
     /// The name of a staged blob in the blobs directory (in a tree, or by its digest).
     pub fn staged_name(&self, digest: &str) -> String {
-        match self.names.get(digest) {
-            Some(n) => n.clone(),
+        match self.names.get(&blob_key(digest)) {
+            Some((i, name)) => format!("{}/{name}", tree_name(*i as usize)),
             None => staged_name(digest),
         }
     }
@@ -725,7 +739,7 @@ pub fn tree_name(i: usize) -> String {
 }
 
 /// Plans the trees (see [`Trees`]) for the root as it is now; `metas` from [`staged_metas`].
-pub fn plan_trees(ctx: &Ctx, metas: &HashMap<String, OwnerMode>) -> Result<Trees, ApplyError> {
+pub fn plan_trees(ctx: &Ctx, metas: &HashMap<BlobKey, OwnerMode>) -> Result<Trees, ApplyError> {
     let mut trees = Trees::default();
     if metas.is_empty() {
         return Ok(trees);
@@ -759,7 +773,8 @@ pub fn plan_trees(ctx: &Ctx, metas: &HashMap<String, OwnerMode>) -> Result<Trees
         else {
             continue;
         };
-        let Some(meta) = metas.get(digest.as_str()) else {
+        let key = blob_key(digest);
+        let Some(&(uid, gid, _)) = metas.get(&key) else {
             continue;
         };
         let Some((dir, name)) = e.path.rsplit_once('/') else {
@@ -771,15 +786,16 @@ pub fn plan_trees(ctx: &Ctx, metas: &HashMap<String, OwnerMode>) -> Result<Trees
         if !restart.is_empty() || !reload.is_empty() || name.is_empty() {
             continue;
         }
-        trees
-            .names
-            .insert(digest.clone(), format!("{}/{name}", tree_name(i)));
-        trees.dirs.entry(i).or_default().push(TreeFile {
-            index: j,
-            meta: *meta,
-            owner: owner.clone(),
-            group: group.clone(),
-        });
+        trees.names.insert(key, (index(i), name.into()));
+        let tree = trees.dirs.entry(i).or_default();
+        tree.files.push(index(j));
+        if !tree
+            .owners
+            .iter()
+            .any(|(o, g, _, _)| o == owner && g == group)
+        {
+            tree.owners.push((owner.clone(), group.clone(), uid, gid));
+        }
     }
     Ok(trees)
 }
@@ -792,13 +808,13 @@ fn place_tree(
     staging: &OwnedFd,
     accounts: &Accounts,
     (i, path): (usize, &str),
-    files: &[TreeFile],
+    tree: &Tree,
     (uid, gid, mode): OwnerMode,
     batch: &mut ParentCache,
 ) -> io::Result<bool> {
-    for f in files {
-        match ids(accounts, &f.owner, &f.group) {
-            Ok((u, g)) if (u, g) == (f.meta.0, f.meta.1) => {}
+    for (owner, group, u, g) in &tree.owners {
+        match ids(accounts, owner, group) {
+            Ok(now) if now == (*u, *g) => {}
             _ => return Ok(false),
         }
     }

@@ -855,7 +855,7 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
         let writer = s.spawn(move || write_staged(dir, queue, spare));
 
         let read = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
-            let meta = metas.get(blob.digest.as_str()).copied();
+            let meta = metas.get(&entries::blob_key(&blob.digest)).copied();
             let mut name = Some(trees.staged_name(&blob.digest));
             loop {
                 let mut data = spares.try_recv().unwrap_or_default();
