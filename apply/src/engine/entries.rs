@@ -647,70 +647,48 @@ pub fn index(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
 }
 
-/// Owner and mode (uid, gid, mode) to give staged blobs as they are written: those of the one
-/// file that uses each blob, for blobs no other file, template or package uses and whose owner
-/// and group exist in the root now. The files phase checks them again before the rename.
-pub fn staged_metas(ctx: &Ctx) -> Result<HashMap<BlobKey, OwnerMode>, ApplyError> {
-    let Ok(accounts) = Accounts::load(ctx.root) else {
-        return Ok(HashMap::new());
-    };
-    let pinned = pinned_blobs(ctx);
-    let mut users: HashMap<BlobKey, Option<OwnerMode>> = HashMap::new();
-    for e in ctx.entries() {
-        let e = e?;
-        let EntryKind::File {
-            mode,
-            owner,
-            group,
-            digest,
-            ..
-        } = &e.kind
-        else {
-            continue;
-        };
-        let key = blob_key(digest);
-        if let Some(m) = users.get_mut(&key) {
-            *m = None;
-            continue;
-        }
-        let meta = match (ids(&accounts, owner, group), parse_mode(mode)) {
-            (Ok((uid, gid)), Ok(mode)) if !pinned.contains(digest.as_str()) => {
-                Some((uid, gid, mode))
-            }
-            _ => None,
-        };
-        users.insert(key, meta);
-    }
-    Ok(users
-        .into_iter()
-        .filter_map(|(d, m)| m.map(|m| (d, m)))
-        .collect())
-}
-
 /// The owner and mode a staged file was given: (uid, gid, mode).
 pub type OwnerMode = (u32, u32, u32);
 
-/// Files staged straight into a private copy of their new directory, which the directories
-/// phase then renames into place whole: one rename for the directory instead of one per file.
+/// How the blobs are staged, planned for the root as it is when staging begins.
 ///
-/// A directory of the manifest that does not exist in the root when staging begins gets a
-/// tree, `t<i>` in the blobs directory (`i`: the directory entry's index in the manifest), and
-/// each of its files whose blob no other file, template or package uses, that has no
-/// restart/reload hooks and whose owner exists is staged there under its own name, with its
-/// owner and mode. The directories phase checks those owners again, gives the tree the
+/// A blob that only one file uses (and no template or package), whose owner and group exist
+/// in the root now, is given that file's owner and mode as it is written; the files phase
+/// checks them again before the rename.
+///
+/// Such a file, in a directory of the manifest that does not exist in the root yet, is
+/// staged straight into a private copy of that directory, which the directories phase then
+/// renames into place whole: one rename for the directory instead of one per file. The
+/// directory gets a tree, `t<i>` in the blobs directory (`i`: the directory entry's index in
+/// the manifest), and each of its files without restart/reload hooks is staged there under
+/// its own name. The directories phase checks the owners again, gives the tree the
 /// directory's owner and mode and renames it to the (still missing) directory with
 /// `RENAME_NOREPLACE`; the files phase then leaves those files alone. A tree that cannot be
 /// placed (the directory appeared meanwhile, an owner changed) is only a staging place: the
 /// files phase renames its files one by one, as it does every other staged blob.
 #[derive(Debug, Default)]
 pub struct Trees {
-    /// Blob -> where it is staged in a tree: the directory entry's index and the file's name.
-    pub names: HashMap<BlobKey, (u32, Box<str>)>,
+    /// Blobs with an owner and mode of their own, and where each is staged.
+    pub blobs: HashMap<BlobKey, Staged>,
+    /// The names of the files staged in trees, one after the other ([`Staged::name`]).
+    names: String,
     /// Index of a directory entry -> its tree.
     pub dirs: HashMap<usize, Tree>,
     /// File entries the directories phase placed (in a tree it renamed into place) this run,
     /// sorted once it is done.
     pub placed: Vec<u32>,
+}
+
+/// A blob one file uses: the owner and mode it is staged with and, when it is staged in a
+/// tree, where.
+#[derive(Debug, Clone, Copy)]
+pub struct Staged {
+    /// Always `Some` once planned.
+    pub meta: Option<OwnerMode>,
+    /// The tree's directory entry index, `u32::MAX` when the blob is staged by its digest.
+    tree: u32,
+    /// Offset and length of the file's name in [`Trees::names`].
+    name: (u32, u16),
 }
 
 /// The files staged in a directory's tree.
@@ -726,10 +704,19 @@ pub struct Tree {
 impl Trees {
     /// The name of a staged blob in the blobs directory (in a tree, or by its digest).
     pub fn staged_name(&self, digest: &str) -> String {
-        match self.names.get(&blob_key(digest)) {
-            Some((i, name)) => format!("{}/{name}", tree_name(*i as usize)),
-            None => staged_name(digest),
+        match self.blobs.get(&blob_key(digest)) {
+            Some(b) if b.tree != u32::MAX => {
+                let (at, len) = (b.name.0 as usize, usize::from(b.name.1));
+                let name = self.names.get(at..at + len).unwrap_or_default();
+                format!("{}/{name}", tree_name(b.tree as usize))
+            }
+            _ => staged_name(digest),
         }
+    }
+
+    /// The owner and mode to give a blob as it is staged, when it has its own.
+    pub fn meta(&self, digest: &str) -> Option<OwnerMode> {
+        self.blobs.get(&blob_key(digest)).and_then(|b| b.meta)
     }
 }
 
@@ -738,10 +725,47 @@ pub fn tree_name(i: usize) -> String {
     format!("t{i}")
 }
 
-/// Plans the trees (see [`Trees`]) for the root as it is now; `metas` from [`staged_metas`].
-pub fn plan_trees(ctx: &Ctx, metas: &HashMap<BlobKey, OwnerMode>) -> Result<Trees, ApplyError> {
+/// Plans the staging (see [`Trees`]) for the root as it is now.
+pub fn plan_staging(ctx: &Ctx) -> Result<Trees, ApplyError> {
     let mut trees = Trees::default();
-    if metas.is_empty() {
+    let Ok(accounts) = Accounts::load(ctx.root) else {
+        return Ok(trees);
+    };
+    let pinned = pinned_blobs(ctx);
+    // Blobs one file uses, with its owner and mode (`None`: more than one, or no such owner,
+    // dropped after: one table, never two).
+    for e in ctx.entries() {
+        let e = e?;
+        let EntryKind::File {
+            mode,
+            owner,
+            group,
+            digest,
+            ..
+        } = &e.kind
+        else {
+            continue;
+        };
+        let key = blob_key(digest);
+        if let Some(b) = trees.blobs.get_mut(&key) {
+            b.meta = None;
+            continue;
+        }
+        let meta = match (ids(&accounts, owner, group), parse_mode(mode)) {
+            (Ok((uid, gid)), Ok(mode)) if !pinned.contains(digest.as_str()) => {
+                Some((uid, gid, mode))
+            }
+            _ => None,
+        };
+        let staged = Staged {
+            meta,
+            tree: u32::MAX,
+            name: (0, 0),
+        };
+        trees.blobs.insert(key, staged);
+    }
+    trees.blobs.retain(|_, b| b.meta.is_some());
+    if trees.blobs.is_empty() {
         return Ok(trees);
     }
     let missing = |path: &str| match ctx.root.parent(path, false) {
@@ -773,8 +797,7 @@ pub fn plan_trees(ctx: &Ctx, metas: &HashMap<BlobKey, OwnerMode>) -> Result<Tree
         else {
             continue;
         };
-        let key = blob_key(digest);
-        let Some(&(uid, gid, _)) = metas.get(&key) else {
+        let Some(staged) = trees.blobs.get_mut(&blob_key(digest)) else {
             continue;
         };
         let Some((dir, name)) = e.path.rsplit_once('/') else {
@@ -783,10 +806,19 @@ pub fn plan_trees(ctx: &Ctx, metas: &HashMap<BlobKey, OwnerMode>) -> Result<Tree
         let Some(&i) = new_dirs.get(dir) else {
             continue;
         };
+        let (Ok(at), Ok(len)) = (u32::try_from(trees.names.len()), u16::try_from(name.len()))
+        else {
+            continue;
+        };
         if !restart.is_empty() || !reload.is_empty() || name.is_empty() {
             continue;
         }
-        trees.names.insert(key, (index(i), name.into()));
+        let Some((uid, gid, _)) = staged.meta else {
+            continue;
+        };
+        trees.names.push_str(name);
+        staged.tree = index(i);
+        staged.name = (at, len);
         let tree = trees.dirs.entry(i).or_default();
         tree.files.push(index(j));
         if !tree

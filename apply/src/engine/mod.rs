@@ -836,8 +836,7 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
     // place, and no one else may reach them meanwhile.
     nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(0o700))
         .map_err(|e| (staging_err(e.into()), created))?;
-    let metas = entries::staged_metas(ctx).map_err(|e| (e, created))?;
-    let trees = entries::plan_trees(ctx, &metas).map_err(|e| (e, created))?;
+    let trees = entries::plan_staging(ctx).map_err(|e| (e, created))?;
     if created == 0 {
         // Trees an interrupted run left: each is staged again from scratch, with no file
         // that is not this run's.
@@ -855,7 +854,7 @@ fn stage<R: Read>(ctx: &Ctx, bundle: VerifiedBundle<R>) -> Result<usize, (ApplyE
         let writer = s.spawn(move || write_staged(dir, queue, spare));
 
         let read = bundle.for_each_blob(|blob, reader| -> Result<(), ApplyError> {
-            let meta = metas.get(&entries::blob_key(&blob.digest)).copied();
+            let meta = trees.meta(&blob.digest);
             let mut name = Some(trees.staged_name(&blob.digest));
             loop {
                 let mut data = spares.try_recv().unwrap_or_default();
