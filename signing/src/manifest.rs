@@ -378,6 +378,14 @@ impl Manifest {
     }
 }
 
+/// A bundle error carried through `io::Write` code (reading the entries' spool back).
+fn io_error(e: BundleError) -> std::io::Error {
+    match e {
+        BundleError::Io(e) => e,
+        other => std::io::Error::other(other),
+    }
+}
+
 impl<E> Manifest<E> {
     /// [`Manifest::canonical_json_sha512`] of this manifest with `entries` as its entries
     /// (its own, whatever they are, are not looked at).
@@ -397,19 +405,8 @@ impl<E> Manifest<E> {
             }
         }
         let mut h = Hasher(sha2::Sha512::new());
-        let mut failed = None;
-        let entries = entries.map_while(|e| match e {
-            Ok(e) => Some(e),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
-        let wrote = self.write_canonical_json_with(&mut h, &mut entries.map(Ok));
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        wrote.map_err(BundleError::Io)?;
+        self.write_canonical_json_with(&mut h, &mut entries.map(|e| e.map_err(io_error)))
+            .map_err(BundleError::Io)?;
         Ok(h.0.finalize().into())
     }
 

@@ -92,7 +92,18 @@ struct DirWalk<'a> {
 }
 
 impl<'a> DirWalk<'a> {
-    fn new(ctx: &'a Ctx) -> Result<DirWalk<'a>, ApplyError> {
+    /// `listed`: the bundle's directories.
+    fn new(ctx: &'a Ctx, listed: HashSet<String>) -> DirWalk<'a> {
+        DirWalk {
+            root: ctx.root,
+            listed,
+            seen: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// A walk over the bundle's directories, read in a pass of its own.
+    fn of(ctx: &'a Ctx) -> Result<DirWalk<'a>, ApplyError> {
         let mut listed = HashSet::new();
         for e in ctx.entries() {
             let e = e?;
@@ -100,12 +111,7 @@ impl<'a> DirWalk<'a> {
                 listed.insert(e.into_owned().path);
             }
         }
-        Ok(DirWalk {
-            root: ctx.root,
-            listed,
-            seen: HashMap::new(),
-            out: Vec::new(),
-        })
+        Ok(DirWalk::new(ctx, listed))
     }
 
     /// `dir` and every directory above it, from the top; `what` needs them (for the message).
@@ -150,13 +156,18 @@ impl<'a> DirWalk<'a> {
 /// (a) The directories above the bundle's files, directories and symlinks: a regular file, a
 /// dangling symlink or one to a file there would stop the apply half-way.
 fn directories(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
-    let mut walk = DirWalk::new(ctx)?;
-    // Each directory once, named after the first path that needs it.
+    // Each directory once, named after the first path that needs it; and the bundle's own
+    // directories, in the same pass.
     let mut parents: BTreeMap<String, String> = BTreeMap::new();
+    let mut listed = HashSet::new();
     for e in ctx.entries() {
         let e = e?;
-        if matches!(e.kind, EntryKind::Absent) {
-            continue;
+        match e.kind {
+            EntryKind::Absent => continue,
+            EntryKind::Directory { .. } => {
+                listed.insert(e.path.clone());
+            }
+            _ => {}
         }
         if let Some(i) = e.path.rfind('/') {
             if !parents.contains_key(&e.path[..i]) {
@@ -164,6 +175,7 @@ fn directories(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
             }
         }
     }
+    let mut walk = DirWalk::new(ctx, listed);
     for (dir, path) in parents {
         walk.dir(&dir, &path);
     }
@@ -296,7 +308,7 @@ fn homes(ctx: &Ctx, have: &Accounts) -> Result<Vec<String>, ApplyError> {
     {
         return Ok(out);
     }
-    let mut walk = DirWalk::new(ctx)?;
+    let mut walk = DirWalk::of(ctx)?;
     let mut base = None;
     for u in ctx.manifest.users.iter() {
         if u.authorized_keys.is_empty() {

@@ -324,8 +324,13 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
     let mut counts = Counts::default();
     let mut batch = ParentCache::new(ctx.root);
     let mut trees = ctx.trees.borrow_mut();
+    let Trees {
+        dirs,
+        placed: placed_files,
+        ..
+    } = &mut *trees;
     let blobs_dir = format!("{}/blobs", ctx.staging);
-    let staging = if trees.dirs.is_empty() {
+    let staging = if dirs.is_empty() {
         None
     } else {
         Some(
@@ -341,7 +346,7 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
         };
         let (uid, gid) = entry_ids(ctx, &accounts, &e, owner, group)?;
         let mode = parse_mode(mode).map_err(|m| ApplyError::step("directories", &e.path, m))?;
-        if let (Some(staging), Some(tree)) = (&staging, trees.dirs.get(&i)) {
+        if let (Some(staging), Some(tree)) = (&staging, dirs.get(&i)) {
             let placed = place_tree(
                 ctx.root,
                 staging,
@@ -353,8 +358,7 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
             )
             .map_err(|err| ApplyError::step("directories", &e.path, err))?;
             if placed {
-                let files = tree.files.clone();
-                trees.placed.extend(files);
+                placed_files.extend(&tree.files);
                 counts.changed += 1;
                 continue;
             }
@@ -367,7 +371,7 @@ pub fn apply_directories(ctx: &Ctx) -> Result<Counts, ApplyError> {
             counts.unchanged += 1;
         }
     }
-    trees.placed.sort_unstable();
+    placed_files.sort_unstable();
     batch
         .sync()
         .map_err(|x| ApplyError::step("directories", "syncfs", x))?;
@@ -423,7 +427,6 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         parents: ParentCache::new(ctx.root),
         todo: Vec::new(),
     };
-    let mut parents = ParentCache::new(ctx.root);
     for (j, e) in ctx.entries().enumerate() {
         let e = e?;
         let EntryKind::File {
@@ -453,7 +456,7 @@ pub fn apply_files(ctx: &Ctx, journal: &mut Journal) -> Result<Counts, ApplyErro
         let err = |m: String| ApplyError::step("files", &e.path, m);
         let (uid, gid) = entry_ids(ctx, &accounts, &e, owner, group)?;
         let mode = parse_mode(mode).map_err(err)?;
-        let parent = parents.get(&e.path).map_err(|x| err(x.to_string()))?;
+        let parent = batch.parents.get(&e.path).map_err(|x| err(x.to_string()))?;
         match parent.lstat().map_err(|x| err(x.to_string()))? {
             Some(m) if m.kind == Kind::Dir => {
                 return Err(err(
@@ -524,6 +527,7 @@ struct FilesBatch<'c, 'a> {
     trees: &'c Trees,
     /// The staging area's blobs directory, opened at the first file that changes.
     staging: Option<OwnedFd>,
+    /// The target's directory, for all three passes (and the filesystems `syncfs` flushes).
     parents: ParentCache<'a>,
     todo: Vec<Todo>,
 }
@@ -1008,15 +1012,7 @@ pub fn apply_symlinks(ctx: &Ctx) -> Result<Counts, ApplyError> {
 /// before it is removed. A non-empty directory is an error, never a recursive delete.
 pub fn apply_absent(ctx: &Ctx) -> Result<Counts, ApplyError> {
     let mut counts = Counts::default();
-    // Few: held, to go through them from the last.
-    let mut absent = Vec::new();
-    for e in ctx.entries() {
-        let e = e?;
-        if matches!(e.kind, EntryKind::Absent) {
-            absent.push(e.into_owned().path);
-        }
-    }
-    for path in absent.iter().rev() {
+    for path in super::absent_paths(ctx)?.iter().rev() {
         let err = |m: String| ApplyError::step("absent", path, m);
         let parent = match ctx.root.parent(path, false) {
             Ok(Some(p)) => p,

@@ -1243,8 +1243,8 @@ fn preflight(ctx: &Ctx) -> Result<Vec<String>, ApplyError> {
     Ok(out)
 }
 
-/// The paths the bundle makes absent (few: held in memory).
-fn absent_paths(ctx: &Ctx) -> Result<BTreeSet<String>, ApplyError> {
+/// The paths the bundle makes absent, sorted (few: held in memory).
+pub(crate) fn absent_paths(ctx: &Ctx) -> Result<BTreeSet<String>, ApplyError> {
     let mut out = BTreeSet::new();
     for e in ctx.entries() {
         let e = e?;
